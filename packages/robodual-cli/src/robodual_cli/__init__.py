@@ -1,0 +1,1 @@
+"""The ``robodual`` command line."""

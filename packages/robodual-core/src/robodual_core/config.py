@@ -1,0 +1,232 @@
+"""Typed configs: dataclasses loaded from YAML/TOML/JSON files and ``--set a.b=value`` overrides.
+
+Every key is checked against the dataclass: an unknown or mistyped key is a :class:`ConfigError`
+naming the key and the accepted ones. ``dump_config`` writes the resolved config beside a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from robodual_core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON file into a dict (by extension)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc.strerror or exc}") from exc
+    try:
+        if path.suffix in (".toml",):
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ConfigError(f"config file '{path}' is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from a file or a ``--set`` string) to type ``tp`` or raise naming ``key``."""
+    tp, optional = _strip_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional or tp is Any:
+            return None
+        raise ConfigError(f"config key '{key}' may not be null; expected {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping for {tp.__name__}, found {value!r}")
+        return _build(tp, value, prefix=key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}' expects a list, found {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, found {value!r}")
+        args = typing.get_args(tp)
+        val_tp = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, found {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"config key '{key}' expects true or false, found {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' expects {tp.__name__}, found {value!r}")
+        try:
+            out = tp(value) if tp is float or isinstance(value, int) else int(str(value), 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' expects {tp.__name__}, found {value!r}") from None
+        return out
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"config key '{key}' expects a string, found {value!r}")
+        return str(value)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except Exception:
+        return text
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; accepted keys{' under ' + prefix.rstrip('.') if prefix else ''}: "
+            + ", ".join(sorted(fields))
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config dataclass as plain JSON-able data."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. trainer.lr=1e-4), found {item!r}")
+    return key.strip(), value
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from defaults, then ``base``, then a file, then ``--set`` overrides (in that order)."""
+    data: dict[str, Any] = to_dict(cls()) if base is None else _merge(to_dict(cls()), base)
+    if path is not None:
+        data = _merge(data, read_config_file(path))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _check_path(cls, key)
+        _set_path(data, key, value)
+    return _build(cls, data)
+
+
+def _check_path(cls: Any, dotted: str) -> None:
+    node = cls
+    walked = ""
+    for part in dotted.split("."):
+        tp, _ = _strip_optional(node)
+        if not dataclasses.is_dataclass(tp):
+            if typing.get_origin(tp) is dict:
+                return
+            raise ConfigError(f"config key '{walked}' is a {_type_name(tp)}, it has no sub-key '{part}'")
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        if part not in fields:
+            where = f" under '{walked}'" if walked else ""
+            raise ConfigError(f"unknown config key '{dotted}'; accepted keys{where}: {', '.join(sorted(fields))}")
+        node = typing.get_type_hints(tp)[part]
+        walked = f"{walked}.{part}" if walked else part
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as JSON (or YAML by extension), atomically."""
+    from robodual_core.io import atomic_write_text
+
+    path = Path(path)
+    data = to_dict(cfg)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    atomic_write_text(path, text)

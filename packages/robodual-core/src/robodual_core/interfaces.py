@@ -1,0 +1,158 @@
+"""The interfaces plugins implement, and the data they exchange (DESIGN.md section 2).
+
+Shapes use B = batch, T = time steps in a chunk, D = action dimension, N = tokens, C = channels/width.
+Dataset keys are the Zarr store's ``data/<key>`` names (``rgb_static``, ``depth_static``, ``proprio``,
+``action``, ...).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class GeneralistOutput:
+    """What the generalist hands the specialist.
+
+    actions:        [B, k_g, D] float, discretized actions in [-1, 1] (normalized space)
+    task_latents:   [B, Nt, H] float, last-layer hidden states at prompt positions
+    action_latents: [B, Na, H] float, hidden states at the generated action positions
+    task_mask:      [B, Nt] bool, True = valid token (False = padding)
+    action_mask:    [B, Na] bool, True = valid token
+    """
+
+    actions: Any
+    task_latents: Any
+    action_latents: Any
+    task_mask: Any
+    action_mask: Any
+
+    def to(self, device: Any) -> GeneralistOutput:
+        return GeneralistOutput(*(getattr(self, f).to(device) for f in
+                                  ("actions", "task_latents", "action_latents", "task_mask", "action_mask")))
+
+
+@dataclass
+class StepObservation:
+    """One control step's observation as numpy arrays keyed by dataset key (HWC uint8 images, float vectors)."""
+
+    arrays: dict[str, np.ndarray]
+    instruction: str = ""
+
+
+class SensorEncoder(ABC):
+    """Turns one modality into tokens for the specialist.
+
+    ``keys``: the dataset keys it reads. ``preprocess``: numpy [B, H, W, C] (or [B, T, H, W, C] with
+    history) -> float tensor [B, C, H, W] (or [B, T, C, H, W]). ``forward``: tensor -> tokens [B, N, C].
+    Implementations are ``torch.nn.Module`` subclasses as well; frozen ones report no trainable parameters.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    out_dim: int
+    trainable: bool
+
+    @abstractmethod
+    def preprocess(self, arrays: dict[str, np.ndarray]) -> Any: ...
+
+    @abstractmethod
+    def forward(self, x: Any) -> Any: ...
+
+
+class Conditioner(ABC):
+    """How condition tokens ``cond [B, N, C]`` (with ``cond_mask [B, N]``, True = valid) enter a
+    specialist block's hidden states ``x [B, T, C]``: cross-attention, FiLM or in-context.
+
+    ``precompute(cond, cond_mask)`` returns whatever can be computed once per control step (e.g.
+    cross-attention keys and values); ``forward(x, pre)`` applies it inside every denoising step.
+    """
+
+    @abstractmethod
+    def precompute(self, cond: Any, cond_mask: Any) -> Any: ...
+
+    @abstractmethod
+    def forward(self, x: Any, pre: Any) -> Any: ...
+
+
+class Generalist(ABC):
+    """Slow autoregressive VLA.
+
+    ``loss(batch) -> (loss tensor, metrics dict)``; ``generate(images, instructions) -> GeneralistOutput``.
+    """
+
+    k_g: int
+
+    @abstractmethod
+    def loss(self, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]: ...
+
+    @abstractmethod
+    def generate(self, batch: dict[str, Any]) -> GeneralistOutput: ...
+
+
+class Specialist(ABC):
+    """Fast diffusion policy.
+
+    ``loss(batch, cond: GeneralistOutput | None) -> (loss, metrics)``;
+    ``sample(batch, cond, steps) -> actions [B, k_s, D]`` in normalized space.
+    """
+
+    k_s: int
+
+    @abstractmethod
+    def loss(self, batch: dict[str, Any], cond: GeneralistOutput | None) -> tuple[Any, dict[str, float]]: ...
+
+    @abstractmethod
+    def sample(self, batch: dict[str, Any], cond: GeneralistOutput | None, steps: int | None = None) -> Any: ...
+
+
+@dataclass
+class EnvSpec:
+    """What an environment produces and accepts."""
+
+    observation_keys: dict[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype)
+    action_dim: int
+    fps: float
+    max_steps: int
+    tasks: list[str] = field(default_factory=list)
+
+
+class Environment(ABC):
+    """A closed-loop environment. ``step`` returns (observation, reward, done, info with 'success')."""
+
+    spec: EnvSpec
+
+    @abstractmethod
+    def reset(self, task: str | None = None, seed: int | None = None) -> StepObservation: ...
+
+    @abstractmethod
+    def step(self, action: np.ndarray) -> tuple[StepObservation, float, bool, dict[str, Any]]: ...
+
+    @abstractmethod
+    def success(self) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release renderers and simulators."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything the runtime or an evaluator can drive: local or remote."""
+
+    def reset(self) -> None: ...
+
+    def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray: ...
+
+
+class DatasetConverter(ABC):
+    """Converts a source dataset (a folder) into a robodual Zarr store."""
+
+    name: str
+
+    @abstractmethod
+    def convert(self, src: Path, dst: Path, **options: Any) -> Path: ...

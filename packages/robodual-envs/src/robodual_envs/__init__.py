@@ -1,0 +1,1 @@
+"""robodual-envs plugins: environments and dataset converters."""

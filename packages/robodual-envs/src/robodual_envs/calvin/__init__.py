@@ -1,0 +1,1 @@
+"""calvin plugin for robodual."""

@@ -1,0 +1,3 @@
+"""Entry point of the calvin plugin: registers lazily (no heavy imports here)."""
+
+from robodual_core.hookspecs import hookimpl  # noqa: F401

@@ -1,0 +1,1 @@
+"""metaworld plugin for robodual."""

@@ -1,0 +1,1 @@
+"""robodual-generalist plugins (registered through the 'robodual' entry-point group)."""

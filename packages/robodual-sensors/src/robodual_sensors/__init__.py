@@ -1,0 +1,1 @@
+"""robodual-sensors plugins (registered through the 'robodual' entry-point group)."""

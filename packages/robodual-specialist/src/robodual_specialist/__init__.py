@@ -1,0 +1,1 @@
+"""robodual-specialist plugins (registered through the 'robodual' entry-point group)."""

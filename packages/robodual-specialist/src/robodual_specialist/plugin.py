@@ -1,0 +1,3 @@
+"""Entry point of robodual-specialist: registers its components lazily (no heavy imports here)."""
+
+from robodual_core.hookspecs import hookimpl  # noqa: F401
