@@ -1,0 +1,375 @@
+"""The training loop shared by the generalist and the specialist.
+
+``Trainer`` drives any ``nn.Module`` with ``loss(batch) -> (loss, metrics)`` and ``robodual_config()``.
+It is deliberately plain: AdamW, a diffusers LR schedule stepped once per optimizer step, gradient
+clipping after backward (the reference code clipped before it), EMA updated after the optimizer step
+(diffusers ``EMAModel``), gradient accumulation, DDP when launched with torchrun, safetensors
+checkpoints, and exact resume (model, optimizer, scheduler, EMA, RNG, data position).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robodual_core.checkpoint import (
+    checkpoint_steps,
+    flatten_optimizer,
+    latest_checkpoint,
+    load_tensors,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from robodual_core.errors import RobodualError
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    num_workers: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 1000
+    scheduler: str = "cosine"  # any diffusers.optimization scheduler name: cosine, constant_with_warmup, linear, ...
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema: bool = True
+    ema_decay: float = 0.999
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast on CUDA
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Shuffled batches that depend only on (seed, epoch), so a resumed run sees the same data.
+
+    With ``world_size > 1`` each rank takes its slice of every global batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if n < batch_size * world_size:
+            batch_size = max(1, n // world_size)
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.offset = 0, 0
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.offset
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        global_bs = self.batch_size * self.world_size
+        for b in range(self.offset, self.batches_per_epoch()):
+            chunk = perm[b * global_bs:(b + 1) * global_bs]
+            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+
+class _LossModule(nn.Module):
+    """Routes ``forward`` to ``model.loss`` so DDP's gradient sync sees the call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model.loss(batch)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Train ``model`` on ``dataset`` for ``cfg.steps`` optimizer steps, writing into ``run_dir``.
+
+    ``batch_transform(batch) -> batch`` runs in the main process after collation and device transfer
+    (e.g. attaching cached generalist outputs). ``extra_json`` is copied into every checkpoint
+    (normalizer.json, generalist.json, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: torch.utils.data.Dataset,
+        cfg: TrainerConfig,
+        run_dir: str | Path,
+        extra_json: dict[str, Any] | None = None,
+        batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        collate_fn: Callable | None = None,
+        show_progress: bool = True,
+    ):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.model = model
+        self.dataset = dataset
+        self.extra_json = extra_json or {}
+        self.batch_transform = batch_transform
+        self.collate_fn = collate_fn
+        self.show_progress = show_progress
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.world_size = torch.distributed.get_world_size() if self.distributed else 1
+        self.device = resolve_device(cfg.device)
+        self.step = 0
+        self._build()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.rank)
+        self.model.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RobodualError("the model has no trainable parameters")
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=tuple(cfg.betas),
+        )
+        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=cfg.steps)
+        self.ema = None
+        if cfg.ema:
+            from diffusers.training_utils import EMAModel
+
+            self._ema_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            self.ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+        wrapped = _LossModule(self.model)
+        if self.distributed:
+            wrapped = nn.parallel.DistributedDataParallel(wrapped)
+        self.forward = wrapped
+        self.sampler = ResumableBatchSampler(len(self.dataset), self.cfg.batch_size, cfg.seed, self.rank,
+                                             self.world_size)
+        if self.sampler.batches_per_epoch() == 0:
+            raise RobodualError(f"the training set has {len(self.dataset)} samples: too few for one batch")
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        kwargs: dict[str, Any] = {}
+        if self.cfg.num_workers > 0:
+            kwargs = {"num_workers": self.cfg.num_workers, "persistent_workers": False, "prefetch_factor": 4}
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
+                                           pin_memory=self.device.type == "cuda", **kwargs)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        while True:
+            for batch in self._loader():
+                self.sampler.offset += 1
+                yield batch
+            self.sampler.epoch += 1
+            self.sampler.offset = 0
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _ema_state(self) -> dict[str, torch.Tensor] | None:
+        if self.ema is None:
+            return None
+        return dict(zip(self._ema_names, self.ema.shadow_params, strict=True)) | {
+            k: v for k, v in self.model.state_dict().items() if k not in set(self._ema_names)
+        }
+
+    def save(self) -> Path:
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        np_state = np.random.get_state()
+        state = {
+            "step": self.step,
+            "epoch": self.sampler.epoch,
+            "batch_offset": self.sampler.offset,
+            "scheduler": self.scheduler.state_dict(),
+            "optimizer": opt_meta,
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python_rng": _py_rng_to_json(random.getstate()),
+            "ema": ({"optimization_step": int(self.ema.optimization_step), "decay": float(self.ema.cur_decay_value or 0)}
+                    if self.ema is not None else None),
+            "world_size": self.world_size,
+        }
+        ckpt = self.run_dir / "checkpoints" / str(self.step)
+        save_checkpoint(
+            ckpt, self.model.state_dict(), state, self.model.robodual_config(), ema_state=self._ema_state(),
+            optimizer_tensors=opt_tensors, rng_tensors=rng, extra_json=self.extra_json,
+        )
+        for old in checkpoint_steps(self.run_dir)[: -self.cfg.keep_checkpoints or None]:
+            shutil.rmtree(self.run_dir / "checkpoints" / str(old), ignore_errors=True)
+        return ckpt
+
+    def resume(self, ckpt: Path | None = None) -> bool:
+        """Restore the latest checkpoint of ``run_dir`` (or ``ckpt``); False when there is none."""
+        ckpt = ckpt or latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        state = json.loads((ckpt / "training_state.json").read_text())
+        missing, unexpected = self.model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True), None
+        del missing, unexpected
+        opt_tensors = load_tensors(ckpt / "optimizer.safetensors") if (ckpt / "optimizer.safetensors").is_file() else {}
+        self.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and (ckpt / "ema.safetensors").is_file():
+            ema = load_tensors(ckpt / "ema.safetensors")
+            for shadow, name in zip(self.ema.shadow_params, self._ema_names, strict=True):
+                shadow.data.copy_(ema[name].to(shadow.device))
+            self.ema.optimization_step = state["ema"]["optimization_step"]
+        rng = load_tensors(ckpt / "rng.safetensors")
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        np_state = state["numpy_rng"]
+        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+        random.setstate(_py_rng_from_json(state["python_rng"]))
+        self.step = state["step"]
+        self.sampler.epoch, self.sampler.offset = state["epoch"], state["batch_offset"]
+        return True
+
+    # -- loop ------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train until ``cfg.steps``; returns the last logged metrics."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif checkpoint_steps(self.run_dir):
+            raise RobodualError(f"run folder '{self.run_dir}' already has checkpoints; pass --resume to continue "
+                                "it or --overwrite to start again")
+        self.model.train()
+        batches = self._batches()
+        last: dict[str, float] = {}
+        progress = _progress(self.show_progress and self.rank == 0)
+        task = progress.add_task("training", total=cfg.steps, completed=self.step)
+        t_last, samples = time.perf_counter(), 0
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda"
+                    else _nullcontext())
+        with progress, open(self.run_dir / "metrics.jsonl", "a") as log:
+            while self.step < cfg.steps:
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics_acc: dict[str, float] = {}
+                for _ in range(cfg.grad_accum):
+                    batch = move_to(next(batches), self.device)
+                    if self.batch_transform is not None:
+                        batch = self.batch_transform(batch)
+                    with autocast:
+                        loss, metrics = self.forward(batch)
+                    if not torch.isfinite(loss):
+                        raise RobodualError(f"loss became {loss.item()} at step {self.step}; lower the learning rate "
+                                            "or check the data for NaN/Inf (robodual dataset validate)")
+                    (loss / cfg.grad_accum).backward()
+                    samples += _batch_size(batch)
+                    for k, v in {"loss": float(loss.detach()), **metrics}.items():
+                        metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) / cfg.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                           cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.step([p for p in self.model.parameters() if p.requires_grad])
+                self.step += 1
+                progress.update(task, completed=self.step,
+                                description=f"training loss {metrics_acc['loss']:.4f}")
+                if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    now = time.perf_counter()
+                    last = {"step": self.step, **metrics_acc, "grad_norm": float(grad_norm),
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "samples_per_s": samples * self.world_size / max(now - t_last, 1e-9)}
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    t_last, samples = now, 0
+                if self.rank == 0 and (self.step % cfg.ckpt_every == 0 or self.step == cfg.steps):
+                    self.save()
+        return last
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        """Model weights with EMA parameters swapped in (for evaluation after training)."""
+        return self._ema_state() or self.model.state_dict()
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for v in batch.values():
+            n = _batch_size(v)
+            if n:
+                return n
+    if isinstance(batch, torch.Tensor) and batch.ndim:
+        return int(batch.shape[0])
+    return 0
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _py_rng_to_json(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_rng_from_json(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def init_distributed() -> bool:
+    """Initialise torch.distributed when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    if "RANK" not in os.environ or torch.distributed.is_initialized():
+        return torch.distributed.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return True
