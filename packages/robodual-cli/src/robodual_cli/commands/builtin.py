@@ -7,7 +7,8 @@ import importlib
 import typer
 
 # Modules with a ``register(app)`` function; each is owned by one feature area.
-MODULES = ("robodual_cli.commands.dataset", "robodual_cli.commands.demo")
+MODULES = ("robodual_cli.commands.dataset", "robodual_cli.commands.demo", "robodual_cli.commands.eval_offline",
+           "robodual_cli.commands.bench_runtime")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,133 @@
+"""``robodual demo``: the whole dual-system pipeline on the embedded Meta-World default.
+
+Stages run as ordinary ``robodual`` commands in child processes, exactly what a user would type (each
+is printed), so the demo doubles as a tutorial and every stage frees its memory when it ends:
+
+1. ``dataset generate metaworld``   scripted expert demonstrations with paraphrased instructions
+2. ``train generalist``             a tiny autoregressive VLA (trained from scratch: no weights can be downloaded)
+3. ``generalist cache``             its free-running outputs for every step of the dataset
+4. ``train specialist``             the DiT specialist conditioned on the cached generalist outputs
+5. ``train specialist``             the specialist-only baseline, conditioned on instruction embeddings
+6. ``eval metaworld`` x 3           dual system, specialist only, generalist only: same seeds, same budget
+
+A stage whose output is complete is skipped on rerun, so an interrupted demo resumes. Everything is
+written under ``--out``; ``report/`` holds the table, plots, videos and resolved configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from robodual_cli.console import err, out
+from robodual_core.errors import RobodualError
+
+
+@dataclass
+class DemoConfig:
+    tasks: list[str] = field(default_factory=lambda: ["reach-v3", "drawer-open-v3", "button-press-topdown-v3"])
+    episodes_per_task: int = 20
+    image_size: int = 64
+    generalist_steps: int = 1500
+    specialist_steps: int = 3000
+    batch_size: int = 32
+    eval_episodes: int = 10
+    max_steps: int = 150
+    seed: int = 0
+    workers: int = 2
+
+
+QUICK = DemoConfig(tasks=["reach-v3", "button-press-topdown-v3"], episodes_per_task=6, generalist_steps=200,
+                   specialist_steps=300, batch_size=16, eval_episodes=3, max_steps=80)
+
+
+def _robodual(*args: str) -> list[str]:
+    return [sys.executable, "-m", "robodual_cli.app", *args]
+
+
+def _run_stage(name: str, done: Path, cmd: list[str], log_dir: Path, timings: dict[str, float]) -> None:
+    if done.exists():
+        err.print(f"[green]✓[/] {name}: done already ({done})")
+        return
+    shown = " ".join(shlex.quote(c) for c in ["robodual", *cmd[3:]])
+    err.print(f"[bold cyan]▶ {name}[/]\n  $ {shown}")
+    t0 = time.perf_counter()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    (log_dir / f"{name.replace(' ', '_')}.stdout.txt").write_text(proc.stdout or "")
+    if proc.returncode != 0:
+        raise RobodualError(f"demo stage '{name}' failed (exit {proc.returncode}); rerun it alone to see why: {shown}")
+    timings[name] = time.perf_counter() - t0
+    err.print(f"  [green]done[/] in {timings[name]:.0f} s")
+
+
+def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / "data" / "metaworld.zarr"
+    gen_dir, dual_dir, spec_dir = out_dir / "generalist", out_dir / "specialist", out_dir / "specialist_only"
+    eval_dir, logs = out_dir / "eval", out_dir / "logs"
+    timings: dict[str, float] = {}
+    tasks = ",".join(cfg.tasks)
+    seed = str(cfg.seed)
+
+    _run_stage("generate data", data / "zarr.json", _robodual(
+        "dataset", "generate", "metaworld", str(data), "--tasks", tasks, "--episodes-per-task",
+        str(cfg.episodes_per_task), "--image-size", str(cfg.image_size), "--cameras", "corner2,gripperPOV",
+        "--seed", seed, "--workers", str(cfg.workers), "--resume"), logs, timings)
+    _run_stage("train generalist", gen_dir / "checkpoints" / str(cfg.generalist_steps), _robodual(
+        "train", "generalist", "--dataset", str(data), "--out", str(gen_dir), "--base", "tiny",
+        "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
+        "--set", f"trainer.seed={cfg.seed}", "--resume"), logs, timings)
+    _run_stage("cache generalist", gen_dir / "cache.done", _robodual(
+        "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(data), "--done-file",
+        str(gen_dir / "cache.done")), logs, timings)
+    _run_stage("train specialist", dual_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
+        "train", "specialist", "--dataset", str(data), "--out", str(dual_dir), "--generalist-cache", "auto",
+        "--generalist", str(gen_dir), "--preset", "demo", "--steps", str(cfg.specialist_steps),
+        "--set", f"trainer.batch_size={cfg.batch_size}", "--set", f"trainer.seed={cfg.seed}", "--resume"),
+        logs, timings)
+    _run_stage("train specialist-only", spec_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
+        "train", "specialist", "--dataset", str(data), "--out", str(spec_dir), "--preset", "demo-language",
+        "--steps", str(cfg.specialist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
+        "--set", f"trainer.seed={cfg.seed}", "--resume"), logs, timings)
+    rows = {}
+    for label, policy, kind in (("dual system", dual_dir, "dual"), ("specialist only", spec_dir, "specialist"),
+                                ("generalist only", gen_dir, "generalist")):
+        result = eval_dir / kind / "results.json"
+        _run_stage(f"eval {label}", result, _robodual(
+            "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", tasks, "--episodes",
+            str(cfg.eval_episodes), "--seed", str(cfg.seed + 1000), "--max-steps", str(cfg.max_steps),
+            "--workers", str(cfg.workers), "--out", str(result.parent), "--videos", "1"), logs, timings)
+        rows[label] = json.loads(result.read_text())
+    return {"rows": rows, "timings": timings}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Folder for everything the demo writes."),
+        quick: bool = typer.Option(False, "--quick", help="A smaller run (CI): fewer tasks, episodes and steps."),
+        config: Path | None = typer.Option(None, "--config", help="YAML/TOML file with DemoConfig keys."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a DemoConfig key, e.g. --set eval_episodes=20."),
+    ) -> None:
+        """Generate Meta-World data, train generalist and specialist, evaluate three policies, write a report."""
+        from robodual_core.config import dump_config, load_config, to_dict
+
+        cfg = load_config(DemoConfig, config, overrides, base=to_dict(QUICK) if quick else None)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out_dir / "demo_config.json")
+        t0 = time.perf_counter()
+        result = run_demo(cfg, out_dir, quick)
+        from robodual_cli.commands.report import write_report
+
+        write_report(out_dir, cfg, result, wall_s=time.perf_counter() - t0)
+        out.print(f"report: {out_dir / 'report'}")
