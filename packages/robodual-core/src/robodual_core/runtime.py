@@ -96,13 +96,39 @@ class TemporalAggregator:
         return action.astype(np.float32)
 
 
+def _spec(*runners: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    spec: dict[str, tuple[tuple[int, ...], str]] = {}
+    for runner in runners:
+        spec.update(getattr(runner, "observation_spec", None) or {})
+    return spec
+
+
+class _PolicyInfo:
+    """What a server or an evaluator may ask of any policy: its observation spec and action shape."""
+
+    runners: tuple[Any, ...] = ()
+
+    @property
+    def observation_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{key: (shape, dtype)}`` of one observation, from the runners that declare it."""
+        return _spec(*self.runners)
+
+    @property
+    def action_dim(self) -> int | None:
+        return next((r.action_dim for r in self.runners if getattr(r, "action_dim", None)), None)
+
+    @property
+    def action_horizon(self) -> int:
+        return 1
+
+
 @dataclass
 class _Chunk:
     output: GeneralistOutput
     step: int  # the control step whose observation the generalist saw
 
 
-class DualSystemPolicy:
+class DualSystemPolicy(_PolicyInfo):
     """Generalist + specialist, synchronous or asynchronous.
 
     ``generalist_every`` defaults to ``k_g`` (sync mode). In async mode the generalist restarts as soon
@@ -116,6 +142,8 @@ class DualSystemPolicy:
         if mode not in ("sync", "async"):
             raise RobodualError(f"runtime mode must be 'sync' or 'async', found {mode!r}")
         self.generalist, self.specialist, self.mode = generalist, specialist, mode
+        self.runners = (generalist, specialist)
+        self._aggregation = aggregation
         self.k_g = generalist.k_g
         self.generalist_every = generalist_every or self.k_g
         self.specialist_every = specialist_every
@@ -131,6 +159,11 @@ class DualSystemPolicy:
         self.t = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def new_session(self) -> DualSystemPolicy:
+        """A fresh policy sharing this one's models (one per robot or client connection)."""
+        return DualSystemPolicy(self.generalist, self.specialist, self.mode, self.generalist_every,
+                                self._aggregation, self.specialist_every)
+
     def reset(self) -> None:
         self._shutdown()
         self.t = 0
@@ -211,15 +244,20 @@ class DualSystemPolicy:
         return action
 
 
-class SpecialistOnlyPolicy:
+class SpecialistOnlyPolicy(_PolicyInfo):
     """The specialist alone (its language sensor, if any, tells tasks apart)."""
 
     def __init__(self, specialist: SpecialistRunner, aggregation: AggregationConfig | None = None,
                  specialist_every: int = 1):
         self.specialist = specialist
+        self.runners = (specialist,)
+        self._aggregation = aggregation
         self.aggregator = TemporalAggregator(aggregation)
         self.specialist_every = specialist_every
         self.t = 0
+
+    def new_session(self) -> SpecialistOnlyPolicy:
+        return SpecialistOnlyPolicy(self.specialist, self._aggregation, self.specialist_every)
 
     def reset(self) -> None:
         self.t = 0
@@ -233,15 +271,20 @@ class SpecialistOnlyPolicy:
         return action
 
 
-class GeneralistOnlyPolicy:
+class GeneralistOnlyPolicy(_PolicyInfo):
     """The generalist alone: a new chunk every ``execute`` steps, executed open loop (or aggregated)."""
 
     def __init__(self, generalist: GeneralistRunner, execute: int | None = None,
                  aggregation: AggregationConfig | None = None):
         self.generalist = generalist
+        self.runners = (generalist,)
+        self._aggregation = aggregation
         self.execute = execute or generalist.k_g
         self.aggregator = TemporalAggregator(aggregation or AggregationConfig(enabled=False))
         self.t = 0
+
+    def new_session(self) -> GeneralistOnlyPolicy:
+        return GeneralistOnlyPolicy(self.generalist, self.execute, self._aggregation)
 
     def reset(self) -> None:
         self.t = 0
