@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("ROBODUAL_DEBUG") == "1"
     try:
         command = typer.main.get_command(build_app())
-        command.main(args=args, prog_name="robodual", standalone_mode=False)
+        rc = command.main(args=args, prog_name="robodual", standalone_mode=False)
+        if isinstance(rc, int) and rc:  # without standalone mode, typer.Exit(n) is returned, not raised
+            sys.exit(rc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -1,0 +1,391 @@
+"""``robodual dataset ...`` and ``robodual bench loader``.
+
+Commands: ``info``, ``stats``, ``validate``, ``view``, ``split``, ``merge`` and the ``convert`` sub-group.
+
+How a converter adds its command to ``robodual dataset convert``: register the converter class in the
+``dataset_converters`` registry (``robodual_register_dataset_converters``) and give the class an
+``add_command(convert_group, name)`` static method that adds one Typer command called ``name`` with the
+converter's own options (see ``robodual_envs.calvin.convert.add_command``). The converter's module is
+imported when the CLI is built, so it must import only light modules at module level (numpy, typer,
+robodual_core; never torch or zarr). A converter class without ``add_command`` gets a generic command
+``SRC DST [--overwrite] [--resume] [--set key=value ...]`` that calls ``convert(src, dst, **options)``.
+A converter that fails to import is shown as a command that reports the error.
+
+Heavy libraries (zarr, numpy, torch, matplotlib) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from robodual_cli.console import err, out
+from robodual_core.cli_groups import group
+from robodual_core.errors import RobodualError
+
+
+def register(app: typer.Typer) -> None:
+    ds = group(app, "dataset")
+    ds.command("info")(info)
+    ds.command("stats")(stats)
+    ds.command("validate")(validate)
+    ds.command("view")(view)
+    ds.command("split")(split)
+    ds.command("merge")(merge)
+    convert = typer.Typer(help="Convert a source dataset into a robodual Zarr store (one command per converter).",
+                          no_args_is_help=True)
+    ds.add_typer(convert, name="convert")
+    _add_converters(convert)
+    group(app, "bench").command("loader")(bench_loader)
+
+
+# -- convert -----------------------------------------------------------------------------------------
+def _add_converters(convert: typer.Typer) -> None:
+    from robodual_core.plugins import registry
+
+    for entry in registry("dataset_converters").entries():
+        try:
+            cls = entry.load()
+        except Exception as exc:
+            _add_broken(convert, entry.name, f"{type(exc).__name__}: {exc}")
+            continue
+        add = getattr(cls, "add_command", None)
+        if callable(add):
+            add(convert, entry.name)
+        else:
+            _add_generic(convert, entry.name, cls, entry.description)
+
+
+def _add_broken(convert: typer.Typer, name: str, error: str) -> None:
+    @convert.command(name, help=f"(unavailable: {error})", context_settings={"allow_extra_args": True,
+                                                                              "ignore_unknown_options": True})
+    def broken() -> None:
+        raise RobodualError(f"dataset converter '{name}' cannot be loaded: {error}")
+
+
+def _add_generic(convert: typer.Typer, name: str, cls: Any, description: str) -> None:
+    @convert.command(name, help=description or f"Convert with the '{name}' converter.")
+    def generic(
+        src: Path = typer.Argument(..., help="Source dataset."),
+        dst: Path = typer.Argument(..., help="Output Zarr store."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST when the new store is complete."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted conversion."),
+        sets: list[str] = typer.Option([], "--set", help="Converter option key=value (JSON values), repeatable."),
+    ) -> None:
+        options: dict[str, Any] = {}
+        for item in sets:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise RobodualError(f"--set '{item}': expected key=value")
+            try:
+                options[key] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key] = value
+        path = cls().convert(src, dst, overwrite=overwrite, resume=resume, **options)
+        out.print(f"wrote {path}")
+
+
+# -- info / stats / validate -------------------------------------------------------------------------
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def info(
+    path: Path = typer.Argument(..., help="A robodual Zarr store."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Episodes, steps, fps and, per key, shape, dtype, chunks, compressor and bytes on disk."""
+    import numpy as np
+    from rich.table import Table
+
+    from robodual_core.data import open_dataset
+
+    ds = open_dataset(path, require_complete=False)
+    keys = []
+    for key in ds.keys:
+        arr = ds.array(key)
+        comp = ", ".join(_codec_name(c) for c in arr.compressors) or "none"
+        raw = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+        keys.append({"key": key, "modality": ds.modalities.get(key, "?"), "shape": list(arr.shape),
+                     "dtype": str(arr.dtype), "chunks": list(arr.chunks),
+                     "shards": list(arr.shards) if arr.shards else None, "compressor": comp,
+                     "bytes": raw, "bytes_on_disk": _dir_bytes(ds.path / "data" / key)})
+    summary = {"path": str(ds.path), "complete": ds.complete, "schema_version": ds.schema_version,
+               "episodes": ds.num_episodes, "steps": ds.num_steps, "fps": ds.fps,
+               "instructions": len(set(ds.instructions)), "tasks": len(set(ds.tasks)),
+               "size_on_disk": _dir_bytes(ds.path), "action_space": ds.action_space, "keys": keys}
+    if json_out:
+        print(json.dumps(summary))
+        return
+    lengths = np.diff(np.concatenate([[0], ds.episode_ends]))
+    out.print(f"[bold]{ds.path}[/]  schema v{ds.schema_version}  "
+              f"{'[green]complete[/]' if ds.complete else '[red]NOT complete[/]'}")
+    out.print(f"episodes {ds.num_episodes}  steps {ds.num_steps}  fps {ds.fps:g}  "
+              f"episode length min/mean/max {lengths.min() if lengths.size else 0}/"
+              f"{lengths.mean() if lengths.size else 0:.1f}/{lengths.max() if lengths.size else 0}  "
+              f"size on disk {_human(summary['size_on_disk'])}")
+    out.print(f"distinct instructions {summary['instructions']}  distinct tasks {summary['tasks']}")
+    if ds.action_space:
+        out.print(f"action space: {json.dumps(ds.action_space)}")
+    table = Table()
+    table.add_column("key", no_wrap=True)
+    for col in ("modality", "shape", "dtype", "chunking", "compressor"):
+        table.add_column(col)
+    table.add_column("bytes", justify="right")
+    table.add_column("on disk", justify="right")
+    for k in keys:
+        chunking = f"{k['chunks'][0]}/chunk"
+        if k["shards"]:
+            chunking += f", {k['shards'][0]}/shard"
+        table.add_row(k["key"], k["modality"], "x".join(map(str, k["shape"])), k["dtype"], chunking,
+                      k["compressor"], _human(k["bytes"]), _human(k["bytes_on_disk"]))
+    out.print(table)
+
+
+def _codec_name(codec: Any) -> str:
+    cname = getattr(codec, "cname", None)
+    level = getattr(codec, "clevel", None)
+    name = type(codec).__name__.replace("Codec", "").lower()
+    return f"{name}/{getattr(cname, 'value', cname)}:{level}" if cname is not None else name
+
+
+def stats(
+    path: Path = typer.Argument(..., help="A robodual Zarr store."),
+    recompute: bool = typer.Option(False, "--recompute", help="Recompute from the low-dim arrays and store them."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Normalization statistics (min, max, mean, std, q01, q99) per key."""
+    import zarr
+    from rich.table import Table
+
+    from robodual_core.data import compute_stats, open_dataset
+
+    ds = open_dataset(path)
+    values = ds.stats
+    if recompute:
+        with err.status("computing statistics"):
+            values, how = compute_stats(ds.root, ds.modalities)
+        root = zarr.open_group(str(ds.path), mode="r+")
+        root.attrs.update({"stats": values, "stats_info": how})
+    if json_out:
+        print(json.dumps(values))
+        return
+    if not values:
+        out.print("no statistics stored (run with --recompute)")
+        return
+    table = Table(title=f"statistics of {ds.path}{' (recomputed)' if recompute else ''}")
+    table.add_column("key")
+    table.add_column("dim", justify="right")
+    for field in ("min", "max", "mean", "std", "q01", "q99"):
+        table.add_column(field, justify="right")
+    for key, entry in sorted(values.items()):
+        for d in range(len(entry["min"])):
+            table.add_row(key if d == 0 else "", str(d), *(f"{entry[f][d]:.4g}" for f in
+                                                           ("min", "max", "mean", "std", "q01", "q99")))
+    out.print(table)
+
+
+def validate(
+    path: Path = typer.Argument(..., help="A robodual Zarr store."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """List every problem of a store (schema, lengths, NaN/Inf, statistics); exit 1 if there is one."""
+    from robodual_core.data.validate import validate_store
+
+    with err.status(f"validating {path}"):
+        problems = validate_store(path)
+    if json_out:
+        print(json.dumps({"path": str(path), "valid": not problems, "problems": problems}))
+    elif problems:
+        out.print(f"[red]{path}: {len(problems)} problem(s)[/]")
+        for p in problems:
+            out.print(f"  - {p}", markup=False, highlight=False)
+    else:
+        out.print(f"[green]{path}: valid[/]")
+    if problems:
+        # SystemExit, not typer.Exit: click returns typer.Exit's code under standalone_mode=False (app.main)
+        raise SystemExit(1)
+
+
+# -- view ---------------------------------------------------------------------------------------------
+def view(
+    path: Path = typer.Argument(..., help="A robodual Zarr store."),
+    episode: int = typer.Option(0, "--episode", "-e", help="Episode index."),
+    output: Path = typer.Option(Path("episode.png"), "--output", "-o", help="Image file to write (.png/.jpg/.pdf)."),
+    frames: int = typer.Option(6, "--frames", help="Frames per camera row, evenly spaced over the episode."),
+) -> None:
+    """Camera frames across an episode and its action/proprio curves, for a person to look at."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from robodual_core.data import open_dataset
+    from robodual_core.io import atomic_write_bytes
+
+    ds = open_dataset(path, require_complete=False)
+    start, end = ds.episode_bounds(episode)
+    length = end - start
+    steps = np.unique(np.linspace(0, length - 1, min(frames, length)).round().astype(int))
+    image_keys = [k for k in ds.keys if ds.modalities.get(k) in ("rgb", "depth", "tactile")]
+    curve_keys = [k for k in ("action", "proprio") if k in ds.keys]
+    rows = len(image_keys) + len(curve_keys)
+    if rows == 0:
+        raise RobodualError(f"'{path}' has no image, action or proprio keys to show")
+    fig = plt.figure(figsize=(2.2 * max(len(steps), 4), 2.2 * len(image_keys) + 2.6 * len(curve_keys)))
+    grid = fig.add_gridspec(rows, len(steps))
+    for r, key in enumerate(image_keys):
+        arr = ds.array(key)
+        for c, s in enumerate(steps):
+            ax = fig.add_subplot(grid[r, c])
+            img = np.asarray(arr[start + int(s)])
+            if img.ndim == 3 and img.shape[2] not in (1, 3):  # several images side by side in channels
+                per = 3 if ds.modalities[key] != "depth" and img.shape[2] % 3 == 0 else 1
+                img = np.concatenate([img[..., i:i + per] for i in range(0, img.shape[2], per)], axis=1)
+            img = img.squeeze(-1) if img.ndim == 3 and img.shape[2] == 1 else img
+            ax.imshow(img, cmap="viridis" if img.ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(key, fontsize=8)
+            if r == 0:
+                ax.set_title(f"t={int(s)}", fontsize=8)
+    for i, key in enumerate(curve_keys):
+        ax = fig.add_subplot(grid[len(image_keys) + i, :])
+        values = np.asarray(ds.array(key)[start:end]).reshape(length, -1)
+        for d in range(values.shape[1]):
+            ax.plot(values[:, d], label=str(d), linewidth=1)
+        ax.set_ylabel(key)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=min(values.shape[1], 10), loc="upper right")
+    fig.suptitle(f"{ds.path.name} episode {episode} ({length} steps): {ds.instructions[episode]!r} "
+                 f"[{ds.tasks[episode]}]", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=output.suffix.lstrip(".") or "png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(output, buf.getvalue())
+    out.print(f"wrote {output}")
+
+
+# -- split / merge --------------------------------------------------------------------------------------
+def _parse_episodes(spec: str, n: int) -> list[int]:
+    ids: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        a, sep, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if sep else int(a)
+        except ValueError:
+            raise RobodualError(f"--val-episodes item '{part}': expected N or N-M") from None
+        ids.extend(range(lo, hi + 1))
+    bad = [i for i in ids if not 0 <= i < n]
+    if bad:
+        raise RobodualError(f"--val-episodes has {bad[:5]} outside 0..{n - 1}")
+    return sorted(set(ids))
+
+
+def _progress(total: int, description: str):
+    from rich.progress import Progress
+
+    bar = Progress(console=err, transient=False)
+    task = bar.add_task(description, total=total)
+    return bar, (lambda n: bar.advance(task, n))
+
+
+def split(
+    src: Path = typer.Argument(..., help="A robodual Zarr store."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for train.zarr and val.zarr."),
+    val_ratio: float = typer.Option(0.1, "--val-ratio", help="Fraction of episodes held out (seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the episode shuffle (same as WindowDataset's split)."),
+    val_episodes: str = typer.Option("", "--val-episodes", help="Explicit held-out episodes, e.g. '0,5,10-12'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Split a store by episode into OUT/train.zarr and OUT/val.zarr."""
+    import numpy as np
+
+    from robodual_core.data import open_dataset, split_episodes
+    from robodual_core.data.ops import copy_episodes
+
+    ds = open_dataset(src)
+    if val_episodes:
+        val = np.array(_parse_episodes(val_episodes, ds.num_episodes), dtype=np.int64)
+    else:
+        val = split_episodes(ds.num_episodes, "val", val_ratio, seed)
+    train = np.setdiff1d(np.arange(ds.num_episodes), val)
+    if len(train) == 0 or len(val) == 0:
+        raise RobodualError(f"split of {ds.num_episodes} episodes gives {len(train)} train and {len(val)} val "
+                            "episodes; expected both non-empty (adjust --val-ratio or --val-episodes)")
+    for name in ("train.zarr", "val.zarr"):
+        if (out_dir / name).exists() and not overwrite:
+            raise RobodualError(f"'{out_dir / name}' already exists; pass --overwrite to replace it")
+    bar, advance = _progress(ds.num_episodes, "splitting")
+    with bar:
+        paths = [copy_episodes([(ds, ids)], out_dir / name, overwrite=overwrite, progress=advance)
+                 for name, ids in (("train.zarr", train), ("val.zarr", val))]
+    out.print(f"wrote {paths[0]} ({len(train)} episodes) and {paths[1]} ({len(val)} episodes)")
+
+
+def merge(
+    sources: list[Path] = typer.Argument(..., help="Two or more robodual Zarr stores with the same keys."),
+    dst: Path = typer.Option(..., "--out", help="The merged store to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Concatenate the episodes of several stores (same keys, shapes, dtypes and fps) into one."""
+    from robodual_core.data import open_dataset
+    from robodual_core.data.ops import merge_stores
+
+    total = sum(open_dataset(s).num_episodes for s in sources)
+    bar, advance = _progress(total, "merging")
+    with bar:
+        path = merge_stores(sources, dst, overwrite=overwrite, progress=advance)
+    out.print(f"wrote {path} ({total} episodes from {len(sources)} stores)")
+
+
+# -- bench ------------------------------------------------------------------------------------------------
+def bench_loader(
+    data: Path = typer.Option(None, "--data", help="Store to read (default: a synthetic paper-setting store)."),
+    out_file: Path = typer.Option(Path("bench_loader.json"), "--out", help="JSON report to write."),
+    workers: str = typer.Option("0,2", "--workers", help="Comma-separated num_workers settings."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    seconds: float = typer.Option(10.0, "--seconds", help="Timed seconds per setting."),
+    episodes: int = typer.Option(8, "--episodes", help="Episodes of the synthetic store."),
+    consumption: float = typer.Option(None, "--consumption-samples-per-s",
+                                      help="Specialist training rate to compute the loader/training ratio."),
+) -> None:
+    """Samples/s of the window loader: 2 RGB 224x224, 2 depth, proprio, 8-step chunk."""
+    import tempfile
+
+    from robodual_core.bench import write_report
+    from robodual_core.data.bench_loader import loader_report, synthetic_store
+
+    counts = tuple(int(w) for w in workers.split(",") if w.strip())
+    with tempfile.TemporaryDirectory(prefix="robodual-bench-") as tmp:
+        store = data
+        if store is None:
+            with err.status("writing a synthetic store"):
+                store = synthetic_store(Path(tmp) / "bench.zarr", episodes=episodes)
+        with err.status("measuring loader throughput"):
+            results = loader_report(store, counts, batch_size=batch_size, seconds=seconds,
+                                    consumption_samples_per_s=consumption)
+    if data is None:
+        results["store"] = f"synthetic ({episodes} episodes, removed after the run)"
+    write_report(out_file, "loader", results)
+    for run in results["runs"]:
+        out.print(f"num_workers={run['num_workers']}: {run['samples_per_s']:.1f} samples/s")
+    if results["ratio_workers2_over_consumption"] is not None:
+        out.print(f"loader (2 workers) / training consumption = {results['ratio_workers2_over_consumption']:.2f}")
+    out.print(f"wrote {out_file}")

@@ -1,0 +1,182 @@
+"""Training windows from a store: :class:`WindowDataset`, a torch ``Dataset`` safe for worker processes.
+
+Every step ``t`` of every episode of the split is one sample:
+
+- ``obs``: each key of ``obs_keys`` at ``t`` (with ``history`` earlier frames, oldest first, clamped to
+  the episode start by repeating its first frame); images ``[C, H, W]`` float in [0, 1], depth
+  ``[C, H, W]`` normalized by dataset statistics (``mean_std`` unless ``normalization`` says otherwise),
+  with history ``[history + 1, C, H, W]``; resized to ``image_size`` in the loader when asked.
+- ``action``: ``[horizon, D]`` normalized actions ``t .. t + horizon - 1``; past the episode end the last
+  action is repeated and ``action_is_pad`` is True there.
+- ``tau`` / ``gen_index``: latency-aware augmentation (paper 3.2). The generalist chunk conditioning step
+  ``t`` was produced ``tau`` steps earlier, at ``gen_index = t - tau``, with ``tau`` drawn uniformly from
+  ``[0, k_g)`` and clamped so that ``gen_index`` never precedes the episode start (the generalist runs
+  at the first step of an episode); the reported ``tau`` is the clamped age ``t - gen_index``. No
+  augmentation (``tau = 0``) for ``split="val"`` or ``augment_tau=False``. ``tau`` is drawn from torch's
+  RNG, which the DataLoader seeds differently in every worker.
+
+Train/val split is by episode (:func:`split_episodes`), reproducible from ``seed``. Zarr handles are
+opened lazily in each process (never pickled into workers); low-dim arrays are read whole once per process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from robodual_core.data.normalize import Normalizer
+from robodual_core.data.store import open_dataset
+from robodual_core.errors import RobodualError
+
+DEFAULT_NORMALIZATION = {"action": "q99", "proprio": "min_max"}
+LOWDIM_CACHE_BYTES = 512 << 20
+
+
+def split_episodes(num_episodes: int, split: str = "train", val_ratio: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Sorted episode ids of a split: ``val`` is a seeded random ``val_ratio`` of episodes (at least one
+    when there are two or more and ``val_ratio > 0``), ``train`` the rest, ``all`` every episode."""
+    if split not in ("train", "val", "all"):
+        raise RobodualError(f"split is '{split}'; expected 'train', 'val' or 'all'")
+    if not 0.0 <= val_ratio < 1.0:
+        raise RobodualError(f"val_ratio is {val_ratio}; expected a number in [0, 1)")
+    ids = np.arange(num_episodes)
+    if split == "all":
+        return ids
+    n_val = 0 if val_ratio == 0 or num_episodes < 2 else max(1, int(round(val_ratio * num_episodes)))
+    perm = np.random.default_rng(seed).permutation(num_episodes)
+    val = np.sort(perm[:n_val])
+    return val if split == "val" else np.setdiff1d(ids, val)
+
+
+class WindowDataset(Dataset):
+    """Windows of a robodual store for policy training (see the module docstring for the sample layout)."""
+
+    def __init__(self, path: str | Path, obs_keys: list[str] | tuple[str, ...] = ("rgb_static",), horizon: int = 8,
+                 k_g: int = 8, history: int = 0, image_size: int | None = None, split: str = "train",
+                 val_ratio: float = 0.1, seed: int = 0, normalization: dict[str, str] | None = None,
+                 augment_tau: bool = True, action_key: str = "action", proprio_key: str = "proprio"):
+        if horizon < 1 or k_g < 1 or history < 0:
+            raise RobodualError(f"horizon ({horizon}) and k_g ({k_g}) must be >= 1 and history ({history}) >= 0")
+        self.path = Path(path)
+        ds = open_dataset(self.path)
+        self.modalities = ds.modalities
+        self.obs_keys = list(obs_keys)
+        for key in [*self.obs_keys, action_key]:
+            if key not in ds.keys:
+                raise RobodualError(f"dataset '{self.path}' has no key '{key}'; keys: {', '.join(ds.keys)}")
+        self.action_key = action_key
+        self.proprio_key = proprio_key if proprio_key in ds.keys else None
+        self.horizon, self.k_g, self.history, self.image_size = horizon, k_g, history, image_size
+        self.split = split
+        self.augment_tau = augment_tau and split != "val"
+        self.stats = ds.stats
+        modes = {k: v for k, v in DEFAULT_NORMALIZATION.items() if k in ds.keys}
+        modes.update({k: "mean_std" for k in self.obs_keys if self.modalities.get(k) == "depth"})
+        modes.update(normalization or {})
+        self.normalizer = Normalizer.from_stats(self.stats, {k: m for k, m in modes.items() if k in ds.keys})
+        self.episode_ids = split_episodes(ds.num_episodes, split, val_ratio, seed)
+        self.episode_ends = ds.episode_ends
+        self.episode_starts = ds.episode_starts
+        self.instructions = ds.instructions
+        self.tasks = ds.tasks
+        self.action_dim = int(np.prod(ds.array(action_key).shape[1:], dtype=np.int64))
+        self.proprio_dim = int(np.prod(ds.array(self.proprio_key).shape[1:], dtype=np.int64)) if self.proprio_key else 0
+        lengths = self.episode_ends[self.episode_ids] - self.episode_starts[self.episode_ids]
+        self._sample_episode = np.repeat(self.episode_ids, lengths).astype(np.int64)
+        self._sample_step = (np.concatenate([np.arange(self.episode_starts[e], self.episode_ends[e])
+                                             for e in self.episode_ids]).astype(np.int64)
+                             if len(self.episode_ids) else np.zeros(0, np.int64))
+        self._pid: int | None = None
+        self._arrays: dict[str, Any] = {}
+
+    # -- per-process state -----------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pid"], state["_arrays"] = None, {}
+        return state
+
+    def _array(self, key: str) -> Any:
+        if self._pid != os.getpid():
+            ds = open_dataset(self.path)
+            self._arrays = {}
+            for k in {*self.obs_keys, self.action_key, *([self.proprio_key] if self.proprio_key else [])}:
+                arr = ds.array(k)
+                lowdim = self.modalities.get(k) not in ("rgb", "depth", "tactile")
+                nbytes = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+                self._arrays[k] = np.asarray(arr[:]) if lowdim and nbytes <= LOWDIM_CACHE_BYTES else arr
+            self._pid = os.getpid()
+        return self._arrays[key]
+
+    # -- samples ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._sample_step.shape[0])
+
+    def _image(self, key: str, start: int, t: int) -> torch.Tensor:
+        arr = self._array(key)
+        first = max(start, t - self.history)
+        frames = np.asarray(arr[first:t + 1])
+        idx = np.maximum(np.arange(t - self.history, t + 1), start) - first
+        x = frames[idx]  # [h+1, H, W(, C)]
+        if x.ndim == 3:
+            x = x[..., None]
+        # numpy, not torch, for the elementwise work: it stays single-threaded in the main process
+        if self.modalities[key] == "depth":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)  # [h+1, C, H, W]
+            if key in self.normalizer.entries:  # scalar depth statistics broadcast over every pixel
+                x = self.normalizer.normalize(key, x)
+            mode = "nearest"
+        else:
+            x = np.multiply(x.transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
+            mode = "bilinear"
+        out = torch.from_numpy(np.ascontiguousarray(x))
+        if self.image_size and tuple(out.shape[-2:]) != (self.image_size, self.image_size):
+            kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
+            out = torch.nn.functional.interpolate(out, size=(self.image_size, self.image_size), mode=mode, **kwargs)
+            if mode == "bilinear":
+                out = out.clamp_(0.0, 1.0)
+        return out if self.history else out[0]
+
+    def _lowdim(self, key: str, steps: np.ndarray | int) -> torch.Tensor:
+        x = np.asarray(self._array(key)[steps], dtype=np.float32)
+        if key in self.normalizer.entries:
+            x = self.normalizer.normalize(key, x)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        t = int(self._sample_step[i])
+        ep = int(self._sample_episode[i])
+        start, end = int(self.episode_starts[ep]), int(self.episode_ends[ep])
+        steps = np.arange(t, t + self.horizon)
+        is_pad = steps >= end
+        action = self._lowdim(self.action_key, np.minimum(steps, end - 1)).reshape(self.horizon, -1)
+        obs = {}
+        for key in self.obs_keys:
+            if self.modalities.get(key) in ("rgb", "depth", "tactile"):
+                obs[key] = self._image(key, start, t)
+            else:
+                obs[key] = self._lowdim(key, t)
+        if self.augment_tau:
+            gen_index = max(start, t - int(torch.randint(0, self.k_g, ()).item()))
+        else:
+            gen_index = t
+        sample = {
+            "obs": obs,
+            "action": action,
+            "action_is_pad": torch.from_numpy(is_pad),
+            "index": t,
+            "tau": t - gen_index,
+            "gen_index": gen_index,
+            "episode": ep,
+            "instruction": self.instructions[ep],
+            "task": self.tasks[ep],
+            # a store without proprio gives an empty vector, so batches always have the key
+            "proprio": self._lowdim(self.proprio_key, t).reshape(-1) if self.proprio_key else torch.zeros(0),
+        }
+        return sample

@@ -1,0 +1,274 @@
+"""Writing a robodual Zarr store episode by episode: :class:`DatasetWriter`.
+
+    with DatasetWriter("out.zarr", fps=30, modalities={"rgb_static": "rgb", "action": "action"}) as w:
+        for ep in episodes:
+            w.add_episode({"rgb_static": frames, "action": actions}, instruction="open the drawer",
+                          task="open_drawer")
+    # leaving the block finalizes: statistics, ``complete: true``, rename into place
+
+The store is written in ``<path>.partial`` and renamed into place by :meth:`finalize`. Each episode
+commits when its ``meta/episode_ends`` entry is written (after its data), so after a crash the partial
+store holds every whole episode plus, perhaps, the tail of one that is cut off; ``resume=True`` drops
+that tail and continues from :attr:`num_episodes`. An existing store at ``path`` is kept until the new one
+is complete (``overwrite=True`` replaces it then).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robodual_core.data.schema import (
+    MODALITIES,
+    PARTIAL_SUFFIX,
+    SCHEMA_VERSION,
+    array_layout,
+    dtype_ok,
+    frame_shape_ok,
+    storage_dtype,
+)
+from robodual_core.errors import RobodualError
+
+META_CHUNK = 16384
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+class DatasetWriter:
+    """Append episodes to a new store; ``finalize()`` computes statistics and marks it complete.
+
+    Args:
+        path: the store folder to create (e.g. ``data/calvin_debug.zarr``).
+        fps: control frequency of the recorded steps.
+        modalities: ``{key: "rgb"|"depth"|"tactile"|"proprio"|"action"|"lowdim"}``; every episode must
+            provide exactly these keys. ``proprio`` and ``action`` keys are stored as float32; others keep
+            the dtype of the first episode.
+        action_space: a JSON-able description of the ``action`` key (type, dim, components, range).
+        overwrite: replace an existing store at ``path`` (when the new one is complete) and discard an
+            interrupted ``<path>.partial``.
+        resume: continue an interrupted ``<path>.partial`` after its last whole episode.
+        attrs: extra JSON-able root attributes (e.g. ``source``); checked for equality on resume.
+    """
+
+    def __init__(self, path: str | Path, fps: float, modalities: dict[str, str],
+                 action_space: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
+                 attrs: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        self.fps = float(fps)
+        self.modalities = dict(modalities)
+        self.action_space = dict(action_space or {})
+        self.overwrite = overwrite
+        self.extra_attrs = dict(attrs or {})
+        self._finalized = False
+        self._check_modalities()
+        if self.path.exists():
+            if not overwrite:
+                raise RobodualError(f"'{self.path}' already exists; pass --overwrite to replace it (the old "
+                                    "store is kept until the new one is complete) or choose another path")
+            if not _is_store(self.path) and any(self.path.iterdir()):
+                raise RobodualError(f"'{self.path}' exists and is not a zarr store; refusing to overwrite a "
+                                    "folder robodual did not write. Remove it yourself or choose another path")
+        if self.partial.exists():
+            if resume:
+                self._open_partial()
+                return
+            if not overwrite:
+                raise RobodualError(f"'{self.partial}' was left by an interrupted write; pass --resume to "
+                                    "continue after its last whole episode, or --overwrite to start again")
+            shutil.rmtree(self.partial)
+        self._create()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _check_modalities(self) -> None:
+        if not self.modalities:
+            raise RobodualError("DatasetWriter needs at least one key in 'modalities'")
+        for key, modality in self.modalities.items():
+            if modality not in MODALITIES:
+                raise RobodualError(f"modality of key '{key}' is '{modality}'; expected one of {', '.join(MODALITIES)}")
+            if not key or "/" in key:
+                raise RobodualError(f"dataset key '{key}' is not a valid name; expected a non-empty name without '/'")
+
+    def _root_attrs(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "fps": self.fps, "modalities": self.modalities,
+                "action_space": self.action_space, **self.extra_attrs}
+
+    def _create(self) -> None:
+        import zarr
+
+        self.root = zarr.open_group(str(self.partial), mode="w-")
+        self.root.attrs.update({**self._root_attrs(), "complete": False})
+        self.root.create_group("data")
+        meta = self.root.create_group("meta")
+        meta.attrs.update({"instructions": [], "tasks": []})
+        meta.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(META_CHUNK,))
+        meta.create_array("instruction_index", shape=(0,), dtype="int32", chunks=(META_CHUNK,))
+        meta.create_array("task_index", shape=(0,), dtype="int32", chunks=(META_CHUNK,))
+        self._vocab: dict[str, list[str]] = {"instructions": [], "tasks": []}
+        self._num_episodes = 0
+        self._num_steps = 0
+
+    def _open_partial(self) -> None:
+        import zarr
+
+        try:
+            self.root = zarr.open_group(str(self.partial), mode="r+")
+            ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
+        except Exception as exc:
+            raise RobodualError(f"cannot resume '{self.partial}': it is not a readable robodual store ({exc}); "
+                                "pass --overwrite to start again") from exc
+        found = dict(self.root.attrs)
+        for name, want in self._root_attrs().items():
+            if found.get(name) != want:
+                raise RobodualError(f"cannot resume '{self.partial}': its attribute '{name}' is {found.get(name)!r} "
+                                    f"but this run writes {want!r}; rerun with the same options or pass --overwrite")
+        self._num_episodes = int(ends.shape[0])
+        self._num_steps = int(ends[-1]) if self._num_episodes else 0
+        meta = self.root["meta"]
+        self._vocab = {name: list(meta.attrs.get(name, [])) for name in ("instructions", "tasks")}
+        # drop whatever an interrupted add_episode wrote past the last committed episode
+        for key in self.root["data"].array_keys():
+            arr = self.root["data"][key]
+            if arr.shape[0] != self._num_steps:
+                arr.resize((self._num_steps, *arr.shape[1:]))
+        for name in ("instruction_index", "task_index"):
+            arr = meta[name]
+            if arr.shape[0] != self._num_episodes:
+                arr.resize((self._num_episodes,))
+
+    # -- writing ---------------------------------------------------------------------------------
+    @property
+    def num_episodes(self) -> int:
+        """Episodes committed so far (after a resume: those already in the partial store)."""
+        return self._num_episodes
+
+    @property
+    def num_steps(self) -> int:
+        return self._num_steps
+
+    def _checked(self, arrays: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+        missing = sorted(set(self.modalities) - set(arrays))
+        extra = sorted(set(arrays) - set(self.modalities))
+        if missing or extra:
+            raise RobodualError(f"episode {self._num_episodes}: keys do not match the writer's modalities; "
+                                f"missing: {missing or 'none'}, unexpected: {extra or 'none'}")
+        out: dict[str, np.ndarray] = {}
+        length = None
+        data = self.root["data"]
+        for key, modality in self.modalities.items():
+            x = np.asarray(arrays[key])
+            where = f"episode {self._num_episodes}, key '{key}'"
+            if x.ndim == 0:
+                raise RobodualError(f"{where}: expected an array [T, ...], found a scalar")
+            if length is None:
+                length = x.shape[0]
+            if x.shape[0] != length or length == 0:
+                raise RobodualError(f"{where}: has {x.shape[0]} steps; expected the same non-zero length as the "
+                                    f"other keys ({length})")
+            problem = frame_shape_ok(modality, x.shape[1:]) or dtype_ok(modality, x.dtype)
+            if problem:
+                raise RobodualError(f"{where} ({modality}): expected {problem}; found shape {x.shape[1:]} per "
+                                    f"step, dtype {x.dtype}")
+            target = storage_dtype(modality, x.dtype)
+            if key in data:
+                arr = data[key]
+                if tuple(arr.shape[1:]) != x.shape[1:]:
+                    raise RobodualError(f"{where}: per-step shape {x.shape[1:]} differs from the store's "
+                                        f"{tuple(arr.shape[1:])}")
+                if np.dtype(arr.dtype) != target:
+                    raise RobodualError(f"{where}: dtype {x.dtype} differs from the store's {arr.dtype}")
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                step = int(np.argwhere(~np.isfinite(x.reshape(length, -1)))[0][0])
+                raise RobodualError(f"{where}: NaN or Inf at step {step}; expected finite values")
+            out[key] = x.astype(target, copy=False)
+        assert length is not None
+        return out, int(length)
+
+    def _index_of(self, name: str, value: str) -> int:
+        vocab = self._vocab[name]
+        if not hasattr(self, "_lookup"):
+            self._lookup: dict[str, dict[str, int]] = {}
+        lookup = self._lookup.setdefault(name, {})
+        if len(lookup) != len(vocab):
+            lookup.clear()
+            lookup.update({v: i for i, v in enumerate(vocab)})
+        if value not in lookup:
+            vocab.append(value)
+            lookup[value] = len(vocab) - 1
+            self.root["meta"].attrs[name] = vocab
+        return lookup[value]
+
+    @staticmethod
+    def _append(arr: Any, values: np.ndarray, at: int) -> None:
+        arr.resize((at + values.shape[0], *arr.shape[1:]))
+        arr[at:] = values
+
+    def add_episode(self, arrays: dict[str, Any], instruction: str = "", task: str = "") -> int:
+        """Append one episode (``{key: [T, ...]}``, every key of ``modalities``); returns its index."""
+        if self._finalized:
+            raise RobodualError(f"'{self.path}' is already finalized; create a new DatasetWriter to write more")
+        if not isinstance(instruction, str) or not isinstance(task, str):
+            raise RobodualError(f"episode {self._num_episodes}: instruction and task must be strings; found "
+                                f"{type(instruction).__name__} and {type(task).__name__}")
+        checked, length = self._checked(arrays)
+        data = self.root["data"]
+        for key, x in checked.items():
+            if key not in data:
+                layout = array_layout(self.modalities[key], x.shape[1:], x.dtype)
+                data.create_array(key, shape=(0, *x.shape[1:]), dtype=x.dtype, fill_value=0, **layout)
+            self._append(data[key], x, self._num_steps)
+        meta = self.root["meta"]
+        ep = self._num_episodes
+        self._append(meta["instruction_index"], np.array([self._index_of("instructions", instruction)], np.int32), ep)
+        self._append(meta["task_index"], np.array([self._index_of("tasks", task)], np.int32), ep)
+        # the commit point: written last
+        self._append(meta["episode_ends"], np.array([self._num_steps + length], np.int64), ep)
+        self._num_steps += length
+        self._num_episodes += 1
+        return ep
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Set extra root attributes (JSON-able) before finalizing."""
+        self.root.attrs.update(attrs)
+
+    def finalize(self, depth_frames: int = 256) -> Path:
+        """Compute statistics, write ``complete: true`` last and move the store into place."""
+        from robodual_core.data.stats import compute_stats
+
+        if self._finalized:
+            return self.path
+        if self._num_episodes == 0:
+            raise RobodualError(f"no episodes were written to '{self.partial}'; nothing to finalize")
+        stats, info = compute_stats(self.root, self.modalities, depth_frames=depth_frames)
+        self.root.attrs.update({"stats": stats, "stats_info": info})
+        self.root.attrs["complete"] = True
+        _move_into_place(self.partial, self.path, self.overwrite)
+        self._finalized = True
+        return self.path
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # on an error the partial store stays for --resume; on success the store is finalized
+        if exc_type is None and not self._finalized:
+            self.finalize()
+
+
+def _move_into_place(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists():
+        if not overwrite:
+            raise RobodualError(f"'{dst}' appeared while writing; the new store is kept at '{src}'")
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
