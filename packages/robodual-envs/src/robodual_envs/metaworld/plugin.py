@@ -1,3 +1,26 @@
-"""Entry point of the metaworld plugin: registers lazily (no heavy imports here)."""
+"""Entry point of the metaworld plugin: registers lazily (no heavy imports here).
 
-from robodual_core.hookspecs import hookimpl  # noqa: F401
+The environment is ``registry("envs").get("metaworld")`` (:class:`robodual_envs.metaworld.env.MetaWorldEnv`);
+its ``evaluate`` and ``generate_dataset`` static methods are the evaluation and demo-generation functions
+for code that must not import this package directly.
+"""
+
+from robodual_core.hookspecs import hookimpl
+
+
+@hookimpl
+def robodual_register_envs(registry):
+    registry.register("metaworld", "robodual_envs.metaworld.env:MetaWorldEnv",
+                      "Meta-World (MuJoCo, 50 tasks, MT10) with scripted experts: the embedded default benchmark")
+
+
+@hookimpl
+def robodual_register_commands(app):
+    from robodual_core.cli_groups import group
+    from robodual_envs.metaworld import cli
+
+    generate = group(group(app, "dataset"), "generate")
+    if not generate.info.help:
+        generate.info.help = "Generate datasets from simulators with scripted experts."
+    generate.command("metaworld")(cli.generate_command)
+    group(app, "eval").command("metaworld")(cli.eval_command)

@@ -1,0 +1,155 @@
+"""``robodual dataset generate metaworld`` and ``robodual eval metaworld`` (heavy imports inside the functions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from robodual_core.errors import RobodualError
+
+BUILTIN_POLICIES = {
+    "expert": "robodual_envs.metaworld.expert:scripted_expert_factory",
+    "random": "robodual_envs.metaworld.expert:random_policy_factory",
+}
+
+
+def _cameras(value: str) -> list[str]:
+    cams = [c.strip() for c in value.split(",") if c.strip()]
+    if not cams:
+        raise RobodualError(f"--cameras: expected one or two camera names like 'corner2,gripperPOV', found '{value}'")
+    return cams
+
+
+def generate_command(
+    out: Path = typer.Argument(..., help="The Zarr store to write, e.g. data/metaworld_mt10.zarr."),
+    tasks: str = typer.Option("mt10", "--tasks", help="'mt10' or comma-separated task names (reach-v3,push-v3)."),
+    episodes_per_task: int = typer.Option(10, "--episodes-per-task", help="Successful episodes kept per task."),
+    image_size: int = typer.Option(128, "--image-size", help="Square image size in pixels (64, 128, 224, ...)."),
+    cameras: str = typer.Option("corner2,gripperPOV", "--cameras",
+                                help="Static camera, then wrist camera -> rgb_static, rgb_gripper."),
+    depth: bool = typer.Option(False, "--depth", help="Also record depth_static / depth_gripper (metres)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds every placement; same seed, same dataset."),
+    workers: int = typer.Option(1, "--workers", help="Simulator processes."),
+    max_steps: int = typer.Option(250, "--max-steps", help="Step limit of one expert episode."),
+    action_noise: float = typer.Option(0.0, "--action-noise",
+                                       help="Std of Gaussian noise on executed actions (labels stay clean)."),
+    max_attempts: int = typer.Option(5, "--max-attempts", help="New placements tried when the expert fails."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store when the new one is done."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same options)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Scripted-expert Meta-World demonstrations (only successful episodes) as a robodual Zarr store."""
+    from rich.console import Console
+
+    from robodual_envs.metaworld.generate import GenerateOptions, generate_dataset
+
+    options = GenerateOptions(tasks=tasks.split(","), episodes_per_task=episodes_per_task, image_size=image_size,
+                              cameras=_cameras(cameras), depth=depth, seed=seed, max_steps=max_steps,
+                              action_noise=action_noise, max_attempts=max_attempts)
+    summary = generate_dataset(out, options, workers=workers, overwrite=overwrite, resume=resume)
+    console = Console()
+    if json_out:
+        console.print_json(json.dumps(summary))
+        return
+    failed = f", {len(summary['failed_slots'])} slots failed" if summary["failed_slots"] else ""
+    console.print(f"wrote {summary['episodes']} episodes ({summary['steps']} steps) to {summary['path']} in "
+                  f"{summary['seconds']:.1f} s ({summary['sim_steps_per_s']:.1f} simulated and rendered steps/s){failed}")
+
+
+def eval_command(
+    policy: str = typer.Option(..., "--policy", help="A training run folder, or 'expert' / 'random' (baselines)."),
+    tasks: str = typer.Option("mt10", "--tasks", help="'mt10' or comma-separated task names."),
+    episodes: int = typer.Option(10, "--episodes", help="Episodes per task."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the placements (different from the training data's)."),
+    workers: int = typer.Option(1, "--workers", help="Processes; each loads its own policy and simulator."),
+    out: Path | None = typer.Option(None, "--out", help="Results folder [default: RUN_DIR/eval/metaworld]."),
+    max_steps: int = typer.Option(250, "--max-steps", help="Step limit of one episode."),
+    videos: int = typer.Option(3, "--videos", help="Record the first N episodes (mp4, or gif without PyAV)."),
+    image_size: int | None = typer.Option(None, "--image-size",
+                                          help="Image size [default: the training dataset's, else 128]."),
+    cameras: str | None = typer.Option(None, "--cameras", help="Cameras [default: the training dataset's]."),
+    depth: bool | None = typer.Option(None, "--depth/--no-depth", help="Render depth [default: the dataset's]."),
+    remote: str | None = typer.Option(None, "--remote", help="URL of a policy server (not implemented yet)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Closed-loop success rate of a policy on Meta-World tasks: results.json, a table and videos."""
+    from rich.console import Console
+
+    from robodual_core.io import atomic_write_json
+    from robodual_envs.metaworld.evaluate import PolicyFactory, evaluate, results_table, run_dir_factory
+
+    if remote is not None:
+        raise RobodualError("--remote: evaluating a remote policy server is not implemented yet; "
+                            "pass a local run folder with --policy")
+    run_dir = Path(policy)
+    if run_dir.is_dir():
+        factory: Any = run_dir_factory(run_dir)
+        defaults = dataset_settings_of_run(run_dir)
+        out = out or run_dir / "eval" / "metaworld"
+    elif policy in BUILTIN_POLICIES:
+        factory = PolicyFactory(BUILTIN_POLICIES[policy], kwargs={"seed": seed} if policy == "random" else {})
+        defaults = {}
+        out = out or Path(f"eval_metaworld_{policy}")
+    else:
+        raise RobodualError(f"--policy: '{policy}' is not a folder; expected a training run folder (with "
+                            f"checkpoints/) or one of {', '.join(BUILTIN_POLICIES)}")
+    results = evaluate(
+        factory, tasks=tasks, episodes_per_task=episodes, seed=seed, max_steps=max_steps, workers=workers,
+        video_dir=out / "videos" if videos > 0 else None, n_videos=videos,
+        image_size=image_size or defaults.get("image_size", 128),
+        cameras=_cameras(cameras) if cameras else defaults.get("cameras", ["corner2", "gripperPOV"]),
+        depth=depth if depth is not None else defaults.get("depth", False),
+    )
+    results["policy"] = policy
+    atomic_write_json(out / "results.json", results)
+    console = Console()
+    if json_out:
+        console.print_json(json.dumps({k: v for k, v in results.items() if k != "episodes"}))
+        return
+    console.print(results_table(results, title=f"Meta-World: {policy}"))
+    console.print(f"results: {out / 'results.json'}" + (f"; videos: {out / 'videos'}" if results["videos"] else ""))
+
+
+def dataset_settings_of_run(run_dir: Path) -> dict[str, Any]:
+    """Image size, cameras and depth of the Meta-World dataset a run was trained on, when its config names one.
+
+    Best effort: looks for a ``dataset`` path in ``config.json`` (at any depth) whose store was written by
+    ``robodual dataset generate metaworld``; returns ``{}`` otherwise.
+    """
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        paths = list(_dataset_paths(json.loads(config.read_text())))
+    except (OSError, ValueError):
+        return {}
+    for path in paths:
+        store = Path(path)
+        if not store.is_absolute() and not store.exists():
+            store = run_dir / store
+        meta = store / "zarr.json"
+        if not meta.is_file():
+            continue
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            continue
+        gen = attrs.get("generator") or {}
+        if attrs.get("source") == "metaworld" and gen:
+            return {k: gen[k] for k in ("image_size", "cameras", "depth") if k in gen}
+    return {}
+
+
+def _dataset_paths(obj: Any):
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, str) and "dataset" in key.lower():
+                yield value
+            else:
+                yield from _dataset_paths(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _dataset_paths(value)
