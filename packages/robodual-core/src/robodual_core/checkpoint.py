@@ -140,3 +140,28 @@ def read_json(ckpt_dir: str | Path, name: str) -> Any:
 def read_checkpoint_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     """``model_config.json`` of a checkpoint (or of a run folder's latest checkpoint)."""
     return read_json(resolve_checkpoint(ckpt_dir), "model_config")
+
+
+def run_dataset_spec(ckpt_dir: str | Path, keys: list[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape of one frame, dtype)}`` of the dataset a run was trained on (from the run's config.json).
+
+    Empty when the run folder or its dataset cannot be found: a policy still runs, it just cannot tell a
+    client what to send.
+    """
+    ckpt = Path(ckpt_dir)
+    for run in (ckpt, ckpt.parent.parent):
+        cfg_path = run / "config.json"
+        if cfg_path.is_file():
+            break
+    else:
+        return {}
+    try:
+        dataset = json.loads(cfg_path.read_text()).get("dataset")
+        if not dataset:
+            return {}
+        from robodual_core.data import open_dataset
+
+        ds = open_dataset(dataset)
+        return {k: (tuple(ds.array(k).shape[1:]), str(ds.array(k).dtype)) for k in keys if k in ds.keys}
+    except Exception:
+        return {}

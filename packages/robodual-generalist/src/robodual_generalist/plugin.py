@@ -1,3 +1,22 @@
 """Entry point of robodual-generalist: registers its components lazily (no heavy imports here)."""
 
-from robodual_core.hookspecs import hookimpl  # noqa: F401
+from __future__ import annotations
+
+from robodual_core.hookspecs import hookimpl
+
+
+@hookimpl
+def robodual_register_generalists(registry):
+    registry.register("openvla", "robodual_generalist.model:VLAGeneralist",
+                      "OpenVLA / Prismatic (DINOv2+SigLIP, LLaMA) with action-chunk tokens; native loading, LoRA")
+
+
+@hookimpl
+def robodual_register_commands(app):
+    from robodual_core.cli_groups import group
+    from robodual_generalist import commands
+
+    group(app, "train").command("generalist")(commands.train_generalist)
+    group(app, "generalist").command("merge")(commands.merge)
+    group(app, "generalist").command("cache")(commands.cache)
+    group(app, "bench").command("generalist")(commands.bench_generalist)

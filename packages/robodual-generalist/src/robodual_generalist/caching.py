@@ -1,0 +1,124 @@
+"""``robodual generalist cache``: free-running generalist outputs for every step of a store.
+
+Row ``t`` is the output for the image and instruction at step ``t``; the specialist reads row
+``gen_index = t - tau``. Written through :class:`robodual_core.data.generalist_cache.GeneralistCacheWriter`
+(resumable, ``complete`` last, keyed by the checkpoint hash).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robodual_core.data.generalist_cache import ROWS_PER_CHUNK, GeneralistCacheWriter, checkpoint_hash
+from robodual_core.errors import RobodualError
+from robodual_core.interfaces import GeneralistOutput
+
+POOLINGS = ("none", "step", "mean")
+
+
+def pool_output(out: GeneralistOutput, pooling: str, k_g: int) -> GeneralistOutput:
+    """Shrink the latents for the cache: ``step`` averages each time step's D action tokens, ``mean``
+    averages the task tokens (valid ones) and the action tokens into one token each."""
+    if pooling == "none":
+        return out
+    b, na, h = out.action_latents.shape
+    if pooling == "step":
+        act = out.action_latents.reshape(b, k_g, na // k_g, h).mean(2)
+        return GeneralistOutput(out.actions, out.task_latents, act, out.task_mask,
+                                torch.ones((b, k_g), dtype=torch.bool, device=act.device))
+    if pooling == "mean":
+        m = out.task_mask.unsqueeze(-1).float()
+        task = (out.task_latents * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+        act = out.action_latents.mean(1, keepdim=True)
+        ones = torch.ones((b, 1), dtype=torch.bool, device=act.device)
+        return GeneralistOutput(out.actions, task, act, ones, ones.clone())
+    raise RobodualError(f"--pooling is {pooling!r}; expected one of {', '.join(POOLINGS)}")
+
+
+def _pad_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
+    if x.shape[1] >= n:
+        return x[:, :n]
+    pad = x.new_zeros((x.shape[0], n - x.shape[1], *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+def load_images(arr: Any, start: int, end: int) -> torch.Tensor:
+    """``data/<key>[start:end]`` uint8 HWC -> float ``[n, 3, H, W]`` in [0, 1] (as WindowDataset gives)."""
+    x = torch.from_numpy(np.ascontiguousarray(arr[start:end]))
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, dtype: str = "float16",
+                pooling: str = "none", device: str = "auto", overwrite: bool = False,
+                show_progress: bool = True) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from robodual_core.data import open_dataset
+    from robodual_core.training import resolve_device
+    from robodual_generalist.model import VLAGeneralist
+
+    if pooling not in POOLINGS:
+        raise RobodualError(f"--pooling is {pooling!r}; expected one of {', '.join(POOLINGS)}")
+    if batch_size < 1:
+        raise RobodualError(f"--batch-size must be >= 1, found {batch_size}")
+    dataset = Path(dataset)
+    ds = open_dataset(dataset)
+    model = VLAGeneralist.from_checkpoint(policy, device=resolve_device(device))
+    key = model.cfg.image_key
+    arr = ds.array(key)
+    dim = int(np.prod(ds.array("action").shape[1:]))
+    if dim != model.action_dim:
+        raise RobodualError(f"generalist '{policy}' predicts {model.action_dim}-dim actions but dataset "
+                            f"'{dataset}' has action dim {dim}")
+    h = checkpoint_hash(policy)
+    k_g, d = model.k_g, model.action_dim
+    n_task = max(len(model.prompt_ids(s)) - 1 for s in set(ds.instructions))
+    n_act = {"none": k_g * d, "step": k_g, "mean": 1}[pooling]
+    writer = GeneralistCacheWriter(dataset, h, ds.num_steps, k_g, d, 1 if pooling == "mean" else n_task, n_act,
+                                   model.hidden_size, dtype=dtype, pooling=pooling, overwrite=overwrite,
+                                   source=str(policy))
+    if not writer.complete:
+        ep_of_step = np.searchsorted(ds.episode_ends, np.arange(ds.num_steps), side="right")
+        instructions = ds.instructions
+        block = -(-batch_size // ROWS_PER_CHUNK) * ROWS_PER_CHUNK  # whole zarr chunks per write
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=Console(stderr=True), disable=not show_progress)
+        with progress:
+            task = progress.add_task(f"caching generalist {h}", total=ds.num_steps, completed=writer.done_until)
+            for start in range(writer.done_until, ds.num_steps, block):
+                end = min(ds.num_steps, start + block)
+                images = load_images(arr, start, end)
+                rows: dict[str, list[np.ndarray]] = {}
+                for s in range(0, end - start, batch_size):
+                    sl = slice(s, min(end - start, s + batch_size))
+                    batch = {"obs": {key: images[sl]},
+                             "instruction": [instructions[e] for e in ep_of_step[start + sl.start:start + sl.stop]]}
+                    out = pool_output(model.generate(batch), pooling, k_g)
+                    parts = {"actions": out.actions, "task_latents": _pad_tokens(out.task_latents, n_task),
+                             "action_latents": out.action_latents, "task_mask": _pad_tokens(out.task_mask, n_task),
+                             "action_mask": out.action_mask}
+                    if pooling == "mean":
+                        parts["task_latents"], parts["task_mask"] = out.task_latents, out.task_mask
+                    for name, value in parts.items():
+                        rows.setdefault(name, []).append(value.cpu().numpy())
+                writer.write(start, {k: np.concatenate(v) for k, v in rows.items()})
+                progress.update(task, completed=end)
+        writer.finalize()
+    attrs = dict(writer.group.attrs)
+    group_dir = dataset / "generalist" / h
+    on_disk = sum(f.stat().st_size for f in group_dir.rglob("*") if f.is_file()) if group_dir.is_dir() else 0
+    return {"checkpoint_hash": h, "num_steps": ds.num_steps, "bytes_per_step": attrs.get("bytes_per_step", 0),
+            "bytes_uncompressed": attrs.get("bytes_uncompressed", 0), "bytes_on_disk": on_disk,
+            "dtype": attrs.get("dtype"), "pooling": attrs.get("pooling")}

@@ -1,0 +1,61 @@
+"""Offline LoRA merge: a trained generalist -> a standalone OpenVLA-format folder.
+
+The folder is what OpenVLA publishes (config.json with ``norm_stats``, sharded safetensors, index) plus a
+``robodual`` section in config.json (generalist config, action dim, token layout) and ``normalizer.json``,
+so ``VLAGeneralist.from_checkpoint(folder)`` rebuilds the same policy without the base folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from robodual_core.config import to_dict
+from robodual_core.errors import RobodualError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def _normalizer_dict(run: Path) -> dict[str, Any] | None:
+    from robodual_core.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(run)
+    file = ckpt / "normalizer.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def export_merged(run: str | Path, out: str | Path) -> Path:
+    from robodual_generalist.model import VLAGeneralist
+    from robodual_generalist.prismatic import is_openvla_dir, save_openvla
+
+    run, out = Path(run), Path(out)
+    if is_openvla_dir(run):
+        raise RobodualError(f"'{run}' is already an OpenVLA-format folder (nothing to merge); pass a generalist "
+                            "run or checkpoint folder")
+    model = VLAGeneralist.from_checkpoint(run)
+    model.merge_lora()
+    normalizer = _normalizer_dict(run)
+    config = dict(model.vla.config)
+    gen_cfg = to_dict(model.cfg)
+    gen_cfg["lora"] = False
+    config["robodual"] = {**(config.get("robodual") or {}), "generalist": gen_cfg, "action_dim": model.action_dim,
+                          "action_vocab_size": model.meta["action_vocab_size"],
+                          "separator_id": model.meta["separator_id"],
+                          "text_tokenizer": model.meta.get("text_tokenizer", "hf")}
+    if normalizer and "action" in normalizer:
+        a = normalizer["action"]
+        stats = {k: a[k] for k in ("q01", "q99") if k in a}
+        if stats:  # OpenVLA's norm_stats layout: {dataset: {action: {q01, q99, mask}}}
+            stats["mask"] = [True] * len(stats["q01"])
+            config["norm_stats"] = {"robodual": {"action": stats}}
+    extra = {"normalizer.json": json.dumps(normalizer, indent=2)} if normalizer else {}
+    path = save_openvla(model.vla, out, config=config, extra_files=extra)
+    base = Path(model.cfg.base)
+    if model.cfg.base != "tiny" and base.is_dir():
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, path / name)
+    return path

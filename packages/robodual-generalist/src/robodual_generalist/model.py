@@ -1,0 +1,390 @@
+"""The generalist: an OpenVLA-style VLA that predicts chunks of ``k_g`` actions as tokens.
+
+Sequence layout (left-padded in a batch, so every sequence ends at the same position)::
+
+    [PAD ..., BOS, P patch embeddings, prompt text ..., a_0 (D ids), SEP, a_1, SEP, ..., a_{k_g-1}]
+
+Training is next-token cross-entropy on the action ids only. ``generate`` decodes free-running (never
+teacher-forced), greedily, under constraints (only action ids at action slots, the separator at
+separator slots), with a KV cache, for a whole batch at once. Task latents are the chosen layer's
+hidden states at the prompt text positions (after the patch tokens); action latents are the hidden
+states at the generated action ids' positions (each id is fed back once so its own position is seen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robodual_core.config import load_config, to_dict
+from robodual_core.errors import RobodualError
+from robodual_core.interfaces import Generalist, GeneralistOutput
+from robodual_generalist.config import GeneralistConfig
+from robodual_generalist.prismatic import (
+    PrismaticVLA,
+    is_openvla_dir,
+    load_openvla,
+    read_openvla_config,
+    tiny_openvla_config,
+)
+from robodual_generalist.tokenizer import (
+    ActionTokenizer,
+    ByteTokenizer,
+    HFTextTokenizer,
+    openvla_prompt,
+)
+
+FAMILY = "openvla"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Prefix:
+    """A left-padded batch of ``[BOS, patches, text]`` prefixes (optionally followed by a target chunk)."""
+
+    embeds: torch.Tensor  # [B, L, H]
+    attention_mask: torch.Tensor  # [B, L] long
+    position_ids: torch.Tensor  # [B, L]
+    text_index: torch.Tensor  # [B, Nt] positions of the prompt text tokens, right-padded with 0
+    text_mask: torch.Tensor  # [B, Nt] bool
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise RobodualError(f"config key 'model.dtype' is {name!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+class VLAGeneralist(nn.Module, Generalist):
+    """Wraps :class:`PrismaticVLA` with the action tokenizer, the prompt, LoRA and decoding."""
+
+    def __init__(self, cfg: GeneralistConfig, action_dim: int, vla: PrismaticVLA | None = None,
+                 text_tokenizer: Any = None, meta: dict[str, Any] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.k_g = cfg.k_g
+        self.action_dim = action_dim
+        if vla is None:
+            vla, text_tokenizer, meta = build_base(cfg)
+        self.vla = vla
+        self.text_tokenizer = text_tokenizer
+        self.meta = dict(meta or {})
+        self.action_tokenizer = ActionTokenizer(vocab_size=self.meta["action_vocab_size"],
+                                                separator_id=self.meta["separator_id"], action_dim=action_dim,
+                                                k_g=cfg.k_g, n_bins=self.meta.get("n_action_bins", 256))
+        self.pad_id = int(self.meta.get("pad_id", 0))
+        self._lora = False
+        self._configure_trainable()
+
+    # -- parameters ------------------------------------------------------------------------------
+    def _configure_trainable(self) -> None:
+        cfg = self.cfg
+        self.vla.requires_grad_(False)
+        if cfg.lora:
+            self.apply_lora()
+        else:
+            self.vla.language_model.requires_grad_(True)
+        self.vla.projector.requires_grad_(cfg.train_projector)
+        self.vla.vision_backbone.requires_grad_(not cfg.freeze_vision)
+        if cfg.gradient_checkpointing:
+            self.vla.language_model.gradient_checkpointing_enable()
+
+    def apply_lora(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        targets: str | list[str] = self.cfg.lora_targets
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        lcfg = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, lora_dropout=self.cfg.lora_dropout,
+                          target_modules=targets, init_lora_weights="gaussian", task_type="CAUSAL_LM")
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            self.vla.language_model = get_peft_model(self.vla.language_model, lcfg)
+        self._lora = True
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapters into the language model weights (outputs unchanged)."""
+        if self._lora:
+            self.vla.language_model = self.vla.language_model.merge_and_unload()
+            self._lora = False
+
+    @property
+    def trainable_only(self) -> bool:
+        """Checkpoints hold only trainable weights when the base can be read again from a folder."""
+        return self.cfg.base != "tiny"
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        full = super().state_dict(*args, **kwargs)
+        if not self.trainable_only:
+            return full
+        prefix = kwargs.get("prefix", "")
+        keep = {prefix + n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in full.items() if k in keep}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if not self.trainable_only:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        expected = set(self.state_dict())
+        missing = sorted(expected - set(state_dict))
+        if strict and (missing or result.unexpected_keys):
+            raise RobodualError(f"generalist weights do not match the model: missing {missing[:5]}, "
+                                f"unexpected {list(result.unexpected_keys)[:5]}")
+        return result
+
+    def robodual_config(self) -> dict[str, Any]:
+        return {"family": FAMILY, "model": to_dict(self.cfg), "action_dim": self.action_dim, "meta": self.meta,
+                "base_hash": self.meta.get("base_hash")}
+
+    @property
+    def device(self) -> torch.device:
+        return self.vla.projector.fc1.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vla.hidden_size
+
+    # -- sequences -------------------------------------------------------------------------------
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """``[BOS, prompt text ids...]``."""
+        return self.text_tokenizer.encode(openvla_prompt(instruction))
+
+    def build_prefix(self, images: torch.Tensor, instructions: list[str], targets: torch.Tensor | None = None) -> Prefix:
+        """Embeddings of ``[BOS, patches, text(, targets)]``, left-padded to one length."""
+        dev = self.device
+        patches = self.vla.embed_images(images.to(dev))  # [B, P, H]
+        b, p, _ = patches.shape
+        prompts = [self.prompt_ids(s) for s in instructions]
+        n_t = [len(ids) - 1 for ids in prompts]
+        tail = targets.shape[1] if targets is not None else 0
+        lengths = [1 + p + n + tail for n in n_t]
+        length = max(lengths)
+        ids = torch.full((b, length), self.pad_id, dtype=torch.long)
+        is_patch = torch.zeros((b, length), dtype=torch.bool)
+        attn = torch.zeros((b, length), dtype=torch.long)
+        text_index = torch.zeros((b, max(n_t)), dtype=torch.long)
+        text_mask = torch.zeros((b, max(n_t)), dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            start = length - lengths[i]
+            attn[i, start:] = 1
+            ids[i, start] = prompt[0]
+            is_patch[i, start + 1:start + 1 + p] = True
+            t0 = start + 1 + p
+            ids[i, t0:t0 + n_t[i]] = torch.tensor(prompt[1:], dtype=torch.long)
+            text_index[i, :n_t[i]] = torch.arange(t0, t0 + n_t[i])
+            text_mask[i, :n_t[i]] = True
+        if targets is not None:
+            ids[:, length - tail:] = targets.cpu()
+        ids, attn = ids.to(dev), attn.to(dev)
+        embeds = self.vla.embed_tokens(ids)
+        embeds = embeds.masked_scatter(is_patch.to(dev).unsqueeze(-1), patches.to(embeds.dtype))
+        position_ids = (attn.cumsum(1) - 1).clamp(min=0)
+        return Prefix(embeds, attn, position_ids, text_index.to(dev), text_mask.to(dev))
+
+    def _images(self, batch: dict[str, Any]) -> torch.Tensor:
+        obs = batch.get("obs", {})
+        if self.cfg.image_key not in obs:
+            raise RobodualError(f"the generalist reads obs key '{self.cfg.image_key}' but the batch has "
+                                f"{sorted(obs)}; set model.image_key or add the key to the dataset")
+        x = obs[self.cfg.image_key]
+        if x.ndim == 5:  # [B, T, C, H, W] history: the generalist sees the current frame
+            x = x[:, -1]
+        return x.float()
+
+    @staticmethod
+    def _instructions(batch: dict[str, Any]) -> list[str]:
+        ins = batch["instruction"]
+        return [ins] if isinstance(ins, str) else list(ins)
+
+    # -- training --------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token cross-entropy on the action ids of the ground-truth chunk (separators excluded)."""
+        actions = batch["action"][:, : self.k_g].float()
+        if actions.shape[1:] != (self.k_g, self.action_dim):
+            raise RobodualError(f"the generalist expects action chunks [B, {self.k_g}, {self.action_dim}] "
+                                f"(WindowDataset horizon = k_g), found {list(batch['action'].shape)}")
+        targets = self.action_tokenizer.encode(actions).to(self.device)  # [B, C]
+        prefix = self.build_prefix(self._images(batch), self._instructions(batch), targets)
+        c = targets.shape[1]
+        out = self.vla.language_model(inputs_embeds=prefix.embeds, attention_mask=prefix.attention_mask,
+                                      position_ids=prefix.position_ids, use_cache=False, logits_to_keep=c + 1)
+        logits = out.logits[:, :-1].float()  # position j predicts chunk token j
+        slots = ~self.action_tokenizer.is_separator_slot().to(self.device)
+        pred, tgt = logits[:, slots], targets[:, slots]
+        loss = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1))
+        with torch.no_grad():
+            lo = self.action_tokenizer.first_action_id
+            hi = self.action_tokenizer.vocab_size
+            best = pred[..., lo:hi].argmax(-1) + lo
+            acc = (best == tgt).float().mean()
+            l1 = (self.action_tokenizer.decode_values(best) - self.action_tokenizer.decode_values(tgt)).abs().mean()
+        return loss, {"action_token_acc": float(acc), "action_l1": float(l1)}
+
+    # -- inference -------------------------------------------------------------------------------
+    def _constrain(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
+        tok = self.action_tokenizer
+        if bool(tok.is_separator_slot()[slot]):
+            return torch.full((logits.shape[0],), tok.separator_id, dtype=torch.long, device=logits.device)
+        return logits[:, tok.first_action_id:tok.vocab_size].argmax(-1) + tok.first_action_id
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], use_cache: bool = True) -> GeneralistOutput:
+        """Free-running greedy decoding of one chunk per sample -> :class:`GeneralistOutput`."""
+        lm = self.vla.language_model
+        layer = self.cfg.latent_layer
+        prefix = self.build_prefix(self._images(batch), self._instructions(batch))
+        attn, pos = prefix.attention_mask, prefix.position_ids
+        out = lm(inputs_embeds=prefix.embeds, attention_mask=attn, position_ids=pos, use_cache=use_cache,
+                 output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[layer]
+        task = torch.gather(hidden, 1, prefix.text_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        task = task * prefix.text_mask.unsqueeze(-1)
+        past = out.past_key_values if use_cache else None
+        logits = out.logits[:, -1]
+        tokens, latents = [], []
+        embeds = prefix.embeds
+        for slot in range(self.action_tokenizer.chunk_len):
+            tok = self._constrain(logits.float(), slot)
+            tokens.append(tok)
+            attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
+            new = self.vla.embed_tokens(tok[:, None])
+            if use_cache:
+                out = lm(inputs_embeds=new, attention_mask=attn, position_ids=pos[:, -1:], past_key_values=past,
+                         use_cache=True, output_hidden_states=True, logits_to_keep=1)
+                past = out.past_key_values
+            else:
+                embeds = torch.cat([embeds, new], dim=1)
+                out = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False,
+                         output_hidden_states=True, logits_to_keep=1)
+            latents.append(out.hidden_states[layer][:, -1])
+            logits = out.logits[:, -1]
+        ids = torch.stack(tokens, dim=1)  # [B, C]
+        act_pos = self.action_tokenizer.action_positions().to(ids.device)
+        action_latents = torch.stack(latents, dim=1)[:, act_pos]
+        actions = self.action_tokenizer.decode(ids)
+        return GeneralistOutput(
+            actions=actions.float(),
+            task_latents=task.float(),
+            action_latents=action_latents.float(),
+            task_mask=prefix.text_mask,
+            action_mask=torch.ones(action_latents.shape[:2], dtype=torch.bool, device=ids.device),
+        )
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load_runner(cls, path: str | Path) -> Any:
+        """The runtime adapter (:class:`robodual_generalist.runner.GeneralistRunner`) for a checkpoint."""
+        from robodual_generalist.runner import GeneralistRunner
+
+        return GeneralistRunner.load(path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> VLAGeneralist:
+        """Rebuild from a run folder, a checkpoint folder, or an OpenVLA-format folder written by merge."""
+        path = Path(path)
+        if is_openvla_dir(path):
+            return load_merged(path).to(device).eval()
+        from robodual_core.checkpoint import load_model_state, read_json, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(path)
+        meta = read_json(ckpt, "model_config")
+        if meta.get("family") != FAMILY:
+            raise RobodualError(f"checkpoint '{ckpt}' is a '{meta.get('family')}' model, not a generalist "
+                                f"('{FAMILY}')")
+        cfg = load_config(GeneralistConfig, base=meta["model"])
+        model = cls(cfg, action_dim=int(meta["action_dim"]))
+        if meta.get("base_hash") and model.meta.get("base_hash") != meta["base_hash"]:
+            raise RobodualError(f"checkpoint '{ckpt}' was trained on base '{cfg.base}' with hash "
+                                f"{meta['base_hash']}, but that folder now hashes to {model.meta.get('base_hash')}")
+        model.load_state_dict(load_model_state(ckpt, ema=ema))
+        return model.to(device).eval()
+
+
+def build_base(cfg: GeneralistConfig) -> tuple[PrismaticVLA, Any, dict[str, Any]]:
+    """The network, text tokenizer and token-layout metadata for ``cfg.base``."""
+    dtype = _dtype(cfg.dtype)
+    if cfg.base == "tiny":
+        text = ByteTokenizer()
+        separator = text.vocab_size  # one id past the bytes, then 256 action ids
+        vocab = separator + 1 + 256
+        t = cfg.tiny
+        config = tiny_openvla_config(vocab, image_size=t.image_size, patch_size=t.patch_size,
+                                     vision_dim=t.vision_dim, vision_depth=t.vision_depth,
+                                     vision_heads=t.vision_heads, hidden_size=t.hidden_size,
+                                     num_layers=t.num_layers, num_heads=t.num_heads,
+                                     intermediate_size=t.intermediate_size)
+        config["robodual"] = {"text_tokenizer": "bytes", "action_vocab_size": vocab, "separator_id": separator}
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            vla = PrismaticVLA(config)
+        return vla.to(dtype), text, {"action_vocab_size": vocab, "separator_id": separator, "pad_id": 0,
+                                     "text_tokenizer": "bytes"}
+    path = Path(cfg.base)
+    config = read_openvla_config(path)
+    vla = load_openvla(path, dtype=dtype)
+    text, meta = text_tokenizer_for(path, config)
+    meta["base_hash"] = folder_hash(path)
+    return vla, text, meta
+
+
+def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The text tokenizer of an OpenVLA-format folder and where its action/separator ids lie."""
+    extra = config.get("robodual") or {}
+    if extra.get("text_tokenizer") == "bytes":
+        text: Any = ByteTokenizer()
+        meta = {"action_vocab_size": extra["action_vocab_size"], "separator_id": extra["separator_id"], "pad_id": 0,
+                "text_tokenizer": "bytes"}
+        return text, meta
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise RobodualError(f"cannot load the text tokenizer from '{path}' ({exc}); an OpenVLA folder holds "
+                            "tokenizer.json / tokenizer.model beside config.json") from None
+    text = HFTextTokenizer(tok)
+    vocab = int(config["text_config"]["vocab_size"]) - int(config.get("pad_to_multiple_of", 0) or 0)
+    pad = int(config.get("pad_token_id", text.pad_id))
+    # OpenVLA pads the embedding to a multiple of 64: the rows past the tokenizer are free for the separator
+    separator = int(extra.get("separator_id", pad + 1 if pad + 1 < config["text_config"]["vocab_size"] else pad))
+    return text, {"action_vocab_size": int(extra.get("action_vocab_size", vocab)), "separator_id": separator,
+                  "pad_id": pad, "text_tokenizer": "hf"}
+
+
+def folder_hash(path: Path) -> str:
+    """sha256 over an OpenVLA-format folder's config.json and weight files (content, in index order)."""
+    from robodual_generalist.prismatic import weight_files
+
+    h = hashlib.sha256()
+    for f in [path / "config.json", *weight_files(path)]:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def load_merged(path: Path) -> VLAGeneralist:
+    """A generalist from a folder written by ``robodual generalist merge`` (OpenVLA format + robodual fields)."""
+    config = read_openvla_config(path)
+    extra = config.get("robodual") or {}
+    if "generalist" not in extra:
+        raise RobodualError(f"'{path}/config.json' has no robodual.generalist section: it is a base OpenVLA "
+                            "checkpoint, not a trained generalist; pass it as --base to `robodual train generalist`")
+    cfg = load_config(GeneralistConfig, base=extra["generalist"])
+    cfg.base, cfg.lora = str(path), False
+    vla = load_openvla(path, dtype=_dtype(cfg.dtype))
+    text, meta = text_tokenizer_for(path, config)
+    meta["base_hash"] = folder_hash(path)
+    return VLAGeneralist(cfg, action_dim=int(extra["action_dim"]), vla=vla, text_tokenizer=text, meta=meta)
+
+
+def json_dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

@@ -1,0 +1,113 @@
+"""CLI end to end: train -> cache -> merge; the cache equals fresh inference, resumes, and refuses
+another checkpoint's outputs."""
+
+import pytest
+import torch
+from generalist_helpers import make_store
+
+from robodual_core.data import open_dataset
+from robodual_core.data.generalist_cache import GeneralistCache, checkpoint_hash, list_caches, open_cache_for
+from robodual_core.errors import RobodualError
+from robodual_generalist.caching import build_cache, load_images
+from robodual_generalist.model import VLAGeneralist
+
+TINY = ["--set", "trainer.num_workers=0", "--set", "trainer.batch_size=4", "--set", "model.k_g=4",
+        "--set", "model.tiny.image_size=32", "--set", "model.tiny.hidden_size=64", "--set", "model.tiny.num_heads=2",
+        "--set", "model.tiny.intermediate_size=128", "--set", "trainer.ckpt_every=2"]
+
+
+def cli(*args):
+    from robodual_cli.app import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"robodual {' '.join(map(str, args))} exited with {exc.code}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    store = make_store(root / "store.zarr", episodes=3, steps=6, action_dim=3)
+    cli("train", "generalist", "--dataset", store, "--out", root / "run", "--base", "tiny", "--steps", 2, *TINY)
+    return store, root / "run"
+
+
+def fresh(model, store, steps):
+    ds = open_dataset(store)
+    ep = [int((ds.episode_ends <= t).sum()) for t in steps]
+    images = torch.cat([load_images(ds.array("rgb_static"), t, t + 1) for t in steps])
+    return model.generate({"obs": {"rgb_static": images}, "instruction": [ds.instructions[e] for e in ep]})
+
+
+def test_cache_equals_fresh_inference(trained):
+    store, run = trained
+    cli("generalist", "cache", "--policy", run, "--dataset", store, "--batch-size", 4, "--dtype", "float32")
+    cache = open_cache_for(store, run)
+    assert len(cache) == 18 and cache.attrs["complete"] and cache.k_g == 4
+    steps = [0, 5, 6, 11, 17]
+    got = cache.get(torch.tensor(steps))
+    want = fresh(VLAGeneralist.from_checkpoint(run), store, steps)
+    assert torch.equal(got.actions, want.actions)
+    n = want.task_latents.shape[1]
+    torch.testing.assert_close(got.task_latents[:, :n], want.task_latents, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.task_mask[:, :n], want.task_mask) and not got.task_mask[:, n:].any()
+    torch.testing.assert_close(got.action_latents, want.action_latents, rtol=1e-4, atol=1e-4)
+    assert got.action_mask.all()
+
+
+def test_cache_resumes_after_an_interruption(trained, tmp_path, monkeypatch):
+    store, run = trained
+    calls = {"n": 0}
+    original = VLAGeneralist.generate
+
+    def flaky(self, batch, use_cache=True):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, batch, use_cache)
+
+    monkeypatch.setattr(VLAGeneralist, "generate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(run, store, batch_size=4, dtype="float16", overwrite=True, show_progress=False)
+    h = checkpoint_hash(run)
+    attrs = list_caches(store)[h]
+    assert attrs["done_until"] == 16 and not attrs["complete"]
+    with pytest.raises(RobodualError, match="incomplete"):
+        GeneralistCache(store, h)
+    calls["n"] = -100
+    summary = build_cache(run, store, batch_size=4, dtype="float16", show_progress=False)
+    assert calls["n"] == -99  # only the last block (2 steps, one batch) was computed
+    assert summary["num_steps"] == 18 and summary["bytes_per_step"] > 0
+    assert GeneralistCache(store, h).attrs["complete"]
+
+
+def test_cache_from_another_checkpoint_is_refused(trained, tmp_path):
+    store, run = trained
+    build_cache(run, store, batch_size=8, show_progress=False)
+    with pytest.raises(RobodualError, match="no generalist cache for checkpoint 00000000"):
+        GeneralistCache(store, "0000000000000000")
+    # train on: the latest checkpoint has other weights, so the old cache must not be used for it
+    cli("train", "generalist", "--dataset", store, "--out", run, "--resume", "--steps", 4, *TINY)
+    with pytest.raises(RobodualError, match="no generalist cache"):
+        open_cache_for(store, run)
+    assert checkpoint_hash(run) != checkpoint_hash(run / "checkpoints" / "2")
+
+
+def test_merge_cli_writes_an_openvla_folder_with_the_same_outputs(trained, tmp_path):
+    store, run = trained
+    cli("generalist", "merge", run, "--out", tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors.index.json").is_file()
+    a = fresh(VLAGeneralist.from_checkpoint(run), store, [0, 7])
+    b = fresh(VLAGeneralist.from_checkpoint(tmp_path / "merged"), store, [0, 7])
+    assert torch.equal(a.actions, b.actions)
+    torch.testing.assert_close(a.action_latents, b.action_latents)
+
+
+def test_pooled_cache_shrinks_the_latents(trained):
+    store, run = trained
+    summary = build_cache(run, store, batch_size=8, pooling="mean", overwrite=True, show_progress=False)
+    got = open_cache_for(store, run).get(torch.tensor([0, 17]))
+    assert got.task_latents.shape == (2, 1, 64) and got.action_latents.shape == (2, 1, 64)
+    assert got.task_mask.all() and got.action_mask.all() and got.actions.shape == (2, 4, 3)
+    assert summary["pooling"] == "mean" and summary["bytes_per_step"] < 64 * 4 * 10

@@ -1,0 +1,73 @@
+"""Action tokenizer: OpenVLA binning, bin edges, clipping, separators, robust decoding."""
+
+import numpy as np
+import torch
+
+from robodual_generalist.tokenizer import ActionTokenizer, ByteTokenizer, openvla_prompt
+
+
+def tok(**kw):
+    args = dict(vocab_size=516, separator_id=259, action_dim=3, k_g=4)
+    args.update(kw)
+    return ActionTokenizer(**args)
+
+
+def test_ids_are_the_last_256_and_match_openvla_formula():
+    t = tok()
+    a = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0])
+    ids = t.encode_values(a)
+    bins = np.linspace(-1, 1, 256)
+    assert ids.tolist() == (516 - np.digitize(a.numpy().astype(np.float64), bins)).tolist()
+    assert ids.min() >= 516 - 256 and ids.max() <= 515
+    assert t.encode_values(torch.tensor([-1.0])).item() == 515  # digitize(-1) = 1
+    assert t.encode_values(torch.tensor([1.0])).item() == 260  # digitize(1) = 256
+
+
+def test_round_trip_error_is_within_one_bin_and_edges_clip():
+    t = tok()
+    width = 2 / 255
+    a = torch.linspace(-1, 1, 1001)
+    back = t.decode_values(t.encode_values(a))
+    assert (back - a).abs().max() <= width + 1e-6
+    edges = torch.tensor(np.linspace(-1, 1, 256), dtype=torch.float32)
+    back = t.decode_values(t.encode_values(edges))
+    assert (back - edges).abs().max() <= width + 1e-6
+    assert back.min() >= -1 and back.max() <= 1
+    # values outside [-1, 1] clip to the extreme bins
+    out = t.decode_values(t.encode_values(torch.tensor([-7.0, 5.0])))
+    assert out.tolist() == t.decode_values(t.encode_values(torch.tensor([-1.0, 1.0]))).tolist()
+    # decoding is idempotent on the representable values
+    assert torch.equal(t.discretize(back), back)
+
+
+def test_decode_never_fails_on_ids_outside_the_action_range():
+    t = tok()
+    ids = torch.tensor([0, 1, 259, 259, 600, -5, 10**6])
+    vals = t.decode_values(ids)
+    assert torch.isfinite(vals).all() and vals.abs().max() < 1
+
+
+def test_chunks_have_separators_between_steps():
+    t = tok()
+    chunk = torch.rand(2, 4, 3) * 2 - 1
+    ids = t.encode(chunk)
+    assert ids.shape == (2, t.chunk_len) == (2, 4 * 4 - 1)
+    sep = t.is_separator_slot()
+    assert (ids[:, sep] == 259).all() and sep.sum() == 3
+    assert (ids[:, ~sep] >= 260).all()
+    torch.testing.assert_close(t.decode(ids), t.discretize(chunk))
+
+
+def test_separator_may_not_collide_with_actions():
+    import pytest
+
+    with pytest.raises(ValueError, match="separator"):
+        tok(separator_id=300)
+
+
+def test_prompt_and_byte_tokenizer():
+    p = openvla_prompt("Open The Drawer ")
+    assert p == "In: What action should the robot take to open the drawer?\nOut:"
+    b = ByteTokenizer()
+    ids = b.encode(p)
+    assert ids[0] == b.bos_id and max(ids) < b.vocab_size and b.decode(ids) == p
