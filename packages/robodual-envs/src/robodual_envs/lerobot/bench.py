@@ -1,0 +1,96 @@
+"""``robodual bench lerobot``: frames/s of ``convert lerobot`` for several worker counts.
+
+A synthetic store (smooth moving frames, state and action) is exported as a LeRobot v3.0 dataset
+(H.264, keyframe every 2 frames as LeRobot records), then converted back once per worker count. The
+report also times reading and decoding alone (the same worker pipeline, nothing written) to show how
+much of a conversion the decoder takes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def synthetic_store(path: Path, episodes: int, length: int, size: int) -> Path:
+    from robodual_core.data import DatasetWriter
+
+    y, x = np.mgrid[0:size, 0:size]
+    rng = np.random.default_rng(0)
+    with DatasetWriter(path, fps=30, modalities={"rgb_static": "rgb", "proprio": "proprio", "action": "action"},
+                       overwrite=True) as writer:
+        for ep in range(episodes):
+            t = np.arange(length)[:, None, None]
+            base = (x[None] + 3 * t + 17 * ep) % 256
+            frames = np.stack([base, (y[None] + 2 * t) % 256, (x[None] + y[None] + t) % 256], axis=-1)
+            writer.add_episode({"rgb_static": frames.astype(np.uint8),
+                                "proprio": rng.standard_normal((length, 8)).astype(np.float32),
+                                "action": rng.standard_normal((length, 7)).astype(np.float32)},
+                               instruction=f"task {ep % 4}", task=f"task_{ep % 4}")
+    return path
+
+
+def conversion_report(workers: tuple[int, ...], episodes: int, length: int, size: int) -> dict[str, Any]:
+    from robodual_envs.lerobot.convert import LeRobotConverter, _run
+    from robodual_envs.lerobot.export import export_lerobot
+    from robodual_envs.lerobot.layout import read_source
+
+    with tempfile.TemporaryDirectory(prefix="robodual-bench-lerobot-") as tmp:
+        store = synthetic_store(Path(tmp) / "src.zarr", episodes, length, size)
+        exported = export_lerobot(store, Path(tmp) / "lerobot", progress=False)
+        source = read_source(Path(tmp) / "lerobot")
+        frames = source.num_frames
+        runs = []
+        for n in workers:
+            jobs = [LeRobotConverter._job(source, ep, _plan(source), 1e-4, n) for ep in source.episodes]
+            t0 = time.perf_counter()
+            for _, release in _run(jobs, n):
+                release()
+            decode_s = time.perf_counter() - t0
+            conv = LeRobotConverter()
+            conv.convert(Path(tmp) / "lerobot", Path(tmp) / f"w{n}.zarr", workers=n, progress=False)
+            runs.append({"workers": n, "frames_per_s": conv.report["frames_per_s"],
+                         "seconds": conv.report["convert_seconds"], "decode_only_frames_per_s": frames / decode_s})
+    return {"dataset": {"episodes": episodes, "frames": frames, "frame_size": [size, size, 3],
+                        "encoder": exported["encoder"], "gop": 2},
+            "runs": runs}
+
+
+def _plan(source: Any) -> Any:
+    from robodual_envs.lerobot.convert import plan_features
+
+    return plan_features(source.features, {})[0]
+
+
+def add_command(app: Any) -> None:
+    import typer
+
+    from robodual_core.cli_groups import group
+
+    @group(app, "bench").command("lerobot")
+    def lerobot(
+        out_file: Path = typer.Option(Path("bench_lerobot.json"), "--out", help="JSON report to write."),
+        workers: str = typer.Option("1,2", "--workers", help="Comma-separated worker counts."),
+        episodes: int = typer.Option(16, "--episodes"),
+        length: int = typer.Option(150, "--length", help="Frames per episode."),
+        size: int = typer.Option(224, "--size", help="Frame height and width."),
+    ) -> None:
+        """Frames/s of `dataset convert lerobot` (v3.0, H.264) with 1 and 2 worker processes."""
+        from rich.console import Console
+
+        from robodual_core.bench import write_report
+
+        counts = tuple(int(w) for w in workers.split(",") if w.strip())
+        console = Console(stderr=True)
+        with console.status("exporting a synthetic dataset and converting it back"):
+            results = conversion_report(counts, episodes, length, size)
+        write_report(out_file, "lerobot_convert", results)
+        out = Console()
+        for run in results["runs"]:
+            out.print(f"workers={run['workers']}: convert {run['frames_per_s']:.0f} frames/s, "
+                      f"decode alone {run['decode_only_frames_per_s']:.0f} frames/s")
+        out.print(f"wrote {out_file}")
