@@ -60,7 +60,7 @@ def generate_command(
 
 
 def eval_command(
-    policy: str = typer.Option(..., "--policy", help="A training run folder, or 'expert' / 'random' (baselines)."),
+    policy: str = typer.Option("", "--policy", help="A training run folder, or 'expert' / 'random' (baselines)."),
     tasks: str = typer.Option("mt10", "--tasks", help="'mt10' or comma-separated task names."),
     episodes: int = typer.Option(10, "--episodes", help="Episodes per task."),
     seed: int = typer.Option(0, "--seed", help="Seeds the placements (different from the training data's)."),
@@ -72,21 +72,32 @@ def eval_command(
                                           help="Image size [default: the training dataset's, else 128]."),
     cameras: str | None = typer.Option(None, "--cameras", help="Cameras [default: the training dataset's]."),
     depth: bool | None = typer.Option(None, "--depth/--no-depth", help="Render depth [default: the dataset's]."),
-    remote: str | None = typer.Option(None, "--remote", help="URL of a policy server (not implemented yet)."),
+    remote: str | None = typer.Option(None, "--remote", help="URL of a policy server (robodual serve), e.g. "
+                                      "ws://127.0.0.1:8000; replaces --policy."),
+    token: str | None = typer.Option(None, "--token", envvar="ROBODUAL_SERVE_TOKEN", help="Token for --remote."),
+    kind: str = typer.Option("auto", "--kind", help="auto, dual, specialist or generalist (from a run folder)."),
+    mode: str = typer.Option("sync", "--mode", help="Dual-system runtime mode: sync or async."),
+    binarize_gripper: bool = typer.Option(False, "--binarize-gripper/--no-binarize-gripper",
+                                          help="Snap the gripper to +-1 (Meta-World's experts use graded efforts)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Closed-loop success rate of a policy on Meta-World tasks: results.json, a table and videos."""
     from rich.console import Console
 
     from robodual_core.io import atomic_write_json
-    from robodual_envs.metaworld.evaluate import PolicyFactory, evaluate, results_table, run_dir_factory
+    from robodual_core.runtime import AggregationConfig
+    from robodual_envs.metaworld.evaluate import PolicyFactory, evaluate, results_table
 
-    if remote is not None:
-        raise RobodualError("--remote: evaluating a remote policy server is not implemented yet; "
-                            "pass a local run folder with --policy")
+    if not policy and remote is None:
+        raise RobodualError("eval metaworld needs --policy RUN_DIR (or expert/random) or --remote URL")
     run_dir = Path(policy)
-    if run_dir.is_dir():
-        factory: Any = run_dir_factory(run_dir)
+    if remote is not None:
+        factory: Any = PolicyFactory("robodual_core.client:RemotePolicy", (remote,), {"token": token})
+        defaults = dataset_settings_of_run(run_dir) if run_dir.is_dir() else {}
+        out = out or Path("eval_metaworld_remote")
+    elif run_dir.is_dir():
+        factory = PolicyFactory("robodual_core.runtime:load_policy", (str(run_dir),), {
+            "kind": kind, "mode": mode, "aggregation": AggregationConfig(binarize_gripper=binarize_gripper)})
         defaults = dataset_settings_of_run(run_dir)
         out = out or run_dir / "eval" / "metaworld"
     elif policy in BUILTIN_POLICIES:
@@ -103,7 +114,8 @@ def eval_command(
         cameras=_cameras(cameras) if cameras else defaults.get("cameras", ["corner2", "gripperPOV"]),
         depth=depth if depth is not None else defaults.get("depth", False),
     )
-    results["policy"] = policy
+    results["policy"] = remote or policy
+    results["kind"] = kind
     atomic_write_json(out / "results.json", results)
     console = Console()
     if json_out:
