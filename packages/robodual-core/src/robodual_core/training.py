@@ -188,8 +188,12 @@ class Trainer:
         kwargs: dict[str, Any] = {}
         if self.cfg.num_workers > 0:
             kwargs = {"num_workers": self.cfg.num_workers, "persistent_workers": False, "prefetch_factor": 4}
+        # its own generator: creating an iterator must not draw from the global RNG, which resume restores
+        # (otherwise a resumed run's noise/tau draws shift by one and it departs from the uninterrupted run)
+        gen = torch.Generator().manual_seed(
+            hash((self.cfg.seed, self.rank, self.sampler.epoch, self.sampler.offset)) % 2**63)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
-                                           pin_memory=self.device.type == "cuda", **kwargs)
+                                           pin_memory=self.device.type == "cuda", generator=gen, **kwargs)
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         while True:

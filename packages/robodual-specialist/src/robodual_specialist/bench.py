@@ -1,0 +1,247 @@
+"""``robodual bench specialist``: control-step latency, FLOPs and training throughput at paper settings.
+
+One control step = the sensor encoders (static RGB with one history frame, static depth, gripper RGB,
+gripper depth) + 5 DDIM steps with classifier-free guidance, conditioned on ~100 generalist tokens.
+Variants switch off, one at a time and then all together, what this implementation does to be fast:
+
+- ``kv_cache``: conditioner keys/values computed once per control step, not per denoising step;
+- ``adapter_cache``: observation-only conditioning (generalist latent projection, sensor resamplers)
+  computed once per control step;
+- ``cfg_batching``: conditional and unconditional passes as one batch;
+- ``frame_cache``: the history frame's frozen-backbone features reused from the previous control step.
+
+``all_off`` is the reference implementation's structure. The frozen DINO RGB encoder is built with
+random weights (a speed benchmark needs none); the report says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from robodual_core.bench import measure, write_report
+from robodual_core.interfaces import GeneralistOutput
+from robodual_specialist.config import SensorConfig, SpecialistConfig
+from robodual_specialist.model import DiTSpecialist, count_trainable
+
+ANCHOR = {"control_step_ms": 560.0, "encoders_ms": 307.0, "denoising_ms": 257.0, "gflop": 44.0,
+          "source": "authors' implementation at these settings on the 2-core machines (issue 5)"}
+TARGETS = {"control_step_ratio": 0.4, "denoising_ratio": 0.25}
+VARIANTS = {
+    "optimized": {},
+    "optimized_bf16_encoders": {"inference_autocast": True},
+    "no_kv_cache": {"cache_kv": False},
+    "no_adapter_cache": {"cache_adapters": False},
+    "no_cfg_batching": {"batch_cfg": False},
+    "no_frame_cache": {"frame_cache": False},
+    "all_off": {"cache_kv": False, "cache_adapters": False, "batch_cfg": False, "frame_cache": False},
+}
+
+
+def paper_model(generalist_dim: int) -> DiTSpecialist:
+    sensors = [SensorConfig("rgb_static", {"history": 1, "random_init": True}), SensorConfig("depth_static"),
+               SensorConfig("rgb_gripper", {"random_init": True}), SensorConfig("depth_gripper")]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "DINO randomly initialised": intended here
+        return DiTSpecialist(SpecialistConfig(generalist_dim=generalist_dim, sensors=sensors)).eval()
+
+
+def fake_generalist(B: int, tokens: int, H: int, k_g: int, D: int) -> GeneralistOutput:
+    na = min(tokens - 1, k_g * (D + 1))  # OpenVLA: D action tokens + a separator per step
+    nt = tokens - na
+    return GeneralistOutput(torch.rand(B, k_g, D) * 2 - 1, torch.randn(B, nt, H), torch.randn(B, na, H),
+                            torch.ones(B, nt, dtype=torch.bool), torch.ones(B, na, dtype=torch.bool))
+
+
+class ControlLoop:
+    """Consecutive control steps on a moving camera stream (each step's history frame is the previous
+    step's current frame, as at run time)."""
+
+    def __init__(self, model: DiTSpecialist, B: int, gen: GeneralistOutput, size: int = 224):
+        self.model, self.B, self.gen, self.size = model, B, gen, size
+        self.frames = [torch.rand(B, 3, size, size) for _ in range(4)]
+        self.i = 0
+
+    def batch(self) -> dict[str, Any]:
+        B, s = self.B, self.size
+        cur, prev = self.frames[self.i % 4], self.frames[(self.i - 1) % 4]
+        self.i += 1
+        return {"obs": {"rgb_static": torch.stack([prev, cur], dim=1), "rgb_gripper": cur.flip(-1),
+                        "depth_static": torch.randn(B, 1, s, s), "depth_gripper": torch.randn(B, 1, s, s)},
+                "proprio": torch.rand(B, 7) * 2 - 1, "tau": torch.zeros(B, dtype=torch.long),
+                "generalist": self.gen}
+
+    def resampler_fn(self) -> Any:
+        """Per-step recomputation of the sensor resamplers from the last backbone features (adapter cache off)."""
+        feats: dict[str, torch.Tensor] = {}
+        model = self.model
+
+        for name, enc in model.sensors.items():
+            enc.resampler.register_forward_pre_hook(lambda mod, args, name=name: feats.__setitem__(name, args[0]))
+
+        def fn() -> torch.Tensor:
+            tokens = []
+            for i, (name, enc) in enumerate(model.sensors.items()):
+                tok = enc.resampler(feats[name]).unflatten(0, (self.B, -1))
+                if enc.frame_embed is not None:
+                    tok = tok + enc.frame_embed
+                tokens.append(model.sensor_proj[name](tok.flatten(1, 2)) + model.source_embed[3 + i])
+            return torch.cat(tokens, dim=1)
+
+        return fn
+
+
+def _set_frame_cache(model: DiTSpecialist, on: bool) -> None:
+    for enc in model.sensors.values():
+        if hasattr(enc, "cfg") and hasattr(enc.cfg, "cache_features"):
+            enc.cfg.cache_features = on
+        if hasattr(enc, "reset_cache"):
+            enc.reset_cache()
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """no_grad with every parameter's requires_grad off: FlopCounterMode's module tracker fails on views
+    of parameters made under no_grad (they keep requires_grad without a grad_fn)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def time_variant(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any], repeats: int,
+                 obs_fn: Any) -> dict[str, Any]:
+    opts = dict(opts)
+    _set_frame_cache(model, opts.pop("frame_cache", True))
+    model.cfg.inference_autocast = opts.pop("inference_autocast", False)
+    kw = dict(opts)
+    if not kw.get("cache_adapters", True):
+        kw["obs_tokens_fn"] = obs_fn
+    split: dict[str, list[float]] = {"encoders": [], "denoising": []}
+
+    def step() -> None:
+        batch = loop.batch()
+        t0 = time.perf_counter()
+        obs = model.encode_observation(batch)
+        t1 = time.perf_counter()
+        model.sample(batch, obs_tokens=obs, **kw)
+        split["encoders"].append(t1 - t0)
+        split["denoising"].append(time.perf_counter() - t1)
+
+    with torch.inference_mode():
+        total = measure(step, warmup=2, repeats=repeats)
+    split = {k: sorted(v[2:]) for k, v in split.items()}
+    with frozen(model), FlopCounterMode(display=False) as counter:
+        batch = loop.batch()
+        model.sample(batch, obs_tokens=model.encode_observation(batch), **kw)
+    med = {k: v[len(v) // 2] for k, v in split.items()}
+    return {"control_step_ms": 1e3 * total["median_s"], "encoders_ms": 1e3 * med["encoders"],
+            "denoising_ms": 1e3 * med["denoising"], "iqr_ms": 1e3 * total["iqr_s"], "n": total["n"],
+            "gflop_per_step": counter.get_total_flops() / 1e9}
+
+
+def denoise_flops(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any], obs_fn: Any) -> float:
+    """GFLOP of the denoising loop alone (encoders excluded)."""
+    kw = {k: v for k, v in opts.items() if k not in ("frame_cache", "inference_autocast")}
+    if not kw.get("cache_adapters", True):
+        kw["obs_tokens_fn"] = obs_fn
+    with frozen(model):
+        batch = loop.batch()
+        obs = model.encode_observation(batch)
+        with FlopCounterMode(display=False) as counter:
+            model.sample(batch, obs_tokens=obs, **kw)
+    return counter.get_total_flops() / 1e9
+
+
+def train_throughput(model: DiTSpecialist, B: int, steps: int, gen_tokens: int, H: int) -> dict[str, Any]:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
+    loop = ControlLoop(model, B, fake_generalist(B, gen_tokens, H, model.cfg.k_g, model.cfg.action_dim))
+
+    def step() -> None:
+        batch = loop.batch()
+        batch["action"] = torch.rand(B, model.cfg.k_s, model.cfg.action_dim) * 2 - 1
+        loss, _ = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res = measure(step, warmup=1, repeats=steps)
+    model.eval()
+    return {"batch_size": B, "steps_per_s": 1.0 / res["median_s"], "step_s": res["median_s"], "n": res["n"],
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib_before_training": rss_before}
+
+
+def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: int = 3,
+              generalist_tokens: int = 100, generalist_dim: int = 4096, threads: int | None = None,
+              quick: bool = False) -> dict[str, Any]:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = paper_model(generalist_dim)
+    D, k_g = model.cfg.action_dim, model.cfg.k_g
+    results: dict[str, Any] = {
+        "settings": {"dit": "6 blocks, hidden 256, 8 heads, MLP 4, k_s 8", "ddim_steps": 5, "guidance_scale": 3.0,
+                     "sensors": "rgb_static (+1 history frame), depth_static, rgb_gripper, depth_gripper; 224x224",
+                     "generalist_tokens": generalist_tokens, "generalist_dim": generalist_dim,
+                     "trainable_params": count_trainable(model),
+                     "total_params": sum(p.numel() for p in model.parameters()),
+                     "rgb_encoder_weights": "random init (frozen DINO ViT-S/16 architecture; speed benchmark only)",
+                     "load_average_1m": os.getloadavg()[0]},
+        "anchor": ANCHOR, "targets": TARGETS, "latency": {},
+    }
+    variants = ({k: VARIANTS[k] for k in ("optimized", "optimized_bf16_encoders", "all_off")} if quick
+                else VARIANTS)
+    reps = 3 if quick else repeats
+    for B in (1, 8):
+        gen = fake_generalist(B, generalist_tokens, generalist_dim, k_g, D)
+        loop = ControlLoop(model, B, gen)
+        obs_fn = loop.resampler_fn()
+        per_b: dict[str, Any] = {}
+        for name, opts in variants.items():
+            console.print(f"[bold]bench specialist[/]: batch {B}, {name}")
+            per_b[name] = time_variant(model, loop, opts, reps if B == 1 else max(3, reps // 2), obs_fn)
+            per_b[name]["denoising_gflop"] = denoise_flops(model, loop, opts, obs_fn)
+        results["latency"][f"batch_{B}"] = per_b
+    model.cfg.inference_autocast = False
+    b1 = results["latency"]["batch_1"]["optimized"]
+    b1_bf16 = results["latency"]["batch_1"]["optimized_bf16_encoders"]
+    results["vs_anchor_bf16_encoders"] = {
+        "control_step_ratio": b1_bf16["control_step_ms"] / ANCHOR["control_step_ms"],
+        "denoising_ratio": b1_bf16["denoising_ms"] / ANCHOR["denoising_ms"],
+    }
+    results["vs_anchor"] = {
+        "control_step_ratio": b1["control_step_ms"] / ANCHOR["control_step_ms"],
+        "denoising_ratio": b1["denoising_ms"] / ANCHOR["denoising_ms"],
+        "control_step_target_met": b1["control_step_ms"] <= TARGETS["control_step_ratio"] * ANCHOR["control_step_ms"],
+        "denoising_target_met": b1["denoising_ms"] <= TARGETS["denoising_ratio"] * ANCHOR["denoising_ms"],
+    }
+    if not quick and train_batch > 0:
+        console.print(f"[bold]bench specialist[/]: training steps at batch {train_batch}")
+        results["training"] = train_throughput(model, train_batch, train_steps, generalist_tokens, generalist_dim)
+    report = write_report(out, "specialist", results)
+    console.print(f"control step (batch 1): {b1['control_step_ms']:.0f} ms (encoders {b1['encoders_ms']:.0f}, "
+                  f"denoising {b1['denoising_ms']:.0f}); anchor {ANCHOR['control_step_ms']:.0f} ms -> {out}")
+    return report

@@ -1,0 +1,102 @@
+"""The diffusion transformer of the specialist (paper section 3.2, Table 5; DiT of Peebles & Xie).
+
+Each action step is one token: ``Linear(concat(noised action_t, generalist action_t))``. A block is
+adaLN-Zero (shift, scale, gate regressed from the timestep embedding plus the proprio embedding), a
+self-attention over the action tokens with rotary embeddings (causal unless ``bidirectional``), the
+conditioner (cross-attention to the condition tokens by default) and a pointwise MLP. Modulations and
+the output layer start at zero, so an untrained network predicts 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+
+from robodual_specialist.conditioners import precompute_pair
+from robodual_specialist.layers import Mlp, SelfAttention, causal_mask, modulate, rotary
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, conditioner: nn.Module):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, heads)
+        self.cond = conditioner
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[-1].weight)
+        nn.init.zeros_(self.ada[-1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, pre: Any, rope: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        if self.cond.joins_self_attention:
+            x = x + gate1.unsqueeze(1) * self.attn(h, rope, mask, extra_kv=pre)
+        else:
+            x = x + gate1.unsqueeze(1) * self.attn(h, rope, mask)
+            x = x + self.cond(x, pre)
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+        for layer in (self.ada[-1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """``forward(x [B, T, D], gen_actions [B, T, D], t [B], c_obs [B, C], pre) -> [B, T, D]``.
+
+    ``c_obs`` is the per-sample conditioning vector added to the timestep embedding (the proprio
+    embedding); ``pre`` is ``precompute(cond, cond_mask)``, one entry per block.
+    """
+
+    def __init__(self, action_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, causal: bool,
+                 conditioner_cls: type[nn.Module]):
+        super().__init__()
+        self.dim, self.heads, self.causal = dim, heads, causal
+        self.x_in = nn.Linear(2 * action_dim, dim)
+        self.t_proj = Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.t_emb = TimestepEmbedding(dim, dim)
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio, conditioner_cls(dim, heads)) for _ in range(depth))
+        self.final = FinalLayer(dim, action_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for block in self.blocks:
+            for m in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def precompute(self, cond: torch.Tensor, cond_mask: torch.Tensor) -> list[Any]:
+        """Per-block conditioner state from ``cond [B, N, C]`` and ``cond_mask [B, N]`` (True = valid)."""
+        return [block.cond.precompute(cond, cond_mask) for block in self.blocks]
+
+    def precompute_pair(self, cond: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor) -> list[Any]:
+        """Per-block state for 2B rows sharing ``cond [B, N, C]`` with masks ``mask_a`` then ``mask_b``."""
+        return [precompute_pair(block.cond, cond, mask_a, mask_b) for block in self.blocks]
+
+    def forward(self, x: torch.Tensor, gen_actions: torch.Tensor, t: torch.Tensor, c_obs: torch.Tensor,
+                pre: list[Any]) -> torch.Tensor:
+        T = x.shape[1]
+        h = self.x_in(torch.cat([x, gen_actions], dim=-1))
+        c = self.t_emb(self.t_proj(t.expand(x.shape[0])).to(h.dtype)) + c_obs
+        rope = rotary(T, self.dim // self.heads, h.device)
+        mask = causal_mask(T, h.device) if self.causal else None
+        for block, p in zip(self.blocks, pre, strict=True):
+            h = block(h, c, p, rope, mask)
+        return self.final(h, c)

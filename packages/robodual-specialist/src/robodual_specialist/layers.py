@@ -1,0 +1,82 @@
+"""Building blocks of the DiT specialist: attention with rotary embeddings and masks, adaLN helpers.
+
+Masks are boolean with True = may attend (``torch.nn.functional.scaled_dot_product_attention``'s
+convention). The causal mask is passed to the attention call itself, so it cannot be a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x [B, T, C]`` scaled and shifted by per-sample ``[B, C]`` vectors."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=32)
+def rotary(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding (cos, sin), each ``[T, head_dim]``, for positions 0..T-1 (cached)."""
+    with torch.inference_mode(False), torch.no_grad():  # cached: must stay usable outside inference mode
+        cos, sin = get_1d_rotary_pos_embed(head_dim, seq_len, use_real=True)
+        return cos.to(device), sin.to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def causal_mask(seq_len: int, device: torch.device) -> torch.Tensor:
+    """``[T, T]`` bool, True where query i may attend key j (j <= i) (cached)."""
+    with torch.inference_mode(False):
+        return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, N, C]`` -> ``[B, heads, N, C / heads]``."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).flatten(2)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention on ``[B, h, N, d]`` tensors; ``mask`` broadcasts to ``[B, h, Nq, Nk]``."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the action tokens with rotary embeddings.
+
+    ``extra_kv``: keys and values ``[B, h, N, d]`` of condition tokens that every action token may also
+    attend to (used by the in-context conditioner), with ``extra_mask [B, N]`` (True = valid).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                extra_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        q, k = apply_rotary_emb(q, rope), apply_rotary_emb(k, rope)
+        if extra_kv is not None:
+            ek, ev, emask = extra_kv
+            t = x.shape[1]
+            self_mask = mask if mask is not None else torch.ones(t, t, dtype=torch.bool, device=x.device)
+            # [B, 1, T, T + N]: the action-token part keeps its causal structure, condition tokens are all visible
+            mask = torch.cat([self_mask.expand(x.shape[0], 1, t, t),
+                              emask[:, None, None, :].expand(-1, 1, t, -1)], dim=-1)
+            k, v = torch.cat([k, ek], dim=2), torch.cat([v, ev], dim=2)
+        return self.proj(merge_heads(attend(q, k, v, mask)))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))

@@ -1,0 +1,379 @@
+"""The DiT specialist policy (registered as specialist ``dit``): sensors + conditioning + diffusion.
+
+Conditioning (paper 3.2):
+
+- proprio -> 2-layer MLP, added to the timestep embedding -> adaLN-Zero of every block;
+- generalist discretized actions: concatenated with the noised action of the same time step;
+- generalist task and action latents -> Linear -> condition tokens, followed by the resampled sensor
+  tokens (``[task ; action ; null ; sensors]`` with a key padding mask), entering through the conditioner.
+
+Shifted window (paper 3.2, and the reference runtime): a generalist chunk produced ``tau`` steps before
+the current observation covers steps ``t - tau .. t - tau + k_g - 1``. Specialist token ``i`` predicts
+the action at ``t + i``, so it is paired with generalist action ``i + tau``: the first ``tau`` (stale)
+generalist actions are dropped, the remaining ``k_g - tau`` are shifted to positions ``0 .. k_g - tau - 1``
+and positions with no generalist action (``i + tau >= k_g``) get the learned ``null_action``.
+
+Classifier-free guidance (Appendix A/B): with probability ``drop_prob`` a training sample loses its
+generalist latents (all their cross-attention tokens are masked and learned null tokens take their
+place) and its proprio (a learned null embedding). At inference the conditional and unconditional
+passes run as one batch of 2B; observation tokens are encoded once and conditioner keys/values are
+computed once per control step. Sensor tokens are in both passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robodual_core.config import load_config, to_dict
+from robodual_core.errors import RobodualError
+from robodual_core.interfaces import GeneralistOutput, Specialist
+from robodual_specialist.config import SensorConfig, SpecialistConfig
+from robodual_specialist.dit import DiT
+
+
+def build_sensor(spec: SensorConfig, load_weights: bool = True) -> nn.Module:
+    """A sensor encoder from the ``sensors`` registry. ``load_weights=False`` (when a checkpoint will
+    overwrite every weight) skips loading pretrained backbones where the encoder supports it."""
+    from robodual_core.plugins import registry
+
+    factory = registry("sensors").get(spec.name)
+    options = dict(spec.options)
+    try:
+        if "load_weights" in inspect.signature(factory).parameters:
+            options["load_weights"] = load_weights
+    except (TypeError, ValueError):
+        pass
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise RobodualError(f"sensor '{spec.name}' rejected its options {sorted(spec.options)}: {exc}") from exc
+
+
+def conditioner_class(name: str) -> type[nn.Module]:
+    from robodual_core.plugins import registry
+
+    return registry("conditioners").get(name)
+
+
+class DiTSpecialist(nn.Module, Specialist):
+    """``loss(batch) -> (loss, metrics)``; ``sample(batch, cond) -> normalized actions [B, k_s, D]``.
+
+    ``batch`` is a collated ``WindowDataset`` dict (``obs``, ``proprio``, ``action``, ``tau``, ...) with an
+    optional ``batch["generalist"]`` (:class:`GeneralistOutput`); ``cond`` overrides it.
+    ``sensors``: prebuilt encoders keyed by name (tests); default: built from ``cfg.sensors``.
+    """
+
+    def __init__(self, cfg: SpecialistConfig, sensors: dict[str, nn.Module] | None = None,
+                 load_weights: bool = True):
+        super().__init__()
+        from diffusers import DDIMScheduler
+
+        self.cfg = cfg
+        self.k_s = cfg.k_s
+        if cfg.hidden % cfg.heads or (cfg.hidden // cfg.heads) % 2:
+            raise RobodualError(f"specialist hidden ({cfg.hidden}) must split into {cfg.heads} heads of even width")
+        names = [s.name for s in cfg.sensors]
+        if len(set(names)) != len(names):
+            raise RobodualError(f"specialist sensors {names} name one sensor twice")
+        if sensors is None:
+            sensors = {s.name: build_sensor(s, load_weights) for s in cfg.sensors}
+        self.sensors = nn.ModuleDict(sensors)
+        dim = cfg.hidden
+        self.sensor_proj = nn.ModuleDict({
+            name: (nn.Linear(enc.out_dim, dim) if enc.out_dim != dim else nn.Identity())
+            for name, enc in self.sensors.items()
+        })
+        # which source a condition token comes from: 0 task latent, 1 action latent, 2 null, 3+ sensors
+        self.source_embed = nn.Parameter(torch.zeros(3 + len(self.sensors), dim))
+        if cfg.generalist_dim > 0:
+            # one projection for task and action latents (they share the VLA's hidden space); the source
+            # embedding tells them apart
+            self.latent_proj = nn.Linear(cfg.generalist_dim, dim)
+        self.null_tokens = nn.Parameter(torch.randn(max(1, cfg.guidance.null_tokens), dim) * 0.02)
+        self.null_action = nn.Parameter(torch.zeros(cfg.action_dim))
+        self.proprio_mlp = (nn.Sequential(nn.Linear(cfg.proprio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+                            if cfg.proprio_dim > 0 else None)
+        self.null_proprio = nn.Parameter(torch.zeros(dim))
+        self.dit = DiT(cfg.action_dim, dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.causal,
+                       conditioner_class(cfg.conditioner))
+        d = cfg.diffusion
+        self.scheduler = DDIMScheduler(num_train_timesteps=d.train_steps, beta_schedule=d.beta_schedule,
+                                       prediction_type=d.prediction_type, clip_sample=d.clip_sample,
+                                       timestep_spacing=d.timestep_spacing)
+        self.normalizer: Any = None  # robodual_core.data.Normalizer, set by from_checkpoint / the trainer
+
+    # -- config and checkpoints ------------------------------------------------------------------
+    def resolved_config(self) -> SpecialistConfig:
+        """``cfg`` with each sensor's full config (as the encoder reports it), enough to rebuild it."""
+        sensors = [SensorConfig(name, enc.config_dict() if hasattr(enc, "config_dict") else dict(spec.options))
+                   for (name, enc), spec in zip(self.sensors.items(), self.cfg.sensors, strict=True)]
+        return dataclasses.replace(self.cfg, sensors=sensors)
+
+    def robodual_config(self) -> dict[str, Any]:
+        return {"family": "dit", "kind": "specialist", "specialist": to_dict(self.resolved_config())}
+
+    @classmethod
+    def from_config_dict(cls, d: dict[str, Any], load_weights: bool = True) -> DiTSpecialist:
+        if d.get("family") != "dit" or "specialist" not in d:
+            raise RobodualError(f"model config {sorted(d)} (family {d.get('family')!r}) is not a 'dit' specialist")
+        cfg = load_config(SpecialistConfig, base=d["specialist"])
+        return cls(cfg, load_weights=load_weights)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> DiTSpecialist:
+        """Rebuild from ``model_config.json`` and load the (EMA) weights strictly, plus ``normalizer.json``."""
+        from robodual_core.checkpoint import (
+            load_model_state,
+            read_checkpoint_meta,
+            read_json,
+            resolve_checkpoint,
+        )
+
+        ckpt = resolve_checkpoint(ckpt)
+        model = cls.from_config_dict(read_checkpoint_meta(ckpt), load_weights=False)
+        state = load_model_state(ckpt, ema=ema)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RobodualError(f"checkpoint '{ckpt}' does not match its model_config.json: missing "
+                                f"{missing[:5]}, unexpected {unexpected[:5]}")
+        if (ckpt / "normalizer.json").is_file():
+            from robodual_core.data import Normalizer
+
+            model.normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
+        return model.to(device).eval()
+
+    # -- conditioning ----------------------------------------------------------------------------
+    @property
+    def obs_keys(self) -> list[str]:
+        """Dataset keys the sensors read."""
+        return sorted({k for enc in self.sensors.values() for k in enc.keys})
+
+    def _sensor_input(self, enc: nn.Module, batch: dict[str, Any]) -> Any:
+        # observation keys live in batch["obs"]; per-sample keys such as "instruction" at the top level
+        obs = {**{k: v for k, v in batch.items() if k != "obs"}, **batch.get("obs", {})}
+        keys = list(enc.keys)
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise RobodualError(f"sensor '{getattr(enc, 'name', '?')}' reads {missing}, the batch has obs keys "
+                                f"{sorted(batch.get('obs', {}))}; build the dataset with these obs_keys")
+        if len(keys) != 1:
+            return {k: obs[k] for k in keys}
+        x = obs[keys[0]]
+        history = getattr(enc, "history", None)
+        if isinstance(x, torch.Tensor) and history is not None and x.dim() == 5:
+            # the dataset gives every image key the longest history; keep the frames this sensor uses
+            x = x[:, x.shape[1] - history - 1:]
+            if history == 0:
+                x = x[:, 0]
+        return x
+
+    def encode_observation(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Sensor tokens ``[B, N_s, hidden]`` (encoders and resamplers: once per control step)."""
+        tokens = []
+        autocast = self.cfg.inference_autocast and not self.training and not torch.is_grad_enabled()
+        dev_type = self.null_tokens.device.type
+        for i, (name, enc) in enumerate(self.sensors.items()):
+            x = self._sensor_input(enc, batch)
+            if autocast:
+                with torch.autocast(dev_type, dtype=torch.bfloat16):
+                    raw = enc(x)
+                raw = raw.float()
+            else:
+                raw = enc(x)
+            tokens.append(self.sensor_proj[name](raw) + self.source_embed[3 + i])
+        if not tokens:
+            B = batch["proprio"].shape[0]
+            return self.null_tokens.new_zeros(B, 0, self.cfg.hidden)
+        return torch.cat(tokens, dim=1)
+
+    def condition_tokens(self, obs_tokens: torch.Tensor, gen: GeneralistOutput | None,
+                         drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[task ; action ; null ; sensor]`` tokens ``[B, N, C]`` and mask ``[B, N]`` (True = valid).
+
+        ``drop [B]`` bool: samples whose generalist latents are replaced by the null tokens (only the
+        mask depends on it).
+        """
+        return self.condition_token_values(obs_tokens, gen), self.condition_mask(obs_tokens, gen, drop)
+
+    def condition_token_values(self, obs_tokens: torch.Tensor, gen: GeneralistOutput | None) -> torch.Tensor:
+        B = obs_tokens.shape[0]
+        parts = []
+        if gen is not None:
+            if self.cfg.generalist_dim <= 0:
+                raise RobodualError("this specialist was built without generalist conditioning "
+                                    "(generalist_dim = 0) but was given generalist outputs")
+            H = gen.task_latents.shape[-1]
+            if H != self.cfg.generalist_dim:
+                raise RobodualError(f"generalist latents have width {H}; this specialist expects "
+                                    f"generalist_dim = {self.cfg.generalist_dim}")
+            dtype = obs_tokens.dtype
+            parts += [self.latent_proj(gen.task_latents.to(dtype)) + self.source_embed[0],
+                      self.latent_proj(gen.action_latents.to(dtype)) + self.source_embed[1]]
+        parts.append((self.null_tokens + self.source_embed[2]).unsqueeze(0).expand(B, -1, -1))
+        parts.append(obs_tokens)
+        return torch.cat(parts, dim=1)
+
+    def condition_mask(self, obs_tokens: torch.Tensor, gen: GeneralistOutput | None,
+                       drop: torch.Tensor) -> torch.Tensor:
+        B, dev = obs_tokens.shape[0], obs_tokens.device
+        masks = []
+        if gen is not None:
+            keep = ~drop
+            masks += [gen.task_mask.bool() & keep[:, None], gen.action_mask.bool() & keep[:, None]]
+            null_valid = drop
+        else:
+            null_valid = torch.ones(B, dtype=torch.bool, device=dev)
+        masks.append(null_valid[:, None].expand(B, self.null_tokens.shape[0]))
+        masks.append(torch.ones(B, obs_tokens.shape[1], dtype=torch.bool, device=dev))
+        return torch.cat(masks, dim=1)
+
+    def generalist_action_input(self, gen: GeneralistOutput | None, tau: torch.Tensor | None, B: int,
+                                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The generalist action paired with each specialist token, ``[B, k_s, D]`` (shifted window).
+
+        Token ``i`` gets generalist action ``i + tau``; where that is past the chunk (or the generalist is
+        absent or dropped) it gets the learned ``null_action``.
+        """
+        k_s, D = self.cfg.k_s, self.cfg.action_dim
+        null = self.null_action.view(1, 1, D).expand(B, k_s, D)
+        if gen is None:
+            return null
+        acts = gen.actions.to(null.dtype)
+        if acts.shape[-1] != D:
+            raise RobodualError(f"generalist actions have dimension {acts.shape[-1]}; the specialist expects {D}")
+        k_g = acts.shape[1]
+        tau = torch.zeros(B, dtype=torch.long, device=acts.device) if tau is None else tau.to(acts.device).long()
+        src = torch.arange(k_s, device=acts.device)[None, :] + tau[:, None]  # [B, k_s]
+        valid = src < k_g
+        gathered = torch.gather(acts, 1, src.clamp(max=k_g - 1)[..., None].expand(B, k_s, D))
+        if drop is not None and self.cfg.guidance.drop_generalist_actions:
+            valid = valid & ~drop[:, None]
+        return torch.where(valid[..., None], gathered, null)
+
+    def proprio_embedding(self, proprio: torch.Tensor | None, drop: torch.Tensor) -> torch.Tensor:
+        B = drop.shape[0]
+        null = self.null_proprio.unsqueeze(0).expand(B, -1)
+        if self.proprio_mlp is None or proprio is None or proprio.numel() == 0:
+            return null
+        return torch.where(drop[:, None], null, self.proprio_mlp(proprio.reshape(B, -1).to(null.dtype)))
+
+    # -- training --------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any], cond: GeneralistOutput | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        gen = cond if cond is not None else batch.get("generalist")
+        actions = batch["action"][:, : self.cfg.k_s]
+        if actions.shape[1] != self.cfg.k_s:
+            raise RobodualError(f"batch actions cover {actions.shape[1]} steps; the specialist predicts k_s = "
+                                f"{self.cfg.k_s} (build WindowDataset with horizon >= k_s)")
+        B, dev = actions.shape[0], actions.device
+        # batch["noise"] / ["timesteps"] / ["drop"] fix the random draws (reproducible loss evaluation, tests)
+        drop = batch["drop"] if "drop" in batch else torch.rand(B, device=dev) < self.cfg.guidance.drop_prob
+        obs_tokens = self.encode_observation(batch)
+        cond_tok, cond_mask = self.condition_tokens(obs_tokens, gen, drop)
+        gen_in = self.generalist_action_input(gen, batch.get("tau"), B, drop)
+        c_obs = self.proprio_embedding(batch.get("proprio"), drop)
+        noise = batch["noise"] if "noise" in batch else torch.randn_like(actions)
+        t = (batch["timesteps"] if "timesteps" in batch
+             else torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), device=dev))
+        noisy = self.scheduler.add_noise(actions, noise, t)
+        pred = self.dit(noisy, gen_in, t, c_obs, self.dit.precompute(cond_tok, cond_mask))
+        target = actions if self.cfg.diffusion.prediction_type == "sample" else noise
+        # padded steps repeat the episode's last action: a valid "hold still" target, kept in the loss
+        loss = F.mse_loss(pred, target)
+        return loss, {"mse": float(loss.detach())}
+
+    # -- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, batch: dict[str, Any], cond: GeneralistOutput | None = None, steps: int | None = None,
+               guidance_scale: float | None = None, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None, cache_kv: bool = True, batch_cfg: bool = True,
+               cache_adapters: bool = True, obs_tokens: torch.Tensor | None = None,
+               obs_tokens_fn: Any = None) -> torch.Tensor:
+        """Denoise an action chunk: normalized actions ``[B, k_s, D]``.
+
+        ``guidance_scale``: default ``cfg.guidance.scale``; 0 turns guidance off (conditional pass only).
+        ``cache_kv`` / ``batch_cfg`` / ``cache_adapters`` exist to measure what caching and batching save
+        (bench); they do not change the result. Without ``cache_adapters`` the condition tokens (generalist
+        latent projections, and the sensor tokens from ``obs_tokens_fn()`` when given) are rebuilt in every
+        denoising step. ``obs_tokens``: precomputed ``encode_observation(batch)``.
+        """
+        gen = cond if cond is not None else batch.get("generalist")
+        scale = self.cfg.guidance.scale if guidance_scale is None else guidance_scale
+        if obs_tokens is None:
+            obs_tokens = self.encode_observation(batch)
+        B, dev = obs_tokens.shape[0], obs_tokens.device
+        shape = (B, self.cfg.k_s, self.cfg.action_dim)
+        x = torch.randn(shape, generator=generator, device=dev) if noise is None else noise.to(dev)
+        tau = batch.get("tau")
+        no_drop = torch.zeros(B, dtype=torch.bool, device=dev)
+        guided = scale > 0  # scale 1 still runs both passes: equal to the conditional output (tested)
+
+        def branch(drop: torch.Tensor) -> tuple[Any, ...]:
+            cond_tok, cond_mask = self.condition_tokens(obs_tokens, gen, drop)
+            return (cond_tok, cond_mask, self.generalist_action_input(gen, tau, B, drop),
+                    self.proprio_embedding(batch.get("proprio"), drop))
+
+        def build_passes() -> tuple[list[tuple[Any, ...]], list[Any] | None]:
+            """[(cond tokens, mask, generalist action input, proprio embedding)] per forward, and the
+            conditioner state of each (None when it is recomputed in every step)."""
+            if guided and batch_cfg:
+                # one batch of 2B rows: the same condition tokens (projected once) with two masks
+                tokens = self.condition_token_values(obs_tokens, gen)
+                masks = [self.condition_mask(obs_tokens, gen, d) for d in (no_drop, ~no_drop)]
+                gen_in = torch.cat([self.generalist_action_input(gen, tau, B, d) for d in (no_drop, ~no_drop)])
+                c_obs = torch.cat([self.proprio_embedding(batch.get("proprio"), d) for d in (no_drop, ~no_drop)])
+                passes = [(torch.cat([tokens, tokens]), torch.cat(masks), gen_in, c_obs)]
+                pres = [self.dit.precompute_pair(tokens, *masks)] if cache_kv else None
+                return passes, pres
+            passes = [branch(no_drop), branch(~no_drop)] if guided else [branch(no_drop)]
+            return passes, ([self.dit.precompute(p[0], p[1]) for p in passes] if cache_kv else None)
+
+        passes, pres = build_passes()
+        self.scheduler.set_timesteps(steps or self.cfg.diffusion.inference_steps, device=dev)
+        for t in self.scheduler.timesteps:
+            if not cache_adapters:
+                if obs_tokens_fn is not None:
+                    obs_tokens = obs_tokens_fn()
+                passes, _ = build_passes()
+                pres = None
+            outs = []
+            for j, (cond_tok, cond_mask, gen_in, c_obs) in enumerate(passes):
+                pre = pres[j] if pres is not None else self.dit.precompute(cond_tok, cond_mask)
+                reps = gen_in.shape[0] // B
+                outs.append(self.dit(x.repeat(reps, 1, 1), gen_in, t.to(dev), c_obs, pre))
+            out = torch.cat(outs, dim=0)
+            if guided:
+                c, u = out.chunk(2, dim=0)
+                out = u + scale * (c - u)
+            x = self.scheduler.step(out, t, x).prev_sample
+        return x
+
+    @classmethod
+    def load_runner(cls, ckpt: str | Path) -> Any:
+        """The runtime's adapter (robodual_core.runtime.SpecialistRunner) for a checkpoint."""
+        from robodual_specialist.runner import DiTRunner
+
+        return DiTRunner(cls.from_checkpoint(ckpt))
+
+    def unnormalize_actions(self, actions: torch.Tensor | np.ndarray) -> Any:
+        """Normalized actions -> dataset units, with the checkpoint's normalizer."""
+        if self.normalizer is None:
+            raise RobodualError("this specialist has no normalizer (load it with DiTSpecialist.from_checkpoint)")
+        return self.normalizer.unnormalize("action", actions)
+
+    def reset(self) -> None:
+        """Forget per-episode caches of the sensors (frame features of the previous step)."""
+        for enc in self.sensors.values():
+            if hasattr(enc, "reset_cache"):
+                enc.reset_cache()
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,79 @@
+"""Control-time adapter of the DiT specialist for robodual_core.runtime (``SpecialistRunner``).
+
+``predict(observation, instruction, generalist, tau)`` takes one step's raw numpy observation (HWC uint8
+images, HW depth, ``proprio`` vector), keeps the history frames the sensors need (the first step of an
+episode repeats its frame, as the training windows do), runs the encoders once, denoises with guidance
+and returns the action chunk ``[k_s, D]`` in dataset units.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from robodual_core.errors import RobodualError
+from robodual_core.interfaces import GeneralistOutput
+
+
+class DiTRunner:
+    def __init__(self, model: Any, device: str | torch.device | None = None):
+        self.model = model.eval()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        self.k_s = model.cfg.k_s
+        self._frames: dict[str, deque] = {}
+
+    def reset(self) -> None:
+        self._frames.clear()
+        self.model.reset()
+
+    def _with_history(self, key: str, frame: np.ndarray, history: int) -> np.ndarray:
+        buf = self._frames.get(key)
+        if buf is None or buf.maxlen != history + 1:
+            buf = self._frames[key] = deque(maxlen=history + 1)
+        if not buf:
+            buf.extend([frame] * history)
+        buf.append(frame)
+        return np.stack(list(buf))[None]  # [1, T, ...]
+
+    def _sensor_tensor(self, enc: Any, observation: dict[str, np.ndarray]) -> torch.Tensor:
+        key = enc.keys[0]
+        if key not in observation:
+            raise RobodualError(f"sensor '{getattr(enc, 'name', key)}' reads observation key '{key}'; the "
+                                f"observation has {', '.join(sorted(observation))}")
+        history = int(getattr(enc, "history", 0) or 0)
+        arr = self._with_history(key, np.asarray(observation[key]), history) if history else np.asarray(observation[key])
+        kwargs: dict[str, Any] = {}
+        params = inspect.signature(enc.preprocess).parameters
+        if "normalizer" in params:
+            kwargs["normalizer"] = self.model.normalizer
+        if "device" in params:
+            kwargs["device"] = self.device
+        return torch.as_tensor(enc.preprocess(arr, **kwargs)).to(self.device)
+
+    @torch.no_grad()
+    def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
+                tau: int) -> np.ndarray:
+        model = self.model
+        batch: dict[str, Any] = {"obs": {}, "instruction": [instruction], "tau": torch.tensor([int(tau)])}
+        for enc in model.sensors.values():
+            if all(k in ("instruction", "task") for k in enc.keys):
+                continue  # language sensors read batch["instruction"]
+            batch["obs"][enc.keys[0]] = self._sensor_tensor(enc, observation)
+        if model.cfg.proprio_dim > 0:
+            if "proprio" not in observation:
+                raise RobodualError("the specialist conditions on 'proprio' but the observation has none "
+                                    f"(keys: {', '.join(sorted(observation))})")
+            p = np.asarray(observation["proprio"], dtype=np.float32).reshape(1, -1)
+            if model.normalizer is not None and "proprio" in model.normalizer.entries:
+                p = model.normalizer.normalize("proprio", p)
+            batch["proprio"] = torch.as_tensor(np.asarray(p, dtype=np.float32), device=self.device)
+        gen = generalist.to(self.device) if generalist is not None and model.cfg.generalist_dim > 0 else None
+        actions = model.sample(batch, gen)[0].float().cpu().numpy()
+        if model.normalizer is not None and "action" in model.normalizer.entries:
+            actions = model.normalizer.unnormalize("action", actions)
+        return np.asarray(actions, dtype=np.float32)

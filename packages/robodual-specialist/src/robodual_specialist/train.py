@@ -1,0 +1,143 @@
+"""Training the specialist on a robodual store, with or without cached generalist outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robodual_core.config import dump_config, load_config, read_config_file
+from robodual_core.errors import RobodualError
+from robodual_core.interfaces import GeneralistOutput
+from robodual_specialist.config import SpecialistTrainConfig
+
+
+def resolve_generalist_cache(store: Path, spec: str) -> tuple[str, Any]:
+    """``(checkpoint_hash, GeneralistCache)`` for ``--generalist-cache HASH|auto``."""
+    from robodual_core.data.generalist_cache import GeneralistCache, list_caches
+
+    if spec == "auto":
+        hashes = [h for h, attrs in list_caches(store).items() if attrs.get("complete")]
+        if len(hashes) != 1:
+            raise RobodualError(f"--generalist-cache auto needs exactly one complete cache in '{store}/generalist/', "
+                                f"found {hashes or 'none'}; pass a hash (create one with `robodual generalist cache`)")
+        spec = hashes[0]
+    return spec, GeneralistCache(store, spec)
+
+
+def generalist_record(ckpt_hash: str, cache: Any) -> dict[str, Any]:
+    """generalist.json: which generalist the specialist was trained with (the runtime loads ``checkpoint``)."""
+    attrs = dict(getattr(cache, "attrs", {}) or {})
+    record = {k: v for k, v in attrs.items() if isinstance(v, str | int | float | bool)}
+    record["hash"] = ckpt_hash
+    record["checkpoint"] = attrs.get("checkpoint") or attrs.get("source") or None
+    return record
+
+
+class AttachGeneralist:
+    """batch_transform: ``batch["generalist"] = cache.get(batch["gen_index"])`` on the batch's device."""
+
+    def __init__(self, cache: Any):
+        self.cache = cache
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        idx = batch["gen_index"]
+        out: GeneralistOutput = self.cache.get(idx.cpu())
+        batch["generalist"] = out.to(idx.device)
+        return batch
+
+
+def _fit_default_sensors(cfg: SpecialistTrainConfig, keys: list[str], dataset: Path, rank: int) -> SpecialistTrainConfig:
+    """The paper's default sensors, less those whose key the store lacks (Meta-World has no depth).
+    Sensors a user configured are kept as they are: a missing key is then an error."""
+    from robodual_specialist.config import _paper_sensors
+
+    if [dataclasses.asdict(s) for s in cfg.model.sensors] != [dataclasses.asdict(s) for s in _paper_sensors()]:
+        return cfg
+    kept = [s for s in cfg.model.sensors if s.name in keys]
+    dropped = [s.name for s in cfg.model.sensors if s.name not in keys]
+    if not kept:
+        raise RobodualError(f"dataset '{dataset}' has none of the default sensor keys "
+                            f"({', '.join(s.name for s in cfg.model.sensors)}); set model.sensors in --config")
+    if dropped and rank == 0:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"default sensors: dataset has no {', '.join(dropped)}; using "
+                                   f"{', '.join(s.name for s in kept)}")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sensors=kept))
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, rank: int) -> None:
+    if resume and overwrite:
+        raise RobodualError("--resume and --overwrite contradict each other; pass one")
+    if out.exists() and overwrite and rank == 0:
+        if any(out.iterdir()) and not ((out / "config.json").is_file() or (out / "checkpoints").is_dir()):
+            raise RobodualError(f"--overwrite refuses to delete '{out}': it does not look like a run folder "
+                                "(no config.json or checkpoints/)")
+        shutil.rmtree(out)
+    if resume and not (out / "checkpoints").is_dir():
+        raise RobodualError(f"--resume: run folder '{out}' has no checkpoints/ to continue from")
+
+
+def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[str] | None = None,
+          generalist_cache: str | None = None, resume: bool = False, overwrite: bool = False,
+          show_progress: bool = True) -> dict[str, float]:
+    from robodual_core.data import WindowDataset, open_dataset
+    from robodual_core.training import Trainer, init_distributed
+    from robodual_specialist.model import DiTSpecialist, count_trainable
+
+    init_distributed()
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    dataset, out = Path(dataset), Path(out)
+    _prepare_run_dir(out, resume, overwrite, rank)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # other ranks must not see a run folder that rank 0 is deleting
+    base = None
+    if resume and config is None and (out / "config.json").is_file():
+        base = {k: v for k, v in read_config_file(out / "config.json").items() if k in ("model", "data", "trainer")}
+    cfg = load_config(SpecialistTrainConfig, config, overrides, base=base)
+
+    store = open_dataset(dataset)
+    if "action" not in store.keys:
+        raise RobodualError(f"dataset '{dataset}' has no 'action' key; keys: {', '.join(store.keys)}")
+    cfg = _fit_default_sensors(cfg, store.keys, dataset, rank)
+    model_cfg = dataclasses.replace(cfg.model, action_dim=int(store.array("action").shape[-1]),
+                                    proprio_dim=int(store.array("proprio").shape[-1]) if "proprio" in store.keys else 0)
+    cache, gen_meta = None, None
+    if generalist_cache:
+        ckpt_hash, cache = resolve_generalist_cache(dataset, generalist_cache)
+        probe = cache.get(torch.zeros(1, dtype=torch.long))
+        model_cfg = dataclasses.replace(model_cfg, generalist_dim=int(probe.task_latents.shape[-1]),
+                                        k_g=int(probe.actions.shape[1]))
+        gen_meta = generalist_record(ckpt_hash, cache)
+    elif model_cfg.generalist_dim:
+        model_cfg = dataclasses.replace(model_cfg, generalist_dim=0)  # no generalist outputs to condition on
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+
+    model = DiTSpecialist(cfg.model)
+    image_keys = [k for k in model.obs_keys if k in store.keys]
+    history = max([int(getattr(enc, "history", 0) or 0) for enc in model.sensors.values()] + [0])
+    ds = WindowDataset(dataset, obs_keys=image_keys, horizon=cfg.model.k_s, k_g=cfg.model.k_g, history=history,
+                       image_size=cfg.data.image_size, split="train", val_ratio=cfg.data.val_ratio,
+                       seed=cfg.trainer.seed, normalization=cfg.data.normalization, augment_tau=cfg.data.augment_tau)
+    model.normalizer = ds.normalizer
+    extra_json: dict[str, Any] = {"normalizer": ds.normalizer.to_dict()}
+    if gen_meta is not None:
+        extra_json["generalist"] = gen_meta
+    trainer = Trainer(model, ds, cfg.trainer, out, extra_json=extra_json,
+                      batch_transform=AttachGeneralist(cache) if cache is not None else None,
+                      show_progress=show_progress)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.json")
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"specialist: {count_trainable(model) / 1e6:.2f}M trainable parameters, conditioner "
+            f"'{cfg.model.conditioner}', sensors {[s.name for s in cfg.model.sensors]}, "
+            f"{'generalist cache ' + gen_meta['hash'] if gen_meta else 'no generalist (specialist-only)'}; "
+            f"{len(ds)} training windows")
+    return trainer.fit(resume=resume)

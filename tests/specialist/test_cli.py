@@ -1,0 +1,113 @@
+"""`robodual train specialist` end to end on a tiny store, with and without a generalist cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import register_fake_sensor, write_tiny_store
+
+from robodual_core.checkpoint import load_model_state
+from robodual_core.data.generalist_cache import GeneralistCacheWriter
+from robodual_core.errors import RobodualError
+from robodual_core.runtime import load_policy
+from robodual_specialist.model import DiTSpecialist
+from robodual_specialist.train import train
+
+CONFIG = """
+model:
+  hidden: 32
+  depth: 2
+  heads: 4
+  k_s: 4
+  k_g: 4
+  sensors:
+    - {name: fake_rgb, options: {out_dim: 32, tokens: 2}}
+  guidance: {null_tokens: 2}
+data: {image_size: 16}
+trainer: {batch_size: 8, num_workers: 0, warmup_steps: 2, ckpt_every: 4, log_every: 2, lr: 1e-3}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fake_sensor():
+    register_fake_sensor()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = write_tiny_store(tmp_path_factory.mktemp("cli") / "tiny.zarr")
+    rng = np.random.default_rng(0)
+    w = GeneralistCacheWriter(path, "abc123", num_steps=48, k_g=4, action_dim=4, num_task_tokens=5,
+                              num_action_tokens=3, hidden_size=12, source="/ckpts/generalist")
+    w.write(0, {"actions": rng.uniform(-1, 1, (48, 4, 4)), "task_latents": rng.normal(size=(48, 5, 12)),
+                "action_latents": rng.normal(size=(48, 3, 12)), "task_mask": np.ones((48, 5), bool),
+                "action_mask": np.ones((48, 3), bool)})
+    w.finalize()
+    return path
+
+
+@pytest.fixture()
+def config(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_cli_trains_resumes_and_reloads(store, config, tmp_path):
+    from robodual_cli.app import main
+
+    run = tmp_path / "run"
+    main(["train", "specialist", "--dataset", str(store), "--out", str(run), "--config", str(config),
+          "--steps", "4"])  # returns on success, exits non-zero on error
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["model"]["action_dim"] == 4 and resolved["model"]["generalist_dim"] == 0
+    assert (run / "checkpoints" / "4" / "normalizer.json").is_file()
+    assert not (run / "checkpoints" / "4" / "generalist.json").exists()
+    train(store, run, overrides=["trainer.steps=8"], resume=True, show_progress=False)  # reuses config.json
+    assert (run / "checkpoints" / "8" / "model.safetensors").is_file()
+
+    model = DiTSpecialist.from_checkpoint(run, ema=False)
+    state = load_model_state(run, ema=False)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    assert model.normalizer is not None and model.cfg.conditioner == "cross_attention"
+    policy = load_policy(run)
+    policy.reset()
+    obs = {"rgb_static": np.zeros((16, 16, 3), np.uint8), "proprio": np.zeros(3, np.float32)}
+    action = policy.step(obs, "task 0")
+    assert action.shape == (4,) and np.isfinite(action).all()
+
+
+def test_cli_with_generalist_cache(store, config, tmp_path):
+    run = tmp_path / "dual"
+    train(store, run, config=config, overrides=["trainer.steps=2", "trainer.ckpt_every=2"],
+          generalist_cache="auto", show_progress=False)
+    record = json.loads((run / "checkpoints" / "2" / "generalist.json").read_text())
+    assert record["hash"] == "abc123" and record["checkpoint"] == "/ckpts/generalist"
+    model = DiTSpecialist.from_checkpoint(run)
+    assert model.cfg.generalist_dim == 12 and model.cfg.k_g == 4
+
+
+def test_cli_errors_name_the_problem(store, config, tmp_path):
+    with pytest.raises(RobodualError, match="no checkpoints"):
+        train(store, tmp_path / "none", config=config, resume=True, show_progress=False)
+    with pytest.raises(RobodualError, match="no generalist cache for checkpoint nope"):
+        train(store, tmp_path / "x", config=config, generalist_cache="nope", show_progress=False)
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    with pytest.raises(RobodualError, match="refuses to delete"):
+        train(store, tmp_path / "keep", config=config, overwrite=True, show_progress=False)
+
+
+def test_default_sensors_fit_a_store_without_depth(tmp_path):
+    from robodual_specialist.config import SensorConfig, SpecialistTrainConfig
+    from robodual_specialist.train import _fit_default_sensors
+
+    cfg = SpecialistTrainConfig()
+    fitted = _fit_default_sensors(cfg, ["rgb_static", "rgb_gripper", "proprio", "action"], tmp_path, rank=1)
+    assert [s.name for s in fitted.model.sensors] == ["rgb_static", "rgb_gripper"]
+    assert fitted.model.sensors[0].options == {"history": 1}
+    mine = SpecialistTrainConfig()
+    mine.model.sensors = [SensorConfig("depth_static")]
+    assert _fit_default_sensors(mine, ["rgb_static"], tmp_path, rank=1) is mine  # user choice: kept as is

@@ -1,0 +1,200 @@
+"""The DiT specialist: masks, guidance, caching, shifted window, parameter budget."""
+
+import pytest
+import torch
+from helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
+
+from robodual_specialist.config import SensorConfig, SpecialistConfig
+from robodual_specialist.model import DiTSpecialist, count_trainable
+
+CONDITIONERS = ["cross_attention", "film", "in_context"]
+
+
+@pytest.fixture(autouse=True)
+def _fake_sensor():
+    register_fake_sensor()
+
+
+def randomized(model, seed=0):
+    """Every parameter random (zero-initialised layers would make outputs trivially equal)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def dit_inputs(model, B=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    x = torch.randn(B, cfg.k_s, cfg.action_dim, generator=g)
+    gen_in = torch.randn(B, cfg.k_s, cfg.action_dim, generator=g)
+    t = torch.tensor([37] * B)
+    c = torch.randn(B, cfg.hidden, generator=g)
+    cond = torch.randn(B, 6, cfg.hidden, generator=g)
+    mask = torch.ones(B, 6, dtype=torch.bool)
+    mask[:, -2:] = False
+    return x, gen_in, t, c, cond, mask
+
+
+@pytest.mark.parametrize("conditioner", CONDITIONERS)
+def test_causal_mask_hides_future_tokens(conditioner):
+    model = randomized(DiTSpecialist(tiny_config(conditioner=conditioner, causal=True)))
+    x, gen_in, t, c, cond, mask = dit_inputs(model)
+    pre = model.dit.precompute(cond, mask)
+    base = model.dit(x, gen_in, t, c, pre)
+    x2, gen2 = x.clone(), gen_in.clone()
+    x2[:, 2] += 3.0
+    gen2[:, 3] -= 2.0
+    out = model.dit(x2, gen2, t, c, pre)
+    torch.testing.assert_close(out[:, :2], base[:, :2])  # earlier positions do not see the change
+    assert (out[:, 2:] - base[:, 2:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("conditioner", CONDITIONERS)
+def test_bidirectional_sees_future_tokens(conditioner):
+    model = randomized(DiTSpecialist(tiny_config(conditioner=conditioner, causal=False)))
+    x, gen_in, t, c, cond, mask = dit_inputs(model)
+    pre = model.dit.precompute(cond, mask)
+    base = model.dit(x, gen_in, t, c, pre)
+    x2 = x.clone()
+    x2[:, 3] += 3.0
+    assert (model.dit(x2, gen_in, t, c, pre)[:, 0] - base[:, 0]).abs().max() > 1e-3
+
+
+def test_padding_tokens_are_ignored():
+    model = randomized(DiTSpecialist(tiny_config()))
+    x, gen_in, t, c, cond, mask = dit_inputs(model)
+    base = model.dit(x, gen_in, t, c, model.dit.precompute(cond, mask))
+    cond2 = cond.clone()
+    cond2[:, -2:] = 100.0  # masked tokens
+    torch.testing.assert_close(model.dit(x, gen_in, t, c, model.dit.precompute(cond2, mask)), base)
+
+
+def test_untrained_output_is_zero():
+    model = DiTSpecialist(tiny_config()).eval()
+    x, gen_in, t, c, cond, mask = dit_inputs(model)
+    out = model.dit(x, gen_in, t, c, model.dit.precompute(cond, mask))
+    assert torch.count_nonzero(out) == 0  # adaLN-Zero and a zero output layer
+
+
+def _sample(model, batch, gen, **kw):
+    noise = torch.randn(batch["action"].shape, generator=torch.Generator().manual_seed(5))
+    return model.sample(batch, gen, noise=noise, **kw)
+
+
+@pytest.mark.parametrize("conditioner", CONDITIONERS)
+def test_guidance_scale_one_equals_conditional(conditioner):
+    model = randomized(DiTSpecialist(tiny_config(conditioner=conditioner)))
+    batch, gen = fake_batch(), fake_generalist(3)
+    conditional = _sample(model, batch, gen, guidance_scale=0.0)
+    torch.testing.assert_close(_sample(model, batch, gen, guidance_scale=1.0), conditional, atol=1e-5, rtol=1e-5)
+    guided = _sample(model, batch, gen, guidance_scale=3.0)
+    assert (guided - conditional).abs().max() > 1e-3  # the unconditional pass really differs
+
+
+def test_guidance_drops_generalist_tokens_and_proprio():
+    model = randomized(DiTSpecialist(tiny_config()))
+    batch, gen = fake_batch(), fake_generalist(3)
+    obs = model.encode_observation(batch)
+    drop = torch.ones(3, dtype=torch.bool)
+    tok, mask = model.condition_tokens(obs, gen, drop)
+    nt, na, nn = gen.task_latents.shape[1], gen.action_latents.shape[1], model.null_tokens.shape[0]
+    assert not mask[:, : nt + na].any()  # every generalist token masked, not only a pooled vector
+    assert mask[:, nt + na: nt + na + nn].all() and mask[:, nt + na + nn:].all()  # null + sensor tokens
+    torch.testing.assert_close(model.proprio_embedding(batch["proprio"], drop),
+                               model.null_proprio.expand(3, -1))
+    # the unconditional output does not depend on the generalist latents or on proprio
+    other = fake_generalist(3, seed=9)
+    other.actions = gen.actions
+    batch2 = dict(batch, proprio=batch["proprio"] + 1.0)
+    for b, g in ((batch, gen), (batch2, other)):
+        tok, mask = model.condition_tokens(model.encode_observation(b), g, drop)
+        gen_in = model.generalist_action_input(g, b["tau"], 3, drop)
+        out = model.dit(b["action"], gen_in, torch.tensor([10] * 3), model.proprio_embedding(b["proprio"], drop),
+                        model.dit.precompute(tok, mask))
+        if b is batch:
+            ref = out
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("conditioner", CONDITIONERS)
+def test_kv_cache_and_cfg_batching_do_not_change_samples(conditioner):
+    model = randomized(DiTSpecialist(tiny_config(conditioner=conditioner)))
+    batch, gen = fake_batch(), fake_generalist(3)
+    ref = _sample(model, batch, gen)
+    torch.testing.assert_close(_sample(model, batch, gen, cache_kv=False), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_sample(model, batch, gen, batch_cfg=False), ref, atol=1e-5, rtol=1e-5)
+    everything_off = _sample(model, batch, gen, cache_kv=False, batch_cfg=False, cache_adapters=False)
+    torch.testing.assert_close(everything_off, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_precomputed_once_per_control_step(monkeypatch):
+    model = randomized(DiTSpecialist(tiny_config()))
+    calls = {"precompute": 0, "encode": 0, "project": 0}
+
+    def counting(obj, attr, key):
+        fn = getattr(obj, attr)
+
+        def wrapped(*a, **k):
+            calls[key] += 1
+            return fn(*a, **k)
+
+        monkeypatch.setattr(obj, attr, wrapped)
+
+    counting(model.dit, "precompute", "precompute")
+    counting(model.dit, "precompute_pair", "precompute")
+    counting(model, "encode_observation", "encode")
+    counting(model.latent_proj, "forward", "project")
+    model.sample(fake_batch(), fake_generalist(3), steps=5)
+    # encoders once, conditioner state once, generalist projection once per latent kind (task, action)
+    assert calls == {"precompute": 1, "encode": 1, "project": 2}
+
+
+def test_shifted_window_by_value():
+    model = DiTSpecialist(tiny_config(k_s=6, k_g=4))
+    with torch.no_grad():
+        model.null_action.copy_(torch.tensor([9.0, 9.0, 9.0, 9.0]))
+    gen = fake_generalist(3, k_g=4)
+    tau = torch.tensor([0, 2, 3])
+    out = model.generalist_action_input(gen, tau, 3)
+    a, null = gen.actions, model.null_action
+    # tau 0: generalist actions 0..3 at tokens 0..3, nothing for tokens 4, 5 (k_s > k_g)
+    torch.testing.assert_close(out[0, :4], a[0])
+    torch.testing.assert_close(out[0, 4:], null.expand(2, -1))
+    # tau 2: the chunk is 2 steps old, token i (step t + i) pairs with generalist action i + 2
+    torch.testing.assert_close(out[1, :2], a[1, 2:])
+    torch.testing.assert_close(out[1, 2:], null.expand(4, -1))
+    torch.testing.assert_close(out[2, :1], a[2, 3:])
+    torch.testing.assert_close(out[2, 1:], null.expand(5, -1))
+    # specialist-only: every token gets the null action
+    torch.testing.assert_close(model.generalist_action_input(None, tau, 3), null.expand(3, 6, -1))
+
+
+def test_tau_changes_the_prediction():
+    model = randomized(DiTSpecialist(tiny_config()))
+    gen = fake_generalist(3)
+    a = _sample(model, fake_batch(tau=[0, 0, 0]), gen)
+    b = _sample(model, fake_batch(tau=[0, 2, 0]), gen)
+    torch.testing.assert_close(a[[0, 2]], b[[0, 2]])
+    assert (a[1] - b[1]).abs().max() > 1e-4
+
+
+def test_specialist_only_model_samples():
+    model = randomized(DiTSpecialist(tiny_config(generalist_dim=0)))
+    out = model.sample(fake_batch(), None)
+    assert out.shape == (3, 4, 4) and torch.isfinite(out).all()
+
+
+def test_paper_settings_parameter_count():
+    """Table 5 settings: DiT 6x256, 8 heads, MLP 4; static RGB (frozen DINO) + one extra sensor (depth)."""
+    def build(sensors):
+        with torch.device("meta"):
+            cfg = SpecialistConfig(generalist_dim=4096, sensors=[SensorConfig(n, o) for n, o in sensors])
+            return DiTSpecialist(cfg, load_weights=False)
+
+    dit_only = build([])
+    assert 8.5e6 < count_trainable(dit_only) < 10.5e6  # DiT + generalist latent projection
+    two = build([("rgb_static", {"history": 1}), ("depth_static", {})])
+    assert 16e6 <= count_trainable(two) <= 20e6, count_trainable(two)
+    assert sum(p.numel() for p in two.parameters() if not p.requires_grad) > 20e6  # frozen DINO ViT-S
