@@ -96,6 +96,12 @@ class TemporalAggregator:
         return action.astype(np.float32)
 
 
+def _fork(runner: Any) -> Any:
+    """A runner for a new session: runners with per-episode state provide ``fork()``; others are shared."""
+    fork = getattr(runner, "fork", None)
+    return fork() if callable(fork) else runner
+
+
 def _spec(*runners: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     spec: dict[str, tuple[tuple[int, ...], str]] = {}
     for runner in runners:
@@ -120,6 +126,13 @@ class _PolicyInfo:
     @property
     def action_horizon(self) -> int:
         return 1
+
+    def _reset_runners(self) -> None:
+        """Runners that keep per-episode state (history frames, feature caches) start afresh."""
+        for runner in self.runners:
+            reset = getattr(runner, "reset", None)
+            if callable(reset):
+                reset()
 
 
 @dataclass
@@ -161,7 +174,7 @@ class DualSystemPolicy(_PolicyInfo):
     # -- lifecycle -------------------------------------------------------------------------------
     def new_session(self) -> DualSystemPolicy:
         """A fresh policy sharing this one's models (one per robot or client connection)."""
-        return DualSystemPolicy(self.generalist, self.specialist, self.mode, self.generalist_every,
+        return DualSystemPolicy(_fork(self.generalist), _fork(self.specialist), self.mode, self.generalist_every,
                                 self._aggregation, self.specialist_every)
 
     def reset(self) -> None:
@@ -171,6 +184,7 @@ class DualSystemPolicy(_PolicyInfo):
         self._pending = None
         self._error = None
         self.aggregator.reset()
+        self._reset_runners()
         self.stats = {"generalist_calls": 0, "specialist_calls": 0}
 
     def close(self) -> None:
@@ -257,11 +271,12 @@ class SpecialistOnlyPolicy(_PolicyInfo):
         self.t = 0
 
     def new_session(self) -> SpecialistOnlyPolicy:
-        return SpecialistOnlyPolicy(self.specialist, self._aggregation, self.specialist_every)
+        return SpecialistOnlyPolicy(_fork(self.specialist), self._aggregation, self.specialist_every)
 
     def reset(self) -> None:
         self.t = 0
         self.aggregator.reset()
+        self._reset_runners()
 
     def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         if self.t % self.specialist_every == 0 or not self.aggregator.chunks:
@@ -284,11 +299,12 @@ class GeneralistOnlyPolicy(_PolicyInfo):
         self.t = 0
 
     def new_session(self) -> GeneralistOnlyPolicy:
-        return GeneralistOnlyPolicy(self.generalist, self.execute, self._aggregation)
+        return GeneralistOnlyPolicy(_fork(self.generalist), self.execute, self._aggregation)
 
     def reset(self) -> None:
         self.t = 0
         self.aggregator.reset()
+        self._reset_runners()
 
     def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         if self.t % self.execute == 0:

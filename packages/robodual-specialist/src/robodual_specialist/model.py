@@ -358,9 +358,13 @@ class DiTSpecialist(nn.Module, Specialist):
     @classmethod
     def load_runner(cls, ckpt: str | Path) -> Any:
         """The runtime's adapter (robodual_core.runtime.SpecialistRunner) for a checkpoint."""
+        from robodual_core.checkpoint import resolve_checkpoint, run_dataset_spec
         from robodual_specialist.runner import DiTRunner
 
-        return DiTRunner(cls.from_checkpoint(ckpt))
+        ckpt = resolve_checkpoint(ckpt)
+        model = cls.from_checkpoint(ckpt)
+        keys = [*model.obs_keys, "proprio"] if model.cfg.proprio_dim > 0 else list(model.obs_keys)
+        return DiTRunner(model, observation_spec=run_dataset_spec(ckpt, keys))
 
     def unnormalize_actions(self, actions: torch.Tensor | np.ndarray) -> Any:
         """Normalized actions -> dataset units, with the checkpoint's normalizer."""

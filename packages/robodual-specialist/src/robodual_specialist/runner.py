@@ -20,12 +20,19 @@ from robodual_core.interfaces import GeneralistOutput
 
 
 class DiTRunner:
-    def __init__(self, model: Any, device: str | torch.device | None = None):
+    def __init__(self, model: Any, device: str | torch.device | None = None,
+                 observation_spec: dict[str, tuple[tuple[int, ...], str]] | None = None):
         self.model = model.eval()
+        self.action_dim = model.cfg.action_dim
+        self.observation_spec = observation_spec or {}
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.k_s = model.cfg.k_s
         self._frames: dict[str, deque] = {}
+
+    def fork(self) -> DiTRunner:
+        """A runner sharing this one's model with its own history frames (one per robot session)."""
+        return DiTRunner(self.model, self.device, self.observation_spec)
 
     def reset(self) -> None:
         self._frames.clear()

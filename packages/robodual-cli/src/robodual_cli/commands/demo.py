@@ -29,6 +29,7 @@ import typer
 
 from robodual_cli.console import err, out
 from robodual_core.errors import RobodualError
+from robodual_core.io import atomic_write_json
 
 
 @dataclass
@@ -43,6 +44,11 @@ class DemoConfig:
     max_steps: int = 150
     seed: int = 0
     workers: int = 2
+    val_ratio: float = 0.1
+    encoder_width: int = 64
+    encoder_depth: int = 2
+    specialist_hidden: int = 128
+    specialist_depth: int = 4
 
 
 QUICK = DemoConfig(tasks=["reach-v3", "button-press-topdown-v3"], episodes_per_task=6, generalist_steps=200,
@@ -53,21 +59,43 @@ def _robodual(*args: str) -> list[str]:
     return [sys.executable, "-m", "robodual_cli.app", *args]
 
 
-def _run_stage(name: str, done: Path, cmd: list[str], log_dir: Path, timings: dict[str, float]) -> None:
-    if done.exists():
+def _run_stage(name: str, done: Path | None, cmd: list[str], log_dir: Path, timings: dict[str, float]) -> None:
+    if done is not None and done.exists():
         err.print(f"[green]✓[/] {name}: done already ({done})")
         return
     shown = " ".join(shlex.quote(c) for c in ["robodual", *cmd[3:]])
     err.print(f"[bold cyan]▶ {name}[/]\n  $ {shown}")
     t0 = time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    # one torch thread per process: the data-loader worker takes the other core, and OpenMP spin-waiting
+    # on an oversubscribed 2-core machine costs more than a second thread gains for these small models
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     (log_dir / f"{name.replace(' ', '_')}.stdout.txt").write_text(proc.stdout or "")
     if proc.returncode != 0:
         raise RobodualError(f"demo stage '{name}' failed (exit {proc.returncode}); rerun it alone to see why: {shown}")
     timings[name] = time.perf_counter() - t0
     err.print(f"  [green]done[/] in {timings[name]:.0f} s")
+
+
+def _small_vit(key: str, cfg: DemoConfig) -> dict:
+    # no pretrained weights can be downloaded: a small trainable ViT replaces the paper's frozen DINO ViT-S/16
+    return {"name": key, "options": {"backbone": "vit", "image_size": cfg.image_size, "width": cfg.encoder_width,
+                                     "depth": cfg.encoder_depth, "heads": 4, "head_dim": cfg.encoder_width // 4}}
+
+
+def specialist_config(cfg: DemoConfig, data: Path, language: bool) -> dict:
+    """The demo's specialist: the paper's DiT at a CPU-sized width, two camera views, proprio."""
+    sensors = [_small_vit("rgb_static", cfg), _small_vit("rgb_gripper", cfg)]
+    if language:
+        sensors.append({"name": "language", "options": {"store": str(data)}})
+    return {
+        "model": {"hidden": cfg.specialist_hidden, "depth": cfg.specialist_depth, "heads": 4, "sensors": sensors},
+        "data": {"image_size": None, "val_ratio": cfg.val_ratio},
+        "trainer": {"steps": cfg.specialist_steps, "batch_size": cfg.batch_size, "num_workers": 1, "lr": 3e-4,
+                    "warmup_steps": 100, "ckpt_every": cfg.specialist_steps, "seed": cfg.seed, "ema_decay": 0.995},
+    }
 
 
 def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
@@ -86,19 +114,23 @@ def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
     _run_stage("train generalist", gen_dir / "checkpoints" / str(cfg.generalist_steps), _robodual(
         "train", "generalist", "--dataset", str(data), "--out", str(gen_dir), "--base", "tiny",
         "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
-        "--set", f"trainer.seed={cfg.seed}", "--resume"), logs, timings)
-    _run_stage("cache generalist", gen_dir / "cache.done", _robodual(
-        "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(data), "--done-file",
-        str(gen_dir / "cache.done")), logs, timings)
+        "--set", "trainer.num_workers=1", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
+        "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.seed}",
+        *(["--resume"] if (gen_dir / "config.json").is_file() else [])), logs, timings)
+    _run_stage("cache generalist", None, _robodual(
+        "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(data)), logs, timings)
+    configs = out_dir / "configs"
+    configs.mkdir(exist_ok=True)
+    for run, language in ((dual_dir, False), (spec_dir, True)):
+        atomic_write_json(configs / f"{run.name}.json", specialist_config(cfg, data, language))
     _run_stage("train specialist", dual_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
         "train", "specialist", "--dataset", str(data), "--out", str(dual_dir), "--generalist-cache", "auto",
-        "--generalist", str(gen_dir), "--preset", "demo", "--steps", str(cfg.specialist_steps),
-        "--set", f"trainer.batch_size={cfg.batch_size}", "--set", f"trainer.seed={cfg.seed}", "--resume"),
-        logs, timings)
+        "--config", str(configs / "specialist.json"),
+        *(["--resume"] if (dual_dir / "config.json").is_file() else [])), logs, timings)
     _run_stage("train specialist-only", spec_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
-        "train", "specialist", "--dataset", str(data), "--out", str(spec_dir), "--preset", "demo-language",
-        "--steps", str(cfg.specialist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
-        "--set", f"trainer.seed={cfg.seed}", "--resume"), logs, timings)
+        "train", "specialist", "--dataset", str(data), "--out", str(spec_dir),
+        "--config", str(configs / "specialist_only.json"),
+        *(["--resume"] if (spec_dir / "config.json").is_file() else [])), logs, timings)
     rows = {}
     for label, policy, kind in (("dual system", dual_dir, "dual"), ("specialist only", spec_dir, "specialist"),
                                 ("generalist only", gen_dir, "generalist")):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from helpers import fake_generalist, register_fake_sensor, tiny_config, write_tiny_store
+from specialist_helpers import fake_generalist, register_fake_sensor, tiny_config, write_tiny_store
 
 from robodual_core.checkpoint import load_model_state
 from robodual_core.config import load_config

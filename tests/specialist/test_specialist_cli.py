@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import register_fake_sensor, write_tiny_store
+from specialist_helpers import register_fake_sensor, write_tiny_store
 
 from robodual_core.checkpoint import load_model_state
 from robodual_core.data.generalist_cache import GeneralistCacheWriter

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
+from specialist_helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
 
 from robodual_specialist.config import SensorConfig, SpecialistConfig
 from robodual_specialist.model import DiTSpecialist, count_trainable
