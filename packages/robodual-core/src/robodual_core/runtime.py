@@ -322,7 +322,7 @@ class RuntimeConfig:
     aggregation: AggregationConfig | None = None
 
 
-def load_runner(kind: str, path: str | Path) -> Any:
+def load_runner(kind: str, path: str | Path, **options: Any) -> Any:
     """Build a generalist or specialist runner from a checkpoint through the registry.
 
     The checkpoint's ``model_config.json`` names its ``family``; the registered class provides
@@ -340,7 +340,24 @@ def load_runner(kind: str, path: str | Path) -> Any:
     loader = getattr(cls, "load_runner", None)
     if loader is None:
         raise RobodualError(f"{kind} family '{family}' provides no load_runner(); it cannot run in a policy")
-    return loader(ckpt)
+    return loader(ckpt, **options)
+
+
+def generalist_for_specialist(specialist_ckpt: str | Path) -> Any | None:
+    """The generalist runner a specialist checkpoint was trained with (``generalist.json``), or None.
+
+    The runner reproduces what the specialist saw in training: the cache's latent pooling travels with it.
+    """
+    from robodual_core.checkpoint import read_json, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(specialist_ckpt)
+    if not (ckpt / "generalist.json").is_file():
+        return None
+    record = read_json(ckpt, "generalist")
+    if not record.get("checkpoint"):
+        raise RobodualError(f"'{ckpt / 'generalist.json'}' names no generalist checkpoint")
+    return load_runner("generalist", record["checkpoint"], pooling=record.get("pooling") or "none",
+                       latent_dtype=record.get("dtype") or "float32")
 
 
 def checkpoint_kind(path: str | Path) -> str:
@@ -373,20 +390,19 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
         if kind not in ("auto", "generalist"):
             raise RobodualError(f"'{path}' is a generalist checkpoint; it cannot make a '{kind}' policy")
         return GeneralistOnlyPolicy(load_runner("generalist", ckpt), aggregation=aggregation)
-    specialist = load_runner("specialist", ckpt)
-    gen_path = None
-    if (ckpt / "generalist.json").is_file():
-        gen_path = read_json(ckpt, "generalist").get("checkpoint")
-    if kind == "specialist" or (kind == "auto" and gen_path is None):
-        return SpecialistOnlyPolicy(specialist, aggregation=aggregation)
+    has_generalist = (ckpt / "generalist.json").is_file()
     if kind == "generalist":
-        if gen_path is None:
+        if not has_generalist:
             raise RobodualError(f"specialist checkpoint '{ckpt}' records no generalist")
-        return GeneralistOnlyPolicy(load_runner("generalist", gen_path))
-    if gen_path is None:
+        return GeneralistOnlyPolicy(load_runner("generalist", read_json(ckpt, "generalist")["checkpoint"]),
+                                    aggregation=aggregation)
+    specialist = load_runner("specialist", ckpt)
+    if kind == "specialist" or (kind == "auto" and not has_generalist):
+        return SpecialistOnlyPolicy(specialist, aggregation=aggregation)
+    if not has_generalist:
         raise RobodualError(f"specialist checkpoint '{ckpt}' was trained without a generalist; it cannot make a "
                             "dual-system policy (train it with --generalist-cache)")
-    return DualSystemPolicy(load_runner("generalist", gen_path), specialist, mode=mode, aggregation=aggregation)
+    return DualSystemPolicy(generalist_for_specialist(ckpt), specialist, mode=mode, aggregation=aggregation)
 
 
 def measure_rate(policy: Any, observation: dict[str, np.ndarray], instruction: str, steps: int) -> float:

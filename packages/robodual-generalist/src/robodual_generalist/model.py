@@ -280,11 +280,11 @@ class VLAGeneralist(nn.Module, Generalist):
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def load_runner(cls, path: str | Path) -> Any:
+    def load_runner(cls, path: str | Path, **options: Any) -> Any:
         """The runtime adapter (:class:`robodual_generalist.runner.GeneralistRunner`) for a checkpoint."""
         from robodual_generalist.runner import GeneralistRunner
 
-        return GeneralistRunner.load(path)
+        return GeneralistRunner.load(path, **options)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> VLAGeneralist:

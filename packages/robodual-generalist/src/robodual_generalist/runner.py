@@ -10,14 +10,23 @@ import torch
 
 from robodual_core.checkpoint import read_json, resolve_checkpoint, run_dataset_spec
 from robodual_core.data import Normalizer
+from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
 
 
 class GeneralistRunner:
     """Wraps a :class:`~robodual_generalist.model.VLAGeneralist` for :mod:`robodual_core.runtime`."""
 
-    def __init__(self, model: Any, normalizer: Normalizer, observation_spec: dict | None = None):
+    def __init__(self, model: Any, normalizer: Normalizer, observation_spec: dict | None = None,
+                 pooling: str = "none", latent_dtype: str = "float32"):
+        from robodual_generalist.caching import POOLINGS
+
+        if pooling not in POOLINGS:
+            raise RobodualError(f"generalist latent pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
         self.model = model.eval()
+        self.pooling = pooling
+        # the cache stores latents at this precision; rounding the same way keeps inference on what training saw
+        self.latent_dtype = getattr(torch, latent_dtype)
         self.normalizer = normalizer
         self.k_g = model.k_g
         self.action_dim = model.action_dim
@@ -25,21 +34,30 @@ class GeneralistRunner:
         self.observation_spec = observation_spec or {}
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> GeneralistRunner:
+    def load(cls, path: str | Path, device: str = "cpu", pooling: str = "none",
+             latent_dtype: str = "float32") -> GeneralistRunner:
+        """``pooling`` must be the one of the cache the specialist was trained on (its generalist.json)."""
         from robodual_generalist.model import VLAGeneralist
 
         path = Path(path)
         model = VLAGeneralist.from_checkpoint(path, device=device)
         ckpt = path if (path / "normalizer.json").is_file() else resolve_checkpoint(path)
         normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
-        return cls(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]))
+        return cls(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]), pooling=pooling,
+                   latent_dtype=latent_dtype)
 
     @torch.inference_mode()
     def predict(self, observation: dict[str, np.ndarray], instruction: str) -> GeneralistOutput:
         image = np.asarray(observation[self.image_key])
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.model.device)
         x = x.permute(2, 0, 1)[None].float() / 255.0  # HWC uint8 -> [1, 3, H, W] in [0, 1], as the loader
-        return self.model.generate({"obs": {self.image_key: x}, "instruction": [instruction]})
+        from robodual_generalist.caching import pool_output
+
+        out = self.model.generate({"obs": {self.image_key: x}, "instruction": [instruction]})
+        out = pool_output(out, self.pooling, self.k_g)
+        for name in ("task_latents", "action_latents"):
+            setattr(out, name, getattr(out, name).to(self.latent_dtype).float())
+        return out
 
     def actions_to_env(self, actions: Any) -> np.ndarray:
         """Normalized actions ``[k_g, D]`` -> the environment's units."""

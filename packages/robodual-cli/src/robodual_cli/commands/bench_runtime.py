@@ -45,12 +45,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Async and sync control rate with a generalist k times slower than the specialist, vs the specialist alone."""
         from robodual_core.bench import write_report
-        from robodual_core.checkpoint import read_json, resolve_checkpoint
+        from robodual_core.checkpoint import resolve_checkpoint
         from robodual_core.data import open_dataset
         from robodual_core.errors import RobodualError
         from robodual_core.runtime import (
             DualSystemPolicy,
             SpecialistOnlyPolicy,
+            generalist_for_specialist,
             load_runner,
             measure_rate,
         )
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
         if not (ckpt / "generalist.json").is_file():
             raise RobodualError(f"'{policy}' was trained without a generalist; bench runtime needs a dual-system run")
         specialist = load_runner("specialist", ckpt)
-        generalist = load_runner("generalist", read_json(ckpt, "generalist")["checkpoint"])
+        generalist = generalist_for_specialist(ckpt)
         ds = open_dataset(dataset)
         keys = [k for k in ds.keys if k not in ("action", "actions", "rel_actions", "scene_obs")]
         ep = ds.episode(0, keys)
