@@ -405,9 +405,16 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     return DualSystemPolicy(generalist_for_specialist(ckpt), specialist, mode=mode, aggregation=aggregation)
 
 
-def measure_rate(policy: Any, observation: dict[str, np.ndarray], instruction: str, steps: int) -> float:
-    """Control steps per second of ``policy`` on a fixed observation."""
+def measure_rate(policy: Any, observation: dict[str, np.ndarray], instruction: str, steps: int,
+                 warmup: int = 8) -> float:
+    """Steady-state control steps per second of ``policy`` on a fixed observation.
+
+    The first ``warmup`` steps after ``reset`` are not timed: an asynchronous policy awaits its very first
+    generalist chunk there, which is a start-up cost, not a control rate.
+    """
     policy.reset()
+    for _ in range(warmup):
+        policy.step(observation, instruction)
     t0 = time.perf_counter()
     for _ in range(steps):
         policy.step(observation, instruction)
