@@ -43,21 +43,24 @@ def train_and_sample(tmp_path, language: bool) -> dict[str, float]:
                       tmp_path / f"run_{language}", show_progress=False)
     trainer.fit()
     model.eval()
-    means = {}
-    for instruction in INSTRUCTIONS:
-        batch = {"obs": {"rgb_static": torch.full((8, 3, 16, 16), 128 / 255)}, "proprio": torch.zeros(8, 3),
-                 "instruction": [instruction] * 8, "tau": torch.zeros(8, dtype=torch.long)}
+    right = {}
+    n = 32
+    for instruction, target in INSTRUCTIONS.items():
+        batch = {"obs": {"rgb_static": torch.full((n, 3, 16, 16), 128 / 255)}, "proprio": torch.zeros(n, 3),
+                 "instruction": [instruction] * n, "tau": torch.zeros(n, dtype=torch.long)}
         with torch.no_grad():
             normalized = model.sample(batch, None)
-        means[instruction] = float(ds.normalizer.unnormalize("action", normalized.numpy()).mean())
-    return means
+        actions = ds.normalizer.unnormalize("action", normalized.numpy())  # [n, k, 2]
+        # share of sampled chunks that move the way the instruction asks, and close to it
+        right[instruction] = float((np.abs(actions.mean(axis=(1, 2)) - target) < 0.3).mean())
+    return right
 
 
 @pytest.mark.slow
 def test_language_tokens_make_actions_follow_the_instruction(tmp_path):
     with_language = train_and_sample(tmp_path, language=True)
-    for instruction, target in INSTRUCTIONS.items():
-        assert abs(with_language[instruction] - target) < 0.25, with_language
+    assert min(with_language.values()) >= 0.9, with_language
+    # without them the same observation gets the same action distribution whatever the instruction says:
+    # at best a coin flip between the two tasks' actions
     without = train_and_sample(tmp_path, language=False)
-    # the same observation gets the same (averaged) action, whatever the instruction says
-    assert abs(without["press the red button"] - without["open the green drawer"]) < 0.3, without
+    assert sum(without.values()) / 2 <= 0.75, without

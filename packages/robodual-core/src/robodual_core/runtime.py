@@ -169,13 +169,16 @@ class DualSystemPolicy(_PolicyInfo):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._is_session = False
         self.t = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def new_session(self) -> DualSystemPolicy:
         """A fresh policy sharing this one's models (one per robot or client connection)."""
-        return DualSystemPolicy(_fork(self.generalist), _fork(self.specialist), self.mode, self.generalist_every,
-                                self._aggregation, self.specialist_every)
+        session = DualSystemPolicy(_fork(self.generalist), _fork(self.specialist), self.mode,
+                                   self.generalist_every, self._aggregation, self.specialist_every)
+        session._is_session = True
+        return session
 
     def reset(self) -> None:
         self._shutdown()
@@ -188,7 +191,13 @@ class DualSystemPolicy(_PolicyInfo):
         self.stats = {"generalist_calls": 0, "specialist_calls": 0}
 
     def close(self) -> None:
+        """Stop the background worker; a generalist process is stopped too (sessions share it: close the
+        policy that :func:`load_policy` returned, not its sessions)."""
         self._shutdown()
+        if not self._is_session:
+            close = getattr(self.generalist, "close", None)
+            if callable(close):
+                close()
 
     def _shutdown(self) -> None:
         if self._worker is not None:
@@ -343,10 +352,11 @@ def load_runner(kind: str, path: str | Path, **options: Any) -> Any:
     return loader(ckpt, **options)
 
 
-def generalist_for_specialist(specialist_ckpt: str | Path) -> Any | None:
+def generalist_for_specialist(specialist_ckpt: str | Path, process: bool = False) -> Any | None:
     """The generalist runner a specialist checkpoint was trained with (``generalist.json``), or None.
 
     The runner reproduces what the specialist saw in training: the cache's latent pooling travels with it.
+    With ``process`` it runs in its own process (:class:`ProcessGeneralist`).
     """
     from robodual_core.checkpoint import read_json, resolve_checkpoint
 
@@ -356,8 +366,77 @@ def generalist_for_specialist(specialist_ckpt: str | Path) -> Any | None:
     record = read_json(ckpt, "generalist")
     if not record.get("checkpoint"):
         raise RobodualError(f"'{ckpt / 'generalist.json'}' names no generalist checkpoint")
-    return load_runner("generalist", record["checkpoint"], pooling=record.get("pooling") or "none",
-                       latent_dtype=record.get("dtype") or "float32")
+    options = {"pooling": record.get("pooling") or "none", "latent_dtype": record.get("dtype") or "float32"}
+    if process:
+        return ProcessGeneralist(record["checkpoint"], **options)
+    return load_runner("generalist", record["checkpoint"], **options)
+
+
+_OUTPUT_FIELDS = ("actions", "task_latents", "action_latents", "task_mask", "action_mask")
+
+
+def _generalist_process(conn: Any, path: str, options: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        runner = load_runner("generalist", path, **options)
+        conn.send(("ready", runner.k_g))
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        try:
+            out = runner.predict(*message)
+            conn.send(("ok", {f: getattr(out, f).detach().cpu().numpy() for f in _OUTPUT_FIELDS}))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ProcessGeneralist:
+    """A generalist runner in its own process, so its decoding never holds the specialist's GIL.
+
+    In asynchronous mode the background thread only waits on a pipe; the generalist's Python-heavy
+    token-by-token decoding runs in parallel with the specialist on another core. Messages go over a
+    local pipe between two processes of the same program.
+    """
+
+    def __init__(self, path: str | Path, **options: Any):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_generalist_process, args=(child, str(path), options), daemon=True,
+                                 name="robodual-generalist")
+        self._proc.start()
+        self._lock = threading.Lock()
+        status, payload = self._conn.recv()
+        if status != "ready":
+            self.close()
+            raise RobodualError(f"the generalist process could not load '{path}': {payload}")
+        self.k_g = payload
+
+    def predict(self, observation: dict[str, np.ndarray], instruction: str) -> GeneralistOutput:
+        import torch
+
+        with self._lock:
+            self._conn.send((observation, instruction))
+            status, payload = self._conn.recv()
+        if status != "ok":
+            raise RobodualError(f"the generalist process failed: {payload}")
+        return GeneralistOutput(**{f: torch.from_numpy(payload[f]) for f in _OUTPUT_FIELDS})
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
 
 
 def checkpoint_kind(path: str | Path) -> str:
@@ -402,7 +481,9 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     if not has_generalist:
         raise RobodualError(f"specialist checkpoint '{ckpt}' was trained without a generalist; it cannot make a "
                             "dual-system policy (train it with --generalist-cache)")
-    return DualSystemPolicy(generalist_for_specialist(ckpt), specialist, mode=mode, aggregation=aggregation)
+    # asynchronous mode puts the generalist in its own process: a thread would share the GIL with the specialist
+    return DualSystemPolicy(generalist_for_specialist(ckpt, process=mode == "async"), specialist, mode=mode,
+                            aggregation=aggregation)
 
 
 def measure_rate(policy: Any, observation: dict[str, np.ndarray], instruction: str, steps: int,

@@ -46,7 +46,7 @@ def _hook(obj: dict) -> Any:
             raise WireError(f"array of dtype {dtype} and shape {list(shape)} needs "
                             f"{int(np.prod(shape, dtype=np.int64)) * dtype.itemsize} bytes, found "
                             f"{len(data) if isinstance(data, bytes) else type(data).__name__}")
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # writable, owning its memory
     return obj
 
 

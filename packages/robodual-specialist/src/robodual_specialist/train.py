@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from robodual_core.config import dump_config, load_config, read_config_file
+from robodual_core.config import dump_config, load_config, read_config_file, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
 from robodual_specialist.config import SpecialistTrainConfig
@@ -132,7 +132,8 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
                       show_progress=show_progress)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.json")
+        # the store path travels with the run: evaluators read its image size, servers its observation spec
+        dump_config({"dataset": str(Path(dataset).resolve()), **to_dict(cfg)}, out / "config.json")
         from rich.console import Console
 
         Console(stderr=True).print(
