@@ -201,3 +201,22 @@ def test_cli_convert_and_inspect(tmp_path, capsys):
     assert code == 1 and "already exists" in cap.err
     code, cap = run("dataset", "info", dst, "--json")
     assert code == 0 and '"episodes": 3' in cap.out
+
+
+def test_calvin_language_embeddings_are_kept_and_read_by_the_language_sensor(tmp_path):
+    """Issue 11: CALVIN's own MiniLM embeddings travel into the store and the language sensor reads them."""
+    import numpy as np
+    import zarr
+
+    from robodual_core.plugins import registry
+    from robodual_envs.calvin.convert import LANGUAGE_ID, CalvinConverter, load_npy
+
+    dst = CalvinConverter().convert(SAMPLE, tmp_path / "c.zarr", split="validation", keys=["rgb_static"])
+    group = zarr.open_group(str(dst), mode="r")["language"][LANGUAGE_ID]
+    assert group.attrs["complete"] is True
+    ann = load_npy(SAMPLE / "validation" / "lang_annotations" / "auto_lang_ann.npy")
+    expected = np.asarray(ann["language"]["emb"], dtype=np.float32).reshape(-1, 384)[0]
+    np.testing.assert_array_equal(group["embeddings"][0], expected)
+    sensor = registry("sensors").get("language")(model=LANGUAGE_ID, store=str(dst), out_dim=16)
+    tokens = sensor([str(ann["language"]["ann"][0])])
+    assert tokens.shape == (1, 1, 16)

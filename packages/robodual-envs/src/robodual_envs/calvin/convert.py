@@ -86,6 +86,38 @@ def read_annotations(split_dir: Path) -> list[tuple[int, int, str, str]]:
     return windows
 
 
+LANGUAGE_ID = "calvin-auto-lang-ann"
+
+
+def keep_language_embeddings(store: Path, split_dir: Path, windows: list[tuple[int, int, str, str]]) -> None:
+    """Keep CALVIN's own 384-d MiniLM instruction embeddings (``language.emb``) in the store.
+
+    They go to ``language/calvin-auto-lang-ann/`` in the layout the ``language`` sensor reads
+    (``embeddings [U, E]``, ``episode_index``, attrs ``instructions`` and ``complete`` last), so a
+    specialist can use them with ``{"name": "language", "options": {"model": "calvin-auto-lang-ann"}}``
+    without a text model, for every instruction in the store.
+    """
+    import zarr
+
+    ann = load_npy(split_dir / "lang_annotations" / "auto_lang_ann.npy")
+    emb = ann.get("language", {}).get("emb") if isinstance(ann, dict) else None
+    if emb is None:
+        return
+    emb = np.asarray(emb, dtype=np.float32).reshape(len(emb), -1)
+    if len(emb) != len(windows):
+        raise RobodualError(f"'{split_dir}/lang_annotations/auto_lang_ann.npy': language.emb has {len(emb)} rows "
+                            f"for {len(windows)} annotated windows; expected one per window")
+    texts = [text for _, _, text, _ in windows]
+    unique = sorted(set(texts))
+    first = {t: texts.index(t) for t in unique}
+    group = zarr.open_group(str(store), mode="a").require_group("language").create_group(LANGUAGE_ID, overwrite=True)
+    group.create_array("embeddings", data=np.stack([emb[first[t]] for t in unique]))
+    group.create_array("episode_index", data=np.asarray([unique.index(t) for t in texts], dtype=np.int64))
+    group.attrs.update({"model": LANGUAGE_ID, "model_id": LANGUAGE_ID, "dim": int(emb.shape[1]),
+                        "instructions": unique, "source": "CALVIN auto_lang_ann.npy language.emb"})
+    group.attrs["complete"] = True
+
+
 class FrameReader:
     """Reads ``episode_%07d.npz`` frames and checks them against the first frame's shapes and dtypes."""
 
@@ -212,6 +244,7 @@ class CalvinConverter(DatasetConverter):
                 advance(len(frames["robot_obs"]))
         convert_s = time.perf_counter() - t0
         path = writer.finalize()
+        keep_language_embeddings(path, split_path, windows)
         total_s = time.perf_counter() - t0
         self.report = {"episodes": writer.num_episodes, "steps": writer.num_steps, "frames_converted": frames_total,
                        "seconds": total_s, "frames_per_s": frames_total / convert_s if convert_s > 0 else None,
