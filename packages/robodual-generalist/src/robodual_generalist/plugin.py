@@ -9,6 +9,8 @@ from robodual_core.hookspecs import hookimpl
 def robodual_register_generalists(registry):
     registry.register("openvla", "robodual_generalist.model:VLAGeneralist",
                       "OpenVLA / Prismatic (DINOv2+SigLIP, LLaMA) with action-chunk tokens; native loading, LoRA")
+    registry.register("hf_vlm", "robodual_generalist.hf_vlm:HFVLMGeneralist",
+                      "any local Hugging Face VLM (AutoModelForImageTextToText + its processor) with action tokens")
 
 
 @hookimpl

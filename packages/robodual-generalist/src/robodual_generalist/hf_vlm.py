@@ -1,0 +1,245 @@
+"""A generalist around any Hugging Face VLM that ``AutoModelForImageTextToText`` loads from a local folder.
+
+The folder's own processor builds the prompt (image placeholders, BOS, ...) from the camera image and
+OpenVLA's instruction prompt; the action chunk follows as ``k_g * (D + 1) - 1`` ids: each dimension is
+one of the last ``n_bins`` ids of the vocabulary (OpenVLA's binning, :class:`ActionTokenizer`) and a
+separator id (by default the id just before the action range) sits between time steps.
+
+Training is next-token cross-entropy on the action ids only. ``generate`` decodes greedily and
+free-running under constraints (action ids at action slots, the separator at separator slots) with a
+KV cache. Task latents are the chosen layer's hidden states at the prompt's text positions (image
+placeholders and padding excluded); action latents are the hidden states at the generated action ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robodual_core.config import load_config, to_dict
+from robodual_core.errors import RobodualError
+from robodual_core.interfaces import Generalist, GeneralistOutput
+from robodual_generalist.tokenizer import ActionTokenizer, openvla_prompt
+
+FAMILY = "hf_vlm"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DROP = ("labels",)  # processor outputs that are not model inputs here
+
+
+@dataclass
+class HFVLMConfig:
+    base: str = ""  # local folder with config.json, weights and the processor files
+    k_g: int = 8
+    image_key: str = "rgb_static"
+    dtype: str = "float32"
+    n_bins: int = 256
+    separator_id: int = -1  # -1: the id just before the action range
+    latent_layer: int = -1
+    freeze_vision: bool = False
+
+
+def load_vlm(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, Any]:
+    """The model and processor of a local Hugging Face folder (never the Hub)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RobodualError(f"model.base '{path}' is not a Hugging Face model folder (no config.json)")
+    if dtype not in DTYPES:
+        raise RobodualError(f"config key 'model.dtype' is {dtype!r}; expected one of {', '.join(DTYPES)}")
+    try:
+        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError) as exc:
+        raise RobodualError(f"cannot load a VLM with its processor from '{path}': {exc}") from None
+    return model, processor
+
+
+class HFVLMGeneralist(nn.Module, Generalist):
+    """Same interface as :class:`robodual_generalist.model.VLAGeneralist`, any HF image-text-to-text model."""
+
+    def __init__(self, cfg: HFVLMConfig, action_dim: int, vlm: nn.Module | None = None, processor: Any = None):
+        super().__init__()
+        if vlm is None:
+            vlm, processor = load_vlm(cfg.base, cfg.dtype)
+        self.cfg = cfg
+        self.k_g = cfg.k_g
+        self.action_dim = action_dim
+        self.vlm = vlm
+        self.processor = processor
+        tok = processor.tokenizer
+        tok.padding_side = "left"  # every sequence ends at the same position
+        lm_vocab = int(vlm.get_output_embeddings().weight.shape[0])
+        vocab = min(len(tok), lm_vocab)
+        first = vocab - cfg.n_bins
+        sep = cfg.separator_id if cfg.separator_id >= 0 else first - 1
+        if first <= 0 or sep < 0:
+            raise RobodualError(f"the VLM at '{cfg.base}' has {vocab} ids, too few for {cfg.n_bins} action bins")
+        self.action_tokenizer = ActionTokenizer(vocab_size=vocab, separator_id=sep, action_dim=action_dim,
+                                                k_g=cfg.k_g, n_bins=cfg.n_bins)
+        config = vlm.config
+        self.image_token_id = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
+        self.vlm.requires_grad_(True)
+        vision = getattr(getattr(vlm, "model", vlm), "vision_tower", None) or getattr(
+            getattr(vlm, "model", vlm), "vision_model", None)
+        if cfg.freeze_vision and vision is not None:
+            vision.requires_grad_(False)
+
+    def robodual_config(self) -> dict[str, Any]:
+        return {"family": FAMILY, "model": to_dict(self.cfg), "action_dim": self.action_dim}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vlm.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.vlm.get_input_embeddings().weight.shape[1])
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _images(self, batch: dict[str, Any]) -> torch.Tensor:
+        obs = batch.get("obs", {})
+        if self.cfg.image_key not in obs:
+            raise RobodualError(f"the generalist reads obs key '{self.cfg.image_key}' but the batch has "
+                                f"{sorted(obs)}; set model.image_key or add the key to the dataset")
+        x = obs[self.cfg.image_key]
+        return (x[:, -1] if x.ndim == 5 else x).float()
+
+    def encode_prompt(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The processor's left-padded model inputs for the images and the OpenVLA prompts."""
+        ins = batch["instruction"]
+        ins = [ins] if isinstance(ins, str) else list(ins)
+        image_token = getattr(self.processor, "image_token", None) or ""
+        texts = [image_token + openvla_prompt(s) for s in ins]
+        images = [[img.cpu().clamp(0, 1)] for img in self._images(batch)]
+        enc = self.processor(images=images, text=texts, return_tensors="pt", padding=True, do_rescale=False)
+        dtype = next(self.vlm.parameters()).dtype
+        return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in enc.items() if k not in _DROP}
+
+    @staticmethod
+    def _append(inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``inputs`` with ``ids [B, n]`` appended (attended; causal for prefix-LM models)."""
+        out = dict(inputs)
+        out["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
+        for key in ("attention_mask", "token_type_ids"):
+            if key in inputs:
+                out[key] = torch.cat([inputs[key], inputs[key].new_ones(ids.shape)], dim=1)
+        return out
+
+    @staticmethod
+    def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+        return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+    # -- training --------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token cross-entropy on the action ids of the ground-truth chunk (separators excluded)."""
+        actions = batch["action"][:, : self.k_g].float()
+        if actions.shape[1:] != (self.k_g, self.action_dim):
+            raise RobodualError(f"the generalist expects action chunks [B, {self.k_g}, {self.action_dim}] "
+                                f"(WindowDataset horizon = k_g), found {list(batch['action'].shape)}")
+        tok = self.action_tokenizer
+        targets = tok.encode(actions).to(self.device)
+        inputs = self._append(self.encode_prompt(batch), targets)
+        c = targets.shape[1]
+        out = self.vlm(**inputs, position_ids=self._positions(inputs["attention_mask"]), use_cache=False,
+                       logits_to_keep=c + 1)
+        logits = out.logits[:, -(c + 1):-1].float()  # position j predicts chunk token j
+        slots = ~tok.is_separator_slot().to(self.device)
+        pred, tgt = logits[:, slots], targets[:, slots]
+        loss = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1))
+        with torch.no_grad():
+            best = pred[..., tok.first_action_id:tok.vocab_size].argmax(-1) + tok.first_action_id
+            acc = (best == tgt).float().mean()
+            l1 = (tok.decode_values(best) - tok.decode_values(tgt)).abs().mean()
+        return loss, {"action_token_acc": float(acc), "action_l1": float(l1)}
+
+    # -- inference -------------------------------------------------------------------------------
+    def _constrain(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
+        tok = self.action_tokenizer
+        if bool(tok.is_separator_slot()[slot]):
+            return torch.full((logits.shape[0],), tok.separator_id, dtype=torch.long, device=logits.device)
+        return logits[:, tok.first_action_id:tok.vocab_size].argmax(-1) + tok.first_action_id
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any]) -> GeneralistOutput:
+        """Free-running greedy constrained decoding of one chunk per sample -> :class:`GeneralistOutput`."""
+        layer = self.cfg.latent_layer
+        inputs = self.encode_prompt(batch)
+        attn = inputs["attention_mask"]
+        pos = self._positions(attn)
+        out = self.vlm(**inputs, position_ids=pos, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[layer]
+        text = attn.bool()
+        if self.image_token_id is not None:
+            text &= inputs["input_ids"] != self.image_token_id
+        n_t = int(text.sum(1).max())
+        task = hidden.new_zeros((hidden.shape[0], n_t, hidden.shape[-1]))
+        task_mask = torch.zeros((hidden.shape[0], n_t), dtype=torch.bool, device=hidden.device)
+        for i in range(hidden.shape[0]):
+            row = hidden[i, text[i]]
+            task[i, : row.shape[0]] = row
+            task_mask[i, : row.shape[0]] = True
+        past, logits = out.past_key_values, out.logits[:, -1]
+        tokens, latents = [], []
+        for slot in range(self.action_tokenizer.chunk_len):
+            tok = self._constrain(logits.float(), slot)
+            tokens.append(tok)
+            attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
+            pos = pos[:, -1:] + 1
+            out = self.vlm(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=past,
+                           use_cache=True, output_hidden_states=True, logits_to_keep=1)
+            past, logits = out.past_key_values, out.logits[:, -1]
+            latents.append(out.hidden_states[layer][:, -1])
+        ids = torch.stack(tokens, dim=1)
+        act_pos = self.action_tokenizer.action_positions().to(ids.device)
+        action_latents = torch.stack(latents, dim=1)[:, act_pos]
+        return GeneralistOutput(
+            actions=self.action_tokenizer.decode(ids).float(),
+            task_latents=task.float(),
+            action_latents=action_latents.float(),
+            task_mask=task_mask,
+            action_mask=torch.ones(action_latents.shape[:2], dtype=torch.bool, device=ids.device),
+        )
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, meta: dict[str, Any]) -> HFVLMGeneralist:
+        """Rebuild (base weights) from :meth:`robodual_config` output."""
+        if meta.get("family") != FAMILY:
+            raise RobodualError(f"model config family is {meta.get('family')!r}, expected '{FAMILY}'")
+        cfg = load_config(HFVLMConfig, base=meta["model"])
+        return cls(cfg, action_dim=int(meta["action_dim"]))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True
+                        ) -> HFVLMGeneralist:
+        """Rebuild from a run folder or a checkpoint folder written by the trainer."""
+        from robodual_core.checkpoint import load_model_state, read_json, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(Path(path))
+        meta = read_json(ckpt, "model_config")
+        if meta.get("family") != FAMILY:
+            raise RobodualError(f"checkpoint '{ckpt}' is a '{meta.get('family')}' model, not '{FAMILY}'")
+        model = cls.from_config(meta)
+        model.load_state_dict(load_model_state(ckpt, ema=ema))
+        return model.to(device).eval()
+
+    @classmethod
+    def load_runner(cls, path: str | Path, device: str = "cpu", pooling: str = "none",
+                    latent_dtype: str = "float32") -> Any:
+        """The runtime adapter (:class:`robodual_generalist.runner.GeneralistRunner`) for a checkpoint."""
+        from robodual_core.checkpoint import read_json, resolve_checkpoint, run_dataset_spec
+        from robodual_core.data import Normalizer
+        from robodual_generalist.runner import GeneralistRunner
+
+        path = Path(path)
+        model = cls.from_checkpoint(path, device=device)
+        ckpt = path if (path / "normalizer.json").is_file() else resolve_checkpoint(path)
+        normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
+        return GeneralistRunner(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]), pooling=pooling,
+                                latent_dtype=latent_dtype)

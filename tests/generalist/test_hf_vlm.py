@@ -1,0 +1,142 @@
+"""HFVLMGeneralist on a tiny random PaliGemma saved to and reloaded from a local folder (no Hub)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from robodual_generalist.hf_vlm import HFVLMConfig, HFVLMGeneralist  # noqa: E402
+
+K_G, D = 2, 3
+
+
+def _tiny_paligemma(folder) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        AutoModelForImageTextToText,
+        PaliGemmaConfig,
+        PaliGemmaProcessor,
+        PreTrainedTokenizerFast,
+        SiglipImageProcessor,
+    )
+
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>", "\n"] + [chr(c) for c in range(32, 127)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+    images = SiglipImageProcessor(size={"height": 32, "width": 32})
+    images.image_seq_length = 16  # (32 / 8) ** 2 patches
+    processor = PaliGemmaProcessor(image_processor=images, tokenizer=fast)  # adds PaliGemma's loc/seg tokens
+    vocab = len(processor.tokenizer)
+    config = PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+                           projection_dim=32),
+        text_config=dict(model_type="gemma", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=vocab),
+        image_token_index=fast.convert_tokens_to_ids("<image>"), projection_dim=32, vocab_size=vocab)
+    torch.manual_seed(0)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_paligemma")
+    _tiny_paligemma(folder)
+    return folder
+
+
+def _batch(b: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"obs": {"rgb_static": torch.rand(b, 3, 40, 40, generator=g)},
+            "instruction": ["open the drawer", "push the red block left"][:b],
+            "action": torch.rand(b, K_G, D, generator=g) * 2 - 1}
+
+
+def _model(base) -> HFVLMGeneralist:
+    return HFVLMGeneralist(HFVLMConfig(base=str(base), k_g=K_G), action_dim=D)
+
+
+def test_loss_decreases(base):
+    torch.manual_seed(0)
+    model = _model(base).train()
+    batch = _batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss, metrics = model.loss(batch)
+        assert torch.isfinite(loss)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    assert set(metrics) == {"action_token_acc", "action_l1"}
+
+
+def test_generate_shapes_and_constraints(base):
+    model = _model(base).eval()
+    out = model.generate(_batch())
+    tok = model.action_tokenizer
+    assert tok.vocab_size == len(model.processor.tokenizer) and tok.first_action_id == tok.vocab_size - 256
+    assert out.actions.shape == (2, K_G, D)
+    assert out.actions.abs().max() <= 1.0
+    h = model.hidden_size
+    assert out.action_latents.shape == (2, K_G * D, h) and out.action_mask.all()
+    assert out.task_latents.shape[0] == 2 and out.task_latents.shape[2] == h
+    # the text positions of each prompt, no image placeholders: the longer instruction has more
+    n = out.task_mask.sum(1)
+    assert n[1] > n[0] > 0 and n[1] == out.task_latents.shape[1]
+    assert torch.isfinite(out.task_latents).all() and (out.task_latents[0, n[0]:] == 0).all()
+    # a sample decodes the same alone as in a left-padded batch
+    single = model.generate(_batch(1))
+    torch.testing.assert_close(single.actions, out.actions[:1])
+    torch.testing.assert_close(single.action_latents, out.action_latents[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_config_round_trip_identical_logits(base):
+    model = _model(base).eval()
+    with torch.no_grad():  # perturb so the rebuild must load weights, not just re-read the base
+        model.vlm.get_output_embeddings().weight.add_(0.01)
+    meta = model.robodual_config()
+    assert meta["family"] == "hf_vlm" and meta["model"]["base"] == str(base)
+    rebuilt = HFVLMGeneralist.from_config(meta).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    batch = _batch()
+    inputs = model._append(model.encode_prompt(batch), model.action_tokenizer.encode(batch["action"]))
+    with torch.no_grad():
+        a = model.vlm(**inputs).logits
+        b = rebuilt.vlm(**inputs).logits
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_from_checkpoint_and_runner(base, tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from robodual_core.data import Normalizer
+
+    model = _model(base).eval()
+    with torch.no_grad():
+        model.vlm.get_output_embeddings().weight.add_(0.02)
+    ckpt = tmp_path / "checkpoints" / "1"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+              str(ckpt / "model.safetensors"))
+    (ckpt / "model_config.json").write_text(json.dumps(model.robodual_config()))
+    stats = {"action": {"min": [-2.0] * D, "max": [2.0] * D, "mean": [0.0] * D, "std": [1.0] * D,
+                        "q01": [-2.0] * D, "q99": [2.0] * D}}
+    (ckpt / "normalizer.json").write_text(json.dumps(Normalizer.from_stats(stats, modes={"action": "q99"}).to_dict()))
+    loaded = HFVLMGeneralist.from_checkpoint(ckpt)
+    torch.testing.assert_close(loaded.generate(_batch()).actions, model.generate(_batch()).actions)
+    runner = HFVLMGeneralist.load_runner(ckpt)
+    obs = {"rgb_static": np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)}
+    out = runner.predict(obs, "open the drawer")
+    assert out.actions.shape == (1, K_G, D)
+    assert runner.actions_to_env(out.actions[0]).shape == (K_G, D)
