@@ -9,3 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP spin-waiting makes
 # two threads several times slower than one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# torch._dynamo imports triton, which segfaults when it is first imported after MuJoCo has initialised EGL in the
+# same process (seen with the Meta-World tests followed by the Trainer's diffusers imports). Importing it up front
+# makes the suite independent of test order.
+import torch._dynamo  # noqa: F401

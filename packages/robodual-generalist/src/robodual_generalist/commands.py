@@ -21,17 +21,9 @@ def _console(stderr: bool = True) -> Any:
 
 
 def _progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from robodual_core.progress import progress_bar
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=_console())
+    return progress_bar()
 
 
 def _clear_run_dir(out: Path) -> None:

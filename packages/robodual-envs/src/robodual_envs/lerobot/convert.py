@@ -273,27 +273,11 @@ def _run(jobs: list[Any], workers: int) -> Iterator[tuple[dict[str, Any], Any]]:
                     decode.release_shared(decode.attach_shared(f.result())[1])
 
 
-class _progress:
-    """A rich progress bar on stderr counting frames (or nothing when ``enabled`` is False)."""
+def _progress(enabled: bool, total: int, description: str) -> Any:
+    """A progress bar on stderr counting frames (nothing when ``enabled`` is False)."""
+    from robodual_core.progress import counting
 
-    def __init__(self, enabled: bool, total: int, description: str):
-        self.enabled, self.total, self.description = enabled, total, description
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("frames"), TimeRemainingColumn(), console=Console(stderr=True))
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.stop()
+    return counting(enabled, total, description, "frames")
 
 
 def add_command(convert_group: Any, name: str = "lerobot") -> None:

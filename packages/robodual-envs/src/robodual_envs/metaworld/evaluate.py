@@ -89,7 +89,7 @@ def _seed_everything(seed: int) -> None:
 
 def _run_episode(job: tuple[int, str, int, int, bool]) -> dict[str, Any]:
     number, task, index, seed, record = job
-    env, policy = _env(), _policy()
+    policy, env = _policy(), _env()  # the policy first: its imports must not follow EGL set-up (see tests/conftest.py)
     _seed_everything(seed)
     policy.reset()
     obs = env.reset(task, seed)
