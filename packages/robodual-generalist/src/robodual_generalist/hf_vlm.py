@@ -233,13 +233,6 @@ class HFVLMGeneralist(nn.Module, Generalist):
     def load_runner(cls, path: str | Path, device: str = "cpu", pooling: str = "none",
                     latent_dtype: str = "float32") -> Any:
         """The runtime adapter (:class:`robodual_generalist.runner.GeneralistRunner`) for a checkpoint."""
-        from robodual_core.checkpoint import read_json, resolve_checkpoint, run_dataset_spec
-        from robodual_core.data import Normalizer
         from robodual_generalist.runner import GeneralistRunner
 
-        path = Path(path)
-        model = cls.from_checkpoint(path, device=device)
-        ckpt = path if (path / "normalizer.json").is_file() else resolve_checkpoint(path)
-        normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
-        return GeneralistRunner(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]), pooling=pooling,
-                                latent_dtype=latent_dtype)
+        return GeneralistRunner.load(path, device=device, pooling=pooling, latent_dtype=latent_dtype, model_cls=cls)

@@ -34,13 +34,17 @@ class GeneralistRunner:
         self.observation_spec = observation_spec or {}
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", pooling: str = "none",
-             latent_dtype: str = "float32") -> GeneralistRunner:
-        """``pooling`` must be the one of the cache the specialist was trained on (its generalist.json)."""
-        from robodual_generalist.model import VLAGeneralist
+    def load(cls, path: str | Path, device: str = "cpu", pooling: str = "none", latent_dtype: str = "float32",
+             model_cls: Any = None) -> GeneralistRunner:
+        """``pooling`` must be the one of the cache the specialist was trained on (its generalist.json).
+
+        ``model_cls`` is the generalist family's class (default: the native ``VLAGeneralist``).
+        """
+        if model_cls is None:
+            from robodual_generalist.model import VLAGeneralist as model_cls
 
         path = Path(path)
-        model = VLAGeneralist.from_checkpoint(path, device=device)
+        model = model_cls.from_checkpoint(path, device=device)
         ckpt = path if (path / "normalizer.json").is_file() else resolve_checkpoint(path)
         normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
         return cls(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]), pooling=pooling,

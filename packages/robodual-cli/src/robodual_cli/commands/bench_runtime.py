@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         specialist = load_runner("specialist", ckpt)
         generalist = generalist_for_specialist(ckpt)
         ds = open_dataset(dataset)
-        keys = [k for k in ds.keys if k not in ("action", "actions", "rel_actions", "scene_obs")]
+        keys = ds.observation_keys
         ep = ds.episode(0, keys)
         obs = {k: v[0] for k, v in ep.items()}
         instruction = ds.instructions[0]

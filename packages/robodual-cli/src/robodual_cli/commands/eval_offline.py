@@ -18,8 +18,6 @@ from robodual_cli.console import err, out
 from robodual_core.cli_groups import group
 from robodual_core.errors import RobodualError
 
-NON_OBS_KEYS = {"action", "actions", "rel_actions", "scene_obs"}
-
 
 def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_episodes: int, val_ratio: float,
                  seed: int, out_dir: Path) -> dict:
@@ -38,7 +36,7 @@ def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_ep
     if len(episodes) == 0:
         raise RobodualError(f"split '{split}' of '{dataset}' has no episodes (val_ratio={val_ratio})")
     policy = load_policy(policy_path, kind=kind)
-    obs_keys = [k for k in ds.keys if k not in NON_OBS_KEYS]
+    obs_keys = ds.observation_keys
     preds, truths, first = [], [], None
     t0 = time.perf_counter()
     with Progress(console=err) as bar:

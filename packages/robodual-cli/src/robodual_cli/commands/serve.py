@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
         base = _load(policy, kind, mode)
         ds = open_dataset(dataset)
-        keys = list(base.observation_spec) or [k for k in ds.keys if k not in ("action", "actions", "rel_actions")]
+        keys = list(base.observation_spec) or ds.observation_keys
         ep = ds.episode(0, keys)
         frames = [{k: np.ascontiguousarray(v[t]) for k, v in ep.items()} for t in range(len(next(iter(ep.values()))))]
         instruction = ds.instructions[0]

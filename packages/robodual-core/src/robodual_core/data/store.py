@@ -11,6 +11,8 @@ import numpy as np
 from robodual_core.data.schema import PARTIAL_SUFFIX, SCHEMA_VERSION
 from robodual_core.errors import RobodualError
 
+NON_OBSERVATION_KEYS = frozenset({"action", "actions", "rel_actions", "scene_obs"})
+
 
 class ZarrDataset:
     """A read-only view of a store. Arrays are zarr arrays; metadata is read once."""

@@ -15,7 +15,6 @@ is complete (``overwrite=True`` replaces it then).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from robodual_core.data.schema import (
     storage_dtype,
 )
 from robodual_core.errors import RobodualError
+from robodual_core.io import replace_dir
 
 META_CHUNK = 16384
 
@@ -262,13 +262,6 @@ class DatasetWriter:
 
 
 def _move_into_place(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst.exists():
-        if not overwrite:
-            raise RobodualError(f"'{dst}' appeared while writing; the new store is kept at '{src}'")
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+    if dst.exists() and not overwrite:
+        raise RobodualError(f"'{dst}' appeared while writing; the new store is kept at '{src}'")
+    replace_dir(src, dst)
