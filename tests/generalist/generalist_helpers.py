@@ -47,3 +47,36 @@ def batch_of(n: int, size: int = 32, seed: int = 0, action_dim: int = 3, k_g: in
     return {"obs": {"rgb_static": torch.rand(n, 3, size, size, generator=g)},
             "instruction": [INSTRUCTIONS[i % len(INSTRUCTIONS)] + " now" * (2 * i) for i in range(n)],
             "action": torch.rand(n, k_g, action_dim, generator=g) * 2 - 1}
+
+
+def tiny_paligemma(folder) -> None:
+    """A tiny random PaliGemma (SigLIP + Gemma) with a one-character-per-token tokenizer, saved locally."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        AutoModelForImageTextToText,
+        PaliGemmaConfig,
+        PaliGemmaProcessor,
+        PreTrainedTokenizerFast,
+        SiglipImageProcessor,
+    )
+
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>", "\n"] + [chr(c) for c in range(32, 127)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+    images = SiglipImageProcessor(size={"height": 32, "width": 32})
+    images.image_seq_length = 16  # (32 / 8) ** 2 patches
+    processor = PaliGemmaProcessor(image_processor=images, tokenizer=fast)  # adds PaliGemma's loc/seg tokens
+    vocab = len(processor.tokenizer)
+    config = PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+                           projection_dim=32),
+        text_config=dict(model_type="gemma", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=vocab),
+        image_token_index=fast.convert_tokens_to_ids("<image>"), projection_dim=32, vocab_size=vocab)
+    torch.manual_seed(0)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
+    processor.save_pretrained(folder)

@@ -111,3 +111,34 @@ def test_pooled_cache_shrinks_the_latents(trained):
     assert got.task_latents.shape == (2, 1, 64) and got.action_latents.shape == (2, 1, 64)
     assert got.task_mask.all() and got.action_mask.all() and got.actions.shape == (2, 4, 3)
     assert summary["pooling"] == "mean" and summary["bytes_per_step"] < 64 * 4 * 10
+
+
+def test_specialist_trains_on_the_generalist_online(trained, tmp_path):
+    """--generalist RUN runs the generalist on every batch; its outputs equal the cache's rows."""
+    import json
+
+    from robodual_core.data import open_dataset as open_store
+    from robodual_specialist.train import online_generalist
+
+    store, run = trained
+    build_cache(run, store, batch_size=8, dtype="float32", overwrite=True, show_progress=False)
+    online, record = online_generalist(open_store(store), run, "none")
+    steps = [0, 6, 17]
+    got, want = online.outputs(steps), open_cache_for(store, run).get(torch.tensor(steps))
+    assert torch.equal(got.actions, want.actions)
+    n = got.task_latents.shape[1]
+    torch.testing.assert_close(got.task_latents, want.task_latents[:, :n], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.action_latents, want.action_latents, rtol=1e-4, atol=1e-4)
+    config = tmp_path / "specialist.yaml"
+    config.write_text("model: {hidden: 32, depth: 1, heads: 2, k_s: 2, sensors: []}\n"
+                      "trainer: {batch_size: 4, num_workers: 0, warmup_steps: 1, ckpt_every: 2, log_every: 1}\n")
+    cli("train", "specialist", "--dataset", store, "--out", tmp_path / "spec", "--config", config,
+        "--generalist", run, "--steps", 2)
+    saved = json.loads((tmp_path / "spec" / "checkpoints" / "2" / "generalist.json").read_text())
+    assert saved == record and saved["online"] and saved["hash"] == checkpoint_hash(run)
+    resolved = json.loads((tmp_path / "spec" / "config.json").read_text())
+    assert resolved["model"]["generalist_dim"] == 64 and resolved["model"]["k_g"] == 4
+    with pytest.raises(RobodualError, match="pass one"):
+        from robodual_specialist.train import train
+
+        train(store, tmp_path / "x", config=config, generalist_cache="auto", generalist=run, show_progress=False)

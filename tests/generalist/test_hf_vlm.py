@@ -7,46 +7,17 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from generalist_helpers import tiny_paligemma  # noqa: E402
+
 from robodual_generalist.hf_vlm import HFVLMConfig, HFVLMGeneralist  # noqa: E402
 
 K_G, D = 2, 3
 
 
-def _tiny_paligemma(folder) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        AutoModelForImageTextToText,
-        PaliGemmaConfig,
-        PaliGemmaProcessor,
-        PreTrainedTokenizerFast,
-        SiglipImageProcessor,
-    )
-
-    words = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>", "\n"] + [chr(c) for c in range(32, 127)]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>")
-    images = SiglipImageProcessor(size={"height": 32, "width": 32})
-    images.image_seq_length = 16  # (32 / 8) ** 2 patches
-    processor = PaliGemmaProcessor(image_processor=images, tokenizer=fast)  # adds PaliGemma's loc/seg tokens
-    vocab = len(processor.tokenizer)
-    config = PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
-                           projection_dim=32),
-        text_config=dict(model_type="gemma", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=vocab),
-        image_token_index=fast.convert_tokens_to_ids("<image>"), projection_dim=32, vocab_size=vocab)
-    torch.manual_seed(0)
-    AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_paligemma")
-    _tiny_paligemma(folder)
+    tiny_paligemma(folder)
     return folder
 
 
@@ -57,8 +28,8 @@ def _batch(b: int = 2) -> dict:
             "action": torch.rand(b, K_G, D, generator=g) * 2 - 1}
 
 
-def _model(base) -> HFVLMGeneralist:
-    return HFVLMGeneralist(HFVLMConfig(base=str(base), k_g=K_G), action_dim=D)
+def _model(base, **kw) -> HFVLMGeneralist:
+    return HFVLMGeneralist(HFVLMConfig(base=str(base), k_g=K_G, **{"lora": False, **kw}), action_dim=D)
 
 
 def test_loss_decreases(base):
@@ -140,3 +111,22 @@ def test_from_checkpoint_and_runner(base, tmp_path):
     out = runner.predict(obs, "open the drawer")
     assert out.actions.shape == (1, K_G, D)
     assert runner.actions_to_env(out.actions[0]).shape == (K_G, D)
+
+
+def test_lora_trains_only_adapters_and_overfits(base):
+    torch.manual_seed(0)
+    model = _model(base, lora=True, lora_rank=8, lora_alpha=16).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("vision_tower" in n for n in trainable)  # all-linear, vision included unless freeze_vision
+    assert set(model.state_dict()) == trainable  # checkpoints hold the adapters only
+    frozen = _model(base, lora=True, freeze_vision=True)
+    assert not any("vision_tower" in n for n, p in frozen.named_parameters() if p.requires_grad)
+    batch = _batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(40):
+        loss, metrics = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["action_token_acc"] > 0.8

@@ -163,9 +163,12 @@ class Trainer:
             raise RobodualError("the model has no trainable parameters")
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
+        # the fused kernel updates every tensor in one call: the per-tensor loop cost ~12 ms of a 75 ms CPU step
+        # of the demo-size specialist (hundreds of small tensors)
+        fused = self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=tuple(cfg.betas),
+            lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None,
         )
         self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                        num_training_steps=cfg.steps)
@@ -174,7 +177,8 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self._ema_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            self.ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+            self.ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
+                                foreach=True)
         wrapped = _LossModule(self.model)
         if self.distributed:
             wrapped = nn.parallel.DistributedDataParallel(wrapped)

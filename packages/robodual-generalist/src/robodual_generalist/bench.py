@@ -3,10 +3,16 @@
 Decoding: chunk latency (one free-running chunk of k_g actions) and action tokens/s at batch 1 and 8, with
 and without the KV cache. Conditioning: the time to get a specialist batch's generalist outputs by running
 the generalist online versus reading them from a generalist cache (random rows, as the sampler asks).
+Specialist training: steps/s of ``robodual train specialist`` on a small synthetic store conditioned on a
+tiny generalist's cache (``--generalist-cache``) versus the same generalist run online (``--generalist``),
+both runs through the CLI in child processes, one after the other.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ def _cache_read(model: VLAGeneralist, batch_size: int, rows: int, repeats: int) 
 
     from robodual_core.data.generalist_cache import GeneralistCache, GeneralistCacheWriter
 
-    n_task = len(model.prompt_ids(INSTRUCTION)) - 1
+    n_task = model.task_token_count(INSTRUCTION)
     n_act = model.k_g * model.action_dim
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +57,78 @@ def _cache_read(model: VLAGeneralist, batch_size: int, rows: int, repeats: int) 
         return measure(lambda: cache.get(idx[next(it) % len(idx)]), warmup=2, repeats=max(repeats, 20))
 
 
-def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32) -> dict[str, Any]:
+SPECIALIST = {"model": {"hidden": 128, "depth": 4, "heads": 4, "k_s": 8,
+                        "sensors": [{"name": "rgb_static", "options": {"backbone": "vit", "image_size": 64, "width": 64,
+                                                                       "depth": 2, "heads": 4, "head_dim": 16}}]},
+              "data": {"image_size": 64}, "trainer": {"num_workers": 0, "warmup_steps": 1, "log_every": 1}}
+
+
+def _synthetic_store(path: Path, episodes: int = 4, length: int = 40, size: int = 64) -> Path:
+    from robodual_core.data import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    with DatasetWriter(path, fps=10, modalities={"rgb_static": "rgb", "proprio": "proprio", "action": "action"},
+                       overwrite=True) as w:
+        for e in range(episodes):
+            w.add_episode({"rgb_static": rng.integers(0, 255, (length, size, size, 3), dtype=np.uint8),
+                           "proprio": rng.normal(size=(length, 8)).astype(np.float32),
+                           "action": rng.uniform(-1, 1, (length, 7)).astype(np.float32)},
+                          instruction=f"{INSTRUCTION} {e}", task=f"task{e}")
+    return path
+
+
+def _tiny_generalist_run(store: Path, run: Path) -> Path:
+    """One training step of the tiny generalist: a real checkpoint folder for the cache and for --generalist."""
+    from robodual_core.data import WindowDataset
+    from robodual_core.training import Trainer
+    from robodual_generalist.config import TINY_TRAIN_DEFAULTS, GeneralistTrainConfig
+
+    cfg = GeneralistTrainConfig()
+    m = GeneralistConfig(base="tiny", lora=False, freeze_vision=False)
+    ds = WindowDataset(store, obs_keys=[m.image_key], horizon=m.k_g, k_g=m.k_g, image_size=None, split="train",
+                       normalization={"action": "q99"}, augment_tau=False)
+    tcfg = cfg.trainer
+    for k, v in {**TINY_TRAIN_DEFAULTS["trainer"], "steps": 1, "ckpt_every": 1, "num_workers": 0}.items():
+        setattr(tcfg, k, v)
+    model = VLAGeneralist(m, action_dim=ds.action_dim)
+    Trainer(model, ds, tcfg, run, extra_json={"normalizer": ds.normalizer.to_dict()}, show_progress=False).fit()
+    return run
+
+
+def _specialist_steps_per_s(store: Path, run: Path, generalist: list[str], steps: int, batch: int) -> float:
+    """steps/s of `robodual train specialist` (last logged interval, after warm-up) in a child process."""
+    config = run.parent / f"{run.name}.json"
+    cfg = json.loads(json.dumps(SPECIALIST))
+    cfg["trainer"].update({"batch_size": batch, "ckpt_every": steps})
+    config.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "robodual_cli.app", "train", "specialist", "--dataset", str(store), "--out",
+           str(run), "--config", str(config), "--steps", str(steps), *generalist]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = [r["samples_per_s"] / batch for r in rows[len(rows) // 2:]]  # second half: past warm-up
+    return float(np.median(rates))
+
+
+def specialist_training(steps: int = 12, batch: int = 8) -> dict[str, Any]:
+    """Specialist training steps/s with the generalist cache vs the generalist run online."""
+    from robodual_generalist.caching import build_cache
+
+    with tempfile.TemporaryDirectory(prefix="robodual-bench-generalist-") as tmp:
+        root = Path(tmp)
+        store = _synthetic_store(root / "store.zarr")
+        gen = _tiny_generalist_run(store, root / "generalist")
+        build_cache(gen, store, batch_size=32, dtype="float16", pooling="none", show_progress=False)
+        cached = _specialist_steps_per_s(store, root / "with_cache", ["--generalist-cache", "auto"], steps, batch)
+        online = _specialist_steps_per_s(store, root / "online", ["--generalist", str(gen)], steps, batch)
+    return {"batch": batch, "steps": steps, "cache_steps_per_s": cached, "online_steps_per_s": online,
+            "speedup": cached / online, "target_speedup": 5.0,
+            "specialist": SPECIALIST["model"], "generalist": "tiny (VLAGeneralist, 64x64 images)"}
+
+
+def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32,
+              train_steps: int = 12) -> dict[str, Any]:
     from robodual_core.training import resolve_device
 
     dev = resolve_device(device)
@@ -80,4 +157,6 @@ def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_bat
                             "note": "generalist conditioning per specialist batch: online free-running inference "
                                     "vs reading the cache (random rows, in memory)"},
     }
+    if train_steps > 0:
+        results["specialist_training"] = specialist_training(steps=train_steps)
     return write_report(out, "generalist", results)

@@ -67,7 +67,7 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
 
     from robodual_core.data import open_dataset
     from robodual_core.training import resolve_device
-    from robodual_generalist.model import VLAGeneralist
+    from robodual_generalist.families import load_generalist
 
     if pooling not in POOLINGS:
         raise RobodualError(f"--pooling is {pooling!r}; expected one of {', '.join(POOLINGS)}")
@@ -75,7 +75,7 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
         raise RobodualError(f"--batch-size must be >= 1, found {batch_size}")
     dataset = Path(dataset)
     ds = open_dataset(dataset)
-    model = VLAGeneralist.from_checkpoint(policy, device=resolve_device(device))
+    model = load_generalist(policy, device=resolve_device(device))
     key = model.cfg.image_key
     arr = ds.array(key)
     dim = int(np.prod(ds.array("action").shape[1:]))
@@ -84,7 +84,7 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
                             f"'{dataset}' has action dim {dim}")
     h = checkpoint_hash(policy)
     k_g, d = model.k_g, model.action_dim
-    n_task = max(len(model.prompt_ids(s)) - 1 for s in set(ds.instructions))
+    n_task = max(model.task_token_count(s) for s in set(ds.instructions))
     n_act = {"none": k_g * d, "step": k_g, "mean": 1}[pooling]
     writer = GeneralistCacheWriter(dataset, h, ds.num_steps, k_g, d, 1 if pooling == "mean" else n_task, n_act,
                                    model.hidden_size, dtype=dtype, pooling=pooling, overwrite=overwrite,

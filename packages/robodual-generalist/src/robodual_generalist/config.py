@@ -26,13 +26,16 @@ class TinyConfig:
 class GeneralistConfig:
     """What the generalist is and how it adapts.
 
-    ``base``: ``tiny`` (built from ``tiny``, random init from ``seed``) or a local OpenVLA-format folder.
+    ``base``: ``tiny`` (built from ``tiny``, random init from ``seed``), a local OpenVLA-format folder, or
+    any local Hugging Face VLM folder (``AutoModelForImageTextToText`` + its processor).
+    ``family``: ``auto`` tells ``openvla`` (tiny / OpenVLA format) from ``hf_vlm`` by the folder.
     With ``lora``, peft LoRA adapters go on ``lora_targets`` of the language model and checkpoints hold
     only trainable weights (the base is read from ``base`` again); without it, the language model and
     projector train fully (what a tiny model wants).
     """
 
     base: str = "tiny"
+    family: str = "auto"  # auto | openvla | hf_vlm
     image_key: str = "rgb_static"
     k_g: int = 8
     lora: bool = True

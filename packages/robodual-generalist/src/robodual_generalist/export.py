@@ -1,4 +1,5 @@
-"""Offline LoRA merge: a trained generalist -> a standalone OpenVLA-format folder.
+"""Offline LoRA merge: a trained generalist -> a standalone OpenVLA-format folder (``hf_vlm`` generalists:
+a Hugging Face folder, see :meth:`~robodual_generalist.hf_vlm.HFVLMGeneralist.save_merged`).
 
 The folder is what OpenVLA publishes (config.json with ``norm_stats``, sharded safetensors, index) plus a
 ``robodual`` section in config.json (generalist config, action dim, token layout) and ``normalizer.json``,
@@ -28,16 +29,20 @@ def _normalizer_dict(run: Path) -> dict[str, Any] | None:
 
 
 def export_merged(run: str | Path, out: str | Path) -> Path:
-    from robodual_generalist.model import VLAGeneralist
+    from robodual_generalist.families import family_of, load_generalist
+    from robodual_generalist.hf_vlm import is_merged_dir
     from robodual_generalist.prismatic import is_openvla_dir, save_openvla
 
     run, out = Path(run), Path(out)
-    if is_openvla_dir(run):
-        raise RobodualError(f"'{run}' is already an OpenVLA-format folder (nothing to merge); pass a generalist "
+    if is_openvla_dir(run) or is_merged_dir(run):
+        raise RobodualError(f"'{run}' is already a merged model folder (nothing to merge); pass a generalist "
                             "run or checkpoint folder")
-    model = VLAGeneralist.from_checkpoint(run)
-    model.merge_lora()
+    family = family_of(run)
+    model = load_generalist(run)
     normalizer = _normalizer_dict(run)
+    if family == "hf_vlm":
+        return model.save_merged(out, normalizer)
+    model.merge_lora()
     config = dict(model.vla.config)
     gen_cfg = to_dict(model.cfg)
     gen_cfg["lora"] = False

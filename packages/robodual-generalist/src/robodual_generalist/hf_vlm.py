@@ -5,7 +5,10 @@ OpenVLA's instruction prompt; the action chunk follows as ``k_g * (D + 1) - 1`` 
 one of the last ``n_bins`` ids of the vocabulary (OpenVLA's binning, :class:`ActionTokenizer`) and a
 separator id (by default the id just before the action range) sits between time steps.
 
-Training is next-token cross-entropy on the action ids only. ``generate`` decodes greedily and
+Training is next-token cross-entropy on the action ids only, with peft LoRA adapters on every linear layer
+by default (OpenVLA's recipe; ``freeze_vision`` keeps them off the vision tower). Checkpoints hold only
+the trainable weights plus the base folder's hash: the base is read again from ``base`` and a changed
+folder is refused. ``merge_lora`` + ``save_merged`` write a standalone Hugging Face folder. ``generate`` decodes greedily and
 free-running under constraints (action ids at action slots, the separator at separator slots) with a
 KV cache. Task latents are the chosen layer's hidden states at the prompt's text positions (image
 placeholders and padding excluded); action latents are the hidden states at the generated action ids.
@@ -40,6 +43,21 @@ class HFVLMConfig:
     separator_id: int = -1  # -1: the id just before the action range
     latent_layer: int = -1
     freeze_vision: bool = False
+    lora: bool = True
+    lora_rank: int = 32
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"
+    gradient_checkpointing: bool = False
+
+
+MERGED_FILE = "robodual_generalist.json"  # beside a merged model's config.json
+VISION_MODULES = r".*(vision_tower|vision_model|visual)\..*"
+
+
+def is_merged_dir(path: str | Path) -> bool:
+    """A folder written by :meth:`HFVLMGeneralist.save_merged`."""
+    return (Path(path) / MERGED_FILE).is_file() and (Path(path) / "config.json").is_file()
 
 
 def load_vlm(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, Any]:
@@ -83,14 +101,65 @@ class HFVLMGeneralist(nn.Module, Generalist):
                                                 k_g=cfg.k_g, n_bins=cfg.n_bins)
         config = vlm.config
         self.image_token_id = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
-        self.vlm.requires_grad_(True)
-        vision = getattr(getattr(vlm, "model", vlm), "vision_tower", None) or getattr(
-            getattr(vlm, "model", vlm), "vision_model", None)
-        if cfg.freeze_vision and vision is not None:
-            vision.requires_grad_(False)
+        from robodual_generalist.model import folder_hash
+
+        self.base_hash = folder_hash(Path(cfg.base)) if cfg.base and Path(cfg.base).is_dir() else None
+        self._lora = False
+        if cfg.lora:
+            self.apply_lora()
+        else:
+            self.vlm.requires_grad_(True)
+            vision = getattr(getattr(vlm, "model", vlm), "vision_tower", None) or getattr(
+                getattr(vlm, "model", vlm), "vision_model", None)
+            if cfg.freeze_vision and vision is not None:
+                vision.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            self.vlm.gradient_checkpointing_enable()
+
+    # -- parameters ------------------------------------------------------------------------------
+    def apply_lora(self) -> None:
+        """peft LoRA on ``lora_targets`` (default every linear layer but the output head); base frozen."""
+        import warnings
+
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.cfg
+        targets: str | list[str] = cfg.lora_targets
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, init_lora_weights="gaussian",
+                          exclude_modules=VISION_MODULES if cfg.freeze_vision else None)
+        self.vlm.requires_grad_(False)
+        with warnings.catch_warnings():  # peft calls transformers methods deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            self.vlm = get_peft_model(self.vlm, lcfg)
+        self._lora = True
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the weights (outputs unchanged)."""
+        if self._lora:
+            self.vlm = self.vlm.merge_and_unload()
+            self._lora = False
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Trainable weights only: the base is read again from its folder."""
+        full = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        keep = {prefix + n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in full.items() if k in keep}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = sorted(set(self.state_dict()) - set(state_dict))
+        if strict and (missing or result.unexpected_keys):
+            raise RobodualError(f"generalist weights do not match the model: missing {missing[:5]}, "
+                                f"unexpected {list(result.unexpected_keys)[:5]}")
+        return result
 
     def robodual_config(self) -> dict[str, Any]:
-        return {"family": FAMILY, "model": to_dict(self.cfg), "action_dim": self.action_dim}
+        return {"family": FAMILY, "model": to_dict(self.cfg), "action_dim": self.action_dim,
+                "base_hash": self.base_hash}
 
     @property
     def device(self) -> torch.device:
@@ -120,6 +189,16 @@ class HFVLMGeneralist(nn.Module, Generalist):
         dtype = next(self.vlm.parameters()).dtype
         return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
                 for k, v in enc.items() if k not in _DROP}
+
+    def task_token_count(self, instruction: str) -> int:
+        """Task latent tokens ``generate`` returns for ``instruction`` (the prompt's text positions)."""
+        size = int(getattr(getattr(self.processor, "image_processor", None), "size", {}).get("height", 32) or 32)
+        enc = self.encode_prompt({"obs": {self.cfg.image_key: torch.zeros(1, 3, size, size)},
+                                  "instruction": [instruction]})
+        text = enc["attention_mask"].bool()
+        if self.image_token_id is not None:
+            text &= enc["input_ids"] != self.image_token_id
+        return int(text.sum())
 
     @staticmethod
     def _append(inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,10 +288,44 @@ class HFVLMGeneralist(nn.Module, Generalist):
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, meta: dict[str, Any]) -> HFVLMGeneralist:
-        """Rebuild (base weights) from :meth:`robodual_config` output."""
+        """Rebuild (base weights, fresh adapters) from :meth:`robodual_config` output; refuses a base folder
+        whose content changed since the checkpoint was trained."""
         if meta.get("family") != FAMILY:
             raise RobodualError(f"model config family is {meta.get('family')!r}, expected '{FAMILY}'")
         cfg = load_config(HFVLMConfig, base=meta["model"])
+        model = cls(cfg, action_dim=int(meta["action_dim"]))
+        if meta.get("base_hash") and model.base_hash != meta["base_hash"]:
+            raise RobodualError(f"this generalist was trained on base '{cfg.base}' with hash {meta['base_hash']}, "
+                                f"but that folder now hashes to {model.base_hash}; point model.base at the "
+                                "original weights")
+        return model
+
+    def save_merged(self, out: str | Path, normalizer: dict[str, Any] | None = None) -> Path:
+        """Merge LoRA and write a standalone Hugging Face folder (weights, processor, robodual fields)."""
+        import json
+
+        from robodual_core.io import atomic_dir
+
+        self.merge_lora()
+        cfg = {**to_dict(self.cfg), "lora": False}
+        with atomic_dir(Path(out), overwrite=True) as tmp:
+            self.vlm.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            (tmp / MERGED_FILE).write_text(json.dumps({"family": FAMILY, "model": cfg,
+                                                       "action_dim": self.action_dim}, indent=2))
+            if normalizer:
+                (tmp / "normalizer.json").write_text(json.dumps(normalizer, indent=2))
+        return Path(out)
+
+    @classmethod
+    def load_merged(cls, path: str | Path) -> HFVLMGeneralist:
+        """A generalist from a folder written by :meth:`save_merged` (no base folder needed)."""
+        import json
+
+        path = Path(path)
+        meta = json.loads((path / MERGED_FILE).read_text())
+        cfg = load_config(HFVLMConfig, base=meta["model"])
+        cfg.base, cfg.lora = str(path), False
         return cls(cfg, action_dim=int(meta["action_dim"]))
 
     @classmethod
@@ -221,6 +334,8 @@ class HFVLMGeneralist(nn.Module, Generalist):
         """Rebuild from a run folder or a checkpoint folder written by the trainer."""
         from robodual_core.checkpoint import load_model_state, read_json, resolve_checkpoint
 
+        if is_merged_dir(path):
+            return cls.load_merged(path).to(device).eval()
         ckpt = resolve_checkpoint(Path(path))
         meta = read_json(ckpt, "model_config")
         if meta.get("family") != FAMILY:

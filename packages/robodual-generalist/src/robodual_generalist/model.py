@@ -156,6 +156,10 @@ class VLAGeneralist(nn.Module, Generalist):
         """``[BOS, prompt text ids...]``."""
         return self.text_tokenizer.encode(openvla_prompt(instruction))
 
+    def task_token_count(self, instruction: str) -> int:
+        """Task latent tokens ``generate`` returns for ``instruction`` (the prompt text after BOS)."""
+        return len(self.prompt_ids(instruction)) - 1
+
     def build_prefix(self, images: torch.Tensor, instructions: list[str], targets: torch.Tensor | None = None) -> Prefix:
         """Embeddings of ``[BOS, patches, text(, targets)]``, left-padded to one length."""
         dev = self.device

@@ -15,7 +15,8 @@ from robodual_core.interfaces import GeneralistOutput
 
 
 class GeneralistRunner:
-    """Wraps a :class:`~robodual_generalist.model.VLAGeneralist` for :mod:`robodual_core.runtime`."""
+    """Wraps a generalist (either family) for :mod:`robodual_core.runtime` and for online conditioning of
+    specialist training (``robodual train specialist --generalist RUN``)."""
 
     def __init__(self, model: Any, normalizer: Normalizer, observation_spec: dict | None = None,
                  pooling: str = "none", latent_dtype: str = "float32"):
@@ -52,12 +53,17 @@ class GeneralistRunner:
 
     @torch.inference_mode()
     def predict(self, observation: dict[str, np.ndarray], instruction: str) -> GeneralistOutput:
-        image = np.asarray(observation[self.image_key])
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.model.device)
-        x = x.permute(2, 0, 1)[None].float() / 255.0  # HWC uint8 -> [1, 3, H, W] in [0, 1], as the loader
+        return self.predict_batch(np.asarray(observation[self.image_key])[None], [instruction])
+
+    @torch.no_grad()  # not inference_mode: online training feeds these outputs into autograd
+    def predict_batch(self, images: np.ndarray, instructions: list[str]) -> GeneralistOutput:
+        """``images [B, H, W, 3]`` uint8 (the ``image_key`` camera) and one instruction each -> outputs pooled
+        and rounded as the runner's cache was (what the specialist trained on)."""
         from robodual_generalist.caching import pool_output
 
-        out = self.model.generate({"obs": {self.image_key: x}, "instruction": [instruction]})
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.model.device)
+        x = x.permute(0, 3, 1, 2).float() / 255.0  # BHWC uint8 -> [B, 3, H, W] in [0, 1], as the loader
+        out = self.model.generate({"obs": {self.image_key: x}, "instruction": list(instructions)})
         out = pool_output(out, self.pooling, self.k_g)
         for name in ("task_latents", "action_latents"):
             setattr(out, name, getattr(out, name).to(self.latent_dtype).float())

@@ -149,7 +149,9 @@ class TextEmbedder:
 
 def read_store_embeddings(store: str | Path, model: str) -> dict[str, np.ndarray]:
     """``{instruction: embedding [E]}`` from a dataset's ``language/<model-id>/`` group."""
-    import zarr
+    from robodual_core.data.zarr_io import zarr_module
+
+    zarr = zarr_module()
 
     mid = model_id(model)
     try:

@@ -19,7 +19,9 @@ def write_language_embeddings(path: str | Path, model: str, overwrite: bool = Fa
     Returns (group name, number of unique instructions, number of episodes). ``complete`` is written
     last, so an interrupted run is never read as whole; an existing complete group needs ``overwrite``.
     """
-    import zarr
+    from robodual_core.data.zarr_io import zarr_module
+
+    zarr = zarr_module()
 
     from robodual_core.data import open_dataset
 

@@ -15,6 +15,11 @@ def train_specialist(
     generalist_cache: str | None = typer.Option(
         None, "--generalist-cache",
         help="Condition on cached generalist outputs in the store: a checkpoint hash, or 'auto' for the only one."),
+    generalist: Path | None = typer.Option(
+        None, "--generalist", help="Condition on a generalist run/checkpoint run online on every batch (slow; "
+        "`robodual generalist cache` once and --generalist-cache is the fast way)."),
+    generalist_pooling: str = typer.Option("none", "--generalist-pooling",
+                                           help="Latent pooling with --generalist: none, step or mean."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out first."),
     steps: int | None = typer.Option(None, "--steps", help="Shortcut for --set trainer.steps=N."),
@@ -32,7 +37,7 @@ def train_specialist(
     if workers is not None:
         extra.append(f"trainer.num_workers={workers}")
     train(dataset, out, config=config, overrides=extra, generalist_cache=generalist_cache, resume=resume,
-          overwrite=overwrite)
+          overwrite=overwrite, generalist=generalist, generalist_pooling=generalist_pooling)
 
 
 def bench_specialist(

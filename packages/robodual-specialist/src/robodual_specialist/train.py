@@ -50,6 +50,50 @@ class AttachGeneralist:
         return batch
 
 
+class OnlineGeneralist:
+    """batch_transform: runs the generalist now on the frames at ``gen_index`` (free-running, as ``robodual
+    generalist cache`` would have, same pooling and precision) instead of reading a cache.
+
+    Slow by design: it is the baseline the cache is measured against, and what a user without disk for a
+    cache can still train with.
+    """
+
+    def __init__(self, runner: Any, store: Any):
+        import numpy as np
+
+        self.runner = runner
+        if runner.image_key not in store.keys:
+            raise RobodualError(f"the generalist reads key '{runner.image_key}', which the dataset lacks; keys: "
+                                f"{', '.join(store.keys)}")
+        self.images = store.array(runner.image_key)
+        self.episode_ends = np.asarray(store.episode_ends)
+        self.instructions = store.instructions
+
+    def outputs(self, steps: Any) -> GeneralistOutput:
+        import numpy as np
+
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+        frames = np.stack([self.images[int(t)] for t in steps])
+        episodes = np.searchsorted(self.episode_ends, steps, side="right")
+        return self.runner.predict_batch(frames, [self.instructions[int(e)] for e in episodes])
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        idx = batch["gen_index"]
+        batch["generalist"] = self.outputs(idx.cpu().numpy()).to(idx.device)
+        return batch
+
+
+def online_generalist(store: Any, checkpoint: str | Path, pooling: str) -> tuple[OnlineGeneralist, dict[str, Any]]:
+    """The online transform and its generalist.json record (the runtime reproduces the same conditioning)."""
+    from robodual_core.data.generalist_cache import checkpoint_hash
+    from robodual_core.runtime import load_runner
+
+    runner = load_runner("generalist", checkpoint, pooling=pooling, latent_dtype="float32")
+    record = {"hash": checkpoint_hash(checkpoint), "checkpoint": str(Path(checkpoint).resolve()),
+              "pooling": pooling, "dtype": "float32", "online": True}
+    return OnlineGeneralist(runner, store), record
+
+
 def _fit_default_sensors(cfg: SpecialistTrainConfig, keys: list[str], dataset: Path, rank: int) -> SpecialistTrainConfig:
     """The paper's default sensors, less those whose key the store lacks (Meta-World has no depth).
     Sensors a user configured are kept as they are: a missing key is then an error."""
@@ -70,6 +114,12 @@ def _fit_default_sensors(cfg: SpecialistTrainConfig, keys: list[str], dataset: P
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sensors=kept))
 
 
+def _generalist_source(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "no generalist (specialist-only)"
+    return ("generalist online " if record.get("online") else "generalist cache ") + str(record["hash"])
+
+
 def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, rank: int) -> None:
     if resume and overwrite:
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
@@ -84,7 +134,8 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, rank: int) -> Non
 
 def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[str] | None = None,
           generalist_cache: str | None = None, resume: bool = False, overwrite: bool = False,
-          show_progress: bool = True) -> dict[str, float]:
+          show_progress: bool = True, generalist: str | Path | None = None,
+          generalist_pooling: str = "none") -> dict[str, float]:
     from robodual_core.data import WindowDataset, open_dataset
     from robodual_core.training import Trainer, init_distributed
     from robodual_specialist.model import DiTSpecialist, count_trainable
@@ -107,7 +158,14 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     model_cfg = dataclasses.replace(cfg.model, action_dim=int(store.array("action").shape[-1]),
                                     proprio_dim=int(store.array("proprio").shape[-1]) if "proprio" in store.keys else 0)
     cache, gen_meta = None, None
-    if generalist_cache:
+    if generalist_cache and generalist:
+        raise RobodualError("--generalist-cache and --generalist both give generalist outputs; pass one")
+    if generalist:
+        cache, gen_meta = online_generalist(store, generalist, generalist_pooling)
+        probe = cache.outputs([0])
+        model_cfg = dataclasses.replace(model_cfg, generalist_dim=int(probe.task_latents.shape[-1]),
+                                        k_g=int(probe.actions.shape[1]))
+    elif generalist_cache:
         ckpt_hash, cache = resolve_generalist_cache(dataset, generalist_cache)
         probe = cache.get(torch.zeros(1, dtype=torch.long))
         model_cfg = dataclasses.replace(model_cfg, generalist_dim=int(probe.task_latents.shape[-1]),
@@ -128,7 +186,8 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     if gen_meta is not None:
         extra_json["generalist"] = gen_meta
     trainer = Trainer(model, ds, cfg.trainer, out, extra_json=extra_json,
-                      batch_transform=AttachGeneralist(cache) if cache is not None else None,
+                      batch_transform=(cache if isinstance(cache, OnlineGeneralist) else AttachGeneralist(cache))
+                      if cache is not None else None,
                       show_progress=show_progress)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +198,6 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
         Console(stderr=True).print(
             f"specialist: {count_trainable(model) / 1e6:.2f}M trainable parameters, conditioner "
             f"'{cfg.model.conditioner}', sensors {[s.name for s in cfg.model.sensors]}, "
-            f"{'generalist cache ' + gen_meta['hash'] if gen_meta else 'no generalist (specialist-only)'}; "
+            f"{_generalist_source(gen_meta)}; "
             f"{len(ds)} training windows")
     return trainer.fit(resume=resume)

@@ -63,7 +63,9 @@ def checkpoint_hash(path: str | Path) -> str:
 
 
 def _open_root(store_path: Path, mode: str) -> Any:
-    import zarr
+    from robodual_core.data.zarr_io import zarr_module
+
+    zarr = zarr_module()
 
     if not (store_path / "zarr.json").is_file():
         raise RobodualError(f"dataset '{store_path}' is not a zarr store (no zarr.json)")

@@ -112,7 +112,9 @@ class ZarrDataset:
 
 def open_dataset(path: str | Path, require_complete: bool = True) -> ZarrDataset:
     """Open a store read-only; refuses stores that are not robodual stores or not complete."""
-    import zarr
+    from robodual_core.data.zarr_io import zarr_module
+
+    zarr = zarr_module()
 
     path = Path(path)
     if not path.exists():

@@ -8,12 +8,15 @@ much of a conversion the decoder takes.
 
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robodual_core.data.zarr_io import zarr_module
 
 
 def synthetic_store(path: Path, episodes: int, length: int, size: int) -> Path:
@@ -47,17 +50,48 @@ def conversion_report(workers: tuple[int, ...], episodes: int, length: int, size
         runs = []
         for n in workers:
             jobs = [LeRobotConverter._job(source, ep, _plan(source), 1e-4, n) for ep in source.episodes]
-            t0 = time.perf_counter()
+            c0, t0 = _cpu_s(), time.perf_counter()
             for _, release in _run(jobs, n):
                 release()
-            decode_s = time.perf_counter() - t0
+            decode_s, decode_cpu = time.perf_counter() - t0, _cpu_s() - c0
             conv = LeRobotConverter()
+            c0 = _cpu_s()
             conv.convert(Path(tmp) / "lerobot", Path(tmp) / f"w{n}.zarr", workers=n, progress=False)
+            convert_cpu = _cpu_s() - c0
+            compress_cpu = _compress_cpu_s(Path(tmp) / f"w{n}.zarr")
+            per_frame = {"decode": decode_cpu, "compress": compress_cpu,
+                         "other": max(0.0, convert_cpu - decode_cpu - compress_cpu)}
             runs.append({"workers": n, "frames_per_s": conv.report["frames_per_s"],
-                         "seconds": conv.report["convert_seconds"], "decode_only_frames_per_s": frames / decode_s})
+                         "seconds": conv.report["convert_seconds"], "decode_only_frames_per_s": frames / decode_s,
+                         "cpu_ms_per_frame": {k: 1e3 * v / frames for k, v in per_frame.items()},
+                         "decoder_share_of_cpu": decode_cpu / convert_cpu if convert_cpu > 0 else None})
     return {"dataset": {"episodes": episodes, "frames": frames, "frame_size": [size, size, 3],
                         "encoder": exported["encoder"], "gop": 2},
+            "zarr_codec_pipeline": zarr_module().config.get("codec_pipeline.path"),
             "runs": runs}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (the decode workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _compress_cpu_s(store: Path) -> float:
+    """CPU seconds to compress every converted frame once with the store's own codec, one thread."""
+    from numcodecs import Blosc
+
+    arr = zarr_module().open_array(str(store / "data" / "rgb_static"), mode="r")
+    codec = arr.compressors[0]
+    blosc = Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=Blosc.NOSHUFFLE, blocksize=0)
+    total = 0.0
+    for start in range(0, arr.shape[0], 256):
+        frames = arr[start:start + 256]
+        c0 = time.process_time()
+        for frame in frames:
+            blosc.encode(frame)
+        total += time.process_time() - c0
+    return total
 
 
 def _plan(source: Any) -> Any:
@@ -91,6 +125,8 @@ def add_command(app: Any) -> None:
         write_report(out_file, "lerobot_convert", results)
         out = Console()
         for run in results["runs"]:
+            cpu = run["cpu_ms_per_frame"]
             out.print(f"workers={run['workers']}: convert {run['frames_per_s']:.0f} frames/s, "
-                      f"decode alone {run['decode_only_frames_per_s']:.0f} frames/s")
+                      f"decode alone {run['decode_only_frames_per_s']:.0f} frames/s; CPU ms/frame: decode "
+                      f"{cpu['decode']:.2f}, compress {cpu['compress']:.2f}, Python/zarr/rest {cpu['other']:.2f}")
         out.print(f"wrote {out_file}")
