@@ -1,0 +1,21 @@
+"""`robodual bench generalist` runs end to end (few repeats) and writes every measurement it promises."""
+
+import json
+
+
+def test_bench_generalist_writes_its_report(tmp_path):
+    from robodual_cli.app import main
+
+    out = tmp_path / "bench.json"
+    try:
+        main(["bench", "generalist", "--out", str(out), "--repeats", "1", "--train-steps", "2", "--threads", "1"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    results = json.loads(out.read_text())["results"]
+    rows = {(r["batch"], r["kv_cache"]): r for r in results["decode"]}
+    assert set(rows) == {(1, True), (1, False), (8, True), (8, False)}
+    assert all(r["chunk_latency_s"] > 0 and r["action_tokens_per_s"] > 0 for r in rows.values())
+    assert results["cache_vs_online"]["speedup"] > 1
+    t = results["specialist_training"]
+    assert t["cache_steps_per_s"] > 0 and t["online_steps_per_s"] > 0
+    assert t["speedup"] == t["cache_steps_per_s"] / t["online_steps_per_s"]
