@@ -61,7 +61,8 @@ def register_fake_sensor() -> None:
 def tiny_config(**kw) -> SpecialistConfig:
     base = dict(action_dim=4, proprio_dim=3, k_s=4, k_g=4, generalist_dim=12, hidden=32, depth=2, heads=4,
                 sensors=[SensorConfig("fake_rgb", {"out_dim": 32, "tokens": 2})],
-                diffusion=DiffusionConfig(), guidance=GuidanceConfig(null_tokens=2))
+                diffusion=DiffusionConfig(), guidance=GuidanceConfig(null_tokens=2),
+                inference_autocast="off")  # exact comparisons; autocast has its own test
     base.update(kw)
     return SpecialistConfig(**base)
 

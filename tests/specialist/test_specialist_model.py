@@ -146,9 +146,12 @@ def test_kv_precomputed_once_per_control_step(monkeypatch):
     counting(model.dit, "precompute_pair", "precompute")
     counting(model, "encode_observation", "encode")
     counting(model.latent_proj, "forward", "project")
+    calls["ada"] = 0
+    counting(model.dit.blocks[0].ada, "forward", "ada")
     model.sample(fake_batch(), fake_generalist(3), steps=5)
-    # encoders once, conditioner state once, generalist projection once per latent kind (task, action)
-    assert calls == {"precompute": 1, "encode": 1, "project": 2}
+    # encoders once, conditioner state once, generalist projection once per latent kind (task, action),
+    # adaLN modulations of all 5 steps in one call per layer
+    assert calls == {"precompute": 1, "encode": 1, "project": 2, "ada": 1}
 
 
 def test_shifted_window_by_value():
@@ -198,3 +201,25 @@ def test_paper_settings_parameter_count():
     two = build([("rgb_static", {"history": 1}), ("depth_static", {})])
     assert 16e6 <= count_trainable(two) <= 20e6, count_trainable(two)
     assert sum(p.numel() for p in two.parameters() if not p.requires_grad) > 20e6  # frozen DINO ViT-S
+
+
+def test_inference_autocast_settings():
+    """bf16 encoders (auto where the CPU has native bf16, or on) keep samples close to fp32's; the setting is
+    checked when the model is built; training and autograd never autocast."""
+    from robodual_core.errors import RobodualError
+    from robodual_specialist.model import autocast_enabled, native_bf16
+
+    assert autocast_enabled("auto", "cpu") == native_bf16("cpu")
+    assert autocast_enabled(False, "cpu") is False and autocast_enabled("on", "cpu") is True  # old checkpoints
+    with pytest.raises(RobodualError, match="model.inference_autocast"):
+        DiTSpecialist(tiny_config(inference_autocast="sometimes"))
+    model = randomized(DiTSpecialist(tiny_config(inference_autocast="off"))).eval()
+    batch, gen = fake_batch(), fake_generalist(3)
+    with torch.no_grad():
+        ref = _sample(model, batch, gen)
+        model.cfg.inference_autocast = "on"
+        bf16 = _sample(model, batch, gen)
+        obs = model.encode_observation(batch)
+    assert not torch.equal(bf16, ref)  # the encoders really ran in bf16
+    torch.testing.assert_close(bf16, ref, atol=2e-2, rtol=0)
+    assert obs.dtype == torch.float32

@@ -32,8 +32,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[-1].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pre: Any, rope: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor | None) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+                mask: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
+        """``mod``: ``self.ada(c)`` when already computed (:meth:`DiT.modulations`)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.ada(c) if mod is None else mod).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1)
         if self.cond.joins_self_attention:
             x = x + gate1.unsqueeze(1) * self.attn(h, rope, mask, extra_kv=pre)
@@ -53,8 +54,8 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mod: torch.Tensor | None = None) -> torch.Tensor:
+        shift, scale = (self.ada(c) if mod is None else mod).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -90,13 +91,25 @@ class DiT(nn.Module):
         """Per-block state for 2B rows sharing ``cond [B, N, C]`` with masks ``mask_a`` then ``mask_b``."""
         return [precompute_pair(block.cond, cond, mask_a, mask_b) for block in self.blocks]
 
+    def modulations(self, timesteps: torch.Tensor, c_obs: torch.Tensor) -> list[list[torch.Tensor]]:
+        """adaLN outputs of every block (and the final layer) for every denoising step, in one batched
+        matmul per layer: ``[step][layer] -> [B, k * dim]``. The conditioning vector depends only on the
+        proprio embedding and the step's timestep, both known before denoising starts; per-step calls
+        would stream each layer's modulation weights once per step (bench: ~15% of batch-1 denoising)."""
+        S, B = timesteps.shape[0], c_obs.shape[0]
+        t_emb = self.t_emb(self.t_proj(timesteps.to(c_obs.device)).to(c_obs.dtype))
+        c = (t_emb[:, None] + c_obs[None]).reshape(S * B, -1)
+        per_layer = [layer.ada(c).reshape(S, B, -1) for layer in (*self.blocks, self.final)]
+        return [[m[i] for m in per_layer] for i in range(S)]
+
     def forward(self, x: torch.Tensor, gen_actions: torch.Tensor, t: torch.Tensor, c_obs: torch.Tensor,
-                pre: list[Any]) -> torch.Tensor:
+                pre: list[Any], mods: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``mods``: this step's entry of :meth:`modulations` (then ``t`` and ``c_obs`` are not used)."""
         T = x.shape[1]
         h = self.x_in(torch.cat([x, gen_actions], dim=-1))
-        c = self.t_emb(self.t_proj(t.expand(x.shape[0])).to(h.dtype)) + c_obs
+        c = None if mods is not None else self.t_emb(self.t_proj(t.expand(x.shape[0])).to(h.dtype)) + c_obs
         rope = rotary(T, self.dim // self.heads, h.device)
         mask = causal_mask(T, h.device) if self.causal else None
-        for block, p in zip(self.blocks, pre, strict=True):
-            h = block(h, c, p, rope, mask)
-        return self.final(h, c)
+        for i, (block, p) in enumerate(zip(self.blocks, pre, strict=True)):
+            h = block(h, c, p, rope, mask, mod=None if mods is None else mods[i])
+        return self.final(h, c, mod=None if mods is None else mods[-1])

@@ -63,6 +63,30 @@ def conditioner_class(name: str) -> type[nn.Module]:
     return registry("conditioners").get(name)
 
 
+AUTOCAST_CHOICES = {"auto": None, "on": True, "true": True, "bf16": True, "off": False, "false": False,
+                    "fp32": False}
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bf16 natively (where autocasting to bf16 is faster, not slower)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def autocast_enabled(setting: Any, device_type: str) -> bool:
+    """``model.inference_autocast`` (auto/on/off; old checkpoints hold booleans) on this device."""
+    key = str(setting).strip().lower()
+    if key not in AUTOCAST_CHOICES:
+        raise RobodualError(f"config key 'model.inference_autocast' is {setting!r}; expected auto, on or off")
+    choice = AUTOCAST_CHOICES[key]
+    return native_bf16(device_type) if choice is None else choice
+
+
 class DiTSpecialist(nn.Module, Specialist):
     """``loss(batch) -> (loss, metrics)``; ``sample(batch, cond) -> normalized actions [B, k_s, D]``.
 
@@ -75,6 +99,8 @@ class DiTSpecialist(nn.Module, Specialist):
                  load_weights: bool = True):
         super().__init__()
         from diffusers import DDIMScheduler
+
+        autocast_enabled(cfg.inference_autocast, "cpu")  # a bad value fails here, naming the key
 
         self.cfg = cfg
         self.k_s = cfg.k_s
@@ -178,8 +204,9 @@ class DiTSpecialist(nn.Module, Specialist):
     def encode_observation(self, batch: dict[str, Any]) -> torch.Tensor:
         """Sensor tokens ``[B, N_s, hidden]`` (encoders and resamplers: once per control step)."""
         tokens = []
-        autocast = self.cfg.inference_autocast and not self.training and not torch.is_grad_enabled()
         dev_type = self.null_tokens.device.type
+        autocast = (not self.training and not torch.is_grad_enabled()
+                    and autocast_enabled(self.cfg.inference_autocast, dev_type))
         for i, (name, enc) in enumerate(self.sensors.items()):
             x = self._sensor_input(enc, batch)
             if autocast:
@@ -337,7 +364,10 @@ class DiTSpecialist(nn.Module, Specialist):
 
         passes, pres = build_passes()
         self.scheduler.set_timesteps(steps or self.cfg.diffusion.inference_steps, device=dev)
-        for t in self.scheduler.timesteps:
+        timesteps = self.scheduler.timesteps
+        # adaLN modulations of every step at once (they depend on proprio and the known timesteps only)
+        mods = [self.dit.modulations(timesteps, p[3]) for p in passes] if cache_adapters else None
+        for i, t in enumerate(timesteps):
             if not cache_adapters:
                 if obs_tokens_fn is not None:
                     obs_tokens = obs_tokens_fn()
@@ -347,7 +377,8 @@ class DiTSpecialist(nn.Module, Specialist):
             for j, (cond_tok, cond_mask, gen_in, c_obs) in enumerate(passes):
                 pre = pres[j] if pres is not None else self.dit.precompute(cond_tok, cond_mask)
                 reps = gen_in.shape[0] // B
-                outs.append(self.dit(x.repeat(reps, 1, 1), gen_in, t.to(dev), c_obs, pre))
+                outs.append(self.dit(x.repeat(reps, 1, 1), gen_in, t.to(dev), c_obs, pre,
+                                     mods=mods[j][i] if mods is not None else None))
             out = torch.cat(outs, dim=0)
             if guided:
                 c, u = out.chunk(2, dim=0)
