@@ -335,6 +335,19 @@ def test_cli_convert_and_export(sources, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["episodes"] == 3
     assert (tmp_path / "lr/meta/tasks.parquet").is_file()
+    # the converted store trains the specialist from the CLI (both cameras, state as proprio)
+    config = tmp_path / "specialist.yaml"
+    vit = "backbone: vit, image_size: 32, width: 32, depth: 1, heads: 2, head_dim: 16, history: 0"
+    config.write_text(
+        "model: {hidden: 32, depth: 1, heads: 2, k_s: 2, sensors: ["
+        f"{{name: rgb_static, options: {{keys: [rgb_top], {vit}}}}}, "
+        f"{{name: rgb_gripper, options: {{keys: [rgb_wrist], {vit}}}}}]}}\n"
+        "data: {image_size: 32}\n"
+        "trainer: {batch_size: 4, num_workers: 0, warmup_steps: 1, ckpt_every: 2, log_every: 1}\n")
+    result = runner.invoke(build_app(), ["train", "specialist", "--dataset", str(tmp_path / "c.zarr"), "--out",
+                                         str(tmp_path / "run"), "--config", str(config), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run/checkpoints/2/model.safetensors").is_file()
 
 
 # -- errors -------------------------------------------------------------------------------------------
