@@ -80,3 +80,13 @@ def tiny_paligemma(folder) -> None:
     torch.manual_seed(0)
     AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def cli(*args):
+    """Run ``robodual ARGS`` in this process; fail the test on a non-zero exit."""
+    from robodual_cli.app import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"robodual {' '.join(map(str, args))} exited with {exc.code}"

@@ -3,7 +3,7 @@ another checkpoint's outputs."""
 
 import pytest
 import torch
-from generalist_helpers import make_store
+from generalist_helpers import cli, make_store
 
 from robodual_core.data import open_dataset
 from robodual_core.data.generalist_cache import GeneralistCache, checkpoint_hash, list_caches, open_cache_for
@@ -15,14 +15,6 @@ TINY = ["--set", "trainer.num_workers=0", "--set", "trainer.batch_size=4", "--se
         "--set", "model.tiny.image_size=32", "--set", "model.tiny.hidden_size=64", "--set", "model.tiny.num_heads=2",
         "--set", "model.tiny.intermediate_size=128", "--set", "trainer.ckpt_every=2"]
 
-
-def cli(*args):
-    from robodual_cli.app import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"robodual {' '.join(map(str, args))} exited with {exc.code}"
 
 
 @pytest.fixture(scope="module")

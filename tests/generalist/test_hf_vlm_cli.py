@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from generalist_helpers import make_store, tiny_paligemma
+from generalist_helpers import cli, make_store, tiny_paligemma
 from safetensors.torch import load_file, save_file
 
 from robodual_core.data import open_dataset
@@ -24,14 +24,6 @@ model: {hidden: 32, depth: 1, heads: 2, k_s: 2, sensors: [], guidance: {null_tok
 trainer: {batch_size: 4, num_workers: 0, warmup_steps: 1, ckpt_every: 2, log_every: 1}
 """
 
-
-def cli(*args):
-    from robodual_cli.app import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"robodual {' '.join(map(str, args))} exited with {exc.code}"
 
 
 @pytest.fixture(scope="module")

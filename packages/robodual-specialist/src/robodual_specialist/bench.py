@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,42 +131,58 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def time_variant(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any], repeats: int,
-                 obs_fn: Any) -> dict[str, Any]:
+def _apply(model: DiTSpecialist, opts: dict[str, Any], obs_fn: Any) -> dict[str, Any]:
+    """Set a variant's model switches; returns its ``sample`` keyword arguments."""
     opts = dict(opts)
     _set_frame_cache(model, opts.pop("frame_cache", True))
     model.cfg.inference_autocast = opts.pop("inference_autocast", "off")
-    kw = dict(opts)
-    if not kw.get("cache_adapters", True):
-        kw["obs_tokens_fn"] = obs_fn
-    split: dict[str, list[float]] = {"encoders": [], "denoising": []}
+    if not opts.get("cache_adapters", True):
+        opts["obs_tokens_fn"] = obs_fn
+    return opts
 
-    def step() -> None:
+
+def time_variants(model: DiTSpecialist, loop: ControlLoop, variants: dict[str, dict[str, Any]], repeats: int,
+                  obs_fn: Any) -> dict[str, dict[str, Any]]:
+    """Every variant timed in interleaved rounds (one control step of each per round), so drifting machine
+    speed hits all of them alike. Each timed step follows an untimed one of the same variant, so the frame
+    cache holds the previous frame as it would in a running loop."""
+    splits = {name: {"total": [], "encoders": [], "denoising": []} for name in variants}
+
+    def step(kw: dict[str, Any]) -> tuple[float, float]:
         batch = loop.batch()
         t0 = time.perf_counter()
         obs = model.encode_observation(batch)
         t1 = time.perf_counter()
         model.sample(batch, obs_tokens=obs, **kw)
-        split["encoders"].append(t1 - t0)
-        split["denoising"].append(time.perf_counter() - t1)
+        return t1 - t0, time.perf_counter() - t1
 
     with torch.inference_mode():
-        total = measure(step, warmup=2, repeats=repeats)
-    split = {k: sorted(v[2:]) for k, v in split.items()}
-    with frozen(model), FlopCounterMode(display=False) as counter:
-        batch = loop.batch()
-        model.sample(batch, obs_tokens=model.encode_observation(batch), **kw)
-    med = {k: v[len(v) // 2] for k, v in split.items()}
-    return {"control_step_ms": 1e3 * total["median_s"], "encoders_ms": 1e3 * med["encoders"],
-            "denoising_ms": 1e3 * med["denoising"], "iqr_ms": 1e3 * total["iqr_s"], "n": total["n"],
-            "gflop_per_step": counter.get_total_flops() / 1e9}
+        for round_ in range(repeats + 1):  # round 0 warms every variant up
+            for name, opts in variants.items():
+                kw = _apply(model, opts, obs_fn)
+                step(kw)
+                enc, den = step(kw)
+                if round_ > 0:
+                    for key, value in (("encoders", enc), ("denoising", den), ("total", enc + den)):
+                        splits[name][key].append(value)
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in variants.items():
+        kw = _apply(model, opts, obs_fn)
+        with frozen(model), FlopCounterMode(display=False) as counter:
+            batch = loop.batch()
+            model.sample(batch, obs_tokens=model.encode_observation(batch), **kw)
+        med = {k: statistics.median(v) for k, v in splits[name].items()}
+        total = sorted(splits[name]["total"])
+        out[name] = {"control_step_ms": 1e3 * med["total"], "encoders_ms": 1e3 * med["encoders"],
+                     "denoising_ms": 1e3 * med["denoising"],
+                     "iqr_ms": 1e3 * (total[(3 * len(total)) // 4] - total[len(total) // 4]), "n": len(total),
+                     "gflop_per_step": counter.get_total_flops() / 1e9}
+    return out
 
 
 def denoise_flops(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any], obs_fn: Any) -> float:
     """GFLOP of the denoising loop alone (encoders excluded)."""
-    kw = {k: v for k, v in opts.items() if k not in ("frame_cache", "inference_autocast")}
-    if not kw.get("cache_adapters", True):
-        kw["obs_tokens_fn"] = obs_fn
+    kw = _apply(model, opts, obs_fn)
     with frozen(model):
         batch = loop.batch()
         obs = model.encode_observation(batch)
@@ -240,10 +257,9 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
         gen = fake_generalist(B, generalist_tokens, generalist_dim, k_g, D)
         loop = ControlLoop(model, B, gen)
         obs_fn = loop.resampler_fn()
-        per_b: dict[str, Any] = {}
+        console.print(f"[bold]bench specialist[/]: batch {B}, {len(variants)} variants in interleaved rounds")
+        per_b = time_variants(model, loop, variants, reps if B == 1 else max(3, reps // 2), obs_fn)
         for name, opts in variants.items():
-            console.print(f"[bold]bench specialist[/]: batch {B}, {name}")
-            per_b[name] = time_variant(model, loop, opts, reps if B == 1 else max(3, reps // 2), obs_fn)
             per_b[name]["denoising_gflop"] = denoise_flops(model, loop, opts, obs_fn)
         results["latency"][f"batch_{B}"] = per_b
     model.cfg.inference_autocast = "off"
