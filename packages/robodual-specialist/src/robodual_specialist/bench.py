@@ -168,9 +168,12 @@ def time_variants(model: DiTSpecialist, loop: ControlLoop, variants: dict[str, d
     out: dict[str, dict[str, Any]] = {}
     for name, opts in variants.items():
         kw = _apply(model, opts, obs_fn)
-        with frozen(model), FlopCounterMode(display=False) as counter:
-            batch = loop.batch()
+        with frozen(model):
+            batch = loop.batch()  # fills the frame cache (as in a running loop) before counting
             model.sample(batch, obs_tokens=model.encode_observation(batch), **kw)
+            with FlopCounterMode(display=False) as counter:
+                batch = loop.batch()
+                model.sample(batch, obs_tokens=model.encode_observation(batch), **kw)
         med = {k: statistics.median(v) for k, v in splits[name].items()}
         total = sorted(splits[name]["total"])
         out[name] = {"control_step_ms": 1e3 * med["total"], "encoders_ms": 1e3 * med["encoders"],
