@@ -1,6 +1,7 @@
 """Benchmark harness used by every ``robodual bench ...`` command.
 
-``measure`` runs warm-up calls, then timed repeats, and reports median and spread; ``write_report``
+``measure`` runs warm-up calls, then timed repeats, and reports median and spread; ``interleaved`` times
+several paths in turn when they are compared with each other; ``write_report``
 writes one JSON per run with the environment, so ratios measured side by side stay comparable.
 """
 
@@ -40,6 +41,25 @@ def measure(fn: Callable[[], Any], warmup: int = 2, repeats: int = 10, min_time:
         "iqr_s": q3 - q1,
         "n": len(times),
     }
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+    """Time several paths in turn (A B C A B C ...), so drift and load from other processes on a shared
+    machine hit them alike. ``warmup`` untimed rounds first. A path that returns a dict of seconds it timed
+    itself (e.g. ``{"encoders": ..., "denoising": ...}``) has those recorded; otherwise its wall time is
+    recorded as ``"total"``. Returns ``{path: {key: [seconds per round]}}``."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, dict[str, list[float]]] = {k: {} for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            got = fn()
+            wall = time.perf_counter() - t0
+            for key, value in (got if isinstance(got, dict) else {"total": wall}).items():
+                samples[name].setdefault(key, []).append(float(value))
+    return samples
 
 
 def environment() -> dict[str, Any]:

@@ -10,6 +10,7 @@ both runs through the CLI in child processes, one after the other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -87,9 +88,8 @@ def _tiny_generalist_run(store: Path, run: Path) -> Path:
     m = GeneralistConfig(base="tiny", lora=False, freeze_vision=False)
     ds = WindowDataset(store, obs_keys=[m.image_key], horizon=m.k_g, k_g=m.k_g, image_size=None, split="train",
                        normalization={"action": "q99"}, augment_tau=False)
-    tcfg = cfg.trainer
-    for k, v in {**TINY_TRAIN_DEFAULTS["trainer"], "steps": 1, "ckpt_every": 1, "num_workers": 0}.items():
-        setattr(tcfg, k, v)
+    tcfg = dataclasses.replace(cfg.trainer, **{**TINY_TRAIN_DEFAULTS["trainer"], "steps": 1, "ckpt_every": 1,
+                                                "num_workers": 0})
     model = VLAGeneralist(m, action_dim=ds.action_dim)
     Trainer(model, ds, tcfg, run, extra_json={"normalizer": ds.normalizer.to_dict()}, show_progress=False).fit()
     return run

@@ -13,11 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from robodual_core.data.generalist_cache import ROWS_PER_CHUNK, GeneralistCacheWriter, checkpoint_hash
+from robodual_core.data.generalist_cache import (
+    POOLINGS,
+    ROWS_PER_CHUNK,
+    GeneralistCacheWriter,
+    checkpoint_hash,
+)
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
-
-POOLINGS = ("none", "step", "mean")
 
 
 def pool_output(out: GeneralistOutput, pooling: str, k_g: int) -> GeneralistOutput:
@@ -55,17 +58,8 @@ def load_images(arr: Any, start: int, end: int) -> torch.Tensor:
 def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, dtype: str = "float16",
                 pooling: str = "none", device: str = "auto", overwrite: bool = False,
                 show_progress: bool = True) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from robodual_core.data import open_dataset
+    from robodual_core.progress import progress_bar
     from robodual_core.training import resolve_device
     from robodual_generalist.families import load_generalist
 
@@ -93,9 +87,7 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
         ep_of_step = np.searchsorted(ds.episode_ends, np.arange(ds.num_steps), side="right")
         instructions = ds.instructions
         block = -(-batch_size // ROWS_PER_CHUNK) * ROWS_PER_CHUNK  # whole zarr chunks per write
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True), disable=not show_progress)
-        with progress:
+        with progress_bar(show_progress) as progress:
             task = progress.add_task(f"caching generalist {h}", total=ds.num_steps, completed=writer.done_until)
             for start in range(writer.done_until, ds.num_steps, block):
                 end = min(ds.num_steps, start + block)

@@ -231,19 +231,9 @@ class HFVLMGeneralist(nn.Module, Generalist):
         slots = ~tok.is_separator_slot().to(self.device)
         pred, tgt = logits[:, slots], targets[:, slots]
         loss = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1))
-        with torch.no_grad():
-            best = pred[..., tok.first_action_id:tok.vocab_size].argmax(-1) + tok.first_action_id
-            acc = (best == tgt).float().mean()
-            l1 = (tok.decode_values(best) - tok.decode_values(tgt)).abs().mean()
-        return loss, {"action_token_acc": float(acc), "action_l1": float(l1)}
+        return loss, tok.accuracy(pred, tgt)
 
     # -- inference -------------------------------------------------------------------------------
-    def _constrain(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
-        tok = self.action_tokenizer
-        if bool(tok.is_separator_slot()[slot]):
-            return torch.full((logits.shape[0],), tok.separator_id, dtype=torch.long, device=logits.device)
-        return logits[:, tok.first_action_id:tok.vocab_size].argmax(-1) + tok.first_action_id
-
     @torch.no_grad()
     def generate(self, batch: dict[str, Any]) -> GeneralistOutput:
         """Free-running greedy constrained decoding of one chunk per sample -> :class:`GeneralistOutput`."""
@@ -266,7 +256,7 @@ class HFVLMGeneralist(nn.Module, Generalist):
         past, logits = out.past_key_values, out.logits[:, -1]
         tokens, latents = [], []
         for slot in range(self.action_tokenizer.chunk_len):
-            tok = self._constrain(logits.float(), slot)
+            tok = self.action_tokenizer.constrained_next(logits.float(), slot)
             tokens.append(tok)
             attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
             pos = pos[:, -1:] + 1

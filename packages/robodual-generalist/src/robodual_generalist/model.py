@@ -223,21 +223,9 @@ class VLAGeneralist(nn.Module, Generalist):
         slots = ~self.action_tokenizer.is_separator_slot().to(self.device)
         pred, tgt = logits[:, slots], targets[:, slots]
         loss = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1))
-        with torch.no_grad():
-            lo = self.action_tokenizer.first_action_id
-            hi = self.action_tokenizer.vocab_size
-            best = pred[..., lo:hi].argmax(-1) + lo
-            acc = (best == tgt).float().mean()
-            l1 = (self.action_tokenizer.decode_values(best) - self.action_tokenizer.decode_values(tgt)).abs().mean()
-        return loss, {"action_token_acc": float(acc), "action_l1": float(l1)}
+        return loss, self.action_tokenizer.accuracy(pred, tgt)
 
     # -- inference -------------------------------------------------------------------------------
-    def _constrain(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
-        tok = self.action_tokenizer
-        if bool(tok.is_separator_slot()[slot]):
-            return torch.full((logits.shape[0],), tok.separator_id, dtype=torch.long, device=logits.device)
-        return logits[:, tok.first_action_id:tok.vocab_size].argmax(-1) + tok.first_action_id
-
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], use_cache: bool = True) -> GeneralistOutput:
         """Free-running greedy decoding of one chunk per sample -> :class:`GeneralistOutput`."""
@@ -255,7 +243,7 @@ class VLAGeneralist(nn.Module, Generalist):
         tokens, latents = [], []
         embeds = prefix.embeds
         for slot in range(self.action_tokenizer.chunk_len):
-            tok = self._constrain(logits.float(), slot)
+            tok = self.action_tokenizer.constrained_next(logits.float(), slot)
             tokens.append(tok)
             attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
             pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)

@@ -79,6 +79,20 @@ class ActionTokenizer:
         acts = ids[:, self.action_positions().to(ids.device)]
         return self.decode_values(acts).reshape(ids.shape[0], self.k_g, self.action_dim)
 
+    def constrained_next(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
+        """Greedy id for chunk position ``slot`` from ``logits [B, V]``: the separator at separator slots,
+        the best action id elsewhere (constrained decoding never leaves the action vocabulary)."""
+        if bool(self.is_separator_slot()[slot]):
+            return torch.full((logits.shape[0],), self.separator_id, dtype=torch.long, device=logits.device)
+        return logits[:, self.first_action_id:self.vocab_size].argmax(-1) + self.first_action_id
+
+    @torch.no_grad()
+    def accuracy(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Training metrics at action positions: ``logits [..., V]`` against target ids ``[...]``."""
+        best = logits[..., self.first_action_id:self.vocab_size].argmax(-1) + self.first_action_id
+        return {"action_token_acc": float((best == targets).float().mean()),
+                "action_l1": float((self.decode_values(best) - self.decode_values(targets)).abs().mean())}
+
     def discretize(self, actions: torch.Tensor) -> torch.Tensor:
         """What the tokenizer can represent: ``decode(encode(actions))`` without the separators."""
         return self.decode_values(self.encode_values(actions))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from robodual_core.bench import measure
+from robodual_core.bench import interleaved
 from robodual_core.plugins import registry
 from robodual_sensors.backbones import find_dino_weights
 
@@ -54,13 +54,7 @@ def _inputs(enc: Any, batch: int, image_size: int, step: int = 0) -> Any:
 def _interleaved(fns: dict[str, Any], repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
     """Time several paths call by call in turn (A B A B ...), so that load from other processes on a
     shared machine hits them alike; per path: median and min seconds per call."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(measure(fn, warmup=0, repeats=1)["min_s"])
+    times = {k: v["total"] for k, v in interleaved(fns, repeats, warmup).items()}
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "n": len(v)} for k, v in times.items()}
 
 

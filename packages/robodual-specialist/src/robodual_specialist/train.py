@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from robodual_core.config import dump_config, load_config, read_config_file, to_dict
+from robodual_core.data.generalist_cache import POOLINGS
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
 from robodual_specialist.config import SpecialistTrainConfig
@@ -140,6 +141,10 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     from robodual_core.training import Trainer, init_distributed
     from robodual_specialist.model import DiTSpecialist, count_trainable
 
+    if generalist_cache and generalist:
+        raise RobodualError("--generalist-cache and --generalist both give generalist outputs; pass one")
+    if generalist and generalist_pooling not in POOLINGS:
+        raise RobodualError(f"--generalist-pooling is {generalist_pooling!r}; expected one of {', '.join(POOLINGS)}")
     init_distributed()
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     dataset, out = Path(dataset), Path(out)
@@ -158,8 +163,6 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     model_cfg = dataclasses.replace(cfg.model, action_dim=int(store.array("action").shape[-1]),
                                     proprio_dim=int(store.array("proprio").shape[-1]) if "proprio" in store.keys else 0)
     cache, gen_meta = None, None
-    if generalist_cache and generalist:
-        raise RobodualError("--generalist-cache and --generalist both give generalist outputs; pass one")
     if generalist:
         cache, gen_meta = online_generalist(store, generalist, generalist_pooling)
         probe = cache.outputs([0])

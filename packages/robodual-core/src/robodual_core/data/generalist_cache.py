@@ -32,6 +32,9 @@ import numpy as np
 
 from robodual_core.errors import RobodualError
 
+# latent poolings a cache (and an online generalist) can use: none, per action step, one token per kind
+POOLINGS = ("none", "step", "mean")
+
 GROUP = "generalist"
 ARRAYS = ("actions", "task_latents", "action_latents", "task_mask", "action_mask")
 IN_MEMORY_BYTES = 4 << 30
