@@ -86,3 +86,25 @@ def test_existing_run_needs_resume(tmp_path):
     Trainer(Regression(), Data(), cfg(steps=20), tmp_path, show_progress=False).fit()
     with pytest.raises(RobodualError, match="--resume"):
         Trainer(Regression(), Data(), cfg(steps=20), tmp_path, show_progress=False).fit()
+
+
+def test_ema_update_equals_diffusers_ema_model():
+    """The trainer's EMA (one foreach lerp per step) follows diffusers' EMAModel, decay warm-up included."""
+    from diffusers.training_utils import EMAModel
+
+    from robodual_core.training import _lerp_ema
+
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(7))]
+    kw = {"decay": 0.99, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 2 / 3, "foreach": True}
+    ours, ref = _lerp_ema(params, **kw), EMAModel(params, **kw)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        ours.step(params)
+        ref.step(params)
+    assert ours.optimization_step == ref.optimization_step == 5 and ours.cur_decay_value == ref.cur_decay_value
+    for a, b, p in zip(ours.shadow_params, ref.shadow_params, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(a, p)  # really averaged, not copied

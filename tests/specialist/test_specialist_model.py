@@ -3,6 +3,7 @@
 import pytest
 import torch
 from specialist_helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
+from torch.func import functional_call
 
 from robodual_specialist.config import SensorConfig, SpecialistConfig
 from robodual_specialist.model import DiTSpecialist, count_trainable
@@ -223,3 +224,26 @@ def test_inference_autocast_settings():
     assert not torch.equal(bf16, ref)  # the encoders really ran in bf16
     torch.testing.assert_close(bf16, ref, atol=2e-2, rtol=0)
     assert obs.dtype == torch.float32
+
+
+def test_bf16_weight_copies_match_autocast_and_follow_the_weights():
+    """Inference autocast runs the encoders on kept bf16 weight copies: the same tokens as autocast casting the
+    fp32 weights itself, and new copies as soon as the weights change (loaded or modified in place)."""
+    model = randomized(DiTSpecialist(tiny_config(inference_autocast="on"))).eval()
+    batch = fake_batch()
+    with torch.no_grad():
+        obs = model.encode_observation(batch)
+        name, enc = next(iter(model.sensors.items()))
+        x = model._sensor_input(enc, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kept = functional_call(enc, model._bf16_weights(name, enc), (x,), strict=False)
+        assert torch.equal(kept, plain)
+        other = randomized(DiTSpecialist(tiny_config(inference_autocast="on")), seed=7).eval()
+        model.load_state_dict(other.state_dict())
+        assert torch.equal(model.encode_observation(batch), other.encode_observation(batch))
+        assert not torch.equal(model.encode_observation(batch), obs)
+        before = model.encode_observation(batch)
+        next(p for n, p in enc.named_parameters() if n.endswith("weight") and p.ndim == 2).mul_(2.0)
+        assert not torch.equal(model.encode_observation(batch), before)

