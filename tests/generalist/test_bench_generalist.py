@@ -8,7 +8,7 @@ def test_bench_generalist_writes_its_report(tmp_path):
 
     out = tmp_path / "bench.json"
     try:
-        main(["bench", "generalist", "--out", str(out), "--repeats", "1", "--train-steps", "2", "--threads", "1"])
+        main(["bench", "generalist", "--out", str(out), "--repeats", "1", "--train-steps", "2", "--train-rounds", "1", "--threads", "1"])
     except SystemExit as exc:
         assert exc.code in (0, None)
     results = json.loads(out.read_text())["results"]
@@ -19,3 +19,4 @@ def test_bench_generalist_writes_its_report(tmp_path):
     t = results["specialist_training"]
     assert t["cache_steps_per_s"] > 0 and t["online_steps_per_s"] > 0
     assert t["speedup"] == t["cache_steps_per_s"] / t["online_steps_per_s"]
+    assert t["pooling"] == "step" and len(t["cache_rounds"]) == len(t["online_rounds"]) == 1

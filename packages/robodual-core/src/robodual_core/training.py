@@ -55,6 +55,9 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False  # bf16 autocast on CUDA
+    # torch.compile the model's compute modules (``model.compile_targets()``, the specialist's) before training:
+    # the first steps pay the compilation (tens of seconds on a CPU), later steps run fused kernels
+    compile: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -158,6 +161,12 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed + self.rank)
         self.model.to(self.device)
+        if cfg.compile:
+            if not hasattr(self.model, "compile_targets"):
+                raise RobodualError(f"trainer.compile is true, but {type(self.model).__name__} names no modules to "
+                                    "compile (compile_targets); set trainer.compile=false")
+            for module in self.model.compile_targets():
+                module.compile(dynamic=False)  # in place: parameter names (checkpoints) do not change
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RobodualError("the model has no trainable parameters")

@@ -5,7 +5,8 @@ and without the KV cache. Conditioning: the time to get a specialist batch's gen
 the generalist online versus reading them from a generalist cache (random rows, as the sampler asks).
 Specialist training: steps/s of ``robodual train specialist`` on a small synthetic store conditioned on a
 tiny generalist's cache (``--generalist-cache``) versus the same generalist run online (``--generalist``),
-both runs through the CLI in child processes, one after the other.
+both through the CLI in child processes, alternating in rounds, latents pooled per action step as the demo
+caches them; optionally also with ``trainer.compile``.
 """
 
 from __future__ import annotations
@@ -95,40 +96,64 @@ def _tiny_generalist_run(store: Path, run: Path) -> Path:
     return run
 
 
-def _specialist_steps_per_s(store: Path, run: Path, generalist: list[str], steps: int, batch: int) -> float:
-    """steps/s of `robodual train specialist` (last logged interval, after warm-up) in a child process."""
+def _specialist_steps_per_s(store: Path, run: Path, generalist: list[str], steps: int, batch: int,
+                            compile: bool = False) -> float:
+    """steps/s of `robodual train specialist` (last logged intervals, after warm-up) in a child process."""
     config = run.parent / f"{run.name}.json"
     cfg = json.loads(json.dumps(SPECIALIST))
-    cfg["trainer"].update({"batch_size": batch, "ckpt_every": steps})
+    cfg["trainer"].update({"batch_size": batch, "ckpt_every": steps, "compile": compile})
     config.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "robodual_cli.app", "train", "specialist", "--dataset", str(store), "--out",
-           str(run), "--config", str(config), "--steps", str(steps), *generalist]
+           str(run), "--config", str(config), "--steps", str(steps), "--overwrite", *generalist]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rates = [r["samples_per_s"] / batch for r in rows[len(rows) // 2:]]  # second half: past warm-up
+    rates = [r["samples_per_s"] / batch for r in rows[len(rows) // 2:]]  # second half: past warm-up (and compiling)
     return float(np.median(rates))
 
 
-def specialist_training(steps: int = 12, batch: int = 8) -> dict[str, Any]:
-    """Specialist training steps/s with the generalist cache vs the generalist run online."""
+POOLING = "step"  # as the demo caches the tiny generalist (`robodual demo`: generalist cache --pooling step)
+
+
+def specialist_training(steps: int = 16, batch: int = 8, rounds: int = 2, compile: bool = False) -> dict[str, Any]:
+    """Specialist training steps/s with the generalist cache vs the generalist run online.
+
+    The two runs alternate (cache, online, cache, online, ...) so that drift of the machine's speed hits both;
+    the speed-up is the ratio of the medians. ``compile`` adds the same pair with ``trainer.compile``.
+    """
     from robodual_generalist.caching import build_cache
 
     with tempfile.TemporaryDirectory(prefix="robodual-bench-generalist-") as tmp:
         root = Path(tmp)
         store = _synthetic_store(root / "store.zarr")
         gen = _tiny_generalist_run(store, root / "generalist")
-        build_cache(gen, store, batch_size=32, dtype="float16", pooling="none", show_progress=False)
-        cached = _specialist_steps_per_s(store, root / "with_cache", ["--generalist-cache", "auto"], steps, batch)
-        online = _specialist_steps_per_s(store, root / "online", ["--generalist", str(gen)], steps, batch)
-    return {"batch": batch, "steps": steps, "cache_steps_per_s": cached, "online_steps_per_s": online,
-            "speedup": cached / online, "target_speedup": 5.0,
-            "specialist": SPECIALIST["model"], "generalist": "tiny (VLAGeneralist, 64x64 images)"}
+        build_cache(gen, store, batch_size=32, dtype="float16", pooling=POOLING, show_progress=False)
+        sources = {"cache": ["--generalist-cache", "auto"],
+                   "online": ["--generalist", str(gen), "--generalist-pooling", POOLING]}
+        trainers = {"eager": False, **({"compiled": True} if compile else {})}
+        rates: dict[str, dict[str, list[float]]] = {t: {k: [] for k in sources} for t in trainers}
+        for _ in range(rounds):
+            for trainer, flag in trainers.items():
+                for source, args in sources.items():
+                    rates[trainer][source].append(_specialist_steps_per_s(
+                        store, root / f"{trainer}_{source}", args, steps, batch, compile=flag))
+    out: dict[str, Any] = {"batch": batch, "steps": steps, "rounds": rounds, "pooling": POOLING,
+                           "target_speedup": 5.0, "specialist": SPECIALIST["model"],
+                           "generalist": "tiny (VLAGeneralist, 64x64 images)"}
+    for trainer, by_source in rates.items():
+        cached, online = (float(np.median(by_source[k])) for k in ("cache", "online"))
+        row = {"cache_steps_per_s": cached, "online_steps_per_s": online, "speedup": cached / online,
+               "cache_rounds": by_source["cache"], "online_rounds": by_source["online"]}
+        if trainer == "eager":
+            out.update(row)
+        else:
+            out["compiled"] = row
+    return out
 
 
 def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32,
-              train_steps: int = 12) -> dict[str, Any]:
+              train_steps: int = 16, train_rounds: int = 2, compile: bool = False) -> dict[str, Any]:
     from robodual_core.training import resolve_device
 
     dev = resolve_device(device)
@@ -158,5 +183,6 @@ def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_bat
                                     "vs reading the cache (random rows, in memory)"},
     }
     if train_steps > 0:
-        results["specialist_training"] = specialist_training(steps=train_steps)
+        results["specialist_training"] = specialist_training(steps=train_steps, rounds=train_rounds,
+                                                             compile=compile)
     return write_report(out, "generalist", results)

@@ -138,6 +138,11 @@ class DiTSpecialist(nn.Module, Specialist):
         self.normalizer: Any = None  # robodual_core.data.Normalizer, set by from_checkpoint / the trainer
         self._low_precision: dict[str, tuple[tuple[tuple[int, int], ...], dict[str, torch.Tensor]]] = {}
 
+    def compile_targets(self) -> list[nn.Module]:
+        """What ``trainer.compile`` compiles: the DiT and each sensor encoder (the loss around them has
+        data-dependent Python: random drops, the scheduler's noise)."""
+        return [self.dit, *self.sensors.values()]
+
     # -- config and checkpoints ------------------------------------------------------------------
     def resolved_config(self) -> SpecialistConfig:
         """``cfg`` with each sensor's full config (as the encoder reports it), enough to rebuild it."""
