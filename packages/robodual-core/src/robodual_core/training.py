@@ -184,6 +184,7 @@ class Trainer:
         self.ema = None
         if cfg.ema:
             self._ema_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            self._ema_params = params
             self.ema = _lerp_ema(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
                                  foreach=True)
         self._foreach_clip = all(p.device.type in ("cpu", "cuda") for p in params) or None
@@ -318,7 +319,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.ema is not None:
-                    self.ema.step([p for p in self.model.parameters() if p.requires_grad])
+                    self.ema.step(self._ema_params)
                 self.step += 1
                 progress.update(task, completed=self.step,
                                 description=f"training loss {metrics_acc['loss']:.4f}")
@@ -347,14 +348,11 @@ def _lerp_ema(*args: Any, **kwargs: Any) -> Any:
 
     class LerpEMAModel(EMAModel):
         @torch.no_grad()
-        def step(self, parameters: Any) -> None:
-            parameters = list(parameters)
-            if not all(p.requires_grad for p in parameters):
-                return super().step(parameters)
+        def step(self, parameters: Any) -> None:  # the trained parameters, as the trainer passes them
             self.optimization_step += 1
             decay = self.get_decay(self.optimization_step)
             self.cur_decay_value = decay
-            torch._foreach_lerp_(self.shadow_params, [p.detach() for p in parameters], 1 - decay)
+            torch._foreach_lerp_(self.shadow_params, list(parameters), 1 - decay)
 
     return LerpEMAModel(*args, **kwargs)
 

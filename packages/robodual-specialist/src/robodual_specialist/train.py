@@ -162,14 +162,15 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     cfg = _fit_default_sensors(cfg, store.keys, dataset, rank)
     model_cfg = dataclasses.replace(cfg.model, action_dim=int(store.array("action").shape[-1]),
                                     proprio_dim=int(store.array("proprio").shape[-1]) if "proprio" in store.keys else 0)
-    cache, gen_meta = None, None
+    transform, gen_meta = None, None
     if generalist:
-        cache, gen_meta = online_generalist(store, generalist, generalist_pooling)
-        probe = cache.outputs([0])
+        transform, gen_meta = online_generalist(store, generalist, generalist_pooling)
+        probe = transform.outputs([0])
         model_cfg = dataclasses.replace(model_cfg, generalist_dim=int(probe.task_latents.shape[-1]),
                                         k_g=int(probe.actions.shape[1]))
     elif generalist_cache:
         ckpt_hash, cache = resolve_generalist_cache(dataset, generalist_cache)
+        transform = AttachGeneralist(cache)
         probe = cache.get(torch.zeros(1, dtype=torch.long))
         model_cfg = dataclasses.replace(model_cfg, generalist_dim=int(probe.task_latents.shape[-1]),
                                         k_g=int(probe.actions.shape[1]))
@@ -188,9 +189,7 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     extra_json: dict[str, Any] = {"normalizer": ds.normalizer.to_dict()}
     if gen_meta is not None:
         extra_json["generalist"] = gen_meta
-    trainer = Trainer(model, ds, cfg.trainer, out, extra_json=extra_json,
-                      batch_transform=(cache if isinstance(cache, OnlineGeneralist) else AttachGeneralist(cache))
-                      if cache is not None else None,
+    trainer = Trainer(model, ds, cfg.trainer, out, extra_json=extra_json, batch_transform=transform,
                       show_progress=show_progress)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
