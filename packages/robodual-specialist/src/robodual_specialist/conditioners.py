@@ -45,14 +45,23 @@ class CrossAttentionConditioner(nn.Module, Conditioner):
         k, v = (split_heads(t, self.heads) for t in self.kv(self.norm_cond(cond)).chunk(2, dim=-1))
         return {"k": k, "v": v, "mask": cond_mask[:, None, None, :]}
 
-    def precompute_pair(self, cond: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    def precompute_pair(self, cond: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor) -> dict[str, Any]:
+        """Keys/values of B rows shared by both halves of the 2B-row batch: :meth:`forward` puts each
+        sample's two query sets side by side (one attention over ``2T`` queries) instead of repeating them."""
         pre = self.precompute(cond, mask_a)
-        return {"k": pre["k"].repeat(2, 1, 1, 1), "v": pre["v"].repeat(2, 1, 1, 1),
-                "mask": torch.cat([mask_a, mask_b])[:, None, None, :]}
+        return {"k": pre["k"], "v": pre["v"], "mask": torch.stack([mask_a, mask_b], dim=1)[:, None, :, None, :],
+                "pair": True}
 
-    def forward(self, x: torch.Tensor, pre: dict[str, torch.Tensor]) -> torch.Tensor:
-        q = split_heads(self.q(self.norm_x(x)), self.heads)
-        return self.proj(merge_heads(attend(q, pre["k"], pre["v"], pre["mask"])))
+    def forward(self, x: torch.Tensor, pre: dict[str, Any]) -> torch.Tensor:
+        q = self.q(self.norm_x(x))
+        if not pre.get("pair"):
+            return self.proj(merge_heads(attend(split_heads(q, self.heads), pre["k"], pre["v"], pre["mask"])))
+        B2, T, C = q.shape
+        B = B2 // 2
+        q = q.view(2, B, T, C).transpose(0, 1).reshape(B, 2 * T, C)  # [B, (pair, T), C]
+        mask = pre["mask"].expand(-1, -1, -1, T, -1).flatten(2, 3)  # [B, 1, 2T, N]: each half its own mask
+        out = merge_heads(attend(split_heads(q, self.heads), pre["k"], pre["v"], mask))
+        return self.proj(out.view(B, 2, T, C).transpose(0, 1).reshape(B2, T, C))
 
 
 class FiLMConditioner(nn.Module, Conditioner):

@@ -16,7 +16,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from robodual_specialist.conditioners import precompute_pair
-from robodual_specialist.layers import Mlp, SelfAttention, causal_mask, modulate, rotary
+from robodual_specialist.layers import Mlp, SelfAttention, causal_mask, gated_residual, modulate, rotary
 
 
 class DiTBlock(nn.Module):
@@ -30,18 +30,30 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         nn.init.zeros_(self.ada[-1].weight)
         nn.init.zeros_(self.ada[-1].bias)
+        self.register_buffer("mod_offset", _scale_offset(6, (1, 4), dim), persistent=False)
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """adaLN-Zero parameters ``[B, 6 * dim]``: shift, 1 + scale, gate (twice), from ``c [B, dim]``."""
+        return self.ada(c) + self.mod_offset
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pre: Any, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
-        """``mod``: ``self.ada(c)`` when already computed (:meth:`DiT.modulations`)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.ada(c) if mod is None else mod).chunk(6, dim=-1)
+        """``mod``: ``self.modulation(c)`` when already computed (:meth:`DiT.modulations`)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation(c) if mod is None else mod).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1)
         if self.cond.joins_self_attention:
-            x = x + gate1.unsqueeze(1) * self.attn(h, rope, mask, extra_kv=pre)
+            x = gated_residual(x, gate1, self.attn(h, rope, mask, extra_kv=pre))
         else:
-            x = x + gate1.unsqueeze(1) * self.attn(h, rope, mask)
+            x = gated_residual(x, gate1, self.attn(h, rope, mask))
             x = x + self.cond(x, pre)
-        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
+
+
+def _scale_offset(chunks: int, scale_chunks: tuple[int, ...], dim: int) -> torch.Tensor:
+    """``[chunks * dim]``: 1 over the scale chunks, 0 elsewhere (adaLN scales act as ``1 + scale``)."""
+    offset = torch.zeros(chunks, dim)
+    offset[list(scale_chunks)] = 1.0
+    return offset.flatten()
 
 
 class FinalLayer(nn.Module):
@@ -53,9 +65,13 @@ class FinalLayer(nn.Module):
         for layer in (self.ada[-1], self.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.register_buffer("mod_offset", _scale_offset(2, (1,), dim), persistent=False)
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        return self.ada(c) + self.mod_offset
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mod: torch.Tensor | None = None) -> torch.Tensor:
-        shift, scale = (self.ada(c) if mod is None else mod).chunk(2, dim=-1)
+        shift, scale = (self.modulation(c) if mod is None else mod).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -99,7 +115,7 @@ class DiT(nn.Module):
         S, B = timesteps.shape[0], c_obs.shape[0]
         t_emb = self.t_emb(self.t_proj(timesteps.to(c_obs.device)).to(c_obs.dtype))
         c = (t_emb[:, None] + c_obs[None]).reshape(S * B, -1)
-        per_layer = [layer.ada(c).reshape(S, B, -1) for layer in (*self.blocks, self.final)]
+        per_layer = [layer.modulation(c).reshape(S, B, -1) for layer in (*self.blocks, self.final)]
         return [[m[i] for m in per_layer] for i in range(S)]
 
     def forward(self, x: torch.Tensor, gen_actions: torch.Tensor, t: torch.Tensor, c_obs: torch.Tensor,

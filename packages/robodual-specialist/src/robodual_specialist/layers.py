@@ -10,21 +10,42 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x [B, T, C]`` scaled and shifted by per-sample ``[B, C]`` vectors."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x [B, T, C]`` scaled by ``1 + scale`` and shifted, with per-sample ``[B, C]`` vectors
+    (one fused op; the block adds the 1 to all its scales at once)."""
+    return torch.addcmul(shift.unsqueeze(1), x, scale_plus_one.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + gate[:, None] * y`` in one op."""
+    return torch.addcmul(x, gate.unsqueeze(1), y)
 
 
 @functools.lru_cache(maxsize=32)
 def rotary(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary position embedding (cos, sin), each ``[T, head_dim]``, for positions 0..T-1 (cached)."""
+    """Rotary position embedding for positions 0..T-1 (cached), as ``(cos, signed sin)`` of shape
+    ``[T, 1, 1, head_dim]`` for :func:`apply_rotary` on ``[B, T, n, heads, head_dim]`` tensors.
+
+    diffusers' ``get_1d_rotary_pos_embed(use_real=True)`` gives ``cos, sin`` with each frequency repeated
+    for a pair of channels ``(2i, 2i + 1)``; the pair rotates as ``(x0, x1) -> (x0 cos - x1 sin,
+    x1 cos + x0 sin)``, i.e. ``x * cos + swap(x) * [-sin, +sin]``: the sign is folded into ``sin`` here.
+    """
     with torch.inference_mode(False), torch.no_grad():  # cached: must stay usable outside inference mode
         cos, sin = get_1d_rotary_pos_embed(head_dim, seq_len, use_real=True)
-        return cos.to(device), sin.to(device)
+        sign = torch.tensor([-1.0, 1.0]).repeat(head_dim // 2)
+        return cos[:, None, None].to(device), (sin * sign)[:, None, None].to(device)
+
+
+def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding of ``x [B, T, ..., head_dim]`` (queries and keys together): three ops, equal to
+    diffusers' ``apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`` (tested)."""
+    cos, sin = rope
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin)
 
 
 @functools.lru_cache(maxsize=32)
@@ -63,8 +84,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 extra_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        q, k = apply_rotary_emb(q, rope), apply_rotary_emb(k, rope)
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # [B, T, 3, h, d]
+        qk = apply_rotary(qkv[:, :, :2], rope).permute(2, 0, 3, 1, 4)  # [2, B, h, T, d]
+        q, k, v = qk[0], qk[1], qkv[:, :, 2].transpose(1, 2)
         if extra_kv is not None:
             ek, ev, emask = extra_kv
             t = x.shape[1]
