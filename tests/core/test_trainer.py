@@ -129,3 +129,25 @@ def test_compile_trains_the_same_model(tmp_path):
     assert runs["eager"] == pytest.approx(runs["compiled"], rel=1e-4)
     with pytest.raises(RobodualError, match="trainer.compile"):
         Trainer(Regression(), Data(), cfg(compile=True), tmp_path / "plain", show_progress=False)
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.0])
+def test_gradient_clipping_matches_clip_grad_norm(tmp_path, clip):
+    torch.manual_seed(0)
+    model = Regression()
+    model.net[0].bias.requires_grad_(False)  # frozen: neither in the norm nor scaled
+    trainer = Trainer(model, Data(), cfg(grad_clip=clip), tmp_path, show_progress=False)
+    batch = next(iter(torch.utils.data.DataLoader(Data(), batch_size=8)))
+    model.loss(batch)[0].backward()
+    model.net[0].bias.grad = torch.full_like(model.net[0].bias, 100.0)  # must be ignored
+    trained = [p for p in model.parameters() if p.requires_grad]
+    reference = [nn.Parameter(p.detach().clone()) for p in trained]
+    for r, p in zip(reference, trained, strict=True):
+        r.grad = p.grad.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(reference, clip if clip > 0 else float("inf"))
+    assert expected_norm > 0.05  # the clipped case really has to scale
+    norm = trainer._clip_gradients()
+    torch.testing.assert_close(norm, expected_norm)
+    for p, r in zip(trained, reference, strict=True):
+        torch.testing.assert_close(p.grad, r.grad)
+    assert torch.equal(model.net[0].bias.grad, torch.full_like(model.net[0].bias, 100.0))

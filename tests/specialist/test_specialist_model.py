@@ -297,3 +297,19 @@ def test_block_is_adaln_zero_with_rotary_self_attention():
         x2 = x1 + block.cond(x1, pre)
         ref = x2 + g2 * block.mlp(F.layer_norm(x2, (dim,), eps=1e-6) * (1 + sc2) + sh2)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sensor_tokens_take_the_specialist_width_unless_configured():
+    small = {"image_size": 32, "width": 32, "depth": 1, "heads": 2, "head_dim": 16}
+    cfg = tiny_config(sensors=[SensorConfig("depth_static", dict(small)),
+                               SensorConfig("depth_gripper", {**small, "out_dim": 24})])
+    model = DiTSpecialist(cfg)
+    assert model.sensors["depth_static"].out_dim == cfg.hidden  # no width given: the specialist's
+    assert isinstance(model.sensor_proj["depth_static"], torch.nn.Identity)
+    assert model.sensors["depth_gripper"].out_dim == 24  # configured: kept, projected
+    assert isinstance(model.sensor_proj["depth_gripper"], torch.nn.Linear)
+    # the resolved config records the width, so a checkpoint rebuilds the same encoder
+    resolved = {s.name: s.options for s in model.resolved_config().sensors}
+    assert resolved["depth_static"]["out_dim"] == cfg.hidden and resolved["depth_gripper"]["out_dim"] == 24
+    rebuilt = DiTSpecialist(model.resolved_config())
+    rebuilt.load_state_dict(model.state_dict())

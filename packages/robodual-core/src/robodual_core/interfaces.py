@@ -51,12 +51,17 @@ class SensorEncoder(ABC):
     ``keys``: the dataset keys it reads. ``preprocess``: numpy [B, H, W, C] (or [B, T, H, W, C] with
     history) -> float tensor [B, C, H, W] (or [B, T, C, H, W]). ``forward``: tensor -> tokens [B, N, C].
     Implementations are ``torch.nn.Module`` subclasses as well; frozen ones report no trainable parameters.
+
+    ``width_option``: the name of the constructor option that sets ``out_dim``, if there is one; a
+    specialist whose config leaves that option unset passes its own hidden width through it, so the tokens
+    need no projection (the width an encoder picks by itself is then only the default of standalone use).
     """
 
     name: str
     keys: tuple[str, ...]
     out_dim: int
     trainable: bool
+    width_option: str | None = None
 
     @abstractmethod
     def preprocess(self, arrays: dict[str, np.ndarray]) -> Any: ...

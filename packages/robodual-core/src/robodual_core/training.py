@@ -10,7 +10,6 @@ checkpoints, and exact resume (model, optimizer, scheduler, EMA, RNG, data posit
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -187,6 +186,7 @@ class Trainer:
             self._ema_params = params
             self.ema = _lerp_ema(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
                                  foreach=True)
+        self._params = params
         self._foreach_clip = all(p.device.type in ("cpu", "cuda") for p in params) or None
         wrapped = _LossModule(self.model)
         if self.distributed:
@@ -313,9 +313,7 @@ class Trainer:
                     samples += _batch_size(batch)
                     for k, v in {"loss": float(loss.detach()), **metrics}.items():
                         metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) / cfg.grad_accum
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                           cfg.grad_clip if cfg.grad_clip > 0 else math.inf,
-                                                           foreach=self._foreach_clip)
+                grad_norm = self._clip_gradients()
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.ema is not None:
@@ -334,6 +332,16 @@ class Trainer:
                 if self.rank == 0 and (self.step % cfg.ckpt_every == 0 or self.step == cfg.steps):
                     self.save()
         return last
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Global gradient norm of the trained parameters (logged); gradients are scaled down to
+        ``grad_clip`` when it is above (``clip_grad_norm_`` in two parts, on the trained-parameter list
+        built once: no walk over frozen parameters, and no scaling pass at all without clipping)."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, foreach=self._foreach_clip)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.grad_clip, total, foreach=self._foreach_clip)
+        return total
 
     def ema_state_dict(self) -> dict[str, torch.Tensor]:
         """Model weights with EMA parameters swapped in (for evaluation after training)."""

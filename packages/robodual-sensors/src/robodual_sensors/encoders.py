@@ -50,6 +50,7 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
     """
 
     preset: ClassVar[str] = ""
+    width_option: ClassVar[str | None] = "out_dim"
 
     def __init__(self, cfg: SensorConfig | None = None, *, load_weights: bool = True, **overrides: Any):
         super().__init__()

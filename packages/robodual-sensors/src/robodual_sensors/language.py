@@ -174,6 +174,8 @@ class LanguageEncoder(nn.Module):
     embeddings ``[B, E]``. The text model is frozen and outside the state dict; only ``proj`` trains.
     """
 
+    width_option = "out_dim"  # a specialist that leaves it unset asks for its own hidden width
+
     def __init__(self, cfg: LanguageConfig | None = None, **overrides: Any):
         super().__init__()
         cfg = cfg or LanguageConfig(**overrides)

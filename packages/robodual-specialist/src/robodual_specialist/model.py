@@ -40,13 +40,18 @@ from robodual_specialist.config import SensorConfig, SpecialistConfig
 from robodual_specialist.dit import DiT
 
 
-def build_sensor(spec: SensorConfig, load_weights: bool = True) -> nn.Module:
+def build_sensor(spec: SensorConfig, load_weights: bool = True, width: int | None = None) -> nn.Module:
     """A sensor encoder from the ``sensors`` registry. ``load_weights=False`` (when a checkpoint will
-    overwrite every weight) skips loading pretrained backbones where the encoder supports it."""
+    overwrite every weight) skips loading pretrained backbones where the encoder supports it. ``width``:
+    the token width to ask for when the options leave the encoder's ``width_option`` unset (the
+    specialist's hidden width: its tokens then enter without a projection)."""
     from robodual_core.plugins import registry
 
     factory = registry("sensors").get(spec.name)
     options = dict(spec.options)
+    width_option = getattr(factory, "width_option", None)
+    if width is not None and isinstance(width_option, str) and width_option not in options:
+        options[width_option] = width
     try:
         if "load_weights" in inspect.signature(factory).parameters:
             options["load_weights"] = load_weights
@@ -111,7 +116,7 @@ class DiTSpecialist(nn.Module, Specialist):
         if len(set(names)) != len(names):
             raise RobodualError(f"specialist sensors {names} name one sensor twice")
         if sensors is None:
-            sensors = {s.name: build_sensor(s, load_weights) for s in cfg.sensors}
+            sensors = {s.name: build_sensor(s, load_weights, width=cfg.hidden) for s in cfg.sensors}
         self.sensors = nn.ModuleDict(sensors)
         dim = cfg.hidden
         self.sensor_proj = nn.ModuleDict({
