@@ -1,5 +1,7 @@
 """The DiT specialist: masks, guidance, caching, shifted window, parameter budget."""
 
+import dataclasses
+
 import pytest
 import torch
 from specialist_helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
@@ -313,3 +315,36 @@ def test_sensor_tokens_take_the_specialist_width_unless_configured():
     assert resolved["depth_static"]["out_dim"] == cfg.hidden and resolved["depth_gripper"]["out_dim"] == 24
     rebuilt = DiTSpecialist(model.resolved_config())
     rebuilt.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("autocast", ["off", "on"])
+def test_sensors_sharing_a_frozen_backbone_encode_in_one_batch(autocast):
+    small = {"backbone": "vit", "trainable": False, "image_size": 32, "width": 32, "depth": 1, "heads": 2,
+             "head_dim": 16}
+    sensors = [SensorConfig("rgb_static", {**small, "history": 1}), SensorConfig("rgb_gripper", dict(small))]
+    model = DiTSpecialist(tiny_config(sensors=sensors, inference_autocast=autocast)).eval()
+    static, gripper = model.sensors["rgb_static"], model.sensors["rgb_gripper"]
+    assert model.shared_backbone_groups() == []  # independently initialised: different weights
+    gripper.backbone.load_state_dict(static.backbone.state_dict())  # as both loading the same DINO
+    assert model.shared_backbone_groups() == [["rgb_static", "rgb_gripper"]]
+    calls = []
+    for enc in (static, gripper):
+        enc.backbone.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    frames = [torch.rand(2, 3, 32, 32) for _ in range(3)]
+
+    def batch(t):
+        return {"obs": {"rgb_static": torch.stack([frames[t], frames[t + 1]], dim=1), "rgb_gripper": frames[t + 1]}}
+
+    reference = dataclasses.replace(model.cfg, batch_shared_backbones=False)
+    separate = DiTSpecialist(reference).eval()
+    separate.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for t in range(2):
+            calls.clear()
+            tokens = model.encode_observation(batch(t))
+            # step 0: 2 static frames + 1 gripper frame in one call; step 1: the history frame is cached
+            assert calls == ([6] if t == 0 else [4])
+            torch.testing.assert_close(tokens, separate.encode_observation(batch(t)), atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            next(gripper.backbone.parameters()).add_(0.1)  # weights differ again: no longer shared
+        assert model.shared_backbone_groups() == []

@@ -182,27 +182,8 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
         with ctx:
             return self.backbone(self._prepare(frames))
 
-    def _backbone_cached(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, T, C, H, W]`` -> features ``[B * T, N, width]``, reusing features of frames seen in the
-        previous call (at inference with a frozen backbone, the history frame was the last current frame)."""
-        B, T = x.shape[:2]
-        feats: list[torch.Tensor | None] = [None] * T
-        for t in range(T):
-            for inp, feat in self._cache:
-                if inp.shape == x[:, t].shape and inp.device == x.device and torch.equal(inp, x[:, t]):
-                    feats[t] = feat
-                    self.cache_hits += 1
-                    break
-        todo = [t for t in range(T) if feats[t] is None]
-        if todo:
-            new = self._backbone(x[:, todo].flatten(0, 1)).unflatten(0, (B, len(todo)))
-            for j, t in enumerate(todo):
-                feats[t] = new[:, j]
-        self._cache = [(x[:, t].clone(), feats[t]) for t in range(T)]
-        return torch.stack(feats, dim=1).flatten(0, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, C, H, W]`` or ``[B, T, C, H, W]`` (T = history + 1) -> tokens ``[B, T * num_queries, out_dim]``."""
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, H, W]`` or ``[B, T, C, H, W]`` checked and returned as ``[B, T, C, H, W]``."""
         T = self.history + 1
         if x.dim() == 4 and T == 1:
             x = x.unsqueeze(1)
@@ -210,10 +191,57 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
             raise RobodualError(f"sensor '{self.name}' (history={self.history}, in_chans={self.cfg.in_chans}) "
                                 f"expects [B, {T}, {self.cfg.in_chans}, H, W]"
                                 f"{'' if T > 1 else f' or [B, {self.cfg.in_chans}, H, W]'}; found {list(x.shape)}")
-        B = x.shape[0]
-        use_cache = (T > 1 and self.cfg.cache_features and not self.trainable and not torch.is_grad_enabled())
-        feats = self._backbone_cached(x) if use_cache else self._backbone(x.flatten(0, 1))
-        tokens = self.resampler(feats).unflatten(0, (B, T))  # [B, T, Q, D]
+        return x
+
+    def _uses_frame_cache(self, x: torch.Tensor) -> bool:
+        return x.shape[1] > 1 and self.cfg.cache_features and not self.trainable and not torch.is_grad_enabled()
+
+    def _cached_features(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per history slot of ``x [B, T, C, H, W]``: the features of that frame from the previous call,
+        or None (at inference with a frozen backbone, the history frame was the last current frame)."""
+        feats: list[torch.Tensor | None] = [None] * x.shape[1]
+        if not self._uses_frame_cache(x):
+            return feats
+        for t in range(x.shape[1]):
+            for inp, feat in self._cache:
+                if inp.shape == x[:, t].shape and inp.device == x.device and torch.equal(inp, x[:, t]):
+                    feats[t] = feat
+                    break
+        return feats
+
+    def frames_to_encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The prepared frames ``[M, C, H, W]`` that ``forward(x)`` needs backbone features of: every frame
+        except those the frame cache holds. A caller that runs them through the (frozen) backbone itself,
+        e.g. batched with another sensor's frames, passes the result as ``forward(x, features=...)``."""
+        x = self._frames(x)
+        todo = [t for t, f in enumerate(self._cached_features(x)) if f is None]
+        return self._prepare(x[:, todo].flatten(0, 1))
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, C, H, W]`` or ``[B, T, C, H, W]`` (T = history + 1) -> tokens ``[B, T * num_queries, out_dim]``.
+
+        ``features``: backbone features ``[M, N, width]`` of :meth:`frames_to_encode` ``(x)``, computed by
+        the caller (frozen backbones only); None runs the backbone here.
+        """
+        if features is not None and self.trainable:
+            raise RobodualError(f"sensor '{self.name}': precomputed features bypass a trainable backbone")
+        x = self._frames(x)
+        B, T = x.shape[:2]
+        feats = self._cached_features(x)
+        todo = [t for t in range(T) if feats[t] is None]
+        self.cache_hits += T - len(todo)
+        new = None
+        if todo:
+            new = features if features is not None else self._backbone(x[:, todo].flatten(0, 1))
+            if new.shape[0] != B * len(todo):
+                raise RobodualError(f"sensor '{self.name}': {new.shape[0]} precomputed feature rows for "
+                                    f"{B * len(todo)} frames to encode")
+            for j, t in enumerate(todo):
+                feats[t] = new.unflatten(0, (B, len(todo)))[:, j]
+        if self._uses_frame_cache(x):
+            self._cache = [(x[:, t].clone(), feats[t]) for t in range(T)]
+        flat = new if len(todo) == T else torch.stack(feats, dim=1).flatten(0, 1)  # [B * T, N, width]
+        tokens = self.resampler(flat).unflatten(0, (B, T))  # [B, T, Q, D]
         if self.frame_embed is not None:
             tokens = tokens + self.frame_embed
         return tokens.flatten(1, 2)

@@ -10,13 +10,15 @@ Variants switch off, one at a time and then all together, what this implementati
 - ``cfg_batching``: conditional and unconditional passes as one batch;
 - ``frame_cache``: the history frame's frozen-backbone features reused from the previous control step;
 - ``modulation cache`` (part of ``adapter_cache``): the adaLN modulations of all denoising steps in one
-  batched call per layer.
+  batched call per layer;
+- ``backbone_batching``: the static and gripper RGB frames through the shared frozen DINO in one batch.
 
 ``optimized`` is the default configuration: its encoders run under bf16 autocast where the hardware has
 native bf16 (``model.inference_autocast: auto``; the report says which); ``optimized_fp32`` forces fp32.
 The ablations switch one thing off from ``optimized_fp32``; ``all_off`` is the reference implementation's
-structure (fp32). The frozen DINO RGB encoder is built with
-random weights (a speed benchmark needs none); the report says so.
+structure (fp32). The frozen DINO RGB encoders are built with
+random weights (a speed benchmark needs none; the report says so), the same in both RGB sensors, as when
+both load the pretrained DINO.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ VARIANTS = {
     "no_adapter_cache": {**FP32, "cache_adapters": False},
     "no_cfg_batching": {**FP32, "batch_cfg": False},
     "no_frame_cache": {**FP32, "frame_cache": False},
-    "all_off": {**FP32, "cache_kv": False, "cache_adapters": False, "batch_cfg": False, "frame_cache": False},
+    "no_backbone_batching": {**FP32, "backbone_batching": False},
+    "all_off": {**FP32, "cache_kv": False, "cache_adapters": False, "batch_cfg": False, "frame_cache": False,
+                "backbone_batching": False},
 }
 
 
@@ -60,7 +64,10 @@ def paper_model(generalist_dim: int) -> DiTSpecialist:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "DINO randomly initialised": intended here
-        return DiTSpecialist(SpecialistConfig(generalist_dim=generalist_dim, sensors=sensors)).eval()
+        model = DiTSpecialist(SpecialistConfig(generalist_dim=generalist_dim, sensors=sensors)).eval()
+    # one DINO for both cameras, as the pretrained weights would be
+    model.sensors["rgb_gripper"].backbone.load_state_dict(model.sensors["rgb_static"].backbone.state_dict())
+    return model
 
 
 def fake_generalist(B: int, tokens: int, H: int, k_g: int, D: int) -> GeneralistOutput:
@@ -135,6 +142,7 @@ def _apply(model: DiTSpecialist, opts: dict[str, Any], obs_fn: Any) -> dict[str,
     """Set a variant's model switches; returns its ``sample`` keyword arguments."""
     opts = dict(opts)
     _set_frame_cache(model, opts.pop("frame_cache", True))
+    model.cfg.batch_shared_backbones = opts.pop("backbone_batching", True)
     model.cfg.inference_autocast = opts.pop("inference_autocast", "off")
     if not opts.get("cache_adapters", True):
         opts["obs_tokens_fn"] = obs_fn
@@ -246,7 +254,8 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
                      "generalist_tokens": generalist_tokens, "generalist_dim": generalist_dim,
                      "trainable_params": count_trainable(model),
                      "total_params": sum(p.numel() for p in model.parameters()),
-                     "rgb_encoder_weights": "random init (frozen DINO ViT-S/16 architecture; speed benchmark only)",
+                     "rgb_encoder_weights": "random init (frozen DINO ViT-S/16 architecture; speed benchmark only), "
+                                            "the same in both RGB sensors",
                      "load_average_1m": os.getloadavg()[0]},
         "anchor": ANCHOR, "targets": TARGETS, "latency": {},
     }

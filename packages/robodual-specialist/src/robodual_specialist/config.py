@@ -69,6 +69,9 @@ class SpecialistConfig:
     # "on" or "off" (fp32). Features then differ from fp32 at bf16 precision (tested: sampled actions stay
     # within 2e-2 of fp32's); the denoiser always runs in fp32.
     inference_autocast: str = "auto"
+    # at inference, sensors whose frozen backbones are the same network with the same weights (the static
+    # and gripper RGB cameras both use the pretrained DINO) encode their frames in one backbone batch
+    batch_shared_backbones: bool = True
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 

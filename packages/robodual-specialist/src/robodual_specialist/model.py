@@ -142,6 +142,7 @@ class DiTSpecialist(nn.Module, Specialist):
                                        timestep_spacing=d.timestep_spacing)
         self.normalizer: Any = None  # robodual_core.data.Normalizer, set by from_checkpoint / the trainer
         self._low_precision: dict[str, tuple[tuple[tuple[int, int], ...], dict[str, torch.Tensor]]] = {}
+        self._backbone_groups: tuple[tuple[tuple[int, int], ...], list[list[str]]] | None = None
 
     def compile_targets(self) -> list[nn.Module]:
         """What ``trainer.compile`` compiles: the DiT and each sensor encoder (the loss around them has
@@ -230,20 +231,64 @@ class DiTSpecialist(nn.Module, Specialist):
             self._low_precision[name] = hit
         return hit[1]
 
+    def shared_backbone_groups(self) -> list[list[str]]:
+        """Sensors (two or more per group) whose frozen backbones are the same network holding the same
+        weights, e.g. static and gripper RGB both on the pretrained DINO. Compared tensor by tensor once and
+        again only when a backbone parameter changes (storage or in-place version)."""
+        candidates = {name: enc for name, enc in self.sensors.items()
+                      if hasattr(enc, "frames_to_encode") and hasattr(enc, "backbone")
+                      and not getattr(enc, "trainable", True)}
+        key = tuple((p.data_ptr(), p._version) for enc in candidates.values() for p in enc.backbone.parameters())
+        if self._backbone_groups is None or self._backbone_groups[0] != key:
+            groups: list[list[str]] = []
+            for name, enc in candidates.items():
+                for group in groups:
+                    if _same_network(self.sensors[group[0]].backbone, enc.backbone):
+                        group.append(name)
+                        break
+                else:
+                    groups.append([name])
+            self._backbone_groups = (key, [g for g in groups if len(g) > 1])
+        return self._backbone_groups[1]
+
+    def _batched_backbone_features(self, inputs: dict[str, Any], autocast: bool) -> dict[str, torch.Tensor]:
+        """Backbone features of every shared-backbone group's frames, one backbone call per group."""
+        features: dict[str, torch.Tensor] = {}
+        for group in self.shared_backbone_groups():
+            frames = {name: self.sensors[name].frames_to_encode(inputs[name]) for name in group}
+            todo = [name for name in group if frames[name].shape[0]]
+            if len(todo) < 2 or len({tuple(frames[n].shape[1:]) for n in todo}) > 1:
+                continue  # nothing to share (the frame cache had the rest) or different frame sizes
+            first = self.sensors[todo[0]]
+            stacked = torch.cat([frames[n] for n in todo])
+            if autocast:
+                weights = {k.removeprefix("backbone."): v for k, v in self._bf16_weights(todo[0], first).items()
+                           if k.startswith("backbone.")}
+                with torch.autocast(stacked.device.type, dtype=torch.bfloat16):
+                    out = functional_call(first.backbone, weights, (stacked,), strict=False)
+            else:
+                out = first.backbone(stacked)
+            features.update(zip(todo, out.split([frames[n].shape[0] for n in todo]), strict=True))
+        return features
+
     def encode_observation(self, batch: dict[str, Any]) -> torch.Tensor:
         """Sensor tokens ``[B, N_s, hidden]`` (encoders and resamplers: once per control step)."""
         tokens = []
         dev_type = self.null_tokens.device.type
-        autocast = (not self.training and not torch.is_grad_enabled()
-                    and autocast_enabled(self.cfg.inference_autocast, dev_type))
+        inference = not self.training and not torch.is_grad_enabled()
+        autocast = inference and autocast_enabled(self.cfg.inference_autocast, dev_type)
+        inputs = {name: self._sensor_input(enc, batch) for name, enc in self.sensors.items()}
+        features = (self._batched_backbone_features(inputs, autocast)
+                    if inference and self.cfg.batch_shared_backbones else {})
         for i, (name, enc) in enumerate(self.sensors.items()):
-            x = self._sensor_input(enc, batch)
+            x = inputs[name]
+            kwargs = {"features": features[name]} if name in features else {}
             if autocast:
                 with torch.autocast(dev_type, dtype=torch.bfloat16):
-                    raw = functional_call(enc, self._bf16_weights(name, enc), (x,), strict=False)
+                    raw = functional_call(enc, self._bf16_weights(name, enc), (x,), kwargs, strict=False)
                 raw = raw.float()
             else:
-                raw = enc(x)
+                raw = enc(x, **kwargs)
             tokens.append(self.sensor_proj[name](raw) + self.source_embed[3 + i])
         if not tokens:
             B = batch["proprio"].shape[0]
@@ -437,6 +482,14 @@ class DiTSpecialist(nn.Module, Specialist):
         for enc in self.sensors.values():
             if hasattr(enc, "reset_cache"):
                 enc.reset_cache()
+
+
+def _same_network(a: nn.Module, b: nn.Module) -> bool:
+    """Same module type, same state keys and shapes, equal values."""
+    if type(a) is not type(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def count_trainable(model: nn.Module) -> int:
