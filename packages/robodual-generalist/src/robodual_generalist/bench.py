@@ -116,7 +116,7 @@ def _specialist_steps_per_s(store: Path, run: Path, generalist: list[str], steps
 POOLING = "step"  # as the demo caches the tiny generalist (`robodual demo`: generalist cache --pooling step)
 
 
-def specialist_training(steps: int = 16, batch: int = 8, rounds: int = 2, compile: bool = False) -> dict[str, Any]:
+def specialist_training(steps: int = 16, batch: int = 8, rounds: int = 3, compile: bool = False) -> dict[str, Any]:
     """Specialist training steps/s with the generalist cache vs the generalist run online.
 
     The two runs alternate (cache, online, cache, online, ...) so that drift of the machine's speed hits both;
@@ -153,7 +153,7 @@ def specialist_training(steps: int = 16, batch: int = 8, rounds: int = 2, compil
 
 
 def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32,
-              train_steps: int = 16, train_rounds: int = 2, compile: bool = False) -> dict[str, Any]:
+              train_steps: int = 16, train_rounds: int = 3, compile: bool = False) -> dict[str, Any]:
     from robodual_core.training import resolve_device
 
     dev = resolve_device(device)

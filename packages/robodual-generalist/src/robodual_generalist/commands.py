@@ -163,7 +163,7 @@ def bench_generalist(
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     train_steps: int = typer.Option(16, "--train-steps", help="Specialist training steps per run in the cache vs "
                                     "online comparison (0 skips it)."),
-    train_rounds: int = typer.Option(2, "--train-rounds", min=1, help="Alternating cache/online run pairs (medians)."),
+    train_rounds: int = typer.Option(3, "--train-rounds", min=1, help="Alternating cache/online run pairs (medians)."),
     compile: bool = typer.Option(False, "--compile", help="Also compare with trainer.compile (slower bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report on stdout."),
 ) -> None:
