@@ -222,6 +222,7 @@ def test_inference_autocast_settings():
     from robodual_specialist.model import autocast_enabled, native_bf16
 
     assert autocast_enabled("auto", "cpu") == native_bf16("cpu")
+    assert autocast_enabled("auto", "cuda") is False and autocast_enabled("on", "cuda") is True  # measured slower
     assert autocast_enabled(False, "cpu") is False and autocast_enabled("on", "cpu") is True  # old checkpoints
     with pytest.raises(RobodualError, match="model.inference_autocast"):
         DiTSpecialist(tiny_config(inference_autocast="sometimes"))

@@ -70,11 +70,18 @@ def paper_model(generalist_dim: int) -> DiTSpecialist:
     return model
 
 
-def fake_generalist(B: int, tokens: int, H: int, k_g: int, D: int) -> GeneralistOutput:
+def fake_generalist(B: int, tokens: int, H: int, k_g: int, D: int, device: Any = "cpu") -> GeneralistOutput:
     na = min(tokens - 1, k_g * (D + 1))  # OpenVLA: D action tokens + a separator per step
     nt = tokens - na
-    return GeneralistOutput(torch.rand(B, k_g, D) * 2 - 1, torch.randn(B, nt, H), torch.randn(B, na, H),
-                            torch.ones(B, nt, dtype=torch.bool), torch.ones(B, na, dtype=torch.bool))
+    kw = {"device": device}
+    return GeneralistOutput(torch.rand(B, k_g, D, **kw) * 2 - 1, torch.randn(B, nt, H, **kw),
+                            torch.randn(B, na, H, **kw), torch.ones(B, nt, dtype=torch.bool, **kw),
+                            torch.ones(B, na, dtype=torch.bool, **kw))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class ControlLoop:
@@ -83,16 +90,17 @@ class ControlLoop:
 
     def __init__(self, model: DiTSpecialist, B: int, gen: GeneralistOutput, size: int = 224):
         self.model, self.B, self.gen, self.size = model, B, gen, size
-        self.frames = [torch.rand(B, 3, size, size) for _ in range(4)]
+        self.device = gen.actions.device
+        self.frames = [torch.rand(B, 3, size, size, device=self.device) for _ in range(4)]
         self.i = 0
 
     def batch(self) -> dict[str, Any]:
-        B, s = self.B, self.size
+        B, s, kw = self.B, self.size, {"device": self.device}
         cur, prev = self.frames[self.i % 4], self.frames[(self.i - 1) % 4]
         self.i += 1
         return {"obs": {"rgb_static": torch.stack([prev, cur], dim=1), "rgb_gripper": cur.flip(-1),
-                        "depth_static": torch.randn(B, 1, s, s), "depth_gripper": torch.randn(B, 1, s, s)},
-                "proprio": torch.rand(B, 7) * 2 - 1, "tau": torch.zeros(B, dtype=torch.long),
+                        "depth_static": torch.randn(B, 1, s, s, **kw), "depth_gripper": torch.randn(B, 1, s, s, **kw)},
+                "proprio": torch.rand(B, 7, **kw) * 2 - 1, "tau": torch.zeros(B, dtype=torch.long, **kw),
                 "generalist": self.gen}
 
     def resampler_fn(self) -> Any:
@@ -156,10 +164,13 @@ def time_variants(model: DiTSpecialist, loop: ControlLoop, variants: dict[str, d
     cache holds the previous frame as it would in a running loop."""
     def step(kw: dict[str, Any]) -> dict[str, float]:
         batch = loop.batch()
+        _sync(loop.device)
         t0 = time.perf_counter()
         obs = model.encode_observation(batch)
+        _sync(loop.device)
         t1 = time.perf_counter()
         model.sample(batch, obs_tokens=obs, **kw)
+        _sync(loop.device)
         return {"encoders": t1 - t0, "denoising": time.perf_counter() - t1}
 
     def run(opts: dict[str, Any]) -> dict[str, float]:
@@ -201,25 +212,34 @@ def denoise_flops(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any],
 
 def train_throughput(model: DiTSpecialist, B: int, steps: int, gen_tokens: int, H: int) -> dict[str, Any]:
     model.train()
+    dev = model.null_tokens.device
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3)
-    loop = ControlLoop(model, B, fake_generalist(B, gen_tokens, H, model.cfg.k_g, model.cfg.action_dim))
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3, fused=dev.type in ("cpu", "cuda"))
+    loop = ControlLoop(model, B, fake_generalist(B, gen_tokens, H, model.cfg.k_g, model.cfg.action_dim, dev))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
     def step() -> None:
         batch = loop.batch()
-        batch["action"] = torch.rand(B, model.cfg.k_s, model.cfg.action_dim) * 2 - 1
-        loss, _ = model.loss(batch)
+        batch["action"] = torch.rand(B, model.cfg.k_s, model.cfg.action_dim, device=dev) * 2 - 1
+        with autocast:  # as the trainer: bf16 mixed precision on CUDA
+            loss, _ = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        _sync(dev)
 
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res = measure(step, warmup=1, repeats=steps)
     model.eval()
-    return {"batch_size": B, "steps_per_s": 1.0 / res["median_s"], "step_s": res["median_s"], "n": res["n"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_mib_before_training": rss_before}
+    out = {"batch_size": B, "steps_per_s": 1.0 / res["median_s"], "step_s": res["median_s"], "n": res["n"],
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_rss_mib_before_training": rss_before}
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out
 
 
 def loader_vs_training(training: dict[str, Any], workdir: Path, seconds: float = 10.0) -> dict[str, Any]:
@@ -239,14 +259,17 @@ def loader_vs_training(training: dict[str, Any], workdir: Path, seconds: float =
 
 def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: int = 3,
               generalist_tokens: int = 100, generalist_dim: int = 4096, threads: int | None = None,
-              quick: bool = False) -> dict[str, Any]:
+              quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     from rich.console import Console
+
+    from robodual_core.training import resolve_device
 
     console = Console(stderr=True)
     if threads:
         torch.set_num_threads(threads)
+    dev = resolve_device(device)
     torch.manual_seed(0)
-    model = paper_model(generalist_dim)
+    model = paper_model(generalist_dim).to(dev)
     D, k_g = model.cfg.action_dim, model.cfg.k_g
     results: dict[str, Any] = {
         "settings": {"dit": "6 blocks, hidden 256, 8 heads, MLP 4, k_s 8", "ddim_steps": 5, "guidance_scale": 3.0,
@@ -256,14 +279,15 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
                      "total_params": sum(p.numel() for p in model.parameters()),
                      "rgb_encoder_weights": "random init (frozen DINO ViT-S/16 architecture; speed benchmark only), "
                                             "the same in both RGB sensors",
-                     "load_average_1m": os.getloadavg()[0]},
+                     "load_average_1m": os.getloadavg()[0], "device": str(dev),
+                     "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None},
         "anchor": ANCHOR, "targets": TARGETS, "latency": {},
     }
     variants = ({k: VARIANTS[k] for k in ("optimized", "optimized_fp32", "all_off")} if quick
                 else VARIANTS)
     reps = 3 if quick else repeats
     for B in (1, 8):
-        gen = fake_generalist(B, generalist_tokens, generalist_dim, k_g, D)
+        gen = fake_generalist(B, generalist_tokens, generalist_dim, k_g, D, dev)
         loop = ControlLoop(model, B, gen)
         obs_fn = loop.resampler_fn()
         console.print(f"[bold]bench specialist[/]: batch {B}, {len(variants)} variants in interleaved rounds")
@@ -274,7 +298,7 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
     model.cfg.inference_autocast = "off"
     b1 = results["latency"]["batch_1"]["optimized"]
     b1_fp32 = results["latency"]["batch_1"]["optimized_fp32"]
-    results["encoder_precision_default"] = "bf16" if autocast_enabled("auto", "cpu") else "fp32"
+    results["encoder_precision_default"] = "bf16" if autocast_enabled("auto", dev.type) else "fp32"
     results["vs_anchor_fp32"] = {
         "control_step_ratio": b1_fp32["control_step_ms"] / ANCHOR["control_step_ms"],
         "denoising_ratio": b1_fp32["denoising_ms"] / ANCHOR["denoising_ms"],
@@ -286,6 +310,7 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
         "denoising_ratio": b1["denoising_ms"] / ref["denoising_ms"],
     }
     results["vs_anchor"] = {
+        "comparable": dev.type == "cpu",  # the anchor was measured on the 2-core CPU machines
         "control_step_ratio": b1["control_step_ms"] / ANCHOR["control_step_ms"],
         "denoising_ratio": b1["denoising_ms"] / ANCHOR["denoising_ms"],
         "control_step_target_met": b1["control_step_ms"] <= TARGETS["control_step_ratio"] * ANCHOR["control_step_ms"],

@@ -49,6 +49,7 @@ def bench_specialist(
     generalist_dim: int = typer.Option(4096, "--generalist-dim", help="Width of the generalist latents."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer repeats and no training measurement (smoke run)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (the anchor is a CPU figure)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report on stdout."),
 ) -> None:
     """Latency, FLOPs and training throughput of the specialist at paper settings."""
@@ -56,7 +57,7 @@ def bench_specialist(
 
     report = run_bench(out, repeats=repeats, train_batch=train_batch, train_steps=train_steps,
                        generalist_tokens=generalist_tokens, generalist_dim=generalist_dim, threads=threads,
-                       quick=quick)
+                       quick=quick, device=device)
     if json_out:
         import json
 

@@ -64,8 +64,9 @@ class SpecialistConfig:
     causal: bool = True  # False = bidirectional self-attention over the action tokens
     conditioner: str = "cross_attention"  # a registry("conditioners") name: cross_attention, film, in_context
     sensors: list[SensorConfig] = field(default_factory=_paper_sensors)
-    # bf16 autocast for the sensor encoders at inference (not in training): "auto" (on where the hardware
-    # computes bf16 natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; ~1.5x faster encoders there),
+    # bf16 autocast for the sensor encoders at inference (not in training): "auto" (on for CPUs that compute
+    # bf16 natively, AVX512-BF16 or AMX: ~1.5x faster encoders there; off on CUDA, where it was slower at
+    # control-time batch sizes),
     # "on" or "off" (fp32). Features then differ from fp32 at bf16 precision (tested: sampled actions stay
     # within 2e-2 of fp32's); the denoiser always runs in fp32.
     inference_autocast: str = "auto"

@@ -90,7 +90,12 @@ def autocast_enabled(setting: Any, device_type: str) -> bool:
     if key not in AUTOCAST_CHOICES:
         raise RobodualError(f"config key 'model.inference_autocast' is {setting!r}; expected auto, on or off")
     choice = AUTOCAST_CHOICES[key]
-    return native_bf16(device_type) if choice is None else choice
+    if choice is None:
+        # auto: bf16 encoders where they are faster. On CPUs with native bf16 they are (~1.5x); on CUDA the
+        # encoders at control-time batch sizes are launch-bound and autocast's casts made them slower
+        # (H100, batch 1: 20 ms vs 11 ms fp32, `robodual bench specialist --device cuda`)
+        return device_type == "cpu" and native_bf16("cpu")
+    return choice
 
 
 class DiTSpecialist(nn.Module, Specialist):
