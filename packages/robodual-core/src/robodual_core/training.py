@@ -183,7 +183,6 @@ class Trainer:
         self.ema = None
         if cfg.ema:
             self._ema_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            self._ema_params = params
             self.ema = _lerp_ema(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3,
                                  foreach=True)
         self._params = params
@@ -220,8 +219,9 @@ class Trainer:
     def _ema_state(self) -> dict[str, torch.Tensor] | None:
         if self.ema is None:
             return None
+        names = set(self._ema_names)
         return dict(zip(self._ema_names, self.ema.shadow_params, strict=True)) | {
-            k: v for k, v in self.model.state_dict().items() if k not in set(self._ema_names)
+            k: v for k, v in self.model.state_dict().items() if k not in names
         }
 
     def save(self) -> Path:
@@ -317,7 +317,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.ema is not None:
-                    self.ema.step(self._ema_params)
+                    self.ema.step(self._params)
                 self.step += 1
                 progress.update(task, completed=self.step,
                                 description=f"training loss {metrics_acc['loss']:.4f}")

@@ -19,7 +19,24 @@ from robodual_specialist.conditioners import precompute_pair
 from robodual_specialist.layers import Mlp, SelfAttention, causal_mask, gated_residual, modulate, rotary
 
 
-class DiTBlock(nn.Module):
+class AdaLNZero(nn.Module):
+    """Base of the layers modulated by ``c``: ``ada = SiLU -> Linear(dim, chunks * dim)``, zero-initialised;
+    :meth:`modulation` returns its output with 1 added to the scale chunks (scales act as ``1 + scale``)."""
+
+    def _init_ada(self, dim: int, chunks: int, scale_chunks: tuple[int, ...]) -> None:
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))
+        nn.init.zeros_(self.ada[-1].weight)
+        nn.init.zeros_(self.ada[-1].bias)
+        offset = torch.zeros(chunks, dim)
+        offset[list(scale_chunks)] = 1.0
+        self.register_buffer("mod_offset", offset.flatten(), persistent=False)
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """``[B, chunks * dim]`` from ``c [B, dim]``: shifts, ``1 + scale``s and gates in the layer's order."""
+        return self.ada(c) + self.mod_offset
+
+
+class DiTBlock(AdaLNZero):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, conditioner: nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -27,14 +44,7 @@ class DiTBlock(nn.Module):
         self.cond = conditioner
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        nn.init.zeros_(self.ada[-1].weight)
-        nn.init.zeros_(self.ada[-1].bias)
-        self.register_buffer("mod_offset", _scale_offset(6, (1, 4), dim), persistent=False)
-
-    def modulation(self, c: torch.Tensor) -> torch.Tensor:
-        """adaLN-Zero parameters ``[B, 6 * dim]``: shift, 1 + scale, gate (twice), from ``c [B, dim]``."""
-        return self.ada(c) + self.mod_offset
+        self._init_ada(dim, 6, (1, 4))  # shift, scale, gate of the attention, then of the MLP
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pre: Any, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,26 +59,15 @@ class DiTBlock(nn.Module):
         return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
-def _scale_offset(chunks: int, scale_chunks: tuple[int, ...], dim: int) -> torch.Tensor:
-    """``[chunks * dim]``: 1 over the scale chunks, 0 elsewhere (adaLN scales act as ``1 + scale``)."""
-    offset = torch.zeros(chunks, dim)
-    offset[list(scale_chunks)] = 1.0
-    return offset.flatten()
 
-
-class FinalLayer(nn.Module):
+class FinalLayer(AdaLNZero):
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self._init_ada(dim, 2, (1,))  # shift, scale
         self.linear = nn.Linear(dim, out_dim)
-        for layer in (self.ada[-1], self.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        self.register_buffer("mod_offset", _scale_offset(2, (1,), dim), persistent=False)
-
-    def modulation(self, c: torch.Tensor) -> torch.Tensor:
-        return self.ada(c) + self.mod_offset
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mod: torch.Tensor | None = None) -> torch.Tensor:
         shift, scale = (self.modulation(c) if mod is None else mod).chunk(2, dim=-1)
