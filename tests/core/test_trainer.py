@@ -151,3 +151,15 @@ def test_gradient_clipping_matches_clip_grad_norm(tmp_path, clip):
     for p, r in zip(trained, reference, strict=True):
         torch.testing.assert_close(p.grad, r.grad)
     assert torch.equal(model.net[0].bias.grad, torch.full_like(model.net[0].bias, 100.0))
+
+
+def test_device_names_are_checked():
+    from robodual_core.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RobodualError, match="device 'gpu0' is not one of auto, cpu, cuda"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RobodualError, match="CUDA is not available"):
+            resolve_device("cuda")

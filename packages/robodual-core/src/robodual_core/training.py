@@ -60,9 +60,17 @@ class TrainerConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or CUDA on a machine
+    without it, is refused with one line naming the value."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RobodualError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobodualError(f"device '{name}' asked for, but CUDA is not available here; use cpu or auto")
+    return device
 
 
 def seed_everything(seed: int) -> None:
