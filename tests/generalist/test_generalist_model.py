@@ -106,3 +106,39 @@ def test_lora_merge_gives_the_same_outputs(tmp_path):
     assert torch.equal(before.actions, after.actions)
     torch.testing.assert_close(before.action_latents, after.action_latents, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss_before, loss_after, rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_checkpoint_from_before_the_word_tokenizer_loads_with_bytes(tmp_path):
+    """A tiny run saved before ``tiny.tokenizer`` existed has no such key: it was trained on bytes, and the
+    new default ('words') must not be applied to it (the vocabulary, and so the weights, differ)."""
+    from robodual_core.checkpoint import resolve_checkpoint
+    from robodual_generalist.config import TinyConfig
+    from robodual_generalist.tokenizer import ByteTokenizer, WordTokenizer
+
+    store = make_store(tmp_path / "s.zarr", episodes=2, steps=6, action_dim=3)
+    ds = WindowDataset(store, obs_keys=["rgb_static"], horizon=4, k_g=4, split="all", augment_tau=False,
+                       normalization={"action": "q99"})
+    tiny = dict(image_size=32, patch_size=16, vision_dim=16, vision_depth=2, vision_heads=2, hidden_size=64,
+                num_layers=2, num_heads=2, intermediate_size=128)
+    for name in ("bytes", "words"):
+        torch.manual_seed(0)
+        m = VLAGeneralist(tiny_cfg(tiny=TinyConfig(**tiny, tokenizer=name)), action_dim=3)
+        Trainer(m, ds, TrainerConfig(steps=1, batch_size=4, num_workers=0, ema=False, ckpt_every=1),
+                tmp_path / name, show_progress=False).fit()
+    meta_file = resolve_checkpoint(tmp_path / "bytes") / "model_config.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["model"]["tiny"]["tokenizer"]  # as the older version wrote it
+    meta_file.write_text(json.dumps(meta))
+    old, new = VLAGeneralist.from_checkpoint(tmp_path / "bytes"), VLAGeneralist.from_checkpoint(tmp_path / "words")
+    assert isinstance(old.text_tokenizer, ByteTokenizer) and isinstance(new.text_tokenizer, WordTokenizer)
+    batch = batch_of(2)
+    assert old.generate(batch).task_latents.shape[1] > 2 * new.generate(batch).task_latents.shape[1]
+
+
+def test_resumed_tiny_run_keeps_the_tokenizer_it_was_started_with(tmp_path):
+    from robodual_generalist.commands import resolve_train_config
+
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"model": {"base": "tiny", "tiny": {"hidden_size": 64}}}))  # before tiny.tokenizer
+    assert resolve_train_config(None, [], None, None, saved=saved).model.tiny.tokenizer == "bytes"
+    assert resolve_train_config(None, [], "tiny", None).model.tiny.tokenizer == "words"  # a new run

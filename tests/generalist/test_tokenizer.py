@@ -71,3 +71,35 @@ def test_prompt_and_byte_tokenizer():
     b = ByteTokenizer()
     ids = b.encode(p)
     assert ids[0] == b.bos_id and max(ids) < b.vocab_size and b.decode(ids) == p
+
+
+def test_word_tokenizer_round_trips_any_text_and_keeps_prompts_short():
+    import json
+    from pathlib import Path
+
+    from robodual_envs.metaworld.tasks import INSTRUCTIONS
+    from robodual_generalist.tokenizer import WordTokenizer
+
+    t, b = WordTokenizer(), ByteTokenizer()
+    for text in ["", "push the red block", "Ünïcode — pushing  two\tspaces\n!", "In: What", " x", "0?\nOut:"]:
+        ids = t.encode(text)
+        assert ids[0] == t.bos_id and all(0 <= i < t.vocab_size for i in ids) and t.decode(ids) == text
+    import robodual_envs.calvin
+
+    tasks = json.loads((Path(robodual_envs.calvin.__file__).parent / "data" / "tasks.json").read_text())["tasks"]
+    instructions = [s for v in INSTRUCTIONS.values() for s in v] + [x["validation_instruction"] for x in tasks]
+    for text in instructions:
+        ids, nbytes = t.encode(openvla_prompt(text)), len(b.encode(openvla_prompt(text)))
+        assert len(ids) <= 32 and len(ids) < nbytes / 2.5, (text, len(ids), nbytes)  # a word is one id
+
+
+def test_word_tokenizer_vocabulary_is_frozen():
+    """Checkpoints store ids: the word list (and so every id) must never change under the name 'words'."""
+    import hashlib
+
+    from robodual_generalist.tokenizer import WORDS, WordTokenizer
+
+    assert hashlib.sha256(" ".join(WORDS).encode()).hexdigest()[:16] == "4bca96a5c835b04f"
+    t = WordTokenizer()
+    assert t.vocab_size == 3 + 256 + 3 + 2 * 258
+    assert t.encode(" push") == [t.bos_id, t.ids[" push"]] and t.ids["In"] == 259

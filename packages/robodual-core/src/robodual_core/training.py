@@ -215,7 +215,8 @@ class Trainer:
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
                                            pin_memory=self.device.type == "cuda", generator=gen, **kwargs)
 
-    def _batches(self) -> Iterator[dict[str, Any]]:
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Training batches from the current data position on, epoch after epoch (resume-exact)."""
         while True:
             for batch in self._loader():
                 self.sampler.offset += 1
@@ -297,36 +298,15 @@ class Trainer:
             raise RobodualError(f"run folder '{self.run_dir}' already has checkpoints; pass --resume to continue "
                                 "it or --overwrite to start again")
         self.model.train()
-        batches = self._batches()
+        batches = self.batches()
         last: dict[str, float] = {}
         progress = _progress(self.show_progress and self.rank == 0)
         task = progress.add_task("training", total=cfg.steps, completed=self.step)
         t_last, samples = time.perf_counter(), 0
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda"
-                    else _nullcontext())
         with progress, open(self.run_dir / "metrics.jsonl", "a") as log:
             while self.step < cfg.steps:
-                self.optimizer.zero_grad(set_to_none=True)
-                metrics_acc: dict[str, float] = {}
-                for _ in range(cfg.grad_accum):
-                    batch = move_to(next(batches), self.device)
-                    if self.batch_transform is not None:
-                        batch = self.batch_transform(batch)
-                    with autocast:
-                        loss, metrics = self.forward(batch)
-                    if not torch.isfinite(loss):
-                        raise RobodualError(f"loss became {loss.item()} at step {self.step}; lower the learning rate "
-                                            "or check the data for NaN/Inf (robodual dataset validate)")
-                    (loss / cfg.grad_accum).backward()
-                    samples += _batch_size(batch)
-                    for k, v in {"loss": float(loss.detach()), **metrics}.items():
-                        metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) / cfg.grad_accum
-                grad_norm = self._clip_gradients()
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.step(self._params)
-                self.step += 1
+                metrics_acc, grad_norm, n = self.train_step(batches)
+                samples += n
                 progress.update(task, completed=self.step,
                                 description=f"training loss {metrics_acc['loss']:.4f}")
                 if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
@@ -341,13 +321,49 @@ class Trainer:
                     self.save()
         return last
 
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], torch.Tensor, int]:
+        """One optimizer step on ``grad_accum`` batches from ``batches`` (``self.batches()``): the metrics
+        averaged over them, the gradient norm before clipping, and the samples seen."""
+        cfg = self.cfg
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda"
+                    else _nullcontext())
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics_acc: dict[str, float] = {}
+        samples = 0
+        for _ in range(cfg.grad_accum):
+            batch = move_to(next(batches), self.device)
+            if self.batch_transform is not None:
+                batch = self.batch_transform(batch)
+            with autocast:
+                loss, metrics = self.forward(batch)
+            if not torch.isfinite(loss):
+                raise RobodualError(f"loss became {loss.item()} at step {self.step}; lower the learning rate "
+                                    "or check the data for NaN/Inf (robodual dataset validate)")
+            (loss / cfg.grad_accum).backward()
+            samples += _batch_size(batch)
+            for k, v in {"loss": float(loss.detach()), **metrics}.items():
+                metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) / cfg.grad_accum
+        grad_norm = self._clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self._params)
+        self.step += 1
+        return metrics_acc, grad_norm, samples
+
     def _clip_gradients(self) -> torch.Tensor:
         """Global gradient norm of the trained parameters (logged); gradients are scaled down to
         ``grad_clip`` when it is above (``clip_grad_norm_`` in two parts, on the trained-parameter list
-        built once: no walk over frozen parameters, and no scaling pass at all without clipping)."""
+        built once: no walk over frozen parameters, and no scaling pass at all without clipping).
+
+        On the CPU, where reading the norm costs no device sync, the scaling pass is also skipped when the
+        norm is within the limit: ``clip_grads_with_norm_`` would multiply every gradient by exactly 1.0
+        then (its coefficient ``max / (norm + 1e-6)`` clamped to 1), a pass over ~150 tensors per step."""
         grads = [p.grad for p in self._params if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads, foreach=self._foreach_clip)
         if self.cfg.grad_clip > 0:
+            if total.device.type == "cpu" and float(total) + 1e-6 <= self.cfg.grad_clip:
+                return total
             torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.grad_clip, total, foreach=self._foreach_clip)
         return total
 

@@ -3,19 +3,18 @@
 Decoding: chunk latency (one free-running chunk of k_g actions) and action tokens/s at batch 1 and 8, with
 and without the KV cache. Conditioning: the time to get a specialist batch's generalist outputs by running
 the generalist online versus reading them from a generalist cache (random rows, as the sampler asks).
-Specialist training: steps/s of ``robodual train specialist`` on a small synthetic store conditioned on a
-tiny generalist's cache (``--generalist-cache``) versus the same generalist run online (``--generalist``),
-both through the CLI in child processes, alternating in rounds, latents pooled per action step as the demo
-caches them; optionally also with ``trainer.compile``.
+Specialist training: steps/s of the trainer ``robodual train specialist`` builds, on a small synthetic
+store, conditioned on a tiny generalist's cache (``--generalist-cache``) versus the same generalist run
+online (``--generalist``), the two trainers stepping in turn in one process, latents pooled per action step
+as the demo caches them; optionally also with ``trainer.compile``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,64 +95,72 @@ def _tiny_generalist_run(store: Path, run: Path) -> Path:
     return run
 
 
-def _specialist_steps_per_s(store: Path, run: Path, generalist: list[str], steps: int, batch: int,
-                            compile: bool = False) -> float:
-    """steps/s of `robodual train specialist` (last logged intervals, after warm-up) in a child process."""
-    config = run.parent / f"{run.name}.json"
+def _specialist_config(root: Path, name: str, batch: int, steps: int, compile: bool) -> Path:
+    config = root / f"{name}.json"
     cfg = json.loads(json.dumps(SPECIALIST))
-    cfg["trainer"].update({"batch_size": batch, "ckpt_every": steps, "compile": compile})
+    cfg["trainer"].update({"batch_size": batch, "steps": steps, "compile": compile})
     config.write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "robodual_cli.app", "train", "specialist", "--dataset", str(store), "--out",
-           str(run), "--config", str(config), "--steps", str(steps), "--overwrite", *generalist]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rates = [r["samples_per_s"] / batch for r in rows[len(rows) // 2:]]  # second half: past warm-up (and compiling)
-    return float(np.median(rates))
+    return config
 
 
 POOLING = "step"  # as the demo caches the tiny generalist (`robodual demo`: generalist cache --pooling step)
 
 
-def specialist_training(steps: int = 16, batch: int = 8, rounds: int = 3, compile: bool = False) -> dict[str, Any]:
+def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compile: bool = False) -> dict[str, Any]:
     """Specialist training steps/s with the generalist cache vs the generalist run online.
 
-    The two runs alternate (cache, online, cache, online, ...) so that drift of the machine's speed hits both;
-    the speed-up is the ratio of the medians. ``compile`` adds the same pair with ``trainer.compile``.
+    Both trainers are built as ``robodual train specialist --generalist-cache auto`` and ``--generalist RUN``
+    build them (the specialist plugin's ``build_trainer``, reached through the registry) on one store, in
+    this process, and take optimizer steps in turn (cache, online, online, cache, ...): the machine's speed
+    drift hits both alike, so the ratio of their median step times is a side-by-side figure. ``compile``
+    adds the same pair with ``trainer.compile`` (compiled during the warm-up steps).
     """
+    from robodual_core.plugins import registry
     from robodual_generalist.caching import build_cache
 
+    dit = registry("specialists").get("dit")
     with tempfile.TemporaryDirectory(prefix="robodual-bench-generalist-") as tmp:
         root = Path(tmp)
         store = _synthetic_store(root / "store.zarr")
         gen = _tiny_generalist_run(store, root / "generalist")
         build_cache(gen, store, batch_size=32, dtype="float16", pooling=POOLING, show_progress=False)
-        sources = {"cache": ["--generalist-cache", "auto"],
-                   "online": ["--generalist", str(gen), "--generalist-pooling", POOLING]}
-        trainers = {"eager": False, **({"compiled": True} if compile else {})}
-        rates: dict[str, dict[str, list[float]]] = {t: {k: [] for k in sources} for t in trainers}
-        for _ in range(rounds):
-            for trainer, flag in trainers.items():
-                for source, args in sources.items():
-                    rates[trainer][source].append(_specialist_steps_per_s(
-                        store, root / f"{trainer}_{source}", args, steps, batch, compile=flag))
-    out: dict[str, Any] = {"batch": batch, "steps": steps, "rounds": rounds, "pooling": POOLING,
-                           "target_speedup": 5.0, "specialist": SPECIALIST["model"],
-                           "generalist": "tiny (VLAGeneralist, 64x64 images)"}
-    for trainer, by_source in rates.items():
-        cached, online = (float(np.median(by_source[k])) for k in ("cache", "online"))
-        row = {"cache_steps_per_s": cached, "online_steps_per_s": online, "speedup": cached / online,
-               "cache_rounds": by_source["cache"], "online_rounds": by_source["online"]}
-        if trainer == "eager":
-            out.update(row)
-        else:
-            out["compiled"] = row
+        sources = {"cache": {"generalist_cache": "auto"},
+                   "online": {"generalist": gen, "generalist_pooling": POOLING}}
+        kinds = {"eager": False, **({"compiled": True} if compile else {})}
+        out: dict[str, Any] = {"batch": batch, "steps": steps, "warmup": warmup, "pooling": POOLING,
+                               "target_speedup": 5.0, "specialist": SPECIALIST["model"],
+                               "generalist": "tiny (VLAGeneralist, 64x64 images, word tokenizer)"}
+        for kind, flag in kinds.items():
+            config = _specialist_config(root, kind, batch, warmup + steps, flag)
+            trainers = {src: dit.build_trainer(store, root / f"{kind}_{src}", config=config, overwrite=True,
+                                               show_progress=False, **args) for src, args in sources.items()}
+            out["generalist_source"] = {src: {"online": bool(t.extra_json["generalist"].get("online")),
+                                              "hash": t.extra_json["generalist"]["hash"]} for src, t in trainers.items()}
+            batches = {}
+            for src, trainer in trainers.items():
+                trainer.model.train()
+                batches[src] = trainer.batches()
+                for _ in range(warmup):
+                    trainer.train_step(batches[src])
+            times: dict[str, list[float]] = {src: [] for src in trainers}
+            for i in range(steps):
+                for src in (list(trainers) if i % 2 == 0 else list(trainers)[::-1]):
+                    t0 = time.perf_counter()
+                    trainers[src].train_step(batches[src])
+                    times[src].append(time.perf_counter() - t0)
+            cached, online = (float(np.median(times[k])) for k in ("cache", "online"))
+            row = {"cache_steps_per_s": 1 / cached, "online_steps_per_s": 1 / online, "speedup": online / cached,
+                   "speedup_per_pair_median": float(np.median(np.asarray(times["online"]) / np.asarray(times["cache"]))),
+                   "cache_step_s": times["cache"], "online_step_s": times["online"]}
+            if kind == "eager":
+                out.update(row)
+            else:
+                out["compiled"] = row
     return out
 
 
 def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32,
-              train_steps: int = 16, train_rounds: int = 3, compile: bool = False) -> dict[str, Any]:
+              train_steps: int = 40, compile: bool = False) -> dict[str, Any]:
     from robodual_core.training import resolve_device
 
     dev = resolve_device(device)
@@ -183,6 +190,5 @@ def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_bat
                                     "vs reading the cache (random rows, in memory)"},
     }
     if train_steps > 0:
-        results["specialist_training"] = specialist_training(steps=train_steps, rounds=train_rounds,
-                                                             compile=compile)
+        results["specialist_training"] = specialist_training(steps=train_steps, compile=compile)
     return write_report(out, "generalist", results)

@@ -48,7 +48,7 @@ def resolve_train_config(config: Path | None, sets: list[str], base: str | None,
                          saved: Path | None = None) -> Any:
     """Defaults (+ tiny defaults when the base is tiny) < saved run config < --config < --set/--base/--steps."""
     from robodual_core.config import load_config, read_config_file
-    from robodual_generalist.config import TINY_TRAIN_DEFAULTS, GeneralistTrainConfig
+    from robodual_generalist.config import TINY_TRAIN_DEFAULTS, GeneralistTrainConfig, stored_model_config
 
     overrides = list(sets)
     if base is not None:
@@ -57,6 +57,8 @@ def resolve_train_config(config: Path | None, sets: list[str], base: str | None,
         overrides.append(f"trainer.steps={steps}")
     prior = read_config_file(saved) if saved is not None and saved.is_file() else {}
     prior.pop("dataset", None)
+    if isinstance(prior.get("model"), dict):
+        prior["model"] = stored_model_config(prior["model"])
     probe = load_config(GeneralistTrainConfig, config, overrides, base=prior)
     start = _deep_merge(TINY_TRAIN_DEFAULTS, prior) if probe.model.base == "tiny" else prior
     return load_config(GeneralistTrainConfig, config, overrides, base=start)
@@ -161,9 +163,8 @@ def bench_generalist(
     repeats: int = typer.Option(5, "--repeats", help="Timed repeats per measurement."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
-    train_steps: int = typer.Option(16, "--train-steps", help="Specialist training steps per run in the cache vs "
-                                    "online comparison (0 skips it)."),
-    train_rounds: int = typer.Option(3, "--train-rounds", min=1, help="Alternating cache/online run pairs (medians)."),
+    train_steps: int = typer.Option(40, "--train-steps", help="Timed specialist training steps of each trainer in "
+                                    "the cache vs online comparison, taken in turn (0 skips it)."),
     compile: bool = typer.Option(False, "--compile", help="Also compare with trainer.compile (slower bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report on stdout."),
 ) -> None:
@@ -176,8 +177,7 @@ def bench_generalist(
     if threads is not None:
         torch.set_num_threads(threads)
 
-    report = run_bench(out, repeats=repeats, device=device, train_steps=train_steps, train_rounds=train_rounds,
-                       compile=compile)
+    report = run_bench(out, repeats=repeats, device=device, train_steps=train_steps, compile=compile)
     if json_out:
         print(json.dumps(report))
         return
@@ -194,6 +194,6 @@ def bench_generalist(
             if row:
                 con.print(f"specialist training (batch {t['batch']}{label}): {row['cache_steps_per_s']:.2f} steps/s "
                           f"with the cache, {row['online_steps_per_s']:.2f} with the generalist online -> "
-                          f"{row['speedup']:.1f}x (target >= {t['target_speedup']:.0f}x; medians of {t['rounds']} "
-                          "alternating rounds)")
+                          f"{row['speedup']:.1f}x (target >= {t['target_speedup']:.0f}x; median step times of "
+                          f"{t['steps']} steps each, taken in turn)")
     con.print(f"report: {out}")

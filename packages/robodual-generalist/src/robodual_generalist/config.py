@@ -20,6 +20,8 @@ class TinyConfig:
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 256
+    # built-in text tokenizer: "words" (whole instruction words as one id, bytes otherwise) or "bytes"
+    tokenizer: str = "words"
 
 
 @dataclass
@@ -77,3 +79,12 @@ TINY_TRAIN_DEFAULTS = {
     "trainer": {"lr": 1e-3, "warmup_steps": 20, "scheduler": "cosine", "batch_size": 16, "steps": 300,
                 "ckpt_every": 100, "log_every": 10},
 }
+
+
+def stored_model_config(model: dict) -> dict:
+    """A generalist model config read back from a run or checkpoint: a tiny model saved before
+    ``tiny.tokenizer`` existed used the byte tokenizer, which the new default must not replace."""
+    tiny = model.get("tiny")
+    if isinstance(tiny, dict) and "tokenizer" not in tiny:
+        model = {**model, "tiny": {**tiny, "tokenizer": "bytes"}}
+    return model

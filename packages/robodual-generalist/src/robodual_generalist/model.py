@@ -26,7 +26,7 @@ from torch import nn
 from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import Generalist, GeneralistOutput
-from robodual_generalist.config import GeneralistConfig
+from robodual_generalist.config import GeneralistConfig, stored_model_config
 from robodual_generalist.prismatic import (
     PrismaticVLA,
     is_openvla_dir,
@@ -35,9 +35,10 @@ from robodual_generalist.prismatic import (
     tiny_openvla_config,
 )
 from robodual_generalist.tokenizer import (
+    TEXT_TOKENIZERS,
     ActionTokenizer,
-    ByteTokenizer,
     HFTextTokenizer,
+    builtin_text_tokenizer,
     openvla_prompt,
 )
 
@@ -291,7 +292,7 @@ class VLAGeneralist(nn.Module, Generalist):
         if meta.get("family") != FAMILY:
             raise RobodualError(f"checkpoint '{ckpt}' is a '{meta.get('family')}' model, not a generalist "
                                 f"('{FAMILY}')")
-        cfg = load_config(GeneralistConfig, base=meta["model"])
+        cfg = load_config(GeneralistConfig, base=stored_model_config(meta["model"]))
         model = cls(cfg, action_dim=int(meta["action_dim"]))
         if meta.get("base_hash") and model.meta.get("base_hash") != meta["base_hash"]:
             raise RobodualError(f"checkpoint '{ckpt}' was trained on base '{cfg.base}' with hash "
@@ -304,8 +305,8 @@ def build_base(cfg: GeneralistConfig) -> tuple[PrismaticVLA, Any, dict[str, Any]
     """The network, text tokenizer and token-layout metadata for ``cfg.base``."""
     dtype = _dtype(cfg.dtype)
     if cfg.base == "tiny":
-        text = ByteTokenizer()
-        separator = text.vocab_size  # one id past the bytes, then 256 action ids
+        text = builtin_text_tokenizer(cfg.tiny.tokenizer)
+        separator = text.vocab_size  # one id past the text ids, then 256 action ids
         vocab = separator + 1 + 256
         t = cfg.tiny
         config = tiny_openvla_config(vocab, image_size=t.image_size, patch_size=t.patch_size,
@@ -313,12 +314,12 @@ def build_base(cfg: GeneralistConfig) -> tuple[PrismaticVLA, Any, dict[str, Any]
                                      vision_heads=t.vision_heads, hidden_size=t.hidden_size,
                                      num_layers=t.num_layers, num_heads=t.num_heads,
                                      intermediate_size=t.intermediate_size)
-        config["robodual"] = {"text_tokenizer": "bytes", "action_vocab_size": vocab, "separator_id": separator}
+        config["robodual"] = {"text_tokenizer": t.tokenizer, "action_vocab_size": vocab, "separator_id": separator}
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             vla = PrismaticVLA(config)
         return vla.to(dtype), text, {"action_vocab_size": vocab, "separator_id": separator, "pad_id": 0,
-                                     "text_tokenizer": "bytes"}
+                                     "text_tokenizer": t.tokenizer}
     path = Path(cfg.base)
     config = read_openvla_config(path)
     vla = load_openvla(path, dtype=dtype)
@@ -330,10 +331,10 @@ def build_base(cfg: GeneralistConfig) -> tuple[PrismaticVLA, Any, dict[str, Any]
 def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The text tokenizer of an OpenVLA-format folder and where its action/separator ids lie."""
     extra = config.get("robodual") or {}
-    if extra.get("text_tokenizer") == "bytes":
-        text: Any = ByteTokenizer()
+    if extra.get("text_tokenizer") in TEXT_TOKENIZERS:
+        text: Any = builtin_text_tokenizer(extra["text_tokenizer"])
         meta = {"action_vocab_size": extra["action_vocab_size"], "separator_id": extra["separator_id"], "pad_id": 0,
-                "text_tokenizer": "bytes"}
+                "text_tokenizer": extra["text_tokenizer"]}
         return text, meta
     from transformers import AutoTokenizer
 
@@ -370,7 +371,7 @@ def load_merged(path: Path) -> VLAGeneralist:
     if "generalist" not in extra:
         raise RobodualError(f"'{path}/config.json' has no robodual.generalist section: it is a base OpenVLA "
                             "checkpoint, not a trained generalist; pass it as --base to `robodual train generalist`")
-    cfg = load_config(GeneralistConfig, base=extra["generalist"])
+    cfg = load_config(GeneralistConfig, base=stored_model_config(extra["generalist"]))
     cfg.base, cfg.lora = str(path), False
     vla = load_openvla(path, dtype=_dtype(cfg.dtype))
     text, meta = text_tokenizer_for(path, config)

@@ -6,12 +6,14 @@ decoding maps back through the ``n - 1`` bin centres. A chunk of ``k_g`` actions
 ``k_g * D`` action ids with a dedicated separator id between consecutive time steps, so a chunk is
 ``k_g * (D + 1) - 1`` tokens and never round-trips through text (which is lossy).
 
-Text: a byte-level tokenizer that needs no download (tiny models), or any Hugging Face tokenizer found
-in a checkpoint folder.
+Text (tiny models, no download): ``words``, whole words of robot instructions as one id each and anything
+else as UTF-8 bytes (the default), or ``bytes`` (every byte one id; tiny checkpoints from before
+``words``); or any Hugging Face tokenizer found in a checkpoint folder.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +112,81 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i - NUM_SPECIALS for i in ids if NUM_SPECIALS <= i < self.vocab_size).decode("utf-8", "replace")
+
+
+# The words of ``WordTokenizer`` ("words"): those of the CALVIN and Meta-World instructions, the prompt's and
+# common manipulation words. Frozen: ids follow this order, and checkpoints depend on them (a different list
+# must be a tokenizer with another name).
+WORDS = tuple("""
+    a above action again all an and another anticlockwise are arm around assemble at away back backward ball
+    basket basketball be behind below beside between big bin bins black block blocks blue both bottle bottom
+    bowl box bring brown bulb button by cabinet can carefully carry center clockwise close closed cloth
+    coffee collapse counterclockwise cover cube cup degrees dial door down downward downwards drag drawer
+    drive drop dunk each edge effector end falls far faucet first five flip fold for fork forward four from
+    front gently get give go goal gold grab grasp grasped gray green grey gripper hammer hand handle hold
+    hole hoop in insert inside into is it item its jar kick knife knob lamp large last led left let lever
+    lid lift light little location lock lower lying machine marked marker middle move mug nail near net next
+    nut object of off on one onto open or orange other out outside over past peg pen pick pink place plate
+    point position pour press pressing puck pull purple push pushing put quickly raise reach red release
+    remove right ring robot rotate score second set shelf shelve short should shove shut side sideways
+    silver slide slider sliding slowly small soccer spin sponge spoon spot spout stack stacked start stick
+    store sweep swing switch table take tall target that the them then thermos these third this those three
+    through to toggle top toward towards towel tower transfer tray turn twist two under unlock unplug
+    unstack until up upward upwards use wall way what white window wipe with yellow
+""".split())
+PROMPT_PIECES = ("In", " What", "Out")  # the capitalised words of the OpenVLA prompt
+_PIECE = re.compile(r" ?[A-Za-z]+|.", re.DOTALL)
+
+
+class WordTokenizer:
+    """Whole words as one id, with or without their leading space (``" push"``), anything else as its UTF-8
+    bytes; ids: pad 0, bos 1, eos 2, bytes 3..258, then the word pieces.
+
+    What a subword tokenizer does for a real VLA, without a download or a trained vocabulary: the OpenVLA
+    prompt of a CALVIN instruction is ~20 ids (LLaMA-2's tokenizer gives ~25) instead of ~80 bytes, so the
+    tiny generalist's prompt, its task latents and their cache are the size a real generalist's would be.
+    Any text encodes (unknown words fall back to bytes) and decodes back unchanged.
+    """
+
+    pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
+
+    def __init__(self) -> None:
+        self.pieces = [*PROMPT_PIECES, *(p for w in WORDS for p in (w, " " + w))]
+        self.first_piece_id = NUM_SPECIALS + 256
+        self.ids = {p: self.first_piece_id + i for i, p in enumerate(self.pieces)}
+        self.vocab_size = self.first_piece_id + len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        """``[BOS, ids...]``."""
+        ids = [BOS_ID]
+        for piece in _PIECE.findall(text):
+            i = self.ids.get(piece)
+            if i is not None:
+                ids.append(i)
+            else:
+                ids.extend(b + NUM_SPECIALS for b in piece.encode("utf-8"))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        out = bytearray()
+        for i in ids:
+            if NUM_SPECIALS <= i < self.first_piece_id:
+                out.append(i - NUM_SPECIALS)
+            elif self.first_piece_id <= i < self.vocab_size:
+                out += self.pieces[i - self.first_piece_id].encode("utf-8")
+        return out.decode("utf-8", "replace")
+
+
+TEXT_TOKENIZERS = {"words": WordTokenizer, "bytes": ByteTokenizer}
+
+
+def builtin_text_tokenizer(name: str) -> Any:
+    """The tokenizer a tiny model (or a merged tiny model's folder) names."""
+    from robodual_core.errors import RobodualError
+
+    if name not in TEXT_TOKENIZERS:
+        raise RobodualError(f"text tokenizer '{name}' (model.tiny.tokenizer) is not built in; expected one of {', '.join(TEXT_TOKENIZERS)}")
+    return TEXT_TOKENIZERS[name]()
 
 
 class HFTextTokenizer:

@@ -466,6 +466,15 @@ class DiTSpecialist(nn.Module, Specialist):
         return x
 
     @classmethod
+    def build_trainer(cls, dataset: str | Path, out: str | Path, **options: Any) -> Any:
+        """The trainer ``robodual train specialist`` would run (options as its flags: ``config``,
+        ``overrides``, ``generalist_cache``, ``generalist``, ``generalist_pooling``, ...), for plugins
+        that drive specialist training themselves (``robodual bench generalist``)."""
+        from robodual_specialist.train import build_trainer
+
+        return build_trainer(Path(dataset), Path(out), **options)
+
+    @classmethod
     def load_runner(cls, ckpt: str | Path) -> Any:
         """The runtime's adapter (robodual_core.runtime.SpecialistRunner) for a checkpoint."""
         from robodual_core.checkpoint import resolve_checkpoint, run_dataset_spec

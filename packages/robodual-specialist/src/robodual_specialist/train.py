@@ -137,6 +137,20 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
           generalist_cache: str | None = None, resume: bool = False, overwrite: bool = False,
           show_progress: bool = True, generalist: str | Path | None = None,
           generalist_pooling: str = "none") -> dict[str, float]:
+    """``robodual train specialist``: build the run (:func:`build_trainer`) and train it to the end."""
+    trainer = build_trainer(dataset, out, config, overrides, generalist_cache=generalist_cache, resume=resume,
+                            overwrite=overwrite, show_progress=show_progress, generalist=generalist,
+                            generalist_pooling=generalist_pooling)
+    return trainer.fit(resume=resume)
+
+
+def build_trainer(dataset: Path, out: Path, config: Path | None = None, overrides: list[str] | None = None,
+                  generalist_cache: str | None = None, resume: bool = False, overwrite: bool = False,
+                  show_progress: bool = True, generalist: str | Path | None = None,
+                  generalist_pooling: str = "none") -> Any:
+    """The :class:`~robodual_core.training.Trainer` of a specialist run as ``robodual train specialist``
+    sets it up (config, sensors fitted to the store, generalist cache or online generalist, run folder
+    with config.json), not yet trained."""
     from robodual_core.data import WindowDataset, open_dataset
     from robodual_core.training import Trainer, init_distributed
     from robodual_specialist.model import DiTSpecialist, count_trainable
@@ -202,4 +216,4 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
             f"'{cfg.model.conditioner}', sensors {[s.name for s in cfg.model.sensors]}, "
             f"{_generalist_source(gen_meta)}; "
             f"{len(ds)} training windows")
-    return trainer.fit(resume=resume)
+    return trainer
