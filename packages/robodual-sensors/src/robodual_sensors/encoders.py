@@ -215,7 +215,7 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
         e.g. batched with another sensor's frames, passes the result as ``forward(x, features=...)``."""
         x = self._frames(x)
         todo = [t for t, f in enumerate(self._cached_features(x)) if f is None]
-        return self._prepare(x[:, todo].flatten(0, 1))
+        return self._prepare(_frames_at(x, todo).flatten(0, 1))
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """``x [B, C, H, W]`` or ``[B, T, C, H, W]`` (T = history + 1) -> tokens ``[B, T * num_queries, out_dim]``.
@@ -232,7 +232,7 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
         self.cache_hits += T - len(todo)
         new = None
         if todo:
-            new = features if features is not None else self._backbone(x[:, todo].flatten(0, 1))
+            new = features if features is not None else self._backbone(_frames_at(x, todo).flatten(0, 1))
             if new.shape[0] != B * len(todo):
                 raise RobodualError(f"sensor '{self.name}': {new.shape[0]} precomputed feature rows for "
                                     f"{B * len(todo)} frames to encode")
@@ -293,3 +293,9 @@ class TactileEncoder(ImageSensorEncoder):
     """CALVIN's two DIGIT tactile sensors stacked in 6 channels, trainable ViT."""
 
     preset = "tactile"
+
+
+def _frames_at(x: torch.Tensor, todo: list[int]) -> torch.Tensor:
+    """``x[:, todo]`` of ``x [B, T, ...]``, as a view when ``todo`` is every slot in order (training, or no
+    cached frame): list indexing would copy the frames, and its backward scatter them back."""
+    return x if todo == list(range(x.shape[1])) else x[:, todo]
