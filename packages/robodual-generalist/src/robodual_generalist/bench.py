@@ -134,8 +134,6 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
             config = _specialist_config(root, kind, batch, warmup + steps, flag)
             trainers = {src: dit.build_trainer(store, root / f"{kind}_{src}", config=config, overwrite=True,
                                                show_progress=False, **args) for src, args in sources.items()}
-            out["generalist_source"] = {src: {"online": bool(t.extra_json["generalist"].get("online")),
-                                              "hash": t.extra_json["generalist"]["hash"]} for src, t in trainers.items()}
             batches = {}
             for src, trainer in trainers.items():
                 trainer.model.train()
@@ -151,7 +149,10 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
             cached, online = (float(np.median(times[k])) for k in ("cache", "online"))
             row = {"cache_steps_per_s": 1 / cached, "online_steps_per_s": 1 / online, "speedup": online / cached,
                    "speedup_per_pair_median": float(np.median(np.asarray(times["online"]) / np.asarray(times["cache"]))),
-                   "cache_step_s": times["cache"], "online_step_s": times["online"]}
+                   "cache_step_s": times["cache"], "online_step_s": times["online"],
+                   "generalist_source": {src: {"online": bool(t.extra_json["generalist"].get("online")),
+                                               "hash": t.extra_json["generalist"]["hash"]}
+                                         for src, t in trainers.items()}}
             if kind == "eager":
                 out.update(row)
             else:

@@ -163,7 +163,7 @@ def bench_generalist(
     repeats: int = typer.Option(5, "--repeats", help="Timed repeats per measurement."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
-    train_steps: int = typer.Option(40, "--train-steps", help="Timed specialist training steps of each trainer in "
+    train_steps: int = typer.Option(40, "--train-steps", min=0, help="Timed specialist training steps of each trainer in "
                                     "the cache vs online comparison, taken in turn (0 skips it)."),
     compile: bool = typer.Option(False, "--compile", help="Also compare with trainer.compile (slower bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report on stdout."),

@@ -305,10 +305,10 @@ def build_base(cfg: GeneralistConfig) -> tuple[PrismaticVLA, Any, dict[str, Any]
     """The network, text tokenizer and token-layout metadata for ``cfg.base``."""
     dtype = _dtype(cfg.dtype)
     if cfg.base == "tiny":
-        text = builtin_text_tokenizer(cfg.tiny.tokenizer)
+        t = cfg.tiny
+        text = builtin_text_tokenizer(t.tokenizer)
         separator = text.vocab_size  # one id past the text ids, then 256 action ids
         vocab = separator + 1 + 256
-        t = cfg.tiny
         config = tiny_openvla_config(vocab, image_size=t.image_size, patch_size=t.patch_size,
                                      vision_dim=t.vision_dim, vision_depth=t.vision_depth,
                                      vision_heads=t.vision_heads, hidden_size=t.hidden_size,
