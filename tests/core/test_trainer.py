@@ -163,3 +163,62 @@ def test_device_names_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(RobodualError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def _weights(path, ema):
+    return load_model_state(path, ema=ema)
+
+
+def test_flat_parameters_train_like_per_tensor_and_share_the_checkpoint_format(tmp_path):
+    """Flat buffers (the default) give the per-tensor optimizer's weights and EMA, write the same per-parameter
+    optimizer state, and a run checkpointed one way resumes exactly the other way."""
+    runs = {}
+    for name, flat in (("flat", True), ("tensors", False)):
+        torch.manual_seed(0)
+        trainer = Trainer(Regression(), Data(), cfg(flat_params=flat), tmp_path / name, show_progress=False)
+        assert (trainer._flat is not None) == flat and len(trainer._params) == (2 if flat else 4)
+        trainer.fit()
+        runs[name] = trainer
+    for ema in (False, True):
+        a, b = _weights(tmp_path / "flat", ema), _weights(tmp_path / "tensors", ema)
+        assert set(a) == set(b)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    from safetensors.torch import load_file
+
+    for step in (20, 40):
+        a = load_file(tmp_path / "flat" / "checkpoints" / str(step) / "optimizer.safetensors")
+        b = load_file(tmp_path / "tensors" / "checkpoints" / str(step) / "optimizer.safetensors")
+        assert set(a) == set(b)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    for first, then in ((True, False), (False, True)):
+        run = tmp_path / f"cross_{first}"
+        torch.manual_seed(0)
+        half = Trainer(Regression(), Data(), cfg(flat_params=first), run, show_progress=False)
+        half.cfg.steps = 20
+        half.fit()
+        Trainer(Regression(), Data(), cfg(flat_params=then), run, show_progress=False).fit(resume=True)
+        for ema in (False, True):
+            a, b = _weights(tmp_path / "flat", ema), _weights(run, ema)
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_flat_parameters_stay_aliased_and_refuse_a_moved_model(tmp_path):
+    class NoBias(Regression):  # no 1-d parameter: the no-decay group is empty
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 16, bias=False), nn.ReLU(), nn.Linear(16, 1, bias=False))
+
+    torch.manual_seed(0)
+    model = NoBias()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, Data(), cfg(steps=5, ckpt_every=5), tmp_path / "nobias", show_progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # flattening keeps the values
+    trainer.fit()
+    assert not torch.equal(before["net.0.weight"], model.net[0].weight)  # steps reach the module's parameters
+    trainer.model.double()  # replaces every parameter's data: the optimizer would no longer reach them
+    trainer.cfg.steps = 6
+    with pytest.raises(RobodualError, match="replaced after the Trainer was built"):
+        trainer.fit(resume=True)

@@ -22,4 +22,5 @@ def test_bench_generalist_writes_its_report(tmp_path):
     assert t["cache_steps_per_s"] > 0 and t["online_steps_per_s"] > 0
     assert t["speedup"] == pytest.approx(t["cache_steps_per_s"] / t["online_steps_per_s"])
     assert t["pooling"] == "step" and len(t["cache_step_s"]) == len(t["online_step_s"]) == 2
+    assert len(t["cache_per_tensor_step_s"]) == 2 and t["flat_params_speedup"] > 0
     assert t["generalist_source"]["cache"]["online"] is False and t["generalist_source"]["online"]["online"] is True

@@ -95,10 +95,10 @@ def _tiny_generalist_run(store: Path, run: Path) -> Path:
     return run
 
 
-def _specialist_config(root: Path, name: str, batch: int, steps: int, compile: bool) -> Path:
+def _specialist_config(root: Path, name: str, batch: int, steps: int, compile: bool, flat_params: bool = True) -> Path:
     config = root / f"{name}.json"
     cfg = json.loads(json.dumps(SPECIALIST))
-    cfg["trainer"].update({"batch_size": batch, "steps": steps, "compile": compile})
+    cfg["trainer"].update({"batch_size": batch, "steps": steps, "compile": compile, "flat_params": flat_params})
     config.write_text(json.dumps(cfg))
     return config
 
@@ -112,8 +112,10 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
     Both trainers are built as ``robodual train specialist --generalist-cache auto`` and ``--generalist RUN``
     build them (the specialist plugin's ``build_trainer``, reached through the registry) on one store, in
     this process, and take optimizer steps in turn (cache, online, online, cache, ...): the machine's speed
-    drift hits both alike, so the ratio of their median step times is a side-by-side figure. ``compile``
-    adds the same pair with ``trainer.compile`` (compiled during the warm-up steps).
+    drift hits both alike, so the ratio of their median step times is a side-by-side figure. A third trainer,
+    the cache one with ``trainer.flat_params=false`` (one optimizer/EMA/clipping tensor per parameter), steps
+    in the same rotation: ``flat_params_speedup`` is what the flat buffers gain. ``compile`` adds the same
+    pair with ``trainer.compile`` (compiled during the warm-up steps).
     """
     from robodual_core.plugins import registry
     from robodual_generalist.caching import build_cache
@@ -134,6 +136,11 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
             config = _specialist_config(root, kind, batch, warmup + steps, flag)
             trainers = {src: dit.build_trainer(store, root / f"{kind}_{src}", config=config, overwrite=True,
                                                show_progress=False, **args) for src, args in sources.items()}
+            if kind == "eager":
+                per_tensor = _specialist_config(root, "per_tensor", batch, warmup + steps, flag, flat_params=False)
+                trainers["cache_per_tensor"] = dit.build_trainer(store, root / "per_tensor", config=per_tensor,
+                                                                 overwrite=True, show_progress=False,
+                                                                 **sources["cache"])
             batches = {}
             for src, trainer in trainers.items():
                 trainer.model.train()
@@ -154,6 +161,9 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
                                                "hash": t.extra_json["generalist"]["hash"]}
                                          for src, t in trainers.items()}}
             if kind == "eager":
+                per = float(np.median(times["cache_per_tensor"]))
+                row.update({"flat_params_speedup": per / cached, "cache_per_tensor_step_s": times["cache_per_tensor"],
+                            "flat_params_note": "the cache trainer with trainer.flat_params=false, in the same rotation"})
                 out.update(row)
             else:
                 out["compiled"] = row

@@ -196,4 +196,7 @@ def bench_generalist(
                           f"with the cache, {row['online_steps_per_s']:.2f} with the generalist online -> "
                           f"{row['speedup']:.1f}x (target >= {t['target_speedup']:.0f}x; median step times of "
                           f"{t['steps']} steps each, taken in turn)")
+        if "flat_params_speedup" in t:
+            con.print(f"flat parameter buffers (trainer.flat_params): cache steps {t['flat_params_speedup']:.2f}x "
+                      "faster than with one optimizer/EMA tensor per parameter")
     con.print(f"report: {out}")
