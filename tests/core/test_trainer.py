@@ -218,7 +218,13 @@ def test_flat_parameters_stay_aliased_and_refuse_a_moved_model(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # flattening keeps the values
     trainer.fit()
     assert not torch.equal(before["net.0.weight"], model.net[0].weight)  # steps reach the module's parameters
-    trainer.model.double()  # replaces every parameter's data: the optimizer would no longer reach them
+    for p in trainer.model.parameters():  # what model.to(another device) does: the optimizer would miss them
+        p.data = p.data.clone()
     trainer.cfg.steps = 6
-    with pytest.raises(RobodualError, match="replaced after the Trainer was built"):
+    with pytest.raises(RobodualError, match="replaced after the"):
         trainer.fit(resume=True)
+    torch.manual_seed(0)
+    trainer = Trainer(NoBias(), Data(), cfg(steps=5, ckpt_every=5), tmp_path / "none", show_progress=False)
+    trainer.model.zero_grad(set_to_none=True)  # backward would then make gradients outside the buffer
+    with pytest.raises(RobodualError, match="zero_grad"):
+        trainer.fit()

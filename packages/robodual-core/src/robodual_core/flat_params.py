@@ -70,15 +70,18 @@ class FlatParameters:
             flat.grad.zero_()
 
     def check(self) -> None:
-        """Raise when a parameter no longer aliases its buffer: the model was moved or cast after the trainer
-        was built, and optimizer steps would no longer reach it."""
+        """Raise when a parameter or its gradient no longer aliases its buffer (the model was moved or cast
+        after the trainer was built, or something set gradients to None): optimizer steps would silently miss
+        them. Checks the first and last parameter of each group (a whole-model move or cast replaces all)."""
         for params, slices, flat in zip(self.groups, self.slices, self.flat, strict=True):
             for i in {0, len(params) - 1} if params else ():
                 p, (offset, _) = params[i], slices[i]
                 if p.data_ptr() != flat.data_ptr() + offset * flat.element_size() or p.grad is None \
                         or p.grad.data_ptr() != flat.grad.data_ptr() + offset * flat.element_size():
-                    raise RobodualError("the model's trained parameters were replaced after the Trainer was built "
-                                        "(model.to(...) or a cast?); place and cast the model before building it")
+                    raise RobodualError("the model's trained parameters or their gradients were replaced after the "
+                                        "Trainer was built (model.to(...), a cast, zero_grad(set_to_none=True)?); "
+                                        "place and cast the model before building it, or set "
+                                        "trainer.flat_params=false")
 
     def split(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-parameter views (in :meth:`params` order) of tensors shaped like :attr:`flat` (e.g. EMA shadows)."""

@@ -350,7 +350,6 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda"
                     else _nullcontext())
         if self._flat is not None:
-            self._flat.check()
             self._flat.zero_grad()
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -369,6 +368,8 @@ class Trainer:
             samples += _batch_size(batch)
             for k, v in {"loss": float(loss.detach()), **metrics}.items():
                 metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) / cfg.grad_accum
+        if self._flat is not None:
+            self._flat.check()  # after backward: also catches gradients set to None or replaced mid-step
         grad_norm = self._clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
