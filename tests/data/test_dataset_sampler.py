@@ -133,3 +133,30 @@ def test_normalizer_modes_numpy_and_torch_round_trip():
         Normalizer.from_stats(stats, {"a": "z"})
     with pytest.raises(RobodualError, match="no statistics for it"):
         Normalizer.from_stats(stats, {"b": "q99"})
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_batched_reads_equal_sample_by_sample(store, in_memory):
+    """The DataLoader's batched read (__getitems__) gives exactly the one-by-one samples, tau draws included,
+    for in-memory images and for images read from zarr, with history, resizing and depth normalization."""
+    kw = dict(obs_keys=["rgb_static", "depth_static", "proprio"], horizon=4, k_g=4, history=2, image_size=6,
+              split="all", image_cache_bytes=1 << 30 if in_memory else 0)
+    ds = WindowDataset(store, **kw)
+    assert ds.images_in_memory == in_memory
+    idx = [0, 6, int(STARTS[2]) + 1, len(ds) - 1, 6]
+    torch.manual_seed(5)
+    batch = ds.__getitems__(idx)
+    torch.manual_seed(5)
+    single = [ds[i] for i in idx]
+    assert len({s["tau"] for s in batch}) > 1 or len({s["tau"] for s in single}) == 1
+    for a, b in zip(batch, single, strict=True):
+        assert a.keys() == b.keys() and a["obs"].keys() == b["obs"].keys()
+        for key in ("index", "tau", "gen_index", "episode", "instruction", "task"):
+            assert a[key] == b[key]
+        for key in ("action", "action_is_pad", "proprio"):
+            assert torch.equal(a[key], b[key])
+        for key in a["obs"]:
+            assert torch.equal(a["obs"][key], b["obs"][key])
+    assert single[2]["obs"]["rgb_static"].shape == (3, 3, 6, 6) and single[2]["obs"]["proprio"].shape == (2,)
+    with pytest.raises(IndexError, match="out of range"):
+        ds.__getitems__([0, len(ds)])
