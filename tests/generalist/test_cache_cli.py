@@ -1,6 +1,7 @@
 """CLI end to end: train -> cache -> merge; the cache equals fresh inference, resumes, and refuses
 another checkpoint's outputs."""
 
+import numpy as np
 import pytest
 import torch
 from generalist_helpers import cli, make_store
@@ -105,7 +106,7 @@ def test_pooled_cache_shrinks_the_latents(trained):
     assert summary["pooling"] == "mean" and summary["bytes_per_step"] < 64 * 4 * 10
 
 
-def test_specialist_trains_on_the_generalist_online(trained, tmp_path):
+def test_specialist_trains_on_the_generalist_online(trained, tmp_path, monkeypatch):
     """--generalist RUN runs the generalist on every batch; its outputs equal the cache's rows."""
     import json
 
@@ -121,6 +122,13 @@ def test_specialist_trains_on_the_generalist_online(trained, tmp_path):
     n = got.task_latents.shape[1]
     torch.testing.assert_close(got.task_latents, want.task_latents[:, :n], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.action_latents, want.action_latents, rtol=1e-4, atol=1e-4)
+    assert isinstance(online.images, np.ndarray)  # a small store's frames are read once, into memory
+    import robodual_core.data.sampler as sampler
+
+    monkeypatch.setattr(sampler, "IMAGE_CACHE_BYTES", 0)  # a large store: frames read from zarr per batch
+    from_zarr, _ = online_generalist(open_store(store), run, "none")
+    assert not isinstance(from_zarr.images, np.ndarray)
+    assert torch.equal(from_zarr.outputs(steps).actions, got.actions)
     config = tmp_path / "specialist.yaml"
     config.write_text("model: {hidden: 32, depth: 1, heads: 2, k_s: 2, sensors: []}\n"
                       "trainer: {batch_size: 4, num_workers: 0, warmup_steps: 1, ckpt_every: 2, log_every: 1}\n")
