@@ -35,35 +35,25 @@ class FlatParameters:
     def __init__(self, groups: list[list[nn.Parameter]]):
         ref = next(p for params in groups for p in params)
         self.groups = groups
+        self.sizes = [[p.numel() for p in params] for params in groups]
         self.flat: list[nn.Parameter] = []
-        self.slices: list[list[tuple[int, int]]] = []
-        for params in groups:
-            total = sum(p.numel() for p in params)
-            data = torch.empty(total, dtype=ref.dtype, device=ref.device)
+        for params, sizes in zip(groups, self.sizes, strict=True):
+            with torch.no_grad():
+                data = (torch.cat([p.detach().reshape(-1) for p in params]) if params
+                        else torch.empty(0, dtype=ref.dtype, device=ref.device))
             grad = torch.zeros_like(data)
-            slices, offset = [], 0
-            for p in params:
-                n = p.numel()
-                with torch.no_grad():
-                    data[offset:offset + n].copy_(p.detach().reshape(-1))
-                p.data = data[offset:offset + n].view_as(p)
-                p.grad = grad[offset:offset + n].view_as(p)  # backward accumulates into it in place
-                slices.append((offset, n))
-                offset += n
+            for p, d, g in zip(params, data.split(sizes), grad.split(sizes), strict=True):
+                p.data = d.view_as(p)
+                p.grad = g.view_as(p)  # backward accumulates into it in place
             flat = nn.Parameter(data)
             flat.grad = grad
             self.flat.append(flat)
-            self.slices.append(slices)
 
     @staticmethod
     def supported(params: list[nn.Parameter], distributed: bool) -> bool:
         """One device and floating dtype for all, and no DDP (which keeps its own gradient buckets)."""
         return (not distributed and len({(p.device, p.dtype) for p in params}) == 1
                 and all(p.is_floating_point() for p in params))
-
-    def params(self) -> list[nn.Parameter]:
-        """The trained parameters in buffer order (group after group)."""
-        return [p for params in self.groups for p in params]
 
     def zero_grad(self) -> None:
         for flat in self.flat:
@@ -73,38 +63,39 @@ class FlatParameters:
         """Raise when a parameter or its gradient no longer aliases its buffer (the model was moved or cast
         after the trainer was built, or something set gradients to None): optimizer steps would silently miss
         them. Checks the first and last parameter of each group (a whole-model move or cast replaces all)."""
-        for params, slices, flat in zip(self.groups, self.slices, self.flat, strict=True):
-            for i in {0, len(params) - 1} if params else ():
-                p, (offset, _) = params[i], slices[i]
-                if p.data_ptr() != flat.data_ptr() + offset * flat.element_size() or p.grad is None \
-                        or p.grad.data_ptr() != flat.grad.data_ptr() + offset * flat.element_size():
+        for params, flat in zip(self.groups, self.flat, strict=True):
+            # the first parameter starts the buffer, the last one ends it
+            for p, offset in ((params[0], 0), (params[-1], flat.numel() - params[-1].numel())) if params else ():
+                at = offset * flat.element_size()
+                if p.data_ptr() != flat.data_ptr() + at or p.grad is None or p.grad.data_ptr() != flat.grad.data_ptr() + at:
                     raise RobodualError("the model's trained parameters or their gradients were replaced after the "
                                         "Trainer was built (model.to(...), a cast, zero_grad(set_to_none=True)?); "
                                         "place and cast the model before building it, or set "
                                         "trainer.flat_params=false")
 
+    def _views(self, g: int, t: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of ``t``, a tensor shaped like group ``g``'s buffer."""
+        return [v.view_as(p) for v, p in zip(t.split(self.sizes[g]), self.groups[g], strict=True)]
+
     def split(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-parameter views (in :meth:`params` order) of tensors shaped like :attr:`flat` (e.g. EMA shadows)."""
-        out = []
-        for t, params, slices in zip(tensors, self.groups, self.slices, strict=True):
-            out += [t[o:o + n].view_as(p) for p, (o, n) in zip(params, slices, strict=True)]
-        return out
+        """Per-parameter views, group after group, of tensors shaped like :attr:`flat` (e.g. EMA shadows)."""
+        return [v for g, t in enumerate(tensors) for v in self._views(g, t)]
 
     def param_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The flat optimizer's ``state_dict()`` as a per-parameter optimizer's over the same groups
         (parameters numbered group after group, as ``torch.optim`` numbers them)."""
         out: dict[int, dict[str, Any]] = {}
         groups, index = [], 0
-        for group, params, slices in zip(state["param_groups"], self.groups, self.slices, strict=True):
+        for g, group in enumerate(state["param_groups"]):
             flat_state = state["state"].get(group["params"][0], {})
-            ids = []
-            for p, (o, n) in zip(params, slices, strict=True):
-                if flat_state:
-                    out[index] = {k: v.clone() if k in SHARED else v[o:o + n].view_as(p) if isinstance(v, torch.Tensor)
-                                  else v for k, v in flat_state.items()}
-                ids.append(index)
-                index += 1
+            per_key = {k: self._views(g, v) for k, v in flat_state.items()
+                       if isinstance(v, torch.Tensor) and k not in SHARED}
+            ids = list(range(index, index + len(self.groups[g])))
+            for j, i in enumerate(ids if flat_state else ()):
+                out[i] = {k: per_key[k][j] if k in per_key else v.clone() if isinstance(v, torch.Tensor) else v
+                          for k, v in flat_state.items()}
             groups.append({**group, "params": ids})
+            index += len(ids)
         return {"state": out, "param_groups": groups}
 
     def flat_state(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -115,26 +106,26 @@ class FlatParameters:
                                 f"optimizer has {len(self.groups)}")
         out: dict[int, dict[str, Any]] = {}
         groups = []
-        for g, (group, params, flat) in enumerate(zip(state["param_groups"], self.groups, self.flat, strict=True)):
+        for g, (group, params) in enumerate(zip(state["param_groups"], self.groups, strict=True)):
             if len(group["params"]) != len(params):
                 raise RobodualError(f"optimizer state group {g} has {len(group['params'])} parameters; this "
                                     f"model's has {len(params)} (a checkpoint of another model?)")
             per = [state["state"].get(i) for i in group["params"]]
             first = next((s for s in per if s), None)
             if first is not None:
-                entry: dict[str, Any] = {}
-                for key, value in first.items():
-                    if key in SHARED or not isinstance(value, torch.Tensor):
-                        entry[key] = value.clone() if isinstance(value, torch.Tensor) else value
-                    else:
-                        parts = []
-                        for s, p in zip(per, params, strict=True):
-                            v = s[key] if s else torch.zeros(p.shape, dtype=value.dtype)
-                            if v.numel() != p.numel():
-                                raise RobodualError(f"optimizer state '{key}' has {v.numel()} values for a "
-                                                    f"parameter of {p.numel()}")
-                            parts.append(v.reshape(-1).to(flat.device))
-                        entry[key] = torch.cat(parts) if parts else flat.detach().new_zeros(0)
-                out[g] = entry
+                out[g] = {key: self._concat(key, [s[key] if s else None for s in per], g)
+                          if isinstance(value, torch.Tensor) and key not in SHARED
+                          else value.clone() if isinstance(value, torch.Tensor) else value
+                          for key, value in first.items()}
             groups.append({**group, "params": [g]})
         return {"state": out, "param_groups": groups}
+
+    def _concat(self, key: str, values: list[torch.Tensor | None], g: int) -> torch.Tensor:
+        """One buffer of group ``g`` from per-parameter state ``values`` (None: zeros)."""
+        flat = self.flat[g]
+        parts = []
+        for v, p in zip(values, self.groups[g], strict=True):
+            if v is not None and v.numel() != p.numel():
+                raise RobodualError(f"optimizer state '{key}' has {v.numel()} values for a parameter of {p.numel()}")
+            parts.append(flat.new_zeros(p.numel()) if v is None else v.reshape(-1).to(flat.device))
+        return torch.cat(parts) if parts else flat.detach().new_zeros(0)

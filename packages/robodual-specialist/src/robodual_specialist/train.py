@@ -66,13 +66,11 @@ class OnlineGeneralist:
         if runner.image_key not in store.keys:
             raise RobodualError(f"the generalist reads key '{runner.image_key}', which the dataset lacks; keys: "
                                 f"{', '.join(store.keys)}")
-        from robodual_core.data.sampler import IMAGE_CACHE_BYTES
+        from robodual_core.data import sampler
 
-        images = store.array(runner.image_key)
         # held in memory when small, as WindowDataset holds its images: a zarr read costs ~1 ms a frame, ~7 ms of
         # every batch of 8 (the rest of the online step is the generalist's own work)
-        nbytes = int(np.prod(images.shape, dtype=np.int64)) * np.dtype(images.dtype).itemsize
-        self.images = np.asarray(images[:]) if nbytes <= IMAGE_CACHE_BYTES else images
+        self.images = sampler.in_memory_if_small(store.array(runner.image_key), sampler.IMAGE_CACHE_BYTES)
         self.episode_ends = np.asarray(store.episode_ends)
         self.instructions = store.instructions
 

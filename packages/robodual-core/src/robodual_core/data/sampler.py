@@ -59,6 +59,11 @@ def _nbytes(arr: Any) -> int:
     return int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
 
 
+def in_memory_if_small(arr: Any, limit: int) -> Any:
+    """``arr`` (a zarr array) read whole into a numpy array when it is at most ``limit`` bytes, else itself."""
+    return np.asarray(arr[:]) if _nbytes(arr) <= limit else arr
+
+
 class WindowDataset(Dataset):
     """Windows of a robodual store for policy training (see the module docstring for the sample layout)."""
 
@@ -121,7 +126,7 @@ class WindowDataset(Dataset):
                 if self.modalities.get(k) in ("rgb", "depth", "tactile"):
                     self._arrays[k] = np.asarray(arr[:]) if self.images_in_memory else arr
                 else:
-                    self._arrays[k] = np.asarray(arr[:]) if _nbytes(arr) <= LOWDIM_CACHE_BYTES else arr
+                    self._arrays[k] = in_memory_if_small(arr, LOWDIM_CACHE_BYTES)
             self._pid = os.getpid()
         return self._arrays[key]
 
@@ -182,10 +187,10 @@ class WindowDataset(Dataset):
         """The samples at ``indices``, read and normalized as one batch (the DataLoader calls this with a
         batch's indices): per-sample reads and numpy calls cost ~0.1 ms each on the CPU. Each sample is a
         view into the batch tensors; tau draws come in sample order, as one draw per sample would."""
-        for i in indices:
-            if not 0 <= i < len(self):
-                raise IndexError(f"sample {i} out of range for {len(self)} samples")
         idx = np.asarray(indices, dtype=np.int64)
+        bad = idx[(idx < 0) | (idx >= len(self))]
+        if bad.size:
+            raise IndexError(f"sample {int(bad[0])} out of range for {len(self)} samples")
         ts, eps = self._sample_step[idx], self._sample_episode[idx]
         starts, ends = self.episode_starts[eps].astype(np.int64), self.episode_ends[eps].astype(np.int64)
         steps = ts[:, None] + np.arange(self.horizon)  # [B, horizon]
