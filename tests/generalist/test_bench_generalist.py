@@ -24,3 +24,6 @@ def test_bench_generalist_writes_its_report(tmp_path):
     assert t["pooling"] == "step" and len(t["cache_step_s"]) == len(t["online_step_s"]) == 2
     assert len(t["cache_per_tensor_step_s"]) == 2 and t["flat_params_speedup"] > 0
     assert t["generalist_source"]["cache"]["online"] is False and t["generalist_source"]["online"]["online"] is True
+    # the online step splits into the generalist's inference (timed inside it) and the specialist's step
+    assert 0 < t["online_generalist_s"] < max(t["online_step_s"]) and t["online_specialist_s"] > 0
+    assert t["params"]["generalist"] > 0 and t["params"]["specialist_trainable"] > 0

@@ -103,6 +103,19 @@ def _specialist_config(root: Path, name: str, batch: int, steps: int, compile: b
     return config
 
 
+class _Timed:
+    """A batch transform that records how long each call took (the online generalist's share of a step)."""
+
+    def __init__(self, fn: Any):
+        self.fn, self.times = fn, []
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = self.fn(batch)
+        self.times.append(time.perf_counter() - t0)
+        return out
+
+
 POOLING = "step"  # as the demo caches the tiny generalist (`robodual demo`: generalist cache --pooling step)
 
 
@@ -116,6 +129,10 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
     the cache one with ``trainer.flat_params=false`` (one optimizer/EMA/clipping tensor per parameter), steps
     in the same rotation: ``flat_params_speedup`` is what the flat buffers gain. ``compile`` adds the same
     pair with ``trainer.compile`` (compiled during the warm-up steps).
+
+    The online step splits into the generalist's inference (timed inside the step) and the specialist's own
+    step: the speedup is about ``1 + generalist / specialist step``, so it is set by how the generalist's
+    inference compares with the specialist's training step; both sizes are reported (parameters).
     """
     from robodual_core.plugins import registry
     from robodual_generalist.caching import build_cache
@@ -141,6 +158,8 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
                 trainers["cache_per_tensor"] = dit.build_trainer(store, root / "per_tensor", config=per_tensor,
                                                                  overwrite=True, show_progress=False,
                                                                  **sources["cache"])
+            timed = _Timed(trainers["online"].batch_transform)
+            trainers["online"].batch_transform = timed
             batches = {}
             for src, trainer in trainers.items():
                 trainer.model.train()
@@ -148,6 +167,7 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
                 for _ in range(warmup):
                     trainer.train_step(batches[src])
             times: dict[str, list[float]] = {src: [] for src in trainers}
+            timed.times.clear()
             for i in range(steps):
                 for src in (list(trainers) if i % 2 == 0 else list(trainers)[::-1]):
                     t0 = time.perf_counter()
@@ -157,10 +177,16 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
             row = {"cache_steps_per_s": 1 / cached, "online_steps_per_s": 1 / online, "speedup": online / cached,
                    "speedup_per_pair_median": float(np.median(np.asarray(times["online"]) / np.asarray(times["cache"]))),
                    "cache_step_s": times["cache"], "online_step_s": times["online"],
+                   "online_generalist_s": float(np.median(timed.times)),
+                   "online_specialist_s": float(np.median(np.asarray(times["online"]) - np.asarray(timed.times))),
                    "generalist_source": {src: {"online": bool(t.extra_json["generalist"].get("online")),
                                                "hash": t.extra_json["generalist"]["hash"]}
                                          for src, t in trainers.items()}}
             if kind == "eager":
+                runner = trainers["online"].batch_transform.fn.runner
+                out["params"] = {"generalist": sum(p.numel() for p in runner.model.parameters()),
+                                 "specialist_trainable": sum(p.numel() for p in trainers["cache"].model.parameters()
+                                                             if p.requires_grad)}
                 per = float(np.median(times["cache_per_tensor"]))
                 row.update({"flat_params_speedup": per / cached, "cache_per_tensor_step_s": times["cache_per_tensor"],
                             "flat_params_note": "the cache trainer with trainer.flat_params=false, in the same rotation"})

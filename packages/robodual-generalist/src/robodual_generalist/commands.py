@@ -196,6 +196,12 @@ def bench_generalist(
                           f"with the cache, {row['online_steps_per_s']:.2f} with the generalist online -> "
                           f"{row['speedup']:.1f}x (target >= {t['target_speedup']:.0f}x; median step times of "
                           f"{t['steps']} steps each, taken in turn)")
+        if "online_generalist_s" in t:
+            size = t.get("params", {})
+            con.print(f"  online step = generalist {t['online_generalist_s'] * 1000:.1f} ms + specialist "
+                      f"{t['online_specialist_s'] * 1000:.1f} ms; cache step {1000 / t['cache_steps_per_s']:.1f} ms "
+                      f"(generalist {size.get('generalist', 0) / 1e6:.2f}M parameters, specialist "
+                      f"{size.get('specialist_trainable', 0) / 1e6:.2f}M trained)")
         if "flat_params_speedup" in t:
             con.print(f"flat parameter buffers (trainer.flat_params): cache steps {t['flat_params_speedup']:.2f}x "
                       "faster than with one optimizer/EMA tensor per parameter")
