@@ -27,3 +27,7 @@ def test_bench_generalist_writes_its_report(tmp_path):
     # the online step splits into the generalist's inference (timed inside it) and the specialist's step
     assert 0 < t["online_generalist_s"] < max(t["online_step_s"]) and t["online_specialist_s"] > 0
     assert t["params"]["generalist"] > 0 and t["params"]["specialist_trainable"] > 0
+    # a generalist larger than the specialist steps in the same rotation
+    big = t["larger_generalist"]
+    assert big["params"]["generalist"] > t["params"]["generalist"]
+    assert len(big["cache_step_s"]) == len(big["online_step_s"]) == 2 and big["online_generalist_s"] > 0

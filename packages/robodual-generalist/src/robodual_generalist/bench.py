@@ -78,14 +78,15 @@ def _synthetic_store(path: Path, episodes: int = 4, length: int = 40, size: int 
     return path
 
 
-def _tiny_generalist_run(store: Path, run: Path) -> Path:
-    """One training step of the tiny generalist: a real checkpoint folder for the cache and for --generalist."""
+def _tiny_generalist_run(store: Path, run: Path, tiny: dict[str, Any] | None = None) -> Path:
+    """One training step of a tiny generalist (``tiny``: TinyConfig overrides): a real checkpoint folder for
+    the cache and for --generalist."""
     from robodual_core.data import WindowDataset
     from robodual_core.training import Trainer
-    from robodual_generalist.config import TINY_TRAIN_DEFAULTS, GeneralistTrainConfig
+    from robodual_generalist.config import TINY_TRAIN_DEFAULTS, GeneralistTrainConfig, TinyConfig
 
     cfg = GeneralistTrainConfig()
-    m = GeneralistConfig(base="tiny", lora=False, freeze_vision=False)
+    m = GeneralistConfig(base="tiny", lora=False, freeze_vision=False, tiny=TinyConfig(**(tiny or {})))
     ds = WindowDataset(store, obs_keys=[m.image_key], horizon=m.k_g, k_g=m.k_g, image_size=None, split="train",
                        normalization={"action": "q99"}, augment_tau=False)
     tcfg = dataclasses.replace(cfg.trainer, **{**TINY_TRAIN_DEFAULTS["trainer"], "steps": 1, "ckpt_every": 1,
@@ -117,12 +118,33 @@ class _Timed:
 
 
 POOLING = "step"  # as the demo caches the tiny generalist (`robodual demo`: generalist cache --pooling step)
+# a generalist larger than the bench's specialist (the paper's is ~400x larger): the regime the cache is for
+LARGER = {"num_layers": 4, "hidden_size": 256, "intermediate_size": 512}
 
 
-def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compile: bool = False) -> dict[str, Any]:
+def _pair(times: dict[str, list[float]], cache: str, online: str, generalist_s: list[float]) -> dict[str, Any]:
+    """Cache vs online figures of one generalist from the rotation's step times."""
+    cached, on = float(np.median(times[cache])), float(np.median(times[online]))
+    return {"cache_steps_per_s": 1 / cached, "online_steps_per_s": 1 / on, "speedup": on / cached,
+            "speedup_per_pair_median": float(np.median(np.asarray(times[online]) / np.asarray(times[cache]))),
+            "cache_step_s": times[cache], "online_step_s": times[online],
+            "online_generalist_s": float(np.median(generalist_s)),
+            "online_specialist_s": float(np.median(np.asarray(times[online]) - np.asarray(generalist_s)))}
+
+
+def _sizes(trainers: dict[str, Any], suffix: str) -> dict[str, int]:
+    """Parameters of the online trainer's generalist and the cache trainer's trained specialist parameters."""
+    runner = trainers[f"online{suffix}"].batch_transform.fn.runner
+    return {"generalist": sum(p.numel() for p in runner.model.parameters()),
+            "specialist_trainable": sum(p.numel() for p in trainers[f"cache{suffix}"].model.parameters()
+                                        if p.requires_grad)}
+
+
+def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compile: bool = False,
+                        larger: bool = True) -> dict[str, Any]:
     """Specialist training steps/s with the generalist cache vs the generalist run online.
 
-    Both trainers are built as ``robodual train specialist --generalist-cache auto`` and ``--generalist RUN``
+    Both trainers are built as ``robodual train specialist --generalist-cache HASH`` and ``--generalist RUN``
     build them (the specialist plugin's ``build_trainer``, reached through the registry) on one store, in
     this process, and take optimizer steps in turn (cache, online, online, cache, ...): the machine's speed
     drift hits both alike, so the ratio of their median step times is a side-by-side figure. A third trainer,
@@ -132,7 +154,9 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
 
     The online step splits into the generalist's inference (timed inside the step) and the specialist's own
     step: the speedup is about ``1 + generalist / specialist step``, so it is set by how the generalist's
-    inference compares with the specialist's training step; both sizes are reported (parameters).
+    inference compares with the specialist's training step; both sizes are reported (parameters). The tiny
+    generalist is smaller than this specialist; with ``larger``, a cache/online pair conditioned on a tiny
+    generalist of ``LARGER`` size (larger than the specialist, as generalists are) steps in the same rotation.
     """
     from robodual_core.plugins import registry
     from robodual_generalist.caching import build_cache
@@ -141,25 +165,32 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
     with tempfile.TemporaryDirectory(prefix="robodual-bench-generalist-") as tmp:
         root = Path(tmp)
         store = _synthetic_store(root / "store.zarr")
-        gen = _tiny_generalist_run(store, root / "generalist")
-        build_cache(gen, store, batch_size=32, dtype="float16", pooling=POOLING, show_progress=False)
-        sources = {"cache": {"generalist_cache": "auto"},
-                   "online": {"generalist": gen, "generalist_pooling": POOLING}}
+        gens = {"": _tiny_generalist_run(store, root / "generalist")}
+        if larger:
+            gens["_larger"] = _tiny_generalist_run(store, root / "generalist_larger", tiny=LARGER)
+        sources: dict[str, dict[str, Any]] = {}
+        for suffix, gen in gens.items():
+            h = build_cache(gen, store, batch_size=32, dtype="float16", pooling=POOLING,
+                            show_progress=False)["checkpoint_hash"]
+            sources[f"cache{suffix}"] = {"generalist_cache": h}
+            sources[f"online{suffix}"] = {"generalist": gen, "generalist_pooling": POOLING}
         kinds = {"eager": False, **({"compiled": True} if compile else {})}
         out: dict[str, Any] = {"batch": batch, "steps": steps, "warmup": warmup, "pooling": POOLING,
                                "target_speedup": 5.0, "specialist": SPECIALIST["model"],
                                "generalist": "tiny (VLAGeneralist, 64x64 images, word tokenizer)"}
         for kind, flag in kinds.items():
             config = _specialist_config(root, kind, batch, warmup + steps, flag)
+            names = list(sources) if kind == "eager" else ["cache", "online"]
             trainers = {src: dit.build_trainer(store, root / f"{kind}_{src}", config=config, overwrite=True,
-                                               show_progress=False, **args) for src, args in sources.items()}
+                                               show_progress=False, **sources[src]) for src in names}
             if kind == "eager":
                 per_tensor = _specialist_config(root, "per_tensor", batch, warmup + steps, flag, flat_params=False)
                 trainers["cache_per_tensor"] = dit.build_trainer(store, root / "per_tensor", config=per_tensor,
                                                                  overwrite=True, show_progress=False,
                                                                  **sources["cache"])
-            timed = _Timed(trainers["online"].batch_transform)
-            trainers["online"].batch_transform = timed
+            timed = {src: _Timed(t.batch_transform) for src, t in trainers.items() if src.startswith("online")}
+            for src, wrapper in timed.items():
+                trainers[src].batch_transform = wrapper
             batches = {}
             for src, trainer in trainers.items():
                 trainer.model.train()
@@ -167,29 +198,27 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
                 for _ in range(warmup):
                     trainer.train_step(batches[src])
             times: dict[str, list[float]] = {src: [] for src in trainers}
-            timed.times.clear()
+            for wrapper in timed.values():
+                wrapper.times.clear()
             for i in range(steps):
                 for src in (list(trainers) if i % 2 == 0 else list(trainers)[::-1]):
                     t0 = time.perf_counter()
                     trainers[src].train_step(batches[src])
                     times[src].append(time.perf_counter() - t0)
-            cached, online = (float(np.median(times[k])) for k in ("cache", "online"))
-            row = {"cache_steps_per_s": 1 / cached, "online_steps_per_s": 1 / online, "speedup": online / cached,
-                   "speedup_per_pair_median": float(np.median(np.asarray(times["online"]) / np.asarray(times["cache"]))),
-                   "cache_step_s": times["cache"], "online_step_s": times["online"],
-                   "online_generalist_s": float(np.median(timed.times)),
-                   "online_specialist_s": float(np.median(np.asarray(times["online"]) - np.asarray(timed.times))),
-                   "generalist_source": {src: {"online": bool(t.extra_json["generalist"].get("online")),
-                                               "hash": t.extra_json["generalist"]["hash"]}
-                                         for src, t in trainers.items()}}
+            row = _pair(times, "cache", "online", timed["online"].times)
+            row["generalist_source"] = {src: {"online": bool(t.extra_json["generalist"].get("online")),
+                                              "hash": t.extra_json["generalist"]["hash"]}
+                                        for src, t in trainers.items()}
             if kind == "eager":
-                runner = trainers["online"].batch_transform.fn.runner
-                out["params"] = {"generalist": sum(p.numel() for p in runner.model.parameters()),
-                                 "specialist_trainable": sum(p.numel() for p in trainers["cache"].model.parameters()
-                                                             if p.requires_grad)}
+                out["params"] = _sizes(trainers, "")
                 per = float(np.median(times["cache_per_tensor"]))
-                row.update({"flat_params_speedup": per / cached, "cache_per_tensor_step_s": times["cache_per_tensor"],
+                row.update({"flat_params_speedup": per / float(np.median(times["cache"])),
+                            "cache_per_tensor_step_s": times["cache_per_tensor"],
                             "flat_params_note": "the cache trainer with trainer.flat_params=false, in the same rotation"})
+                if larger:
+                    out["larger_generalist"] = {"tiny": LARGER, "params": _sizes(trainers, "_larger"),
+                                                **_pair(times, "cache_larger", "online_larger",
+                                                        timed["online_larger"].times)}
                 out.update(row)
             else:
                 out["compiled"] = row

@@ -202,6 +202,14 @@ def bench_generalist(
                       f"{t['online_specialist_s'] * 1000:.1f} ms; cache step {1000 / t['cache_steps_per_s']:.1f} ms "
                       f"(generalist {size.get('generalist', 0) / 1e6:.2f}M parameters, specialist "
                       f"{size.get('specialist_trainable', 0) / 1e6:.2f}M trained)")
+        big = t.get("larger_generalist")
+        if big:
+            layout = f"{big['tiny']['num_layers']} layers x {big['tiny']['hidden_size']}"
+            con.print(f"with a generalist larger than the specialist ({layout}, {big['params']['generalist'] / 1e6:.2f}M "
+                      f"parameters): {big['cache_steps_per_s']:.2f} steps/s with the cache, "
+                      f"{big['online_steps_per_s']:.2f} online -> {big['speedup']:.1f}x (generalist "
+                      f"{big['online_generalist_s'] * 1000:.1f} ms + specialist {big['online_specialist_s'] * 1000:.1f} ms "
+                      "online; same rotation)")
         if "flat_params_speedup" in t:
             con.print(f"flat parameter buffers (trainer.flat_params): cache steps {t['flat_params_speedup']:.2f}x "
                       "faster than with one optimizer/EMA tensor per parameter")
