@@ -1,6 +1,8 @@
 """CLI end to end: train -> cache -> merge; the cache equals fresh inference, resumes, and refuses
 another checkpoint's outputs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,33 @@ def test_specialist_trains_on_the_generalist_online(trained, tmp_path, monkeypat
         from robodual_specialist.train import train
 
         train(store, tmp_path / "x", config=config, generalist_cache="auto", generalist=run, show_progress=False)
+
+
+def test_the_specialist_keeps_the_generalist_checkpoint_it_was_trained_with(trained, tmp_path):
+    """The cache and generalist.json name the checkpoint folder, not the run folder (whose latest checkpoint
+    moves when it trains on), and the runtime refuses a generalist that no longer hashes as recorded."""
+    import json
+    import shutil
+
+    from robodual_core.runtime import load_policy
+
+    store, run = trained
+    gen = tmp_path / "gen"
+    shutil.copytree(run, gen)
+    build_cache(gen, store, batch_size=8, overwrite=True, show_progress=False)
+    config = tmp_path / "specialist.yaml"
+    config.write_text("model: {hidden: 32, depth: 1, heads: 2, k_s: 2, sensors: []}\n"
+                      "trainer: {batch_size: 4, num_workers: 0, warmup_steps: 1, ckpt_every: 2, log_every: 1}\n")
+    cli("train", "specialist", "--dataset", store, "--out", tmp_path / "spec", "--config", config,
+        "--generalist-cache", checkpoint_hash(gen), "--steps", 2)
+    path = tmp_path / "spec" / "checkpoints" / "2" / "generalist.json"
+    record = json.loads(path.read_text())
+    assert Path(record["checkpoint"]).parent == (gen / "checkpoints").resolve()
+    # the generalist trains on; the specialist still runs with the checkpoint it was trained with
+    steps = max(int(p.name) for p in (gen / "checkpoints").iterdir() if p.name.isdigit())
+    cli("train", "generalist", "--dataset", store, "--out", gen, "--resume", "--steps", steps + 2, *TINY)
+    load_policy(tmp_path / "spec", mode="sync")
+    # an older record that named the run folder now finds other weights there: refused, naming the file
+    path.write_text(json.dumps({**record, "checkpoint": str(gen)}))
+    with pytest.raises(RobodualError, match="trained with generalist .* but .* is now"):
+        load_policy(tmp_path / "spec", mode="sync")

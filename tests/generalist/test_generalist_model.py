@@ -142,3 +142,47 @@ def test_resumed_tiny_run_keeps_the_tokenizer_it_was_started_with(tmp_path):
     saved.write_text(json.dumps({"model": {"base": "tiny", "tiny": {"hidden_size": 64}}}))  # before tiny.tokenizer
     assert resolve_train_config(None, [], None, None, saved=saved).model.tiny.tokenizer == "bytes"
     assert resolve_train_config(None, [], "tiny", None).model.tiny.tokenizer == "words"  # a new run
+
+
+def test_latent_layer_is_checked_when_the_model_is_built():
+    import dataclasses
+
+    import pytest
+
+    from robodual_core.errors import RobodualError
+
+    cfg = tiny_cfg()
+    layers = cfg.tiny.num_layers
+    for ok in (0, -1, layers, -(layers + 1)):
+        VLAGeneralist(dataclasses.replace(cfg, latent_layer=ok), action_dim=3)
+    for bad in (layers + 1, -(layers + 2)):
+        with pytest.raises(RobodualError, match=r"'model.latent_layer' is .*expected"):
+            VLAGeneralist(dataclasses.replace(cfg, latent_layer=bad), action_dim=3)
+
+
+def test_cache_refuses_to_cut_task_tokens():
+    import pytest
+
+    from robodual_core.errors import RobodualError
+    from robodual_generalist.caching import _pad_tokens
+
+    x = torch.ones(2, 3, 4)
+    assert _pad_tokens(x, 5).shape == (2, 5, 4) and _pad_tokens(x, 3) is x
+    with pytest.raises(RobodualError, match="gave 3 task tokens at steps 0-1, more than the 2"):
+        _pad_tokens(x, 2, " at steps 0-1")
+
+
+def test_model_folder_hash_covers_every_file(tmp_path):
+    """An unsharded model folder (a small merged VLM) hashes config, weights, tokenizer and processor files."""
+    from safetensors.torch import save_file
+
+    from robodual_core.data.generalist_cache import checkpoint_hash
+
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "tokenizer.json").write_text("{}")
+    first = checkpoint_hash(folder)
+    (folder / "tokenizer.json").write_text('{"changed": 1}')
+    assert checkpoint_hash(folder) != first

@@ -130,3 +130,19 @@ def test_lora_trains_only_adapters_and_overfits(base):
         loss.backward()
         opt.step()
     assert metrics["action_token_acc"] > 0.8
+
+
+def test_action_ids_step_over_trailing_special_tokens(base):
+    """LLaVA-style vocabularies end with added special tokens (<image>, <pad>): actions end below them."""
+    from robodual_core.errors import RobodualError
+    from robodual_generalist.hf_vlm import action_range_end
+
+    assert action_range_end(32002, 256, {0, 1, 2, 32000, 32001}) == 32000
+    assert action_range_end(1000, 256, {0, 1, 2}) == 1000
+    model = _model(base)
+    tok = model.action_tokenizer
+    reserved = set(model.processor.tokenizer.all_special_ids) | {model.image_token_id}
+    assert not reserved & set(range(tok.first_action_id - 1, tok.vocab_size))
+    assert model.cfg.action_vocab == tok.vocab_size  # saved with the model's config
+    with pytest.raises(RobodualError, match="would take its special tokens"):
+        _model(base, separator_id=model.image_token_id)

@@ -3,6 +3,7 @@ it, the offline merge (same outputs) and a changed base folder refused."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from generalist_helpers import cli, make_store, tiny_paligemma
 from safetensors.torch import load_file, save_file
 
+from robodual_core.checkpoint import pin_checkpoint
 from robodual_core.data import open_dataset
 from robodual_core.data.generalist_cache import checkpoint_hash, open_cache_for
 from robodual_core.errors import RobodualError
@@ -67,7 +69,9 @@ def test_cache_equals_fresh_inference_and_trains_the_specialist(trained, tmp_pat
     cli("train", "specialist", "--dataset", store, "--out", tmp_path / "spec", "--config", config,
         "--generalist-cache", "auto", "--steps", 2)
     record = json.loads((tmp_path / "spec" / "checkpoints" / "2" / "generalist.json").read_text())
-    assert record["hash"] == checkpoint_hash(run) and record["checkpoint"] == str(run)
+    # the cache (and so the specialist) names the checkpoint folder it was built from, not the moving run folder
+    assert record["hash"] == checkpoint_hash(run) and record["checkpoint"] == str(pin_checkpoint(run))
+    assert Path(record["checkpoint"]).parent == (run / "checkpoints").resolve()
     # the dual policy runs the hf_vlm generalist through the runtime
     policy = load_policy(tmp_path / "spec", mode="sync")
     policy.reset()

@@ -50,6 +50,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+def pin_checkpoint(path: str | Path) -> Path:
+    """The one folder a policy path stands for now, absolute: a run folder's latest checkpoint, else the folder
+    itself (a checkpoint, an OpenVLA-format or merged model folder). What is loaded, hashed and recorded for
+    later (a generalist cache, a specialist's generalist.json) is then the same fixed folder, not whatever
+    checkpoint a run folder holds last when it is read again."""
+    p = Path(path)
+    if not (p / "model.safetensors").is_file() and (p / "checkpoints").is_dir():
+        latest = latest_checkpoint(p)
+        if latest is not None:
+            return latest.resolve()
+    return p.resolve()
+
+
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON structure."""
     import torch

@@ -364,12 +364,30 @@ def generalist_for_specialist(specialist_ckpt: str | Path, process: bool = False
     if not (ckpt / "generalist.json").is_file():
         return None
     record = read_json(ckpt, "generalist")
-    if not record.get("checkpoint"):
-        raise RobodualError(f"'{ckpt / 'generalist.json'}' names no generalist checkpoint")
+    path = recorded_generalist(ckpt, record)
     options = {"pooling": record.get("pooling") or "none", "latent_dtype": record.get("dtype") or "float32"}
     if process:
-        return ProcessGeneralist(record["checkpoint"], **options)
-    return load_runner("generalist", record["checkpoint"], **options)
+        return ProcessGeneralist(path, **options)
+    return load_runner("generalist", path, **options)
+
+
+def recorded_generalist(ckpt: Path, record: dict[str, Any]) -> str:
+    """The generalist checkpoint a specialist checkpoint's ``generalist.json`` names, checked against the hash
+    recorded in training: a run folder that has since trained on (its latest checkpoint is another one) or
+    weights changed in place would otherwise condition the specialist on outputs it never saw."""
+    from robodual_core.data.generalist_cache import checkpoint_hash
+
+    where = ckpt / "generalist.json"
+    if not record.get("checkpoint"):
+        raise RobodualError(f"'{where}' names no generalist checkpoint")
+    path = str(record["checkpoint"])
+    if record.get("hash"):
+        found = checkpoint_hash(path)
+        if found != record["hash"]:
+            raise RobodualError(f"'{where}': the specialist was trained with generalist {record['hash']}, but "
+                                f"'{path}' is now {found} (a run folder that trained on, or changed weights); "
+                                "set 'checkpoint' there to the checkpoint folder it was trained with")
+    return path
 
 
 _OUTPUT_FIELDS = ("actions", "task_latents", "action_latents", "task_mask", "action_mask")
@@ -473,7 +491,7 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     if kind == "generalist":
         if not has_generalist:
             raise RobodualError(f"specialist checkpoint '{ckpt}' records no generalist")
-        return GeneralistOnlyPolicy(load_runner("generalist", read_json(ckpt, "generalist")["checkpoint"]),
+        return GeneralistOnlyPolicy(load_runner("generalist", recorded_generalist(ckpt, read_json(ckpt, "generalist"))),
                                     aggregation=aggregation)
     specialist = load_runner("specialist", ckpt)
     if kind == "specialist" or (kind == "auto" and not has_generalist):

@@ -42,9 +42,13 @@ def pool_output(out: GeneralistOutput, pooling: str, k_g: int) -> GeneralistOutp
     raise RobodualError(f"--pooling is {pooling!r}; expected one of {', '.join(POOLINGS)}")
 
 
-def _pad_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
-    if x.shape[1] >= n:
-        return x[:, :n]
+def _pad_tokens(x: torch.Tensor, n: int, where: str = "") -> torch.Tensor:
+    """``x [B, N, ...]`` padded with zeros to ``n`` tokens; more than ``n`` is an error (never cut silently)."""
+    if x.shape[1] > n:
+        raise RobodualError(f"the generalist gave {x.shape[1]} task tokens{where}, more than the {n} counted for the "
+                            "cache's width (task_token_count); its processor adds tokens that depend on the image")
+    if x.shape[1] == n:
+        return x
     pad = x.new_zeros((x.shape[0], n - x.shape[1], *x.shape[2:]))
     return torch.cat([x, pad], dim=1)
 
@@ -58,6 +62,7 @@ def load_images(arr: Any, start: int, end: int) -> torch.Tensor:
 def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, dtype: str = "float16",
                 pooling: str = "none", device: str = "auto", overwrite: bool = False,
                 show_progress: bool = True) -> dict[str, Any]:
+    from robodual_core.checkpoint import pin_checkpoint
     from robodual_core.data import open_dataset
     from robodual_core.progress import progress_bar
     from robodual_core.training import resolve_device
@@ -69,6 +74,8 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
         raise RobodualError(f"--batch-size must be >= 1, found {batch_size}")
     dataset = Path(dataset)
     ds = open_dataset(dataset)
+    # one fixed folder is loaded, hashed and recorded (a run folder's latest checkpoint could change in between)
+    policy = pin_checkpoint(policy)
     model = load_generalist(policy, device=resolve_device(device))
     key = model.cfg.image_key
     arr = ds.array(key)
@@ -98,8 +105,10 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
                     batch = {"obs": {key: images[sl]},
                              "instruction": [instructions[e] for e in ep_of_step[start + sl.start:start + sl.stop]]}
                     out = pool_output(model.generate(batch), pooling, k_g)
-                    parts = {"actions": out.actions, "task_latents": _pad_tokens(out.task_latents, n_task),
-                             "action_latents": out.action_latents, "task_mask": _pad_tokens(out.task_mask, n_task),
+                    where = f" at steps {start + sl.start}-{start + sl.stop - 1} of '{dataset}'"
+                    parts = {"actions": out.actions, "task_latents": _pad_tokens(out.task_latents, n_task, where),
+                             "action_latents": out.action_latents,
+                             "task_mask": _pad_tokens(out.task_mask, n_task, where),
                              "action_mask": out.action_mask}
                     if pooling == "mean":
                         parts["task_latents"], parts["task_mask"] = out.task_latents, out.task_mask

@@ -9,7 +9,6 @@ so ``VLAGeneralist.from_checkpoint(folder)`` rebuilds the same policy without th
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +56,7 @@ def export_merged(run: str | Path, out: str | Path) -> Path:
             stats["mask"] = [True] * len(stats["q01"])
             config["norm_stats"] = {"robodual": {"action": stats}}
     extra = {"normalizer.json": json.dumps(normalizer, indent=2)} if normalizer else {}
-    path = save_openvla(model.vla, out, config=config, extra_files=extra)
     base = Path(model.cfg.base)
-    if model.cfg.base != "tiny" and base.is_dir():
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copy2(base / name, path / name)
-    return path
+    tokenizer = ([base / name for name in TOKENIZER_FILES if (base / name).is_file()]
+                 if model.cfg.base != "tiny" and base.is_dir() else [])
+    return save_openvla(model.vla, out, config=config, extra_files=extra, copy_files=tokenizer)

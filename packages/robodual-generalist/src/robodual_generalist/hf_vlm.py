@@ -16,6 +16,7 @@ placeholders and padding excluded); action latents are the hidden states at the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ class HFVLMConfig:
     dtype: str = "float32"
     n_bins: int = 256
     separator_id: int = -1  # -1: the id just before the action range
+    # where the action range ends (exclusive); 0: the last ids of the vocabulary that are not special tokens
+    # (set from the model when it is built, and saved with it)
+    action_vocab: int = 0
     latent_layer: int = -1
     freeze_vision: bool = False
     lora: bool = True
@@ -49,6 +53,33 @@ class HFVLMConfig:
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"
     gradient_checkpointing: bool = False
+
+
+def reserved_ids(tok: Any, processor: Any, image_token_id: int | None) -> set[int]:
+    """Ids actions must not take: the tokenizer's special tokens (also added ones marked special), the image
+    placeholder and the image-layout tokens the processor writes into prompts."""
+    ids = {int(i) for i in tok.all_special_ids}
+    ids |= {int(i) for i, t in getattr(tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    if image_token_id is not None:
+        ids.add(int(image_token_id))
+    for name in ("image_token", "fake_image_token", "global_image_token", "boi_token", "eoi_token"):
+        text = getattr(processor, name, None)
+        if isinstance(text, str):
+            i = tok.convert_tokens_to_ids(text)
+            if isinstance(i, int) and i != tok.unk_token_id:
+                ids.add(i)
+    return ids
+
+
+def action_range_end(end: int, n_bins: int, reserved: set[int]) -> int:
+    """Where the action range ends (exclusive): the highest ``end`` at or below the given one whose ``n_bins``
+    ids and the separator before them hold no reserved id (OpenVLA takes the vocabulary's last ids; a VLM's
+    trailing special tokens, e.g. LLaVA's <image> and <pad> after the base vocabulary, are stepped over)."""
+    while True:
+        inside = [i for i in reserved if end - n_bins - 1 <= i < end]
+        if not inside or end - n_bins - 1 <= 0:
+            return end
+        end = min(inside)
 
 
 MERGED_FILE = "robodual_generalist.json"  # beside a merged model's config.json
@@ -87,22 +118,32 @@ class HFVLMGeneralist(nn.Module, Generalist):
         self.cfg = cfg
         self.k_g = cfg.k_g
         self.action_dim = action_dim
+        from robodual_generalist.model import check_latent_layer, folder_hash
+
         self.vlm = vlm
+        check_latent_layer(cfg.latent_layer, vlm.config)
         self.processor = processor
         tok = processor.tokenizer
         tok.padding_side = "left"  # every sequence ends at the same position
-        lm_vocab = int(vlm.get_output_embeddings().weight.shape[0])
-        vocab = min(len(tok), lm_vocab)
-        first = vocab - cfg.n_bins
-        sep = cfg.separator_id if cfg.separator_id >= 0 else first - 1
-        if first <= 0 or sep < 0:
-            raise RobodualError(f"the VLM at '{cfg.base}' has {vocab} ids, too few for {cfg.n_bins} action bins")
-        self.action_tokenizer = ActionTokenizer(vocab_size=vocab, separator_id=sep, action_dim=action_dim,
-                                                k_g=cfg.k_g, n_bins=cfg.n_bins)
         config = vlm.config
         self.image_token_id = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
-        from robodual_generalist.model import folder_hash
-
+        lm_vocab = int(vlm.get_output_embeddings().weight.shape[0])
+        reserved = reserved_ids(tok, processor, self.image_token_id)
+        vocab = cfg.action_vocab or action_range_end(min(len(tok), lm_vocab), cfg.n_bins, reserved)
+        first = vocab - cfg.n_bins
+        sep = cfg.separator_id if cfg.separator_id >= 0 else first - 1
+        if first <= 0 or sep < 0 or vocab > lm_vocab:
+            raise RobodualError(f"the VLM at '{cfg.base}' has {lm_vocab} output ids; the action range must end at or "
+                                f"below that and hold {cfg.n_bins} bins and a separator (model.action_vocab = {vocab})")
+        clash = sorted(i for i in reserved if i == sep or first <= i < vocab)
+        if clash:
+            raise RobodualError(f"the VLM at '{cfg.base}': the action ids {first}..{vocab - 1} or the separator {sep} "
+                                f"would take its special tokens {tok.convert_ids_to_tokens(clash[:5])} (ids {clash[:5]}); "
+                                "set model.action_vocab (where the action range ends) or model.separator_id to free ids")
+        # the range is part of the model: saved with the config, so a later tokenizer change cannot move it
+        self.cfg = cfg = dataclasses.replace(cfg, action_vocab=vocab)
+        self.action_tokenizer = ActionTokenizer(vocab_size=vocab, separator_id=sep, action_dim=action_dim,
+                                                k_g=cfg.k_g, n_bins=cfg.n_bins)
         self.base_hash = folder_hash(Path(cfg.base)) if cfg.base and Path(cfg.base).is_dir() else None
         self._lora = False
         if cfg.lora:

@@ -63,6 +63,16 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def check_latent_layer(layer: int, config: Any) -> None:
+    """``model.latent_layer`` must index the language model's hidden states (0 = embeddings, -1 = last layer):
+    checked when the model is built, not at the first ``generate`` after training."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = int(text.num_hidden_layers)
+    if not -(n + 1) <= layer <= n:
+        raise RobodualError(f"config key 'model.latent_layer' is {layer}; the language model has {n} layers, so "
+                            f"expected {-(n + 1)}..{n} (a hidden_states index: 0 = embeddings, -1 = last layer)")
+
+
 class VLAGeneralist(nn.Module, Generalist):
     """Wraps :class:`PrismaticVLA` with the action tokenizer, the prompt, LoRA and decoding."""
 
@@ -75,6 +85,7 @@ class VLAGeneralist(nn.Module, Generalist):
         if vla is None:
             vla, text_tokenizer, meta = build_base(cfg)
         self.vla = vla
+        check_latent_layer(cfg.latent_layer, vla.language_model.config)
         self.text_tokenizer = text_tokenizer
         self.meta = dict(meta or {})
         self.action_tokenizer = ActionTokenizer(vocab_size=self.meta["action_vocab_size"],

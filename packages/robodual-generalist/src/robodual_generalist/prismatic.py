@@ -19,6 +19,7 @@ overrides of the timm architecture) and ``image_means`` / ``image_stds``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,10 @@ def load_openvla(path: str | Path, dtype: torch.dtype = torch.float32) -> Prisma
 
 
 def save_openvla(model: PrismaticVLA, path: str | Path, config: dict[str, Any] | None = None,
-                 max_shard_bytes: int = 4 << 30, extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``model`` as an OpenVLA-format folder, atomically."""
+                 max_shard_bytes: int = 4 << 30, extra_files: dict[str, str] | None = None,
+                 copy_files: list[Path] | None = None) -> Path:
+    """Write ``model`` as an OpenVLA-format folder, atomically: ``extra_files`` (name -> text) and ``copy_files``
+    (e.g. the base's tokenizer files) are in it when it appears, never added after."""
     from safetensors.torch import save_file
 
     from robodual_core.io import atomic_dir
@@ -267,6 +270,8 @@ def save_openvla(model: PrismaticVLA, path: str | Path, config: dict[str, Any] |
         (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                  indent=2))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        for src in copy_files or []:
+            shutil.copy2(src, tmp / Path(src).name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return path

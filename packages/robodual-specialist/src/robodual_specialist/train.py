@@ -90,11 +90,13 @@ class OnlineGeneralist:
 
 def online_generalist(store: Any, checkpoint: str | Path, pooling: str) -> tuple[OnlineGeneralist, dict[str, Any]]:
     """The online transform and its generalist.json record (the runtime reproduces the same conditioning)."""
+    from robodual_core.checkpoint import pin_checkpoint
     from robodual_core.data.generalist_cache import checkpoint_hash
     from robodual_core.runtime import load_runner
 
+    checkpoint = pin_checkpoint(checkpoint)  # the run's latest checkpoint now, fixed for the whole run
     runner = load_runner("generalist", checkpoint, pooling=pooling, latent_dtype="float32")
-    record = {"hash": checkpoint_hash(checkpoint), "checkpoint": str(Path(checkpoint).resolve()),
+    record = {"hash": checkpoint_hash(checkpoint), "checkpoint": str(checkpoint),
               "pooling": pooling, "dtype": "float32", "online": True}
     return OnlineGeneralist(runner, store), record
 

@@ -18,13 +18,13 @@ rows before it are final) is advanced after each block, so an interrupted run re
 
 ``checkpoint_hash(path)`` is sha256 (first 16 hex digits) over the files that define the weights: a
 training checkpoint's ``model_config.json`` and the weights inference loads (``ema.safetensors`` when
-present, else ``model.safetensors``), or an OpenVLA-format folder's ``config.json`` and safetensors shards.
+present, else ``model.safetensors``), or every file of a model folder (OpenVLA format or a merged generalist:
+config, weights, tokenizer and processor files).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,11 @@ ROWS_PER_CHUNK = 16
 
 
 def _weight_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file() and (path / "config.json").is_file():
-        names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-        return [path / "config.json", *(path / n for n in names)]
+    weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    if weights and (path / "config.json").is_file() and not (path / "model_config.json").is_file():
+        # a model folder (OpenVLA format, a merged generalist; sharded or not): every file in it, the weights and
+        # the config, tokenizer and processor files that shape its outputs
+        return sorted(f for f in path.iterdir() if f.is_file())
     from robodual_core.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
