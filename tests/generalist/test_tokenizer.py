@@ -61,7 +61,9 @@ def test_chunks_have_separators_between_steps():
 def test_separator_may_not_collide_with_actions():
     import pytest
 
-    with pytest.raises(ValueError, match="separator"):
+    from robodual_core.errors import RobodualError
+
+    with pytest.raises(RobodualError, match="separator"):
         tok(separator_id=300)
 
 
@@ -103,3 +105,36 @@ def test_word_tokenizer_vocabulary_is_frozen():
     t = WordTokenizer()
     assert t.vocab_size == 3 + 256 + 3 + 2 * 258
     assert t.encode(" push") == [t.bos_id, t.ids[" push"]] and t.ids["In"] == 259
+
+
+def test_openvla_folder_with_a_hugging_face_tokenizer(tmp_path):
+    """Action ids end at the tokenizer's base vocabulary (added tokens such as <pad> come after it, as in
+    OpenVLA's LLaMA-2: 32000), the separator takes a free padded embedding row, and the prompt starts with BOS
+    even when the tokenizer does not add it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from robodual_generalist.model import text_tokenizer_for
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 300)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.add_special_tokens({"pad_token": "<pad>"})
+    fast.save_pretrained(tmp_path)
+    text, meta = text_tokenizer_for(tmp_path, {"text_config": {"vocab_size": 320}, "pad_token_id": 300})
+    assert meta["action_vocab_size"] == 300 and meta["pad_id"] == 300 and meta["separator_id"] == 301
+    t = tok(vocab_size=meta["action_vocab_size"], separator_id=meta["separator_id"])
+    assert t.first_action_id == 44 and not t.first_action_id <= meta["separator_id"] < 300
+    assert text.encode("w5 w6")[:3] == [1, 5, 6]
+
+
+def test_runner_names_a_model_folder_without_normalizer(tmp_path):
+    import pytest
+
+    from robodual_core.errors import RobodualError
+    from robodual_generalist.runner import GeneralistRunner
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RobodualError, match="has no normalizer.json.*generalist merge"):
+        GeneralistRunner.load(tmp_path)

@@ -355,10 +355,15 @@ def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[st
         raise RobodualError(f"cannot load the text tokenizer from '{path}' ({exc}); an OpenVLA folder holds "
                             "tokenizer.json / tokenizer.model beside config.json") from None
     text = HFTextTokenizer(tok)
-    vocab = int(config["text_config"]["vocab_size"]) - int(config.get("pad_to_multiple_of", 0) or 0)
+    # actions take the last ids of the tokenizer's base vocabulary, as OpenVLA's ActionTokenizer does
+    # (tokenizer.vocab_size: 32000 for LLaMA-2; added tokens such as <PAD> come after it)
+    vocab = int(tok.vocab_size)
+    rows = int(config["text_config"]["vocab_size"])
     pad = int(config.get("pad_token_id", text.pad_id))
-    # OpenVLA pads the embedding to a multiple of 64: the rows past the tokenizer are free for the separator
-    separator = int(extra.get("separator_id", pad + 1 if pad + 1 < config["text_config"]["vocab_size"] else pad))
+    # OpenVLA pads the embedding to a multiple of 64: a row past the tokenizer is free for the separator; without
+    # one, the id just before the action range (a rarely used token, as the action ids are)
+    free = [i for i in range(len(tok), rows) if i != pad]
+    separator = int(extra.get("separator_id", free[0] if free else vocab - 256 - 1))
     return text, {"action_vocab_size": int(extra.get("action_vocab_size", vocab)), "separator_id": separator,
                   "pad_id": pad, "text_tokenizer": "hf"}
 

@@ -45,8 +45,15 @@ class GeneralistRunner:
             from robodual_generalist.model import VLAGeneralist as model_cls
 
         path = Path(path)
+        if (path / "normalizer.json").is_file():
+            ckpt = path
+        elif (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+            raise RobodualError(f"model folder '{path}' has no normalizer.json, which the policy needs to turn actions "
+                                "into dataset units; merge from a training run (`robodual generalist merge RUN OUT` "
+                                "writes it) or copy the run's normalizer.json beside its config.json")
+        else:
+            ckpt = resolve_checkpoint(path)
         model = model_cls.from_checkpoint(path, device=device)
-        ckpt = path if (path / "normalizer.json").is_file() else resolve_checkpoint(path)
         normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
         return cls(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]), pooling=pooling,
                    latent_dtype=latent_dtype)

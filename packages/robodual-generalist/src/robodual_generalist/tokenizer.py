@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from robodual_core.errors import RobodualError
+
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NUM_SPECIALS = 3
 
@@ -39,8 +41,9 @@ class ActionTokenizer:
         self.bin_centers = torch.tensor((self.bins[:-1] + self.bins[1:]) / 2.0, dtype=torch.float32)
         self.first_action_id = self.vocab_size - self.n_bins
         if self.first_action_id <= self.separator_id < self.vocab_size:
-            raise ValueError(f"separator id {self.separator_id} lies inside the action id range "
-                             f"[{self.first_action_id}, {self.vocab_size})")
+            raise RobodualError(f"separator id {self.separator_id} lies inside the action id range "
+                                f"[{self.first_action_id}, {self.vocab_size}); set model.separator_id (or "
+                                "config.json's robodual.separator_id) to an id outside it")
 
     @property
     def chunk_len(self) -> int:
@@ -205,6 +208,8 @@ class HFTextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         ids = list(self.tok(text, add_special_tokens=True).input_ids)
+        if self.bos_id is not None and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id, *ids]  # the prompt starts with BOS, the image patches follow it (Prismatic)
         if self.suffix and ids[-1:] != self.suffix:
             ids += self.suffix
         return ids
