@@ -174,3 +174,50 @@ def test_the_specialist_keeps_the_generalist_checkpoint_it_was_trained_with(trai
     path.write_text(json.dumps({**record, "checkpoint": str(gen)}))
     with pytest.raises(RobodualError, match="trained with generalist .* but .* is now"):
         load_policy(tmp_path / "spec", mode="sync")
+
+
+def test_lora_run_resumes_exactly(tmp_path, monkeypatch):
+    """A LoRA run (checkpoints hold the trainable weights only) interrupted after its step-2 checkpoint and
+    resumed ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from robodual_core.training import Trainer
+
+    store = make_store(tmp_path / "store.zarr", episodes=2, steps=6, action_dim=3)
+    lora = [*TINY, "--set", "model.lora=true", "--set", "model.lora_rank=4", "--set", "trainer.lr=1e-2"]
+    cli("train", "generalist", "--dataset", store, "--out", tmp_path / "a", "--base", "tiny", "--steps", 4, *lora)
+    step = Trainer.train_step
+
+    def interrupted(self, batches):
+        if self.step >= 2:
+            raise KeyboardInterrupt
+        return step(self, batches)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", interrupted)
+        with pytest.raises((KeyboardInterrupt, AssertionError, SystemExit)):
+            cli("train", "generalist", "--dataset", store, "--out", tmp_path / "b", "--base", "tiny", "--steps", 4,
+                *lora)
+    assert not (tmp_path / "b" / "checkpoints" / "4").exists()
+    cli("train", "generalist", "--dataset", store, "--out", tmp_path / "b", "--resume", "--steps", 4, *lora)
+    a, b = (load_file(str(tmp_path / r / "checkpoints" / "4" / "model.safetensors")) for r in "ab")
+    assert a.keys() == b.keys() and any("lora" in k for k in a)
+    start = load_file(str(tmp_path / "b" / "checkpoints" / "2" / "model.safetensors"))
+    assert any(not torch.equal(start[k], b[k]) for k in b)  # the resumed steps trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from generalist_helpers import batch_of, tiny_cfg
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = VLAGeneralist(tiny_cfg(gradient_checkpointing=checkpointing), action_dim=3).train()
+        loss, _ = model.loss(batch_of(2, action_dim=3, k_g=4))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n])

@@ -111,3 +111,17 @@ def test_default_sensors_fit_a_store_without_depth(tmp_path):
     mine = SpecialistTrainConfig()
     mine.model.sensors = [SensorConfig("depth_static")]
     assert _fit_default_sensors(mine, ["rgb_static"], tmp_path, rank=1) is mine  # user choice: kept as is
+
+
+def test_runs_with_the_same_seed_give_the_same_weights(store, config, tmp_path):
+    """The model's fresh weights follow trainer.seed too (they are drawn before the trainer seeds the rest)."""
+    torch.manual_seed(1)
+    train(store, tmp_path / "a", config=config, overrides=["trainer.steps=2", "trainer.ckpt_every=2"],
+          show_progress=False)
+    torch.manual_seed(2)  # another process state
+    train(store, tmp_path / "b", config=config, overrides=["trainer.steps=2", "trainer.ckpt_every=2"],
+          show_progress=False)
+    a, b = (load_model_state(tmp_path / r, ema=False) for r in "ab")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -82,7 +82,7 @@ def train_generalist(
     """
     from robodual_core.config import dump_config, to_dict
     from robodual_core.data import WindowDataset
-    from robodual_core.training import Trainer, init_distributed
+    from robodual_core.training import Trainer, init_distributed, seed_everything
     from robodual_generalist.families import build_generalist
 
     if resume and overwrite:
@@ -97,6 +97,7 @@ def train_generalist(
     ds = WindowDataset(dataset, obs_keys=[m.image_key], horizon=m.k_g, k_g=m.k_g, image_size=None, split="train",
                        val_ratio=cfg.data.val_ratio, seed=cfg.data.split_seed, normalization={"action": "q99"},
                        augment_tau=False)
+    seed_everything(cfg.trainer.seed)  # the model's fresh weights (LoRA adapters, a tiny base) follow the seed too
     model = build_generalist(m, action_dim=ds.action_dim)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())

@@ -158,7 +158,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     sets it up (config, sensors fitted to the store, generalist cache or online generalist, run folder
     with config.json), not yet trained."""
     from robodual_core.data import WindowDataset, open_dataset
-    from robodual_core.training import Trainer, init_distributed
+    from robodual_core.training import Trainer, init_distributed, seed_everything
     from robodual_specialist.model import DiTSpecialist, count_trainable
 
     if generalist_cache and generalist:
@@ -199,6 +199,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
         model_cfg = dataclasses.replace(model_cfg, generalist_dim=0)  # no generalist outputs to condition on
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
+    seed_everything(cfg.trainer.seed)  # the fresh weights follow the run's seed (same on every rank)
     model = DiTSpecialist(cfg.model)
     image_keys = [k for k in model.obs_keys if k in store.keys]
     history = max([int(getattr(enc, "history", 0) or 0) for enc in model.sensors.values()] + [0])
