@@ -130,3 +130,23 @@ def test_baselines_share_the_interface():
     gen.reset()
     out = [gen.step(obs(t), "x") for t in range(10)]
     assert out[0].tolist() == [0.0, 0.0] and out[3].tolist() == [30.0, 30.0] and out[9].tolist() == [90.0, 90.0]
+
+
+def test_process_generalist_reports_a_dead_child_instead_of_waiting():
+    """A generalist process that dies (killed, out of memory) is an error naming the checkpoint, not a hang."""
+    import multiprocessing as mp
+    import os
+    import threading
+
+    from robodual_core.errors import RobodualError
+    from robodual_core.runtime import ProcessGeneralist
+
+    ctx = mp.get_context("fork")
+    pg = ProcessGeneralist.__new__(ProcessGeneralist)
+    pg._conn, child = ctx.Pipe()
+    pg._proc = ctx.Process(target=os._exit, args=(3,))
+    pg._proc.start()
+    child.close()
+    pg._path, pg._lock = "runs/gen", threading.Lock()
+    with pytest.raises(RobodualError, match=r"generalist process for 'runs/gen' died \(exit code 3\)"):
+        pg.predict({}, "open the drawer")

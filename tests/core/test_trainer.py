@@ -228,3 +228,34 @@ def test_flat_parameters_stay_aliased_and_refuse_a_moved_model(tmp_path):
     trainer.model.zero_grad(set_to_none=True)  # backward would then make gradients outside the buffer
     with pytest.raises(RobodualError, match="zero_grad"):
         trainer.fit()
+
+
+def test_keep_checkpoints_zero_keeps_all(tmp_path):
+    Trainer(Regression(), Data(), cfg(keep_checkpoints=0), tmp_path / "all", show_progress=False).fit()
+    assert checkpoint_steps(tmp_path / "all") == [20, 40]
+    Trainer(Regression(), Data(), cfg(keep_checkpoints=1), tmp_path / "one", show_progress=False).fit()
+    assert checkpoint_steps(tmp_path / "one") == [40]
+
+
+def test_checkpoint_folders_get_the_usual_permissions(tmp_path):
+    """atomic_dir's temporary folder (mkdtemp: 0700) is opened to the umask, as a plain mkdir would be."""
+    import os
+    import stat
+
+    from robodual_core.io import atomic_dir
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "ckpt") as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755
+
+
+def test_resume_refuses_another_batch_size(tmp_path):
+    half = Trainer(Regression(), Data(), cfg(steps=40), tmp_path, show_progress=False)
+    half.cfg.steps = 20
+    half.fit()
+    with pytest.raises(RobodualError, match="trained with batch_size 8, this run has 4"):
+        Trainer(Regression(), Data(), cfg(batch_size=4), tmp_path, show_progress=False).fit(resume=True)

@@ -160,3 +160,25 @@ def test_batched_reads_equal_sample_by_sample(store, in_memory):
     assert single[2]["obs"]["rgb_static"].shape == (3, 3, 6, 6) and single[2]["obs"]["proprio"].shape == (2,)
     with pytest.raises(IndexError, match="out of range"):
         ds.__getitems__([0, len(ds)])
+
+
+def test_training_batches_draw_tau_from_their_own_seed(store):
+    """The trainer's batches (SeededBatch) carry their seed: the same batches with 0 or 2 loader workers, and a
+    loader resumed mid-epoch gives the remaining batches exactly, tau draws included."""
+    from robodual_core.training import ResumableBatchSampler
+
+    ds = WindowDataset(store, obs_keys=["proprio"], horizon=4, k_g=4, split="all")
+
+    def taus(workers: int, offset: int = 0) -> list[list[int]]:
+        sampler = ResumableBatchSampler(len(ds), 4, seed=3)
+        sampler.offset = offset
+        kw = {"num_workers": workers} if workers else {}
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, **kw)
+        return [batch["tau"].tolist() for batch in loader]
+
+    torch.manual_seed(0)
+    full = taus(0)
+    assert len({t for batch in full for t in batch}) > 1  # tau is drawn, not constant
+    torch.manual_seed(1)  # another global RNG state changes nothing
+    assert taus(2) == full
+    assert taus(2, offset=3) == full[3:]

@@ -75,6 +75,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; checkpoints are meant to be shared like any folder
         yield tmp
         if path.exists() and not overwrite:
             raise FileExistsError(f"'{path}' already exists")

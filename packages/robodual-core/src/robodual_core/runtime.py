@@ -430,19 +430,37 @@ class ProcessGeneralist:
         self._proc = ctx.Process(target=_generalist_process, args=(child, str(path), options), daemon=True,
                                  name="robodual-generalist")
         self._proc.start()
+        child.close()  # only the child holds its end now: if the child dies, recv() here ends instead of hanging
+        self._path = str(path)
         self._lock = threading.Lock()
-        status, payload = self._conn.recv()
+        status, payload = self._receive()
         if status != "ready":
             self.close()
             raise RobodualError(f"the generalist process could not load '{path}': {payload}")
         self.k_g = payload
 
+    def _receive(self) -> tuple[str, Any]:
+        """The child's next message; a child that died (killed, out of memory, crashed) is an error naming the
+        checkpoint and its exit code, not a wait forever."""
+        while not self._conn.poll(1.0):
+            if not self._proc.is_alive():
+                break
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(timeout=1)
+            raise RobodualError(f"the generalist process for '{self._path}' died (exit code "
+                                f"{self._proc.exitcode}); it may have run out of memory") from None
+
     def predict(self, observation: dict[str, np.ndarray], instruction: str) -> GeneralistOutput:
         import torch
 
         with self._lock:
-            self._conn.send((observation, instruction))
-            status, payload = self._conn.recv()
+            try:
+                self._conn.send((observation, instruction))
+            except (OSError, ValueError):
+                pass  # a dead child: _receive names it
+            status, payload = self._receive()
         if status != "ok":
             raise RobodualError(f"the generalist process failed: {payload}")
         return GeneralistOutput(**{f: torch.from_numpy(payload[f]) for f in _OUTPUT_FIELDS})

@@ -51,7 +51,7 @@ class TrainerConfig:
     ema_decay: float = 0.999
     log_every: int = 10
     ckpt_every: int = 500
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept; 0 keeps all
     seed: int = 0
     device: str = "auto"
     amp: bool = False  # bf16 autocast on CUDA
@@ -83,6 +83,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class SeededBatch(list):
+    """A batch's sample indices with the seed of the batch's random draws (``seed``): a dataset that draws per
+    sample (WindowDataset's tau) uses it, so the draws depend on the batch's place in the run, not on which
+    loader worker reads it or how far that worker's RNG has advanced (a run resumed mid-epoch gets them equal)."""
+
+    def __init__(self, indices: list[int], seed: int):
+        super().__init__(indices)
+        self.seed = seed
+
+
 class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffled batches that depend only on (seed, epoch), so a resumed run sees the same data.
 
@@ -108,7 +118,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         global_bs = self.batch_size * self.world_size
         for b in range(self.offset, self.batches_per_epoch()):
             chunk = perm[b * global_bs:(b + 1) * global_bs]
-            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + b) * 4099 + self.rank
+            yield SeededBatch(chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size], seed % 2**63)
 
 
 class _LossModule(nn.Module):
@@ -271,14 +282,16 @@ class Trainer:
             "ema": ({"optimization_step": int(self.ema.optimization_step), "decay": float(self.ema.cur_decay_value or 0)}
                     if self.ema is not None else None),
             "world_size": self.world_size,
+            "batch_size": self.sampler.batch_size,
         }
         ckpt = self.run_dir / "checkpoints" / str(self.step)
         save_checkpoint(
             ckpt, self.model.state_dict(), state, self.model.robodual_config(), ema_state=self._ema_state(),
             optimizer_tensors=opt_tensors, rng_tensors=rng, extra_json=self.extra_json,
         )
-        for old in checkpoint_steps(self.run_dir)[: -self.cfg.keep_checkpoints or None]:
-            shutil.rmtree(self.run_dir / "checkpoints" / str(old), ignore_errors=True)
+        if self.cfg.keep_checkpoints > 0:  # 0 or less: keep every checkpoint
+            for old in checkpoint_steps(self.run_dir)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(self.run_dir / "checkpoints" / str(old), ignore_errors=True)
         return ckpt
 
     def resume(self, ckpt: Path | None = None) -> bool:
@@ -287,6 +300,12 @@ class Trainer:
         if ckpt is None:
             return False
         state = json.loads((ckpt / "training_state.json").read_text())
+        # the data position is counted in batches of this size over this many ranks: another layout would
+        # silently skip or repeat samples
+        for key, now in (("world_size", self.world_size), ("batch_size", self.sampler.batch_size)):
+            if key in state and state[key] != now:
+                raise RobodualError(f"checkpoint '{ckpt}' was trained with {key} {state[key]}, this run has {now}; "
+                                    f"resume with the same {key} (trainer.batch_size, torchrun --nproc-per-node)")
         missing, unexpected = self.model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True), None
         del missing, unexpected
         opt_tensors = load_tensors(ckpt / "optimizer.safetensors") if (ckpt / "optimizer.safetensors").is_file() else {}

@@ -12,8 +12,9 @@ Every step ``t`` of every episode of the split is one sample:
   ``t`` was produced ``tau`` steps earlier, at ``gen_index = t - tau``, with ``tau`` drawn uniformly from
   ``[0, k_g)`` and clamped so that ``gen_index`` never precedes the episode start (the generalist runs
   at the first step of an episode); the reported ``tau`` is the clamped age ``t - gen_index``. No
-  augmentation (``tau = 0``) for ``split="val"`` or ``augment_tau=False``. ``tau`` is drawn from torch's
-  RNG, which the DataLoader seeds differently in every worker.
+  augmentation (``tau = 0``) for ``split="val"`` or ``augment_tau=False``. In training, ``tau`` is drawn
+  from the batch's own seed (the trainer's batches are ``SeededBatch`` index lists), so the draws do not
+  depend on the loader worker or on a resume; otherwise from torch's global RNG.
 
 Train/val split is by episode (:func:`split_episodes`), reproducible from ``seed``. Zarr handles are
 opened lazily in each process (never pickled into workers); low-dim arrays are read whole once per process.
@@ -199,7 +200,10 @@ class WindowDataset(Dataset):
         obs = {key: self._images(key, starts, ts) if self.modalities.get(key) in ("rgb", "depth", "tactile")
                else self._lowdim(key, ts) for key in self.obs_keys}
         if self.augment_tau:
-            gen_index = np.maximum(starts, ts - torch.randint(0, self.k_g, (len(idx),)).numpy())
+            # a training batch carries its own seed (robodual_core.training.SeededBatch): resume- and worker-exact
+            seed = getattr(indices, "seed", None)
+            gen = torch.Generator().manual_seed(seed) if seed is not None else None
+            gen_index = np.maximum(starts, ts - torch.randint(0, self.k_g, (len(idx),), generator=gen).numpy())
         else:
             gen_index = ts
         # a store without proprio gives an empty vector, so batches always have the key
