@@ -125,3 +125,11 @@ def test_runs_with_the_same_seed_give_the_same_weights(store, config, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_runner_refuses_a_checkpoint_without_normalizer(store, config, tmp_path):
+    run = tmp_path / "run"
+    train(store, run, config=config, overrides=["trainer.steps=2", "trainer.ckpt_every=2"], show_progress=False)
+    (run / "checkpoints" / "2" / "normalizer.json").unlink()
+    with pytest.raises(RobodualError, match="has no normalizer.json"):
+        DiTSpecialist.load_runner(run)

@@ -2,9 +2,10 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
-from specialist_helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
+from specialist_helpers import FakeImageSensor, fake_batch, fake_generalist, register_fake_sensor, tiny_config
 from torch.func import functional_call
 
 from robodual_specialist.config import SensorConfig, SpecialistConfig
@@ -349,3 +350,52 @@ def test_sensors_sharing_a_frozen_backbone_encode_in_one_batch(autocast):
         with torch.no_grad():
             next(gripper.backbone.parameters()).add_(0.1)  # weights differ again: no longer shared
         assert model.shared_backbone_groups() == []
+
+
+def test_runner_history_is_one_control_step_back_for_sensors_sharing_a_camera():
+    """Two sensors on one camera key each see (previous, current) frames; a step the specialist skips
+    (``observe``) still moves the history, so it stays one control step back, as in training windows."""
+    from robodual_core.errors import RobodualError
+    from robodual_specialist.runner import DiTRunner
+
+    sensors = {"a": FakeImageSensor(history=1, name="a"), "b": FakeImageSensor(history=1, name="b")}
+    cfg = tiny_config(sensors=[SensorConfig("a"), SensorConfig("b")], generalist_dim=0, proprio_dim=0)
+    model = DiTSpecialist(cfg, sensors=sensors)
+    seen: dict[str, list[float]] = {}
+    for name, enc in sensors.items():
+        forward = enc.forward
+
+        def record(x, name=name, forward=forward):
+            seen[name] = [round(float(v) * 255) for v in x[0, :, 0, 0, 0]]
+            return forward(x)
+
+        enc.forward = record
+    runner = DiTRunner(model)
+
+    def obs(v):
+        return {"rgb_static": np.full((8, 8, 3), v, np.uint8)}
+
+    runner.predict(obs(10), "go", None, 0)
+    assert seen == {"a": [10, 10], "b": [10, 10]}  # the first step repeats its frame
+    runner.predict(obs(20), "go", None, 0)
+    assert seen == {"a": [10, 20], "b": [10, 20]}
+    runner.observe(obs(30))  # a step the specialist skipped
+    runner.predict(obs(40), "go", None, 0)
+    assert seen == {"a": [30, 40], "b": [30, 40]}
+    with pytest.raises(RobodualError, match="'proprio' has 5 values; this specialist was trained on 3"):
+        DiTRunner(DiTSpecialist(tiny_config(sensors=[], generalist_dim=0), sensors={})).predict(
+            {"proprio": np.zeros(5)}, "go", None, 0)
+
+
+def test_rotary_cache_serves_any_dtype():
+    """The cached rotary tables, built first under float64, still give float32 models float32 (test order)."""
+    from robodual_specialist.layers import apply_rotary, rotary
+
+    rotary.cache_clear()
+    torch.set_default_dtype(torch.float64)
+    try:
+        rope = rotary(4, 8, torch.device("cpu"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+        rotary.cache_clear()
+    assert apply_rotary(torch.randn(2, 4, 1, 1, 8), rope).dtype == torch.float32

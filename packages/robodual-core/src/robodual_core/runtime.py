@@ -44,6 +44,9 @@ class GeneralistRunner(Protocol):
 
 
 class SpecialistRunner(Protocol):
+    """``predict`` runs the specialist on one step's observation; a runner that keeps history frames may also
+    have ``observe(observation)``, which the policies call on the steps they skip ``predict``."""
+
     k_s: int
 
     def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
@@ -262,9 +265,19 @@ class DualSystemPolicy(_PolicyInfo):
             actions = self.specialist.predict(observation, instruction, chunk.output, tau)
             self.stats["specialist_calls"] += 1
             self.aggregator.add(self.t, actions)
+        else:
+            _observe(self.specialist, observation)
         action = self.aggregator.action(self.t)
         self.t += 1
         return action
+
+
+def _observe(runner: Any, observation: dict[str, np.ndarray]) -> None:
+    """A step the specialist skips (``specialist_every > 1``) still reaches its history buffers, when it keeps
+    any (``observe``): history frames stay one control step apart, as in training."""
+    observe = getattr(runner, "observe", None)
+    if observe is not None:
+        observe(observation)
 
 
 class SpecialistOnlyPolicy(_PolicyInfo):
@@ -290,6 +303,8 @@ class SpecialistOnlyPolicy(_PolicyInfo):
     def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         if self.t % self.specialist_every == 0 or not self.aggregator.chunks:
             self.aggregator.add(self.t, self.specialist.predict(observation, instruction, None, 0))
+        else:
+            _observe(self.specialist, observation)
         action = self.aggregator.action(self.t)
         self.t += 1
         return action

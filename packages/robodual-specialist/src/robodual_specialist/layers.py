@@ -36,14 +36,14 @@ def rotary(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Ten
     """
     with torch.inference_mode(False), torch.no_grad():  # cached: must stay usable outside inference mode
         cos, sin = get_1d_rotary_pos_embed(head_dim, seq_len, use_real=True)
-        sign = torch.tensor([-1.0, 1.0]).repeat(head_dim // 2)
+        sign = torch.tensor([-1.0, 1.0], dtype=cos.dtype).repeat(head_dim // 2)
         return cos[:, None, None].to(device), (sin * sign)[:, None, None].to(device)
 
 
 def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotary embedding of ``x [B, T, ..., head_dim]`` (queries and keys together): three ops, equal to
     diffusers' ``apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`` (tested)."""
-    cos, sin = rope
+    cos, sin = (r.to(x.dtype) for r in rope)  # no-op in the cached dtype; a float64 model gets float64
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return torch.addcmul(x * cos, swapped, sin)
 

@@ -482,6 +482,9 @@ class DiTSpecialist(nn.Module, Specialist):
 
         ckpt = resolve_checkpoint(ckpt)
         model = cls.from_checkpoint(ckpt)
+        if model.normalizer is None:
+            raise RobodualError(f"checkpoint '{ckpt}' has no normalizer.json: the policy cannot scale proprio or "
+                                "actions to dataset units; copy it from the run's checkpoints (training writes it)")
         keys = [*model.obs_keys, "proprio"] if model.cfg.proprio_dim > 0 else list(model.obs_keys)
         return DiTRunner(model, observation_spec=run_dataset_spec(ckpt, keys))
 

@@ -38,14 +38,30 @@ class DiTRunner:
         self._frames.clear()
         self.model.reset()
 
-    def _with_history(self, key: str, frame: np.ndarray, history: int) -> np.ndarray:
-        buf = self._frames.get(key)
-        if buf is None or buf.maxlen != history + 1:
-            buf = self._frames[key] = deque(maxlen=history + 1)
-        if not buf:
-            buf.extend([frame] * history)
-        buf.append(frame)
-        return np.stack(list(buf))[None]  # [1, T, ...]
+    def _histories(self) -> dict[str, int]:
+        """History frames kept per observation key: the most any sensor reading it uses."""
+        out: dict[str, int] = {}
+        for enc in self.model.sensors.values():
+            history = int(getattr(enc, "history", 0) or 0)
+            if history:
+                key = enc.keys[0]
+                out[key] = max(out.get(key, 0), history)
+        return out
+
+    def observe(self, observation: dict[str, np.ndarray]) -> None:
+        """Record this control step's frames in the history buffers (once per key and step). ``predict`` does it
+        itself; the runtime calls this on the steps the specialist does not run (``specialist_every > 1``), so
+        a history frame is the previous control step's, as in the training windows."""
+        for key, history in self._histories().items():
+            if key not in observation:
+                continue  # predict names the missing key
+            frame = np.asarray(observation[key])
+            buf = self._frames.get(key)
+            if buf is None or buf.maxlen != history + 1:
+                buf = self._frames[key] = deque(maxlen=history + 1)
+            if not buf:
+                buf.extend([frame] * history)  # the first step of an episode repeats its frame
+            buf.append(frame)
 
     def _sensor_tensor(self, enc: Any, observation: dict[str, np.ndarray]) -> torch.Tensor:
         key = enc.keys[0]
@@ -53,7 +69,10 @@ class DiTRunner:
             raise RobodualError(f"sensor '{getattr(enc, 'name', key)}' reads observation key '{key}'; the "
                                 f"observation has {', '.join(sorted(observation))}")
         history = int(getattr(enc, "history", 0) or 0)
-        arr = self._with_history(key, np.asarray(observation[key]), history) if history else np.asarray(observation[key])
+        if history:
+            arr = np.stack(list(self._frames[key])[-(history + 1):])[None]  # [1, T, ...], oldest first
+        else:
+            arr = np.asarray(observation[key])
         kwargs: dict[str, Any] = {}
         params = inspect.signature(enc.preprocess).parameters
         if "normalizer" in params:
@@ -66,16 +85,26 @@ class DiTRunner:
     def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
                 tau: int) -> np.ndarray:
         model = self.model
+        self.observe(observation)
         batch: dict[str, Any] = {"obs": {}, "instruction": [instruction], "tau": torch.tensor([int(tau)])}
         for enc in model.sensors.values():
             if all(k in ("instruction", "task") for k in enc.keys):
                 continue  # language sensors read batch["instruction"]
-            batch["obs"][enc.keys[0]] = self._sensor_tensor(enc, observation)
+            x = self._sensor_tensor(enc, observation)
+            key = enc.keys[0]
+            # sensors sharing a camera key: the one with the longest history sets the batch's frames (each
+            # sensor keeps the frames it uses, as in training, where every key gets the longest history)
+            if key not in batch["obs"] or (x.dim() > batch["obs"][key].dim() or
+                                           (x.dim() == 5 and x.shape[1] > batch["obs"][key].shape[1])):
+                batch["obs"][key] = x
         if model.cfg.proprio_dim > 0:
             if "proprio" not in observation:
                 raise RobodualError("the specialist conditions on 'proprio' but the observation has none "
                                     f"(keys: {', '.join(sorted(observation))})")
             p = np.asarray(observation["proprio"], dtype=np.float32).reshape(1, -1)
+            if p.shape[1] != model.cfg.proprio_dim:
+                raise RobodualError(f"observation 'proprio' has {p.shape[1]} values; this specialist was trained "
+                                    f"on {model.cfg.proprio_dim}")
             if model.normalizer is not None and "proprio" in model.normalizer.entries:
                 p = model.normalizer.normalize("proprio", p)
             batch["proprio"] = torch.as_tensor(np.asarray(p, dtype=np.float32), device=self.device)
