@@ -259,3 +259,22 @@ def test_resume_refuses_another_batch_size(tmp_path):
     half.fit()
     with pytest.raises(RobodualError, match="trained with batch_size 8, this run has 4"):
         Trainer(Regression(), Data(), cfg(batch_size=4), tmp_path, show_progress=False).fit(resume=True)
+
+
+def test_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
+    """Steps logged after the last checkpoint of an interrupted run are trained again on resume; metrics.jsonl
+    keeps one line per step."""
+    step = Trainer.train_step
+
+    def interrupted(self, batches):
+        if self.step >= 30:
+            raise KeyboardInterrupt
+        return step(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(Regression(), Data(), cfg(), tmp_path, show_progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    Trainer(Regression(), Data(), cfg(), tmp_path, show_progress=False).fit(resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 41, 5))

@@ -176,5 +176,9 @@ def run_dataset_spec(ckpt_dir: str | Path, keys: list[str]) -> dict[str, tuple[t
 
         ds = open_dataset(dataset)
         return {k: (tuple(ds.array(k).shape[1:]), str(ds.array(k).dtype)) for k in keys if k in ds.keys}
-    except Exception:
+    except Exception as exc:  # moved or deleted dataset, unreadable config: the policy still runs, said once
+        import warnings
+
+        warnings.warn(f"'{cfg_path}': the observation spec of the run's dataset is unavailable ({exc}); the policy "
+                      "runs, but cannot tell clients what to send", stacklevel=2)
         return {}

@@ -33,6 +33,7 @@ from robodual_core.checkpoint import (
 )
 from robodual_core.errors import RobodualError
 from robodual_core.flat_params import FlatParameters
+from robodual_core.io import atomic_write_text
 
 
 @dataclass
@@ -328,13 +329,32 @@ class Trainer:
         self.sampler.epoch, self.sampler.offset = state["epoch"], state["batch_offset"]
         return True
 
+    def _trim_metrics(self) -> None:
+        """Drop metrics.jsonl lines logged after the checkpoint a run resumes from: training repeats those
+        steps and logs them again (plots would show them twice)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                step = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a line cut by the interruption
+            if step <= self.step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            atomic_write_text(path, "".join(kept))
+
     # -- loop ------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Train until ``cfg.steps``; returns the last logged metrics."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            self.resume()
+            if self.resume() and self.rank == 0:
+                self._trim_metrics()
         elif checkpoint_steps(self.run_dir):
             raise RobodualError(f"run folder '{self.run_dir}' already has checkpoints; pass --resume to continue "
                                 "it or --overwrite to start again")
