@@ -133,3 +133,15 @@ def test_runner_refuses_a_checkpoint_without_normalizer(store, config, tmp_path)
     (run / "checkpoints" / "2" / "normalizer.json").unlink()
     with pytest.raises(RobodualError, match="has no normalizer.json"):
         DiTSpecialist.load_runner(run)
+
+
+def test_sensor_size_other_than_the_loaders_is_refused(store, tmp_path):
+    """data.image_size 16 with a 32x32 ViT sensor: training would resize twice, control time once."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("{name: fake_rgb, options: {out_dim: 32, tokens: 2}}",
+                                     "{name: rgb_static, options: {backbone: vit, image_size: 32, width: 32, depth: 1, "
+                                     "heads: 2, head_dim: 16}}"))
+    with pytest.raises(RobodualError, match="sensor 'rgb_static' encodes 32x32 frames but data.image_size is 16"):
+        train(store, tmp_path / "run", config=config, show_progress=False)
+    config.write_text(config.read_text().replace("data: {image_size: 16}", "data: {image_size: null}"))
+    train(store, tmp_path / "ok", config=config, overrides=["trainer.steps=2"], show_progress=False)

@@ -121,6 +121,19 @@ def _fit_default_sensors(cfg: SpecialistTrainConfig, keys: list[str], dataset: P
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sensors=kept))
 
 
+def _check_image_sizes(model: Any, image_size: int | None) -> None:
+    """The loader resizes every image to ``data.image_size``; an image sensor of another size would resize
+    again, while at control time its ``preprocess`` resizes the raw frame once: other pixels than in training."""
+    if image_size is None:
+        return
+    for name, enc in model.sensors.items():
+        hw = getattr(getattr(enc, "cfg", None), "hw", None)
+        if hw is not None and tuple(hw) != (image_size, image_size):
+            raise RobodualError(f"sensor '{name}' encodes {hw[0]}x{hw[1]} frames but data.image_size is {image_size}: "
+                                "training would resize twice, control time once; set data.image_size to null (each "
+                                "sensor resizes its own frames) or to the sensors' size")
+
+
 def _generalist_source(record: dict[str, Any] | None) -> str:
     if record is None:
         return "no generalist (specialist-only)"
@@ -201,6 +214,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
 
     seed_everything(cfg.trainer.seed)  # the fresh weights follow the run's seed (same on every rank)
     model = DiTSpecialist(cfg.model)
+    _check_image_sizes(model, cfg.data.image_size)
     image_keys = [k for k in model.obs_keys if k in store.keys]
     history = max([int(getattr(enc, "history", 0) or 0) for enc in model.sensors.values()] + [0])
     ds = WindowDataset(dataset, obs_keys=image_keys, horizon=cfg.model.k_s, k_g=cfg.model.k_g, history=history,
