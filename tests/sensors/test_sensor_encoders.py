@@ -137,3 +137,18 @@ def test_depth_gripper_config_roundtrip():
     x = torch.rand(1, 1, 84, 84)
     with torch.no_grad():
         assert torch.equal(enc(x), again(x))
+
+
+def test_history_cache_forgets_features_of_replaced_weights():
+    """Loading other backbone weights into a live encoder (a checkpoint swapped in a running policy) must not
+    reuse the previous weights' features of the history frame."""
+    enc = RGBStaticEncoder(backbone="vit", trainable=False, image_size=32, history=1, **SMALL_VIT).eval()
+    other = RGBStaticEncoder(backbone="vit", trainable=False, image_size=32, history=1, **SMALL_VIT).eval()
+    f0, f1, f2 = (torch.rand(1, 3, 32, 32) for _ in range(3))
+    with torch.inference_mode():
+        enc(torch.stack([f0, f1], 1))
+        torch.nn.ModuleDict({"enc": enc}).load_state_dict({f"enc.{k}": v for k, v in other.state_dict().items()})
+        got = enc(torch.stack([f1, f2], 1))
+        assert enc.cache_hits == 0
+        want = other(torch.stack([f1, f2], 1))
+    torch.testing.assert_close(got, want)

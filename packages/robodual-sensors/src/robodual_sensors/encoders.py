@@ -41,6 +41,10 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def _forget_cached_features(module: nn.Module, incompatible_keys: Any) -> None:
+    module.reset_cache()  # a load_state_dict post hook (a module-level function: the encoder stays picklable)
+
+
 class ImageSensorEncoder(nn.Module, SensorEncoder):
     """One image modality (rgb, depth or tactile) -> tokens ``[B, (history + 1) * num_queries, out_dim]``.
 
@@ -81,6 +85,9 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # weights loaded into a live encoder (a checkpoint swapped in a running policy, also through a parent
+        # module) make the cached history-frame features stale
+        self.register_load_state_dict_post_hook(_forget_cached_features)
         self.cache_hits = 0
 
     def _build_backbone(self, load_weights: bool) -> PatchTokens:
