@@ -56,11 +56,8 @@ def pin_checkpoint(path: str | Path) -> Path:
     later (a generalist cache, a specialist's generalist.json) is then the same fixed folder, not whatever
     checkpoint a run folder holds last when it is read again."""
     p = Path(path)
-    if not (p / "model.safetensors").is_file() and (p / "checkpoints").is_dir():
-        latest = latest_checkpoint(p)
-        if latest is not None:
-            return latest.resolve()
-    return p.resolve()
+    latest = None if (p / "model.safetensors").is_file() else latest_checkpoint(p)
+    return (latest or p).resolve()
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

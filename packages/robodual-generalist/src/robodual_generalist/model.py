@@ -363,7 +363,8 @@ def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[st
     # OpenVLA pads the embedding to a multiple of 64: a row past the tokenizer is free for the separator; without
     # one, the id just before the action range (a rarely used token, as the action ids are)
     free = [i for i in range(len(tok), rows) if i != pad]
-    separator = int(extra.get("separator_id", free[0] if free else vocab - 256 - 1))
+    n_bins = int(extra.get("n_action_bins", 256))
+    separator = int(extra.get("separator_id", free[0] if free else vocab - n_bins - 1))
     return text, {"action_vocab_size": int(extra.get("action_vocab_size", vocab)), "separator_id": separator,
                   "pad_id": pad, "text_tokenizer": "hf"}
 

@@ -29,6 +29,15 @@ class DiTRunner:
         self.model.to(self.device)
         self.k_s = model.cfg.k_s
         self._frames: dict[str, deque] = {}
+        # per camera key, the sensor with the most history frames: its tensor serves every sensor on that key
+        # (each keeps the frames it uses, as in training, where every key gets the longest history)
+        self._by_key: dict[str, Any] = {}
+        for enc in model.sensors.values():
+            if all(k in ("instruction", "task") for k in enc.keys):
+                continue  # language sensors read batch["instruction"]
+            key = enc.keys[0]
+            if key not in self._by_key or _history(enc) > _history(self._by_key[key]):
+                self._by_key[key] = enc
 
     def fork(self) -> DiTRunner:
         """A runner sharing this one's model with its own history frames (one per robot session)."""
@@ -38,27 +47,16 @@ class DiTRunner:
         self._frames.clear()
         self.model.reset()
 
-    def _histories(self) -> dict[str, int]:
-        """History frames kept per observation key: the most any sensor reading it uses."""
-        out: dict[str, int] = {}
-        for enc in self.model.sensors.values():
-            history = int(getattr(enc, "history", 0) or 0)
-            if history:
-                key = enc.keys[0]
-                out[key] = max(out.get(key, 0), history)
-        return out
-
     def observe(self, observation: dict[str, np.ndarray]) -> None:
         """Record this control step's frames in the history buffers (once per key and step). ``predict`` does it
         itself; the runtime calls this on the steps the specialist does not run (``specialist_every > 1``), so
         a history frame is the previous control step's, as in the training windows."""
-        for key, history in self._histories().items():
-            if key not in observation:
-                continue  # predict names the missing key
+        for key, enc in self._by_key.items():
+            history = _history(enc)
+            if not history or key not in observation:
+                continue  # predict names a missing key
             frame = np.asarray(observation[key])
-            buf = self._frames.get(key)
-            if buf is None or buf.maxlen != history + 1:
-                buf = self._frames[key] = deque(maxlen=history + 1)
+            buf = self._frames.setdefault(key, deque(maxlen=history + 1))
             if not buf:
                 buf.extend([frame] * history)  # the first step of an episode repeats its frame
             buf.append(frame)
@@ -68,9 +66,9 @@ class DiTRunner:
         if key not in observation:
             raise RobodualError(f"sensor '{getattr(enc, 'name', key)}' reads observation key '{key}'; the "
                                 f"observation has {', '.join(sorted(observation))}")
-        history = int(getattr(enc, "history", 0) or 0)
+        history = _history(enc)
         if history:
-            arr = np.stack(list(self._frames[key])[-(history + 1):])[None]  # [1, T, ...], oldest first
+            arr = np.stack(list(self._frames[key]))[None]  # [1, history + 1, ...], oldest first
         else:
             arr = np.asarray(observation[key])
         kwargs: dict[str, Any] = {}
@@ -87,16 +85,8 @@ class DiTRunner:
         model = self.model
         self.observe(observation)
         batch: dict[str, Any] = {"obs": {}, "instruction": [instruction], "tau": torch.tensor([int(tau)])}
-        for enc in model.sensors.values():
-            if all(k in ("instruction", "task") for k in enc.keys):
-                continue  # language sensors read batch["instruction"]
-            x = self._sensor_tensor(enc, observation)
-            key = enc.keys[0]
-            # sensors sharing a camera key: the one with the longest history sets the batch's frames (each
-            # sensor keeps the frames it uses, as in training, where every key gets the longest history)
-            if key not in batch["obs"] or (x.dim() > batch["obs"][key].dim() or
-                                           (x.dim() == 5 and x.shape[1] > batch["obs"][key].shape[1])):
-                batch["obs"][key] = x
+        for key, enc in self._by_key.items():
+            batch["obs"][key] = self._sensor_tensor(enc, observation)
         if model.cfg.proprio_dim > 0:
             if "proprio" not in observation:
                 raise RobodualError("the specialist conditions on 'proprio' but the observation has none "
@@ -113,3 +103,7 @@ class DiTRunner:
         if model.normalizer is not None and "action" in model.normalizer.entries:
             actions = model.normalizer.unnormalize("action", actions)
         return np.asarray(actions, dtype=np.float32)
+
+
+def _history(enc: Any) -> int:
+    return int(getattr(enc, "history", 0) or 0)
