@@ -13,4 +13,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # torch._dynamo imports triton, which segfaults when it is first imported after MuJoCo has initialised EGL in the
 # same process (seen with the Meta-World tests followed by the Trainer's diffusers imports). Importing it up front
 # makes the suite independent of test order.
-import torch._dynamo  # noqa: F401
+import torch  # noqa: E402
+import torch._dynamo  # noqa: F401, E402
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: D103
+    import pytest
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
