@@ -13,11 +13,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # torch._dynamo imports triton, which segfaults when it is first imported after MuJoCo has initialised EGL in the
 # same process (seen with the Meta-World tests followed by the Trainer's diffusers imports). Importing it up front
 # makes the suite independent of test order.
-import torch  # noqa: E402
-import torch._dynamo  # noqa: F401, E402
+import torch
+import torch._dynamo
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: D103
+def pytest_collection_modifyitems(config, items):
     import pytest
 
     if torch.cuda.is_available():

@@ -133,8 +133,8 @@ def test_runner_names_a_model_folder_without_normalizer(tmp_path):
     import pytest
 
     from robodual_core.errors import RobodualError
-    from robodual_generalist.runner import GeneralistRunner
+    from robodual_generalist.runner import VLARunner
 
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(RobodualError, match="has no normalizer.json.*generalist merge"):
-        GeneralistRunner.load(tmp_path)
+        VLARunner.load(tmp_path)

@@ -378,7 +378,7 @@ class HFVLMGeneralist(nn.Module, Generalist):
     @classmethod
     def load_runner(cls, path: str | Path, device: str = "cpu", pooling: str = "none",
                     latent_dtype: str = "float32") -> Any:
-        """The runtime adapter (:class:`robodual_generalist.runner.GeneralistRunner`) for a checkpoint."""
-        from robodual_generalist.runner import GeneralistRunner
+        """The runtime adapter (:class:`robodual_generalist.runner.VLARunner`) for a checkpoint."""
+        from robodual_generalist.runner import VLARunner
 
-        return GeneralistRunner.load(path, device=device, pooling=pooling, latent_dtype=latent_dtype, model_cls=cls)
+        return VLARunner.load(path, device=device, pooling=pooling, latent_dtype=latent_dtype, model_cls=cls)

@@ -285,10 +285,10 @@ class VLAGeneralist(nn.Module, Generalist):
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load_runner(cls, path: str | Path, **options: Any) -> Any:
-        """The runtime adapter (:class:`robodual_generalist.runner.GeneralistRunner`) for a checkpoint."""
-        from robodual_generalist.runner import GeneralistRunner
+        """The runtime adapter (:class:`robodual_generalist.runner.VLARunner`) for a checkpoint."""
+        from robodual_generalist.runner import VLARunner
 
-        return GeneralistRunner.load(path, **options)
+        return VLARunner.load(path, **options)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> VLAGeneralist:

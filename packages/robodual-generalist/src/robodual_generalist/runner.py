@@ -14,7 +14,7 @@ from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
 
 
-class GeneralistRunner:
+class VLARunner:
     """Wraps a generalist (either family) for :mod:`robodual_core.runtime` and for online conditioning of
     specialist training (``robodual train specialist --generalist RUN``)."""
 
@@ -36,7 +36,7 @@ class GeneralistRunner:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", pooling: str = "none", latent_dtype: str = "float32",
-             model_cls: Any = None) -> GeneralistRunner:
+             model_cls: Any = None) -> VLARunner:
         """``pooling`` must be the one of the cache the specialist was trained on (its generalist.json).
 
         ``model_cls`` is the generalist family's class (default: the native ``VLAGeneralist``).

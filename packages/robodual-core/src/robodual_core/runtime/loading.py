@@ -1,0 +1,97 @@
+"""One path defines a policy: assembly of policies from checkpoints (DESIGN.md section 10)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from robodual_core.errors import RobodualError
+from robodual_core.runtime.aggregation import AggregationConfig
+from robodual_core.runtime.policies import DualSystemPolicy, GeneralistOnlyPolicy, SpecialistOnlyPolicy
+from robodual_core.runtime.process import ProcessGeneralist
+from robodual_core.runtime.runners import load_runner
+
+
+def generalist_for_specialist(specialist_ckpt: str | Path, process: bool = False) -> Any | None:
+    """The generalist runner a specialist checkpoint was trained with (``generalist.json``), or None.
+
+    The runner reproduces what the specialist saw in training: the cache's latent pooling travels with it.
+    With ``process`` it runs in its own process (:class:`ProcessGeneralist`).
+    """
+    from robodual_core.checkpoint import read_json, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(specialist_ckpt)
+    if not (ckpt / "generalist.json").is_file():
+        return None
+    record = read_json(ckpt, "generalist")
+    path = recorded_generalist(ckpt, record)
+    options = {"pooling": record.get("pooling") or "none", "latent_dtype": record.get("dtype") or "float32"}
+    if process:
+        return ProcessGeneralist(path, **options)
+    return load_runner("generalist", path, **options)
+
+
+def recorded_generalist(ckpt: Path, record: dict[str, Any]) -> str:
+    """The generalist checkpoint a specialist checkpoint's ``generalist.json`` names, checked against the hash
+    recorded in training: a run folder that has since trained on (its latest checkpoint is another one) or
+    weights changed in place would otherwise condition the specialist on outputs it never saw."""
+    from robodual_core.data.generalist_cache import checkpoint_hash
+
+    where = ckpt / "generalist.json"
+    if not record.get("checkpoint"):
+        raise RobodualError(f"'{where}' names no generalist checkpoint")
+    path = str(record["checkpoint"])
+    if record.get("hash"):
+        found = checkpoint_hash(path)
+        if found != record["hash"]:
+            raise RobodualError(f"'{where}': the specialist was trained with generalist {record['hash']}, but "
+                                f"'{path}' is now {found} (a run folder that trained on, or changed weights); "
+                                "set 'checkpoint' there to the checkpoint folder it was trained with")
+    return path
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """'generalist' or 'specialist', from the checkpoint's model_config.json."""
+    from robodual_core.checkpoint import read_checkpoint_meta
+    from robodual_core.plugins import registry
+
+    family = read_checkpoint_meta(path).get("family", "")
+    if family in registry("specialists"):
+        return "specialist"
+    if family in registry("generalists"):
+        return "generalist"
+    raise RobodualError(f"checkpoint '{path}' has family '{family}', which no installed plugin registers "
+                        f"(specialists: {registry('specialists').names()}, generalists: {registry('generalists').names()})")
+
+
+def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
+                aggregation: AggregationConfig | None = None) -> Any:
+    """One path defines a policy (DESIGN.md section 10).
+
+    A specialist checkpoint that records a generalist (``generalist.json``) gives a dual-system policy,
+    one without it a specialist-only policy; a generalist checkpoint gives a generalist-only policy.
+    ``kind`` forces one of 'dual', 'specialist', 'generalist'.
+    """
+    from robodual_core.checkpoint import read_json, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    found = checkpoint_kind(ckpt)
+    if found == "generalist":
+        if kind not in ("auto", "generalist"):
+            raise RobodualError(f"'{path}' is a generalist checkpoint; it cannot make a '{kind}' policy")
+        return GeneralistOnlyPolicy(load_runner("generalist", ckpt), aggregation=aggregation)
+    has_generalist = (ckpt / "generalist.json").is_file()
+    if kind == "generalist":
+        if not has_generalist:
+            raise RobodualError(f"specialist checkpoint '{ckpt}' records no generalist")
+        return GeneralistOnlyPolicy(load_runner("generalist", recorded_generalist(ckpt, read_json(ckpt, "generalist"))),
+                                    aggregation=aggregation)
+    specialist = load_runner("specialist", ckpt)
+    if kind == "specialist" or (kind == "auto" and not has_generalist):
+        return SpecialistOnlyPolicy(specialist, aggregation=aggregation)
+    if not has_generalist:
+        raise RobodualError(f"specialist checkpoint '{ckpt}' was trained without a generalist; it cannot make a "
+                            "dual-system policy (train it with --generalist-cache)")
+    # asynchronous mode puts the generalist in its own process: a thread would share the GIL with the specialist
+    return DualSystemPolicy(generalist_for_specialist(ckpt, process=mode == "async"), specialist, mode=mode,
+                            aggregation=aggregation)
