@@ -65,5 +65,5 @@ def test_file_errors(tmp_path):
         load_config(Cfg, bad)
     broken = tmp_path / "broken.toml"
     broken.write_text("steps = [\n")
-    with pytest.raises(ConfigError, match="not valid toml"):
+    with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(Cfg, broken)

@@ -1,21 +1,144 @@
 """Typed configs: dataclasses loaded from YAML/TOML/JSON files and ``--set a.b=value`` overrides.
 
 Every key is checked against the dataclass: an unknown or mistyped key is a :class:`ConfigError`
-naming the key and the accepted ones. ``dump_config`` writes the resolved config beside a run.
+naming the key and the accepted ones. Numeric keys declare their range where they are defined
+(``steps: int = ranged(1000, ge=1)``) and a dataclass may declare checks across its keys
+(``__config_checks__ = (Check("hidden", "a multiple of heads ({heads})", lambda c: ...),)``); both are checked
+in one place, :func:`check_config`, whenever a config is loaded, naming the key, the range and the value.
+Float keys must be finite (nan/inf are refused) whether or not they declare a range.
+``dump_config`` writes the resolved config beside a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from robodual_core.errors import ConfigError
 
 T = TypeVar("T")
+
+RANGE = "robodual_range"  # dataclass field metadata key
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``ge``/``gt`` below, ``le``/``lt`` above (None: unbounded).
+
+    Applies to the value itself, or to each item of a list/tuple value; None (an optional key) passes."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        return not ((self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt)
+                    or (self.le is not None and v > self.le) or (self.lt is not None and v >= self.lt))
+
+    def describe(self, integer: bool) -> str:
+        what = "an integer" if integer else "a finite number"
+        lo = (f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None)
+        hi = (f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None)
+        if lo and hi:
+            return f"{what} in {lo}, {hi}"
+        if lo:
+            return f"{what} {'>=' if self.ge is not None else '>'} {lo[1:]}"
+        if hi:
+            return f"{what} {'<=' if self.le is not None else '<'} {hi[:-1]}"
+        return what
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def ranged(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+           le: float | None = None, lt: float | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a declared range: ``batch_size: int = ranged(64, ge=1)``.
+
+    Without bounds it declares the key deliberately unbounded (any integer / any finite number)."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={RANGE: Range(ge=ge, gt=gt, le=le, lt=lt)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule across keys of one config dataclass: ``ok(cfg)`` must hold, else the error says that ``key``
+    must be ``expected`` (a format string over the config's attributes, e.g. ``"a multiple of heads ({heads})"``)."""
+
+    key: str
+    expected: str
+    ok: Callable[[Any], bool]
+
+
+def check_config(cfg: Any, prefix: str = "", recursive: bool = True) -> None:
+    """Check the declared ranges, the finiteness of float keys and the ``__config_checks__`` of config
+    dataclass ``cfg`` (and of the configs nested in it): the first violation is a one-line
+    :class:`ConfigError` naming the key (``prefix`` + name), what it must be and the value found."""
+    if not dataclasses.is_dataclass(cfg):
+        return
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        rng = f.metadata.get(RANGE)
+        tp, _ = _strip_optional(hints.get(f.name, Any))
+        integer = tp is int or typing.get_args(tp)[:1] == (int,)
+        for i, v in _numbers(value):
+            bad = (not math.isfinite(v)) if isinstance(v, float) else False
+            if rng is not None and not rng.contains(v):
+                bad = True
+            if bad:
+                expected = (rng or Range()).describe(integer or (tp is Any and isinstance(v, int)))
+                where = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"config key '{where}' must be {expected}, found {v!r}")
+        if recursive and dataclasses.is_dataclass(value):
+            check_config(value, key + ".")
+        elif recursive and isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_config(item, f"{key}[{i}].")
+    for check in getattr(type(cfg), "__config_checks__", ()):
+        if not check.ok(cfg):
+            values = {"prefix": prefix, **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}}
+            expected = check.expected.format(**values)
+            raise ConfigError(f"config key '{prefix}{check.key}' must be {expected}, found "
+                              f"{getattr(cfg, check.key)!r}")
+
+
+def _numbers(value: Any) -> list[tuple[int | None, float]]:
+    """The numbers a key holds: itself, or the items of a list/tuple (bools are not numbers here)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(None, value)]
+    if isinstance(value, list | tuple):
+        return [(i, v) for i, v in enumerate(value) if isinstance(v, int | float) and not isinstance(v, bool)]
+    return []
+
+
+def numeric_fields(cls: type) -> list[tuple[str, dataclasses.Field]]:
+    """Every int/float key of config dataclass ``cls`` and the dataclasses nested in it (dotted names)."""
+    out: list[tuple[str, dataclasses.Field]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _strip_optional(hints[f.name])
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            out += [(f"{f.name}.{k}", sub) for k, sub in numeric_fields(tp)]
+        elif origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]):
+            out += [(f"{f.name}[].{k}", sub) for k, sub in numeric_fields(args[0])]
+        elif tp in (int, float) or (origin in (list, tuple) and args and args[0] in (int, float)):
+            out.append((f.name, f))
+    return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -25,6 +148,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {exc.start}); expected YAML, TOML or "
+                          "JSON") from None
     try:
         if path.suffix in (".toml",):
             import tomllib
@@ -37,7 +163,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:
-        raise ConfigError(f"config file '{path}' is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        detail = " ".join(str(exc).split())  # YAML's messages span lines; the CLI prints one
+        kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix, "YAML")
+        raise ConfigError(f"config file '{path}' is not valid {kind}: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -138,7 +266,20 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             + ", ".join(sorted(fields))
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        cfg = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a __post_init__ that refuses a value
+        raise ConfigError(f"config '{prefix.rstrip('.') or cls.__name__}': {' '.join(str(exc).split())}") from None
+    check_config(cfg, prefix, recursive=False)  # nested configs were checked when they were built
+    return cfg
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """``cls`` from plain data (types coerced, unknown keys refused, ranges checked); errors name
+    ``prefix`` + the key."""
+    return _build(cls, data, prefix)
 
 
 def to_dict(cfg: Any) -> Any:

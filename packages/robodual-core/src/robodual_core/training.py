@@ -31,29 +31,35 @@ from robodual_core.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
+from robodual_core.config import check_config, ranged
 from robodual_core.errors import RobodualError
 from robodual_core.flat_params import FlatParameters
 from robodual_core.io import atomic_write_text
 
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
 
 @dataclass
 class TrainerConfig:
-    steps: int = 1000
-    batch_size: int = 64
-    num_workers: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 1000
+    """Every numeric key declares its range (``ranged``), checked when the config is loaded and again when
+    a :class:`Trainer` is built from it (robodual_core.config.check_config)."""
+
+    steps: int = ranged(1000, ge=1)
+    batch_size: int = ranged(64, ge=1)
+    num_workers: int = ranged(2, ge=0)
+    lr: float = ranged(1e-4, gt=0)
+    weight_decay: float = ranged(1e-3, ge=0)
+    betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)
+    warmup_steps: int = ranged(1000, ge=0)
     scheduler: str = "cosine"  # any diffusers.optimization scheduler name: cosine, constant_with_warmup, linear, ...
-    grad_clip: float = 1.0
-    grad_accum: int = 1
+    grad_clip: float = ranged(1.0, ge=0)  # 0: no clipping
+    grad_accum: int = ranged(1, ge=1)
     ema: bool = True
-    ema_decay: float = 0.999
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_checkpoints: int = 2  # the newest N checkpoints are kept; 0 keeps all
-    seed: int = 0
+    ema_decay: float = ranged(0.999, ge=0, le=1)
+    log_every: int = ranged(10, ge=1)
+    ckpt_every: int = ranged(500, ge=1)
+    keep_checkpoints: int = ranged(2, ge=0)  # the newest N checkpoints are kept; 0 keeps all
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
     device: str = "auto"
     amp: bool = False  # bf16 autocast on CUDA
     # torch.compile the model's compute modules (``model.compile_targets()``, the specialist's) before training:
@@ -163,6 +169,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         show_progress: bool = True,
     ):
+        check_config(cfg, "trainer.")  # a config built in code, not loaded: the same ranges
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.model = model
         self.dataset = dataset
@@ -209,8 +216,16 @@ class Trainer:
         # what the optimizer, the EMA and clipping see (the flat buffers, or the parameters themselves)
         self._params = [t for g in groups for t in g]
         ordered = decay + no_decay  # the parameters behind self._params, in its order
-        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=cfg.steps)
+        try:
+            self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                           num_training_steps=cfg.steps)
+        except (ValueError, TypeError, KeyError) as exc:
+            from diffusers.optimization import SchedulerType
+
+            names = ", ".join(t.value for t in SchedulerType)
+            raise RobodualError(f"config key 'trainer.scheduler' is {cfg.scheduler!r}, which diffusers cannot build "
+                                f"from steps and warmup_steps alone ({' '.join(str(exc).split())}); expected one "
+                                f"of {names}") from None
         self.ema = None
         if cfg.ema:
             names = {id(p): n for n, p in self.model.named_parameters()}

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from robodual_core.training import TrainerConfig
+from robodual_core.config import Check, ranged
+from robodual_core.training import SEED_MAX, TrainerConfig
 
 
 @dataclass
 class TinyConfig:
     """Sizes of the CPU-sized native model (``base: tiny``); same architecture as OpenVLA."""
 
-    image_size: int = 64
-    patch_size: int = 16
-    vision_dim: int = 32
-    vision_depth: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 256
+    image_size: int = ranged(64, ge=1)
+    patch_size: int = ranged(16, ge=1)
+    vision_dim: int = ranged(32, ge=1)
+    vision_depth: int = ranged(2, ge=1)
+    vision_heads: int = ranged(2, ge=1)
+    hidden_size: int = ranged(128, ge=2)
+    num_layers: int = ranged(2, ge=1)
+    num_heads: int = ranged(4, ge=1)
+    intermediate_size: int = ranged(256, ge=1)
     # built-in text tokenizer: "words" (whole instruction words as one id, bytes otherwise) or "bytes"
-    tokenizer: str = "words"
+    tokenizer: Literal["words", "bytes"] = "words"
+
+    __config_checks__ = (
+        Check("image_size", "a multiple of {prefix}patch_size ({patch_size})", lambda c: c.image_size % c.patch_size == 0),
+        Check("vision_dim", "a multiple of {prefix}vision_heads ({vision_heads})", lambda c: c.vision_dim % c.vision_heads == 0),
+        # the language model's rotary embeddings rotate pairs of each head's channels
+        Check("hidden_size", "a multiple of {prefix}num_heads ({num_heads}) with an even width per head",
+              lambda c: c.hidden_size % c.num_heads == 0 and (c.hidden_size // c.num_heads) % 2 == 0),
+    )
 
 
 @dataclass
@@ -37,27 +47,33 @@ class GeneralistConfig:
     """
 
     base: str = "tiny"
-    family: str = "auto"  # auto | openvla | hf_vlm
+    family: Literal["auto", "openvla", "hf_vlm"] = "auto"
     image_key: str = "rgb_static"
-    k_g: int = 8
+    k_g: int = ranged(8, ge=1)
     lora: bool = True
-    lora_rank: int = 32
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_rank: int = ranged(32, ge=1)
+    lora_alpha: int = ranged(16, ge=1)
+    lora_dropout: float = ranged(0.0, ge=0, lt=1)
     lora_targets: str = "all-linear"
     freeze_vision: bool = True
     train_projector: bool = True
-    latent_layer: int = -1  # hidden_states index for task/action latents (-1 = last layer)
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # hidden_states index for task/action latents (-1 = last layer; any index, checked against the model when built)
+    latent_layer: int = ranged(-1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
-    seed: int = 0
+    # chunk decoding: "static" (static KV cache, selection on the device; robodual_generalist.decoding),
+    # "dynamic" (growing cache, a host round trip per token), "recompute" (no cache)
+    decoding: Literal["static", "dynamic", "recompute"] = "static"
+    # the static decode step as a CUDA graph: auto (on CUDA), on, off
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
 
 @dataclass
 class DataConfig:
-    val_ratio: float = 0.0
-    split_seed: int = 0
+    val_ratio: float = ranged(0.0, ge=0, lt=1)
+    split_seed: int = ranged(0, ge=0, le=SEED_MAX)
 
 
 def _generalist_trainer() -> TrainerConfig:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from robodual_core.config import check_config, from_dict, ranged
 from robodual_core.errors import ConfigError
 
 BACKBONES = ("dino_vits16", "vit")
@@ -37,28 +38,30 @@ class SensorConfig:
     modality: str = "rgb"
     keys: list[str] = field(default_factory=list)
     backbone: str = "vit"
-    image_size: Any = 224
-    in_chans: int = 3
-    patch_size: int = 16
-    width: int = 256
-    depth: int = 6
-    heads: int = 8
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
+    image_size: Any = ranged(224, ge=1)  # int, or [H, W] (each >= 1)
+    in_chans: int = ranged(3, ge=1)
+    patch_size: int = ranged(16, ge=1)
+    width: int = ranged(256, ge=1)
+    depth: int = ranged(6, ge=1)
+    heads: int = ranged(8, ge=1)
+    head_dim: int = ranged(64, ge=1)
+    mlp_ratio: float = ranged(4.0, gt=0)
     pretrained: str | None = None
     random_init: bool = False
     trainable: bool | None = None
-    out_dim: int = 256
-    num_queries: int = 8
-    resampler_depth: int = 1
-    resampler_heads: int = 8
-    resampler_head_dim: int = 64
-    resampler_mlp_ratio: float = 4.0
-    history: int = 0
+    out_dim: int = ranged(256, ge=1)
+    num_queries: int = ranged(8, ge=1)
+    resampler_depth: int = ranged(1, ge=1)
+    resampler_heads: int = ranged(8, ge=1)
+    resampler_head_dim: int = ranged(64, ge=1)
+    resampler_mlp_ratio: float = ranged(4.0, gt=0)
+    history: int = ranged(0, ge=0)
     cache_features: bool = True
-    clip: float | None = None
+    clip: float | None = ranged(None, gt=0)
 
     def __post_init__(self) -> None:
+        # every numeric option's range, named as a specialist config spells it
+        check_config(self, f"model.sensors[{self.name or '?'}].options.")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"sensor '{self.name}': backbone '{self.backbone}' is unknown; expected one of {BACKBONES}")
         if self.modality not in MODALITIES:
@@ -68,8 +71,6 @@ class SensorConfig:
         h, w = self.hw
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(f"sensor '{self.name}': image_size {h}x{w} must be a multiple of patch_size {self.patch_size}")
-        if self.history < 0:
-            raise ConfigError(f"sensor '{self.name}': history must be >= 0, found {self.history}")
         if not self.keys:
             raise ConfigError(f"sensor '{self.name}': 'keys' must name the dataset key it reads")
 
@@ -108,8 +109,6 @@ def sensor_config(name: str, **overrides: Any) -> SensorConfig:
     """The preset of ``name`` (a registered first-party sensor) with ``overrides`` applied."""
     if name not in PRESETS:
         raise ConfigError(f"no preset sensor config named '{name}'; presets: {', '.join(sorted(PRESETS))}")
-    fields = {f.name for f in dataclasses.fields(SensorConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ConfigError(f"sensor '{name}': unknown config key(s) {unknown}; accepted: {sorted(fields)}")
-    return SensorConfig(**{**PRESETS[name], "name": name, **overrides})
+    # options from a config file: types coerced and unknown keys refused, each naming the key
+    return from_dict(SensorConfig, {**PRESETS[name], "name": name, **overrides},
+                     prefix=f"model.sensors[{name}].options.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from robodual_core.config import Check, ranged
 from robodual_core.training import TrainerConfig
 
 
@@ -30,37 +31,40 @@ def _paper_sensors() -> list[SensorConfig]:
 class DiffusionConfig:
     """diffusers ``DDIMScheduler`` settings."""
 
-    train_steps: int = 100
-    inference_steps: int = 5
-    beta_schedule: str = "squaredcos_cap_v2"
+    train_steps: int = ranged(100, ge=1)
+    inference_steps: int = ranged(5, ge=1)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["sample", "epsilon"] = "sample"
     clip_sample: bool = True
     # "trailing" starts the 5-step chain at t=99 (pure noise in, as sampled); "leading" would start at t=80
     timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
+
+    __config_checks__ = (Check("inference_steps", "at most {prefix}train_steps ({train_steps})",
+                               lambda c: c.inference_steps <= c.train_steps),)
 
 
 @dataclass
 class GuidanceConfig:
     """Classifier-free guidance on generalist latents and proprio (Appendix A/B)."""
 
-    drop_prob: float = 0.1
-    scale: float = 3.0
-    null_tokens: int = 8  # learned tokens that stand in for the generalist latents when they are dropped
+    drop_prob: float = ranged(0.1, ge=0, le=1)
+    scale: float = ranged(3.0, ge=0)  # 1: no guidance
+    null_tokens: int = ranged(8, ge=1)  # learned tokens that stand in for the generalist latents when they are dropped
     drop_generalist_actions: bool = False  # also replace the discretized generalist actions when dropping
 
 
 @dataclass
 class SpecialistConfig:
     family: str = "dit"
-    action_dim: int = 7  # D; set from the dataset by `robodual train specialist`
-    proprio_dim: int = 7  # P; set from the dataset
-    k_s: int = 8
-    k_g: int = 8
-    generalist_dim: int = 0  # H of the generalist latents; 0 = specialist-only (no generalist tokens)
-    hidden: int = 256
-    depth: int = 6
-    heads: int = 8
-    mlp_ratio: float = 4.0
+    action_dim: int = ranged(7, ge=1)  # D; set from the dataset by `robodual train specialist`
+    proprio_dim: int = ranged(7, ge=0)  # P; set from the dataset (0: no proprio)
+    k_s: int = ranged(8, ge=1)
+    k_g: int = ranged(8, ge=1)
+    generalist_dim: int = ranged(0, ge=0)  # H of the generalist latents; 0 = specialist-only (no generalist tokens)
+    hidden: int = ranged(256, ge=2)
+    depth: int = ranged(6, ge=1)
+    heads: int = ranged(8, ge=1)
+    mlp_ratio: float = ranged(4.0, gt=0)
     causal: bool = True  # False = bidirectional self-attention over the action tokens
     conditioner: str = "cross_attention"  # a registry("conditioners") name: cross_attention, film, in_context
     sensors: list[SensorConfig] = field(default_factory=_paper_sensors)
@@ -76,6 +80,10 @@ class SpecialistConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
+    # rotary position embeddings rotate pairs of each head's channels
+    __config_checks__ = (Check("hidden", "a multiple of {prefix}heads ({heads}) with an even width per head",
+                               lambda c: c.hidden % c.heads == 0 and (c.hidden // c.heads) % 2 == 0),)
+
 
 @dataclass
 class DataConfig:
@@ -84,8 +92,8 @@ class DataConfig:
     The number of history frames is the largest ``history`` option among the sensors.
     """
 
-    image_size: int | None = 224
-    val_ratio: float = 0.1
+    image_size: int | None = ranged(224, ge=1)  # null: each sensor resizes its own frames
+    val_ratio: float = ranged(0.1, ge=0, lt=1)
     augment_tau: bool = True  # latency-aware shifted-window augmentation, tau in [0, k_g)
     normalization: dict[str, str] = field(default_factory=lambda: {"action": "q99", "proprio": "min_max"})
 
