@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from robodual_core.client import RemotePolicy
-from robodual_core.errors import RobodualError
+from robodual_client import ClientError, RemotePolicy
+from robodual_client.wire import WireError, pack, unpack
 from robodual_core.serve import PolicyServer
-from robodual_core.wire import WireError, pack, unpack
 
 SPEC = {"rgb_static": {"shape": [8, 8, 3], "dtype": "uint8"}, "proprio": {"shape": [4], "dtype": "float32"}}
 
@@ -81,8 +80,9 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server):
              "has shape [3], expected [4]"),
             (pack({"type": "step", "observation": {**observation(), "proprio": np.zeros(4, np.float64)}}),
              "has dtype float64, expected float32"),
-            (pack({"type": "step", "observation": {**observation(), "pad": np.zeros(5000, np.uint8)}}),
-             "exceeds the server's limit"),
+            (msgpack.packb({"type": "step", "observation": {"proprio": {
+                "__ndarray__": True, "dtype": "<f4", "shape": [2**40, 2**40], "data": b""}}}),
+             "more than the limit of 4096 bytes"),  # (2**40)**2 * 4 overflowed int64 to 0 bytes before
         ]
         for raw, needle in cases:
             ws.send(raw)
@@ -114,9 +114,9 @@ def test_token_is_enforced_and_health_check_answers():
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/healthz", timeout=10) as resp:
             assert resp.read() == b"ok\n"
-        with pytest.raises(RobodualError, match="401"):
+        with pytest.raises(ClientError, match="401"):
             RemotePolicy(f"ws://127.0.0.1:{srv.port}")
-        with pytest.raises(RobodualError, match="401"):
+        with pytest.raises(ClientError, match="401"):
             RemotePolicy(f"ws://127.0.0.1:{srv.port}", token="wrong")
         with RemotePolicy(f"ws://127.0.0.1:{srv.port}", token="s3cret") as ok:
             assert ok.step(observation(), "").shape == (4,)
@@ -125,5 +125,13 @@ def test_token_is_enforced_and_health_check_answers():
 
 
 def test_client_imports_without_torch():
-    code = "import sys, robodual_core.client; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    code = "import sys, robodual_client; print('torch' in sys.modules, 'robodual_core' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert out == "False False"
+
+
+def test_core_client_is_the_client_package():
+    import robodual_client
+    from robodual_core import client, wire
+
+    assert client.RemotePolicy is robodual_client.RemotePolicy and wire.pack is robodual_client.pack

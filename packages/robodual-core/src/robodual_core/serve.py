@@ -1,13 +1,14 @@
 """``robodual serve``: a websocket policy server (msgpack, numpy by dtype/shape/bytes; never pickle).
 
-Protocol (every frame binary msgpack, see :mod:`robodual_core.wire`):
+The protocol lives in the torch-free :mod:`robodual_client.wire` (the robot's side uses the same module):
+on connect the server sends its metadata; ``reset`` -> ``reset_ok``; ``step`` -> ``action``; anything
+wrong -> ``{"type": "error", "error": "..."}`` and the connection and the server keep going.
 
-- on connect the server sends ``{"type": "metadata", "observation_spec": {key: {"shape", "dtype"}},
-  "action_dim", "action_horizon", "control_rate_hz", "mode", "policy"}``;
-- ``{"type": "reset"}`` -> ``{"type": "reset_ok"}`` (one runtime session per connection);
-- ``{"type": "step", "observation": {key: array}, "instruction": str}`` ->
-  ``{"type": "action", "action": array [D], "timing": {"policy_s", "server_s"}}``;
-- anything wrong -> ``{"type": "error", "error": "..."}``; the connection and the server keep going.
+Refused with an error reply: messages that are not msgpack maps, unknown types, another protocol version,
+arrays of a wrong dtype/shape or a declared size beyond the limit, and observations holding NaN/Inf. An
+action that is not a finite vector is never sent. Memory is bounded: at most ``max_connections`` clients
+(more get HTTP 503), messages of at most ``max_message_bytes`` (a larger one closes its connection with
+1009 before it is read), and at most ``MAX_QUEUE`` frames buffered per connection.
 
 ``GET /healthz`` answers ``ok``. With a token, every connection must send ``Authorization: Bearer <token>``.
 """
@@ -16,50 +17,76 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from robodual_core.errors import RobodualError, require
-from robodual_core.wire import WireError, pack, unpack
+from robodual_client.errors import ClientError
+from robodual_client.wire import (
+    PROTOCOL_VERSION,
+    WireError,
+    action_reply,
+    check_action,
+    check_observation,
+    check_protocol,
+    error_reply,
+    pack,
+    unpack,
+)
+from robodual_core.errors import RobodualError
 
 DEFAULT_MAX_MESSAGE = 16 * 2**20
+DEFAULT_MAX_CONNECTIONS = 8
+MAX_QUEUE = 2  # frames buffered per connection beyond the one being answered
+MAX_INSTRUCTION = 4096
 
 
-def check_observation(observation: Any, spec: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Validate an observation against the policy's spec; the error names the key and the mismatch."""
-    if not isinstance(observation, dict):
-        raise WireError(f"'observation' must be a map of key -> array, found {type(observation).__name__}")
-    for key, want in spec.items():
-        if key not in observation:
-            raise WireError(f"observation is missing key '{key}' (expected {want['dtype']} {list(want['shape'])}); "
-                            f"received keys: {sorted(observation)}")
-        value = observation[key]
-        if not isinstance(value, np.ndarray):
-            raise WireError(f"observation['{key}'] must be an array, found {type(value).__name__}")
-        if list(value.shape) != list(want["shape"]):
-            raise WireError(f"observation['{key}'] has shape {list(value.shape)}, expected {list(want['shape'])}")
-        if value.dtype != np.dtype(want["dtype"]):
-            raise WireError(f"observation['{key}'] has dtype {value.dtype}, expected {want['dtype']}")
-    for key, value in observation.items():
-        if not isinstance(value, np.ndarray):
-            raise WireError(f"observation['{key}'] must be an array, found {type(value).__name__}")
-    return observation
+def check_token(token: str | None, flag: str = "--token") -> None:
+    """A token must fit an HTTP header: printable ASCII, no spaces, not empty."""
+    if token is None:
+        return
+    if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() or " " in token:
+        shown = "an empty string" if token == "" else repr(token)[:24]
+        raise RobodualError(f"{flag} must be a non-empty string of printable ASCII without spaces, found {shown}")
+
+
+def check_limits(port: int | None = None, max_message_bytes: int | None = None,
+                 max_connections: int | None = None) -> None:
+    """Range checks of the server's settings, before anything is loaded or bound."""
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        raise RobodualError(f"--port must be an integer in 0..65535 (0: any free port), found {port}")
+    if max_message_bytes is not None and not 1024 <= max_message_bytes <= 2**31:
+        raise RobodualError(f"--max-message-mb must give between 1 KiB and 2 GiB per message, found "
+                            f"{max_message_bytes} bytes")
+    if max_connections is not None and not 1 <= max_connections <= 4096:
+        raise RobodualError(f"--max-connections must be in 1..4096, found {max_connections}")
+
+
+def message_bytes_from_mb(mb: float) -> int:
+    if not math.isfinite(mb) or mb <= 0:
+        raise RobodualError(f"--max-message-mb must be a positive number of MiB, found {mb}")
+    return int(mb * 2**20)
 
 
 class PolicyServer:
     """Serves sessions made by ``make_session()`` (a fresh policy per connection, sharing models)."""
 
     def __init__(self, make_session: Callable[[], Any], metadata: dict[str, Any], token: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE, max_connections: int = DEFAULT_MAX_CONNECTIONS):
+        check_token(token, "token")
+        check_limits(max_message_bytes=max_message_bytes, max_connections=max_connections)
         self.make_session = make_session
-        self.metadata = {"type": "metadata", **metadata}
+        self.metadata = {"type": "metadata", "protocol": PROTOCOL_VERSION, **metadata,
+                         "max_message_bytes": max_message_bytes}
         self.spec = metadata.get("observation_spec") or {}
+        dim = metadata.get("action_dim")
+        self.action_dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else None
         self.token = token
         self.max_message_bytes = max_message_bytes
+        self.max_connections = max_connections
+        self.active = 0  # open connections (touched on the event loop only)
         self._infer_lock = threading.Lock()  # one inference at a time: stable latency, no oversubscribed cores
         self._server: Any = None
         self.port: int | None = None
@@ -72,20 +99,43 @@ class PolicyServer:
             return connection.respond(HTTPStatus.OK, "ok\n")
         if self.token is not None:
             got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+            if not hmac.compare_digest(got.encode("utf-8", "replace"), f"Bearer {self.token}".encode()):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token: send "
+                                          "'Authorization: Bearer TOKEN' with the server's --token\n")
+        if self.active >= self.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, self._busy() + "\n")
         return None
 
+    def _busy(self) -> str:
+        return (f"server busy: {self.active} of at most {self.max_connections} connections open "
+                "(robodual serve --max-connections)")
+
     async def _handler(self, ws: Any) -> None:
-        session = await asyncio.to_thread(self.make_session)
+        self.active += 1  # no await before this line: the count is exact
+        session = None
         try:
+            if self.active > self.max_connections:
+                await ws.close(1013, self._busy()[:120])
+                return
+            try:
+                session = await asyncio.to_thread(self.make_session)
+            except Exception as exc:
+                await ws.send(pack(error_reply(f"the server could not start a session: {type(exc).__name__}: "
+                                               f"{exc}")))
+                await ws.close(1011, "no session")
+                return
             await ws.send(pack(self.metadata))
             async for raw in ws:
                 reply = await self._answer(session, raw)
-                await ws.send(pack(reply))
+                try:
+                    data = pack(reply)
+                except ClientError as exc:
+                    data = pack(error_reply(f"the reply could not be encoded: {exc}"))
+                await ws.send(data)
         except Exception:  # a dropped client ends its own session only
             pass
         finally:
+            self.active -= 1
             close = getattr(session, "close", None)
             if callable(close):
                 await asyncio.to_thread(close)
@@ -93,10 +143,8 @@ class PolicyServer:
     async def _answer(self, session: Any, raw: bytes | str) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            if len(raw) > self.max_message_bytes:
-                raise WireError(f"message of {len(raw)} bytes exceeds the server's limit of "
-                                f"{self.max_message_bytes} bytes")
-            message = unpack(raw)
+            message = unpack(raw, max_bytes=self.max_message_bytes)
+            check_protocol(message)
             kind = message["type"]
             if kind == "reset":
                 await asyncio.to_thread(self._locked, session.reset)
@@ -104,35 +152,44 @@ class PolicyServer:
             if kind == "metadata":
                 return self.metadata
             if kind != "step":
-                raise WireError(f"unknown message type '{kind}'; expected reset, step or metadata")
-            observation = check_observation(message.get("observation"), self.spec)
+                raise WireError(f"unknown message type '{kind[:40]}'; expected reset, step or metadata")
+            if "observation" not in message:
+                raise WireError("a step message needs 'observation' (a map of key -> array)")
+            observation = check_observation(message["observation"], self.spec)
             instruction = message.get("instruction", "")
             if not isinstance(instruction, str):
                 raise WireError(f"'instruction' must be a string, found {type(instruction).__name__}")
+            if len(instruction) > MAX_INSTRUCTION:
+                raise WireError(f"'instruction' has {len(instruction)} characters; at most {MAX_INSTRUCTION}")
             t1 = time.perf_counter()
             action = await asyncio.to_thread(self._locked, session.step, observation, instruction)
             t2 = time.perf_counter()
-            return {"type": "action", "action": np.asarray(action, dtype=np.float32),
-                    "timing": {"policy_s": t2 - t1, "server_s": time.perf_counter() - t0}}
-        except RobodualError as exc:
-            return {"type": "error", "error": str(exc)}
+            action = check_action(action, self.action_dim)
+            return action_reply(action, {"policy_s": t2 - t1, "server_s": time.perf_counter() - t0})
+        except (RobodualError, ClientError) as exc:
+            return error_reply(str(exc))
         except Exception as exc:
-            return {"type": "error", "error": f"the policy failed: {type(exc).__name__}: {exc}"}
+            return error_reply(f"the policy failed: {type(exc).__name__}: {exc}")
 
     def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._infer_lock:
             return fn(*args)
 
     # -- running ---------------------------------------------------------------------------------
-    async def serve_forever(self, host: str, port: int, ready: threading.Event | None = None) -> None:
-        require("websockets", "pip install 'robodual-core[serve]'")
+    async def serve_forever(self, host: str, port: int, ready: threading.Event | None = None,
+                            on_bound: Callable[[int], None] | None = None) -> None:
+        """Bind, call ``on_bound(port)`` with the port actually bound (``port=0`` picks one), serve."""
         from websockets.asyncio.server import serve
 
-        # the transport limit sits above ours, so an oversized message gets an error reply, not a dropped link
+        check_limits(port=port)
+        # The transport refuses a message above the limit from its header (close 1009) before reading it,
+        # and buffers at most MAX_QUEUE frames per connection: memory is bounded by the connection cap.
         async with serve(self._handler, host, port, process_request=self._process_request,
-                         max_size=self.max_message_bytes * 4, compression=None) as server:
+                         max_size=self.max_message_bytes, max_queue=MAX_QUEUE, compression=None) as server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1] if server.sockets else port
+            if on_bound is not None:
+                on_bound(self.port)
             if ready is not None:
                 ready.set()
             await server.serve_forever()
@@ -141,6 +198,7 @@ class PolicyServer:
         """Serve in a daemon thread (tests, notebooks); returns once the port is bound."""
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
+        failure: list[BaseException] = []
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
@@ -148,11 +206,15 @@ class PolicyServer:
                 self._loop.run_until_complete(self.serve_forever(host, port, ready))
             except asyncio.CancelledError:
                 pass
+            except Exception as exc:
+                failure.append(exc)
+                ready.set()
 
         thread = threading.Thread(target=run, name="robodual-serve", daemon=True)
         thread.start()
-        if not ready.wait(30):
-            raise RobodualError(f"the policy server did not start on {host}:{port}")
+        if not ready.wait(30) or failure:
+            detail = f": {failure[0]}" if failure else ""
+            raise RobodualError(f"the policy server did not start on {host}:{port}{detail}")
         return thread
 
     def stop(self) -> None:

@@ -29,11 +29,26 @@ def register(app: typer.Typer) -> None:
                                          help="Require 'Authorization: Bearer TOKEN' on every connection."),
         mode: str = typer.Option("async", "--mode", help="async (real robots) or sync."),
         kind: str = typer.Option("auto", "--kind", help="auto, dual, specialist or generalist."),
-        max_message_mb: float = typer.Option(16.0, "--max-message-mb", help="Largest accepted request."),
+        max_message_mb: float = typer.Option(16.0, "--max-message-mb",
+                                             help="Largest accepted request in MiB (larger ones close their "
+                                                  "connection unread)."),
+        max_connections: int = typer.Option(8, "--max-connections",
+                                            help="Most clients served at once (more get HTTP 503); with "
+                                                 "--max-message-mb it bounds the server's memory."),
     ) -> None:
         """Serve a policy to robots over websockets (msgpack; one runtime session per connection)."""
-        from robodual_core.serve import PolicyServer, policy_metadata
+        from robodual_core.serve import (
+            PolicyServer,
+            check_limits,
+            check_token,
+            message_bytes_from_mb,
+            policy_metadata,
+        )
 
+        # every flag is checked before the policy is loaded or a socket bound
+        max_bytes = message_bytes_from_mb(max_message_mb)
+        check_limits(port=port, max_message_bytes=max_bytes, max_connections=max_connections)
+        check_token(token)
         if mode not in ("async", "sync"):
             raise RobodualError(f"--mode must be async or sync, found '{mode}'")
         if host not in ("127.0.0.1", "localhost", "::1") and token is None:
@@ -41,11 +56,17 @@ def register(app: typer.Typer) -> None:
                       "the robot")
         base = _load(policy, kind, mode)
         server = PolicyServer(base.new_session, policy_metadata(base, mode, str(policy)), token=token,
-                              max_message_bytes=int(max_message_mb * 2**20))
-        out.print(f"serving {policy} ({type(base).__name__}, {mode}) on ws://{host}:{port}  health: "
-                  f"http://{host}:{port}/healthz")
+                              max_message_bytes=max_bytes, max_connections=max_connections)
+        shown = f"[{host}]" if ":" in host else host
+
+        def bound(actual: int) -> None:
+            out.print(f"serving {policy} ({type(base).__name__}, {mode}) on ws://{shown}:{actual}  health: "
+                      f"http://{shown}:{actual}/healthz  (at most {max_connections} connections, "
+                      f"{max_message_mb:g} MiB per message)", markup=False, highlight=False, soft_wrap=True)
+            out.file.flush()
+
         try:
-            asyncio.run(server.serve_forever(host, port))
+            asyncio.run(server.serve_forever(host, port, on_bound=bound))
         except OSError as exc:
             raise RobodualError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

@@ -92,7 +92,7 @@ def eval_command(
         raise RobodualError("eval metaworld needs --policy RUN_DIR (or expert/random) or --remote URL")
     run_dir = Path(policy)
     if remote is not None:
-        factory: Any = PolicyFactory("robodual_core.client:RemotePolicy", (remote,), {"token": token})
+        factory: Any = PolicyFactory("robodual_client:RemotePolicy", (remote,), {"token": token})
         defaults = dataset_settings_of_run(run_dir) if run_dir.is_dir() else {}
         out = out or Path("eval_metaworld_remote")
     elif run_dir.is_dir():

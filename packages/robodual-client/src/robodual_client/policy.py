@@ -1,0 +1,142 @@
+"""``RemotePolicy``: drive a policy served by ``robodual serve`` with the local policy interface.
+
+    from robodual_client import RemotePolicy
+    policy = RemotePolicy("ws://127.0.0.1:8000", token="...")
+    policy.reset()
+    action = policy.step({"rgb_static": image, "proprio": state}, "open the drawer")
+
+Evaluation code runs against a local or a remote policy unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from robodual_client.errors import ClientError, ConnectError, ServerError, WireError
+from robodual_client.wire import (
+    PROTOCOL_VERSION,
+    check_action,
+    check_protocol,
+    pack,
+    reset_request,
+    step_request,
+    unpack,
+)
+
+CLOSE_REASONS = {1008: "policy violation", 1009: "message too big", 1011: "server error", 1013: "server busy"}
+
+
+def _check_token(token: str | None) -> None:
+    if token is None:
+        return
+    if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ClientError("token must be a non-empty string of printable ASCII without spaces, found "
+                          f"{'an empty string' if token == '' else type(token).__name__ + ' ' + repr(token)[:20]}")
+
+
+def _refusal(url: str, exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is None:
+        return f"cannot connect to policy server {url}: {type(exc).__name__}: {exc}"
+    body = (getattr(response, "body", b"") or b"").decode("utf-8", "replace").strip()[:200]
+    hint = {401: " (pass the server's --token)", 503: " (try again later)"}.get(status, "")
+    return f"policy server {url} refused the connection: HTTP {status}{': ' + body if body else ''}{hint}"
+
+
+class RemotePolicy:
+    """The ``reset()`` / ``step(observation, instruction)`` interface, over a websocket."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0, max_size: int = 64 * 2**20):
+        from websockets.sync.client import connect
+
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise ClientError(f"policy server URL must start with ws:// or wss://, found {str(url)[:80]!r}")
+        _check_token(token)
+        self.url = url
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            self._conn = connect(url, additional_headers=headers, open_timeout=timeout, max_size=max_size,
+                                 compression=None, proxy=None)
+        except Exception as exc:
+            raise ConnectError(_refusal(url, exc)) from None
+        self._ws = self._conn.__enter__()  # the sync client wants the context protocol
+        self.last_timing: dict[str, float] = {}
+        self.metadata = self._receive()
+        if self.metadata.get("type") == "error":
+            self.close()
+            raise ServerError(f"policy server {url}: {self.metadata.get('error')}")
+        if self.metadata.get("type") != "metadata":
+            self.close()
+            raise WireError(f"policy server {url} sent {str(self.metadata.get('type'))[:40]!r} instead of its "
+                            "metadata")
+        try:
+            check_protocol(self.metadata)
+        except WireError:
+            self.close()
+            raise
+        limit = self.metadata.get("max_message_bytes")
+        self.max_message_bytes = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+        dim = self.metadata.get("action_dim")
+        self.action_dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+
+    @property
+    def protocol(self) -> int:
+        return PROTOCOL_VERSION
+
+    def _receive(self) -> dict[str, Any]:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            raw = self._ws.recv(timeout=self.timeout)
+        except TimeoutError:
+            raise ConnectError(f"policy server {self.url} sent no reply within {self.timeout} s") from None
+        except ConnectionClosed as exc:
+            raise ConnectError(self._closed(exc)) from None
+        return unpack(raw)
+
+    def _closed(self, exc: Any) -> str:
+        rcvd = getattr(exc, "rcvd", None)
+        if rcvd is None:
+            return f"policy server {self.url} closed the connection without a reason"
+        what = CLOSE_REASONS.get(rcvd.code, f"code {rcvd.code}")
+        return f"policy server {self.url} closed the connection ({what}, {rcvd.code}): {rcvd.reason or 'no reason'}"
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        from websockets.exceptions import ConnectionClosed
+
+        raw = pack(message)
+        if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
+            raise WireError(f"this {message['type']} message is {len(raw)} bytes; the server accepts at most "
+                            f"{self.max_message_bytes} (robodual serve --max-message-mb)")
+        try:
+            self._ws.send(raw)
+        except ConnectionClosed as exc:
+            raise ConnectError(self._closed(exc)) from None
+        reply = self._receive()
+        if reply.get("type") == "error":
+            raise ServerError(f"policy server: {reply.get('error')}")
+        return reply
+
+    def reset(self) -> None:
+        self._request(reset_request())
+
+    def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        reply = self._request(step_request(observation, instruction))
+        if reply.get("type") != "action":
+            raise WireError(f"policy server answered a step with {str(reply.get('type'))[:40]!r}, not 'action'")
+        timing = reply.get("timing")
+        self.last_timing = timing if isinstance(timing, dict) else {}
+        return check_action(reply.get("action"), self.action_dim, source=f"policy server {self.url}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RemotePolicy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
