@@ -27,6 +27,7 @@ from torch import nn
 from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import Generalist, GeneralistOutput
+from robodual_generalist.common import checkpointing_enable
 from robodual_generalist.tokenizer import ActionTokenizer, openvla_prompt
 
 FAMILY = "hf_vlm"
@@ -118,7 +119,7 @@ class HFVLMGeneralist(nn.Module, Generalist):
         self.cfg = cfg
         self.k_g = cfg.k_g
         self.action_dim = action_dim
-        from robodual_generalist.model import check_latent_layer, folder_hash
+        from robodual_generalist.common import check_latent_layer, folder_hash
 
         self.vlm = vlm
         check_latent_layer(cfg.latent_layer, vlm.config)
@@ -155,7 +156,7 @@ class HFVLMGeneralist(nn.Module, Generalist):
             if cfg.freeze_vision and vision is not None:
                 vision.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            self.vlm.gradient_checkpointing_enable()
+            checkpointing_enable(self.vlm)
 
     # -- parameters ------------------------------------------------------------------------------
     def apply_lora(self) -> None:
@@ -294,16 +295,16 @@ class HFVLMGeneralist(nn.Module, Generalist):
             row = hidden[i, text[i]]
             task[i, : row.shape[0]] = row
             task_mask[i, : row.shape[0]] = True
-        past, logits = out.past_key_values, out.logits[:, -1]
+        past, logits = out.cache, out.logits[:, -1]
         tokens, latents = [], []
         for slot in range(self.action_tokenizer.chunk_len):
             tok = self.action_tokenizer.constrained_next(logits.float(), slot)
             tokens.append(tok)
             attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
             pos = pos[:, -1:] + 1
-            out = self.vlm(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=past,
+            out = self.vlm(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, cache=past,
                            use_cache=True, output_hidden_states=True, logits_to_keep=1)
-            past, logits = out.past_key_values, out.logits[:, -1]
+            past, logits = out.cache, out.logits[:, -1]
             latents.append(out.hidden_states[layer][:, -1])
         ids = torch.stack(tokens, dim=1)
         act_pos = self.action_tokenizer.action_positions().to(ids.device)

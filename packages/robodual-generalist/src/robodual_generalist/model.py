@@ -13,7 +13,6 @@ states at the generated action ids' positions (each id is fed back once so its o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -26,7 +25,9 @@ from torch import nn
 from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import Generalist, GeneralistOutput
+from robodual_generalist.common import check_latent_layer, checkpointing_enable, folder_hash
 from robodual_generalist.config import GeneralistConfig, stored_model_config
+from robodual_generalist.decoding import DecoderPool
 from robodual_generalist.prismatic import (
     PrismaticVLA,
     is_openvla_dir,
@@ -57,20 +58,13 @@ class Prefix:
     text_mask: torch.Tensor  # [B, Nt] bool
 
 
+DECODING_MODES = ("static", "dynamic", "recompute")
+
+
 def _dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise RobodualError(f"config key 'model.dtype' is {name!r}; expected one of {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def check_latent_layer(layer: int, config: Any) -> None:
-    """``model.latent_layer`` must index the language model's hidden states (0 = embeddings, -1 = last layer):
-    checked when the model is built, not at the first ``generate`` after training."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n = int(text.num_hidden_layers)
-    if not -(n + 1) <= layer <= n:
-        raise RobodualError(f"config key 'model.latent_layer' is {layer}; the language model has {n} layers, so "
-                            f"expected {-(n + 1)}..{n} (a hidden_states index: 0 = embeddings, -1 = last layer)")
 
 
 class VLAGeneralist(nn.Module, Generalist):
@@ -80,6 +74,7 @@ class VLAGeneralist(nn.Module, Generalist):
                  text_tokenizer: Any = None, meta: dict[str, Any] | None = None):
         super().__init__()
         self.cfg = cfg
+        self._decoders = DecoderPool()
         self.k_g = cfg.k_g
         self.action_dim = action_dim
         if vla is None:
@@ -106,7 +101,7 @@ class VLAGeneralist(nn.Module, Generalist):
         self.vla.projector.requires_grad_(cfg.train_projector)
         self.vla.vision_backbone.requires_grad_(not cfg.freeze_vision)
         if cfg.gradient_checkpointing:
-            self.vla.language_model.gradient_checkpointing_enable()
+            checkpointing_enable(self.vla.language_model)
 
     def apply_lora(self) -> None:
         from peft import LoraConfig, get_peft_model
@@ -239,18 +234,52 @@ class VLAGeneralist(nn.Module, Generalist):
 
     # -- inference -------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], use_cache: bool = True) -> GeneralistOutput:
-        """Free-running greedy decoding of one chunk per sample -> :class:`GeneralistOutput`."""
-        lm = self.vla.language_model
+    def generate(self, batch: dict[str, Any], use_cache: bool = True, decoding: str | None = None) -> GeneralistOutput:
+        """Free-running greedy decoding of one chunk per sample -> :class:`GeneralistOutput`.
+
+        ``decoding``: "static" (a static KV cache, selection on the device, the step as a CUDA graph on CUDA:
+        :mod:`robodual_generalist.decoding`), "dynamic" (a growing cache, one host round trip per token) or
+        "recompute" (no cache: the whole sequence again per token); default ``model.decoding``, or "recompute"
+        when ``use_cache`` is False. All three give the same tokens (tested).
+        """
+        mode = decoding or ("recompute" if not use_cache else self.cfg.decoding)
+        if mode not in DECODING_MODES:
+            raise RobodualError(f"generalist decoding is {mode!r}; expected one of {', '.join(DECODING_MODES)}")
         layer = self.cfg.latent_layer
         prefix = self.build_prefix(self._images(batch), self._instructions(batch))
-        attn, pos = prefix.attention_mask, prefix.position_ids
-        out = lm(inputs_embeds=prefix.embeds, attention_mask=attn, position_ids=pos, use_cache=use_cache,
-                 output_hidden_states=True, logits_to_keep=1)
-        hidden = out.hidden_states[layer]
+        if mode == "static":
+            B, L = prefix.attention_mask.shape
+            decoder = self._decoders.get(self.vla.language_model, self.vla.embed_tokens, self.action_tokenizer,
+                                         layer, B, L, self.device, prefix.embeds.dtype,
+                                         graph=None if self.cfg.cuda_graphs == "auto" else self.cfg.cuda_graphs == "on")
+            hidden, ids, latents = decoder.run(prefix.embeds, prefix.attention_mask, prefix.position_ids)
+            ids, latents = ids.clone(), latents.clone()
+        else:
+            hidden, ids, latents = self._decode_dynamic(prefix, layer, use_cache=mode == "dynamic")
         task = torch.gather(hidden, 1, prefix.text_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         task = task * prefix.text_mask.unsqueeze(-1)
-        past = out.past_key_values if use_cache else None
+        act_pos = self.action_tokenizer.action_positions().to(ids.device)
+        action_latents = latents[:, act_pos]
+        actions = self.action_tokenizer.decode(ids)
+        return GeneralistOutput(
+            actions=actions.float(),
+            task_latents=task.float(),
+            action_latents=action_latents.float(),
+            task_mask=prefix.text_mask,
+            action_mask=torch.ones(action_latents.shape[:2], dtype=torch.bool, device=ids.device),
+        )
+
+    def _decode_dynamic(self, prefix: Prefix, layer: int, use_cache: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reference decoding: a DynamicCache through the Cache API (or none), one token at a time."""
+        from transformers import DynamicCache
+
+        lm = self.vla.language_model
+        attn, pos = prefix.attention_mask, prefix.position_ids
+        cache = DynamicCache(config=lm.config) if use_cache else None
+        out = lm(inputs_embeds=prefix.embeds, attention_mask=attn, position_ids=pos, cache=cache,
+                 use_cache=use_cache, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[layer]
         logits = out.logits[:, -1]
         tokens, latents = [], []
         embeds = prefix.embeds
@@ -261,26 +290,15 @@ class VLAGeneralist(nn.Module, Generalist):
             pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
             new = self.vla.embed_tokens(tok[:, None])
             if use_cache:
-                out = lm(inputs_embeds=new, attention_mask=attn, position_ids=pos[:, -1:], past_key_values=past,
+                out = lm(inputs_embeds=new, attention_mask=attn, position_ids=pos[:, -1:], cache=cache,
                          use_cache=True, output_hidden_states=True, logits_to_keep=1)
-                past = out.past_key_values
             else:
                 embeds = torch.cat([embeds, new], dim=1)
                 out = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False,
                          output_hidden_states=True, logits_to_keep=1)
             latents.append(out.hidden_states[layer][:, -1])
             logits = out.logits[:, -1]
-        ids = torch.stack(tokens, dim=1)  # [B, C]
-        act_pos = self.action_tokenizer.action_positions().to(ids.device)
-        action_latents = torch.stack(latents, dim=1)[:, act_pos]
-        actions = self.action_tokenizer.decode(ids)
-        return GeneralistOutput(
-            actions=actions.float(),
-            task_latents=task.float(),
-            action_latents=action_latents.float(),
-            task_mask=prefix.text_mask,
-            action_mask=torch.ones(action_latents.shape[:2], dtype=torch.bool, device=ids.device),
-        )
+        return hidden, torch.stack(tokens, dim=1), torch.stack(latents, dim=1)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -288,7 +306,7 @@ class VLAGeneralist(nn.Module, Generalist):
         """The runtime adapter (:class:`robodual_generalist.runner.VLARunner`) for a checkpoint."""
         from robodual_generalist.runner import VLARunner
 
-        return VLARunner.load(path, **options)
+        return VLARunner.load(path, model_cls=cls, **options)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> VLAGeneralist:
@@ -367,18 +385,6 @@ def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[st
     separator = int(extra.get("separator_id", free[0] if free else vocab - n_bins - 1))
     return text, {"action_vocab_size": int(extra.get("action_vocab_size", vocab)), "separator_id": separator,
                   "pad_id": pad, "text_tokenizer": "hf"}
-
-
-def folder_hash(path: Path) -> str:
-    """sha256 over an OpenVLA-format folder's config.json and weight files (content, in index order)."""
-    from robodual_generalist.prismatic import weight_files
-
-    h = hashlib.sha256()
-    for f in [path / "config.json", *weight_files(path)]:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def load_merged(path: Path) -> VLAGeneralist:

@@ -20,7 +20,7 @@ class VLARunner:
 
     def __init__(self, model: Any, normalizer: Normalizer, observation_spec: dict | None = None,
                  pooling: str = "none", latent_dtype: str = "float32"):
-        from robodual_generalist.caching import POOLINGS
+        from robodual_generalist.pooling import POOLINGS
 
         if pooling not in POOLINGS:
             raise RobodualError(f"generalist latent pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
@@ -39,11 +39,8 @@ class VLARunner:
              model_cls: Any = None) -> VLARunner:
         """``pooling`` must be the one of the cache the specialist was trained on (its generalist.json).
 
-        ``model_cls`` is the generalist family's class (default: the native ``VLAGeneralist``).
+        ``model_cls`` is the generalist family's class (its ``load_runner`` passes itself).
         """
-        if model_cls is None:
-            from robodual_generalist.model import VLAGeneralist as model_cls
-
         path = Path(path)
         if (path / "normalizer.json").is_file():
             ckpt = path
@@ -53,6 +50,8 @@ class VLARunner:
                                 "writes it) or copy the run's normalizer.json beside its config.json")
         else:
             ckpt = resolve_checkpoint(path)
+        if model_cls is None:
+            raise RobodualError("VLARunner.load needs the generalist family's class (model_cls)")
         model = model_cls.from_checkpoint(path, device=device)
         normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
         return cls(model, normalizer, run_dataset_spec(ckpt, [model.cfg.image_key]), pooling=pooling,
@@ -66,7 +65,7 @@ class VLARunner:
     def predict_batch(self, images: np.ndarray, instructions: list[str]) -> GeneralistOutput:
         """``images [B, H, W, 3]`` uint8 (the ``image_key`` camera) and one instruction each -> outputs pooled
         and rounded as the runner's cache was (what the specialist trained on)."""
-        from robodual_generalist.caching import pool_output
+        from robodual_generalist.pooling import pool_output
 
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.model.device)
         x = x.permute(0, 3, 1, 2).float() / 255.0  # BHWC uint8 -> [B, 3, H, W] in [0, 1], as the loader
