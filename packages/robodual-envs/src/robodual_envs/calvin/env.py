@@ -55,6 +55,34 @@ def merged_config_path(path: str | Path) -> Path:
                         "holding validation/.hydra/merged_config.yaml; found neither")
 
 
+def check_dataset_config(path: str | Path, tactile: bool = False) -> Path:
+    """The ``merged_config.yaml`` for ``path`` (see :func:`merged_config_path`), refused in one line when it
+    is not YAML or lacks what the simulator is built from. Needs no calvin_env, so a typo costs no worker."""
+    import yaml
+
+    file = merged_config_path(path)
+    try:
+        cfg = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        raise RobodualError(f"--dataset-config '{file}' is not valid YAML"
+                            f"{f' (line {where.line + 1})' if where else ''}: {type(exc).__name__}") from None
+    if not isinstance(cfg, dict):
+        raise RobodualError(f"--dataset-config '{file}': expected a mapping with env, cameras, scene and robot "
+                            f"sections, found {type(cfg).__name__}")
+    missing = [key for key in ("env", "cameras", "scene", "robot") if not isinstance(cfg.get(key), dict)]
+    if missing:
+        raise RobodualError(f"--dataset-config '{file}' has no {', '.join(repr(k) for k in missing)} section(s); "
+                            "expected a CALVIN rendering merged_config.yaml")
+    cameras = sorted(cfg["cameras"])
+    if not {"static", "gripper"} <= set(cameras):
+        raise RobodualError(f"--dataset-config '{file}' configures cameras {cameras}; expected 'static' and 'gripper'")
+    if tactile and "tactile" not in cameras:
+        raise RobodualError(f"--tactile asked for tactile sensing but '{file}' configures no 'tactile' camera "
+                            f"(cameras: {cameras})")
+    return file
+
+
 def scene_name(scene: str) -> str:
     """``D`` -> ``calvin_scene_D``; full names pass through."""
     return scene if scene.startswith("calvin_scene_") else f"calvin_scene_{scene}"
@@ -160,6 +188,9 @@ class CalvinEnv(_ChainEnvMixin):
         from calvin_env.envs.tasks import Tasks
 
         self.image_size = image_size
+        if not getattr(calvin_env, "__file__", None):
+            raise MissingDependencyError(f"'calvin_env' imports as a bare folder {list(calvin_env.__path__)}, not the "
+                                         f"installed package (run from another directory); {INSTALL_HINT}")
         root = Path(calvin_env.__file__).resolve().parents[1]
         cfg = (self._dataset_config(root, dataset_config, scene, tactile) if dataset_config is not None
                else self._own_config(root, scene or "D", tactile))

@@ -1,0 +1,1 @@
+"""Helpers shared by the environment plugins: video files, worker threads, C-level stdout."""
