@@ -90,6 +90,14 @@ def eval_command(
 
     if not policy and remote is None:
         raise RobodualError("eval metaworld needs --policy RUN_DIR (or expert/random) or --remote URL")
+    for flag, value, choices in (("--kind", kind, ("auto", "dual", "specialist", "generalist")),
+                                 ("--mode", mode, ("sync", "async"))):
+        if value not in choices:
+            raise RobodualError(f"{flag}: expected one of {', '.join(choices)}, found '{value}'")
+    if videos < 0:
+        raise RobodualError(f"--videos: expected a number of episodes to record >= 0, found {videos}")
+    if remote is not None and not remote.startswith(("ws://", "wss://")):
+        raise RobodualError(f"--remote: expected a websocket URL like ws://HOST:PORT, found '{remote}'")
     run_dir = Path(policy)
     if remote is not None:
         factory: Any = PolicyFactory("robodual_client:RemotePolicy", (remote,), {"token": token})

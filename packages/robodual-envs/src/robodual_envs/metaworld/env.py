@@ -173,6 +173,12 @@ class MetaWorldEnv(Environment):
         self._env = self._make(self.task)
         self._env.seed(self.seed)
         state, _ = self._env.reset()
+        # Meta-World's reset runs reset_model twice, the first time from the previous episode's state, and sets
+        # the goal site in the model after its last mj_forward: the first frame would show a goal site left by
+        # the previous episode (a reused simulator rendered other pixels than a fresh one). Recompute it.
+        import mujoco
+
+        mujoco.mj_forward(self._env.model, self._env.data)
         self._state = np.asarray(state, dtype=np.float64)
         self._steps, self._success, self._done = 0, False, False
         self.instruction = instruction_for(self.task, self.seed)

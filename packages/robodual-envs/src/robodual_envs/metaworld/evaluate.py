@@ -142,6 +142,9 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
         raise RobodualError(f"--episodes: expected a positive number of episodes per task, found {episodes_per_task}")
     if workers < 1:
         raise RobodualError(f"--workers: expected a positive number of processes, found {workers}")
+    from robodual_envs.metaworld.generate import check_env_flags
+
+    check_env_flags(image_size, max_steps)
     if _is_policy(policy) and workers > 1:
         raise RobodualError("evaluate: a policy object cannot be shared by worker processes; pass a picklable "
                             "factory (e.g. PolicyFactory('module:make_policy')) or use workers=1")

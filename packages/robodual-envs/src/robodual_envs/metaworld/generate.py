@@ -60,6 +60,14 @@ def modalities(options: GenerateOptions) -> dict[str, str]:
     return mods
 
 
+def check_env_flags(image_size: int, max_steps: int) -> None:
+    """``--image-size`` and ``--max-steps`` in range, named as on the command line."""
+    if not 16 <= image_size <= 1024:
+        raise RobodualError(f"--image-size: expected 16..1024 pixels, found {image_size}")
+    if max_steps < 1:
+        raise RobodualError(f"--max-steps: expected a positive number of steps, found {max_steps}")
+
+
 # -- one episode (runs in a worker process) ----------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 
@@ -139,8 +147,12 @@ def generate_dataset(out: str | Path, options: GenerateOptions | None = None, wo
     options.cameras = list(options.cameras)
     if options.episodes_per_task < 1:
         raise RobodualError(f"--episodes-per-task: expected a positive number, found {options.episodes_per_task}")
-    if options.action_noise < 0:
-        raise RobodualError(f"--action-noise: expected a standard deviation >= 0, found {options.action_noise}")
+    if not options.action_noise >= 0 or not np.isfinite(options.action_noise):
+        raise RobodualError(f"--action-noise: expected a finite standard deviation >= 0, found {options.action_noise}")
+    if options.max_attempts < 1:
+        raise RobodualError(f"--max-attempts: expected a positive number of placements per slot, found "
+                            f"{options.max_attempts}")
+    check_env_flags(options.image_size, options.max_steps)
     if workers < 1:
         raise RobodualError(f"--workers: expected a positive number of processes, found {workers}")
     MetaWorldEnv(**options.env_kwargs()).close()  # validates cameras and sizes before anything is written
@@ -153,46 +165,63 @@ def generate_dataset(out: str | Path, options: GenerateOptions | None = None, wo
                            attrs={"source": "metaworld", "generator": settings})
     # slots episode-major, so an interrupted store already covers every task
     slots = [(task, i) for i in range(options.episodes_per_task) for task in options.tasks]
-    done_slots, seeds = _resume_point(writer)
-    summary = {"episodes": writer.num_episodes, "steps": writer.num_steps, "failed_slots": [], "attempts": 0,
-               "sim_steps": 0}
-    start = time.perf_counter()
+    state = _resume_point(writer, len(slots))
+    start = time.perf_counter() - state["seconds"]
     with _progress(progress) as bar:
-        job = bar.add_task("Meta-World demos", total=len(slots), completed=done_slots)
-        results = ordered_map(_generate_slot, slots[done_slots:], workers, _init_worker, (options,),
+        job = bar.add_task("Meta-World demos", total=len(slots), completed=state["slots_done"])
+        results = ordered_map(_generate_slot, slots[state["slots_done"]:], workers, _init_worker, (options,),
                               finalizer=_close_worker)
-        for n, result in enumerate(results, start=done_slots + 1):
-            summary["attempts"] += result["attempts"]
-            summary["sim_steps"] += result["sim_steps"]
+        for result in results:
+            state = {**state, "slots_done": state["slots_done"] + 1,
+                     "attempts": state["attempts"] + result["attempts"],
+                     "sim_steps": state["sim_steps"] + result["sim_steps"],
+                     "seconds": time.perf_counter() - start}
             if result["success"]:
+                state.update(episodes=state["episodes"] + 1, steps=state["steps"] + result["steps"],
+                             episode_seeds=[*state["episode_seeds"], result["seed"]])
+                # the slot's counters go in before its episode commits, as pending: a crash between the two
+                # leaves a store whose episode count says which of the two records holds
+                writer.set_attrs(generator_pending=state)
                 writer.add_episode(result["arrays"], instruction=result["instruction"], task=result["task"])
-                seeds.append(result["seed"])
-                summary["episodes"] += 1
-                summary["steps"] += result["steps"]
             else:
-                summary["failed_slots"].append([result["task"], result["index"]])
-            writer.set_attrs(generator_progress={"slots_done": n, "episodes": writer.num_episodes,
-                                                 "episode_seeds": seeds})
-            bar.update(job, completed=n, description=f"Meta-World demos ({result['task']})")
+                state["failed_slots"] = [*state["failed_slots"], [result["task"], result["index"]]]
+            writer.set_attrs(generator_progress=state, generator_pending=None)
+            bar.update(job, completed=state["slots_done"], description=f"Meta-World demos ({result['task']})")
+    # counters cover every segment of a resumed run; simulated steps include failed attempts (all rendered)
     seconds = time.perf_counter() - start
-    # simulated steps include failed attempts; every one of them was rendered
-    summary.update(seconds=seconds, sim_steps_per_s=summary["sim_steps"] / max(seconds, 1e-9))
-    writer.set_attrs(generation={**{k: v for k, v in summary.items() if k != "steps"}, "episode_seeds": seeds})
+    summary = {"episodes": state["episodes"], "steps": state["steps"], "failed_slots": state["failed_slots"],
+               "attempts": state["attempts"], "sim_steps": state["sim_steps"], "seconds": seconds,
+               "sim_steps_per_s": state["sim_steps"] / max(seconds, 1e-9)}
+    writer.set_attrs(generation={**{k: v for k, v in summary.items() if k != "steps"},
+                                 "episode_seeds": state["episode_seeds"]})
+    for name in ("generator_progress", "generator_pending"):  # resume bookkeeping: not part of the dataset
+        if name in writer.root.attrs:
+            del writer.root.attrs[name]
     summary["path"] = str(writer.finalize())
     return summary
 
 
-def _resume_point(writer: Any) -> tuple[int, list[int]]:
-    """Slots already handled in a resumed partial store and the placement seeds of its episodes.
+_FRESH = {"slots_done": 0, "episodes": 0, "steps": 0, "attempts": 0, "sim_steps": 0, "seconds": 0.0,
+          "failed_slots": [], "episode_seeds": []}
 
-    ``generator_progress`` is written after each slot; a crash between an episode's commit and that write
-    leaves exactly one committed episode more than it records (its seed is then unknown: recorded as -1).
+
+def _resume_point(writer: Any, total_slots: int) -> dict[str, Any]:
+    """The generation counters of the slots already handled in a resumed partial store (zeros when new).
+
+    ``generator_progress`` holds the counters after the last finished slot; a successful slot also writes
+    its counters as ``generator_pending`` before its episode commits. So the store's committed episode count
+    matches exactly one of the two, and whatever it holds beyond that (an uncommitted tail) the writer drops.
     """
-    progress = dict(writer.root.attrs.get("generator_progress") or {})
-    recorded = int(progress.get("episodes", 0))
-    extra = writer.num_episodes - recorded
-    seeds = [int(s) for s in progress.get("episode_seeds", [])][:recorded] + [-1] * extra
-    return int(progress.get("slots_done", 0)) + extra, seeds
+    attrs = writer.root.attrs
+    candidates = [dict(attrs.get("generator_pending") or {}), dict(attrs.get("generator_progress") or _FRESH)]
+    for state in candidates:
+        if set(_FRESH) <= set(state) and int(state["episodes"]) == writer.num_episodes:
+            if int(state["steps"]) != writer.num_steps or not 0 <= int(state["slots_done"]) <= total_slots:
+                break
+            return {**_FRESH, **state}
+    found = {name: dict(attrs.get(name) or {}).get("episodes") for name in ("generator_progress", "generator_pending")}
+    raise RobodualError(f"cannot resume '{writer.partial}': it holds {writer.num_episodes} committed episodes but "
+                        f"its generation counters record {found}; pass --overwrite to start again")
 
 
 def _progress(enabled: bool) -> Any:
