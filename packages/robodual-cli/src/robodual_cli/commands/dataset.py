@@ -199,20 +199,32 @@ def stats(
 def validate(
     path: Path = typer.Argument(..., help="A robodual Zarr store."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    quick: bool = typer.Option(False, "--quick",
+                               help="Only the checks run whenever a store is opened (metadata, lengths, every chunk "
+                                    "file on disk); skip decoding every chunk and the NaN/Inf scan."),
+    full: bool = typer.Option(False, "--full", help="Decode every chunk of every array (the default; overrides "
+                                                    "--quick)."),
 ) -> None:
-    """List every problem of a store (schema, lengths, NaN/Inf, statistics); exit 1 if there is one."""
-    from robodual_core.data.validate import validate_store
+    """List every problem of a store (schema, lengths, every chunk present and decodable, NaN/Inf, statistics);
+    exit 1 if there is one."""
+    from robodual_core.data.validate import store_notes, validate_store
 
+    scan = full or not quick
     with err.status(f"validating {path}"):
-        problems = validate_store(path)
+        problems = validate_store(path, scan_values=scan, full=scan)
+        notes = store_notes(path)
     if json_out:
-        print(json.dumps({"path": str(path), "valid": not problems, "problems": problems}))
+        print(json.dumps({"path": str(path), "valid": not problems, "problems": problems, "full": scan,
+                          "notes": notes}))
     elif problems:
         out.print(f"[red]{path}: {len(problems)} problem(s)[/]")
         for p in problems:
             out.print(f"  - {p}", markup=False, highlight=False)
     else:
-        out.print(f"[green]{path}: valid[/]")
+        out.print(f"[green]{path}: valid[/]{'' if scan else ' (quick checks; run without --quick to decode every chunk)'}")
+    if not json_out:
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
     if problems:
         # SystemExit, not typer.Exit: click returns typer.Exit's code under standalone_mode=False (app.main)
         raise SystemExit(1)

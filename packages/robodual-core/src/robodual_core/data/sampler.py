@@ -72,11 +72,13 @@ class WindowDataset(Dataset):
                  k_g: int = 8, history: int = 0, image_size: int | None = None, split: str = "train",
                  val_ratio: float = 0.1, seed: int = 0, normalization: dict[str, str] | None = None,
                  augment_tau: bool = True, action_key: str = "action", proprio_key: str = "proprio",
-                 image_cache_bytes: int = IMAGE_CACHE_BYTES):
+                 image_cache_bytes: int = IMAGE_CACHE_BYTES, full_check: bool = False):
         if horizon < 1 or k_g < 1 or history < 0:
             raise RobodualError(f"horizon ({horizon}) and k_g ({k_g}) must be >= 1 and history ({history}) >= 0")
         self.path = Path(path)
-        ds = open_dataset(self.path)
+        # the store's structure is checked here (and every chunk decoded with ``full_check``); each read
+        # refuses a missing or damaged chunk, naming the array and chunk
+        ds = open_dataset(self.path, full_check=full_check)
         self.modalities = ds.modalities
         self.obs_keys = list(obs_keys)
         for key in [*self.obs_keys, action_key]:
@@ -120,7 +122,7 @@ class WindowDataset(Dataset):
 
     def _array(self, key: str) -> Any:
         if self._pid != os.getpid():
-            ds = open_dataset(self.path)
+            ds = open_dataset(self.path, check=False)  # checked in __init__
             self._arrays = {}
             for k in {*self.obs_keys, self.action_key, *([self.proprio_key] if self.proprio_key else [])}:
                 arr = ds.array(k)

@@ -3,7 +3,8 @@
 Layout of one store (zarr v3, a folder)::
 
     zarr.json                 attrs: schema_version, fps, modalities {key: modality}, action_space,
-                              stats {key: {min, max, mean, std, q01, q99}}, stats_info, source, complete
+                              stats {key: {min, max, mean, std, q01, q99}}, stats_info, source, complete,
+                              all_chunks_stored (every chunk is on disk, also all-zero ones)
     data/<key>                (T_total, ...) every episode concatenated along time
     meta/episode_ends         int64 [E], cumulative end (exclusive) of each episode
     meta/instruction_index    int32 [E] -> meta.attrs["instructions"] (list of distinct strings)
@@ -56,6 +57,10 @@ CANONICAL_KEYS = {
 LOWDIM_CHUNK = 4096
 SHARD_BYTES = 8 << 20
 PARTIAL_SUFFIX = ".partial"
+# Root attribute of a store whose writer stored every chunk, also those equal to the fill value (zeros): in
+# such a store a chunk that is not on disk is lost data, refused when read (robodual_core.data.integrity).
+# Stores written before it may lack all-zero chunks legitimately; there a missing chunk reads as zeros.
+ALL_CHUNKS_ATTR = "all_chunks_stored"
 
 
 def frame_shape_ok(modality: str, frame_shape: tuple[int, ...]) -> str | None:

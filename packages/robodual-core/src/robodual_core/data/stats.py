@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from robodual_core.data.schema import STAT_MODALITIES
+from robodual_core.data.integrity import CheckedArray
+from robodual_core.data.schema import ALL_CHUNKS_ATTR, STAT_MODALITIES
 from robodual_core.errors import RobodualError
 
 QUANTILES = (0.01, 0.99)
@@ -139,7 +140,8 @@ def compute_stats(root: Any, modalities: dict[str, str], depth_frames: int = 256
             continue
         if progress is not None:
             progress(key)
-        arr = root["data"][key]
+        # a missing or damaged chunk must not count as zeros
+        arr = CheckedArray(root["data"][key], f"data/{key}", strict=root.attrs.get(ALL_CHUNKS_ATTR, False) is True)
         if modality in STAT_MODALITIES:
             stats[key] = lowdim_stats(arr, key)
         elif modality == "depth":

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from robodual_core.data.schema import PARTIAL_SUFFIX, SCHEMA_VERSION
+from robodual_core.data.schema import (
+    ALL_CHUNKS_ATTR,
+    MODALITIES,
+    PARTIAL_SUFFIX,
+    SCHEMA_VERSION,
+    dtype_ok,
+    frame_shape_ok,
+)
 from robodual_core.errors import RobodualError
 
 NON_OBSERVATION_KEYS = frozenset({"action", "actions", "rel_actions", "scene_obs"})
@@ -32,7 +40,13 @@ class ZarrDataset:
 
     @property
     def complete(self) -> bool:
-        return bool(self.root.attrs.get("complete", False))
+        return self.root.attrs.get("complete", False) is True
+
+    @property
+    def all_chunks_stored(self) -> bool:
+        """Whether the writer stored every chunk (attrs ``all_chunks_stored``): then a chunk that is not on
+        disk is lost data and reads refuse it; in older stores it may be an all-zero chunk zarr skipped."""
+        return self.root.attrs.get(ALL_CHUNKS_ATTR, False) is True
 
     @property
     def fps(self) -> float:
@@ -56,7 +70,7 @@ class ZarrDataset:
 
     @cached_property
     def episode_ends(self) -> np.ndarray:
-        return np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
+        return np.asarray(self.meta_array("episode_ends")[:], dtype=np.int64).reshape(-1)
 
     @property
     def episode_starts(self) -> np.ndarray:
@@ -73,7 +87,7 @@ class ZarrDataset:
 
     def _strings(self, name: str) -> list[str]:
         vocab = list(self.root["meta"].attrs.get(f"{name}s", []))
-        index = np.asarray(self.root[f"meta/{name}_index"][:], dtype=np.int64)
+        index = np.asarray(self.meta_array(f"{name}_index")[:], dtype=np.int64)
         return [vocab[i] for i in index[: self.num_episodes]]
 
     @cached_property
@@ -88,10 +102,40 @@ class ZarrDataset:
 
     # -- data ------------------------------------------------------------------------------------
     def array(self, key: str) -> Any:
-        """The zarr array ``data/<key>`` ``[T_total, ...]``."""
+        """The array ``data/<key>`` ``[T_total, ...]``: a zarr array whose reads refuse missing or damaged
+        chunks (:class:`~robodual_core.data.integrity.CheckedArray`)."""
+        from robodual_core.data.integrity import CheckedArray
+
         if key not in self.keys:
             raise RobodualError(f"dataset '{self.path}' has no key '{key}'; keys: {', '.join(self.keys) or '(none)'}")
-        return self.root["data"][key]
+        return CheckedArray(self.root["data"][key], f"data/{key}", strict=self.all_chunks_stored,
+                            store=self.path)
+
+    def meta_array(self, name: str) -> Any:
+        """The array ``meta/<name>``, read like :meth:`array`."""
+        from robodual_core.data.integrity import CheckedArray
+
+        return CheckedArray(self.root[f"meta/{name}"], f"meta/{name}", strict=self.all_chunks_stored,
+                            store=self.path)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def structure_problems(self) -> list[str]:
+        """Problems found without decoding data (one line each): attribute types, meta arrays (present,
+        every chunk on disk, ``episode_ends`` strictly increasing, indices in range), data arrays (one per
+        modality, lengths equal to ``episode_ends[-1]``, shapes and dtypes, every chunk file on disk)."""
+        return structure_problems(self)
+
+    def chunk_problems(self, limit: int = 5) -> list[str]:
+        """The full scan: every chunk of every array present, whole and decodable (reads the whole store)."""
+        from robodual_core.data.integrity import scan_array
+
+        problems: list[str] = []
+        for name, node in sorted(self.root.members(max_depth=None), key=lambda m: m[0]):
+            if not hasattr(node, "dtype"):
+                continue
+            strict = self.all_chunks_stored and name.startswith(("data/", "meta/"))
+            problems.extend(scan_array(node, name, strict=strict, limit=limit))
+        return problems
 
     def episode_bounds(self, episode: int) -> tuple[int, int]:
         """``(start, end)`` global steps of one episode (end exclusive)."""
@@ -110,8 +154,113 @@ class ZarrDataset:
                 f"keys={self.keys})")
 
 
-def open_dataset(path: str | Path, require_complete: bool = True) -> ZarrDataset:
-    """Open a store read-only; refuses stores that are not robodual stores or not complete."""
+def _attr_problems(attrs: dict[str, Any], meta_attrs: dict[str, Any]) -> list[str]:
+    problems = []
+    fps = attrs.get("fps", 0.0)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps < 0:
+        problems.append(f"attrs 'fps' is {fps!r}; expected a number >= 0 (steps per second)")
+    for name in ("complete", ALL_CHUNKS_ATTR):
+        if not isinstance(attrs.get(name, False), bool):
+            problems.append(f"attrs '{name}' is {attrs.get(name)!r}; expected true or false")
+    modalities = attrs.get("modalities", {})
+    if not isinstance(modalities, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in modalities.items()):
+        problems.append(f"attrs 'modalities' is {str(modalities)[:80]!r}; expected an object {{key: modality}}")
+    else:
+        for key, modality in sorted(modalities.items()):
+            if modality not in MODALITIES:
+                problems.append(f"attrs 'modalities' gives key '{key}' the unknown modality '{modality}'; expected "
+                                f"one of {', '.join(MODALITIES)}")
+    for name in ("action_space", "stats"):
+        if not isinstance(attrs.get(name, {}), dict):
+            problems.append(f"attrs '{name}' is {str(attrs.get(name))[:80]!r}; expected an object")
+    for name in ("instructions", "tasks"):
+        vocab = meta_attrs.get(name, [])
+        if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab):
+            problems.append(f"meta attrs '{name}' is {str(vocab)[:80]!r}; expected a list of strings")
+    return problems
+
+
+def structure_problems(ds: ZarrDataset) -> list[str]:
+    """See :meth:`ZarrDataset.structure_problems`."""
+    from robodual_core.data.integrity import missing_files
+
+    root = ds.root
+    meta = root["meta"]
+    problems = _attr_problems(dict(root.attrs), dict(meta.attrs))
+    if problems:
+        return problems  # the rest reads these attributes
+    usable = {}
+    for name in ("episode_ends", "instruction_index", "task_index"):
+        arr = root[f"meta/{name}"]
+        if not hasattr(arr, "dtype") or len(arr.shape) != 1 or np.dtype(arr.dtype).kind not in "iu":
+            problems.append(f"meta/{name} has shape {getattr(arr, 'shape', '?')} and dtype "
+                            f"{getattr(arr, 'dtype', '?')}; expected a 1-D integer array")
+            usable[name] = False
+            continue
+        missing = missing_files(arr, f"meta/{name}", strict=ds.all_chunks_stored)
+        problems.extend(missing)
+        usable[name] = not missing
+    if not usable["episode_ends"]:
+        return problems
+    try:
+        ends = ds.episode_ends
+    except RobodualError as exc:  # a chunk that does not decode
+        return [*problems, str(exc)]
+    if ends.size == 0:
+        problems.append("meta/episode_ends is empty: the store has no episodes")
+    elif ends[0] <= 0 or np.any(np.diff(ends) <= 0):
+        bad = int(np.argmax(np.diff(np.concatenate([[0], ends])) <= 0))
+        problems.append(f"meta/episode_ends is not strictly increasing from > 0 (first bad episode {bad}: "
+                        f"{ends[max(0, bad - 1):bad + 1].tolist()}); expected cumulative episode ends")
+    num_steps = int(ends[-1]) if ends.size else 0
+    for name in ("instruction", "task"):
+        vocab = meta.attrs.get(f"{name}s", [])
+        arr = root[f"meta/{name}_index"]
+        if hasattr(arr, "shape") and arr.shape and arr.shape[0] != ends.size:
+            problems.append(f"meta/{name}_index has {arr.shape[0]} entries but there are {ends.size} episodes "
+                            "(meta/episode_ends); expected one per episode")
+        if not usable[f"{name}_index"]:
+            continue
+        try:
+            index = np.asarray(ds.meta_array(f"{name}_index")[:])
+        except RobodualError as exc:
+            problems.append(str(exc))
+            continue
+        if index.size and (index.min() < 0 or index.max() >= len(vocab)):
+            problems.append(f"meta/{name}_index has values {int(index.min())}..{int(index.max())} outside meta attrs "
+                            f"'{name}s' (0..{len(vocab) - 1})")
+    modalities = dict(root.attrs.get("modalities", {}))
+    keys = ds.keys
+    for key in keys:
+        if key not in modalities:
+            problems.append(f"data/{key} has no entry in attrs 'modalities'")
+    for key, modality in sorted(modalities.items()):
+        if key not in keys:
+            problems.append(f"attrs 'modalities' lists '{key}' but there is no data/{key} array")
+            continue
+        arr = root["data"][key]
+        if not arr.shape or arr.shape[0] != num_steps:
+            problems.append(f"data/{key} has {arr.shape[0] if arr.shape else 0} steps but meta/episode_ends ends at "
+                            f"{num_steps}; expected equal lengths")
+        frame, dtype = tuple(arr.shape[1:]), np.dtype(arr.dtype)
+        problem = frame_shape_ok(modality, frame) or dtype_ok(modality, dtype)
+        if problem:
+            problems.append(f"data/{key} ({modality}): expected {problem}; found per-step shape {frame}, dtype {dtype}")
+        problems.extend(missing_files(arr, f"data/{key}", strict=ds.all_chunks_stored))
+    return problems
+
+
+def open_dataset(path: str | Path, require_complete: bool = True, check: bool = True,
+                 full_check: bool = False) -> ZarrDataset:
+    """Open a store read-only; refuses stores that are not robodual stores or not complete.
+
+    ``check`` (default) refuses a damaged store, naming the first problem of
+    :meth:`ZarrDataset.structure_problems` (cheap: metadata, lengths, every chunk file on disk);
+    ``full_check`` also decodes every chunk (:meth:`ZarrDataset.chunk_problems`, reads the whole store).
+    Reads through :meth:`ZarrDataset.array` refuse missing or damaged chunks in any case. The environment
+    variable ``ROBODUAL_DATA_FULL_CHECK=1`` turns ``full_check`` on wherever ``check`` is (training, say).
+    """
     from robodual_core.data.zarr_io import zarr_module
 
     zarr = zarr_module()
@@ -131,14 +280,35 @@ def open_dataset(path: str | Path, require_complete: bool = True) -> ZarrDataset
     version = root.attrs.get("schema_version")
     if version is None:
         raise RobodualError(f"'{path}' has no 'schema_version' attribute; expected a robodual dataset store")
-    if int(version) > SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RobodualError(f"'{path}' attrs 'schema_version' is {version!r}; expected an integer (1)")
+    if version > SCHEMA_VERSION:
         raise RobodualError(f"'{path}' has schema_version {version}, newer than this robodual supports "
                             f"({SCHEMA_VERSION}); upgrade robodual")
-    for name in ("meta/episode_ends", "meta/instruction_index", "meta/task_index"):
-        if name not in root:
-            raise RobodualError(f"'{path}' has no '{name}' array; expected a robodual dataset store")
-    ds = ZarrDataset(path, root)
-    if require_complete and not ds.complete:
+    try:
+        for name in ("data", "meta"):
+            if name not in root or hasattr(root[name], "dtype"):
+                raise RobodualError(f"'{path}' has no '{name}' group; expected a robodual dataset store")
+        for name in ("meta/episode_ends", "meta/instruction_index", "meta/task_index"):
+            if name not in root:
+                raise RobodualError(f"'{path}' has no '{name}' array; expected a robodual dataset store")
+        ds = ZarrDataset(path, root)
+        ds.keys  # noqa: B018  (reads every data/ array's metadata)
+    except RobodualError:
+        raise
+    except Exception as exc:
+        raise RobodualError(f"'{path}': the metadata of an array or group cannot be read "
+                            f"({type(exc).__name__}: {exc}); the store is damaged") from exc
+    if require_complete and ds.complete is not True:
         raise RobodualError(f"dataset '{path}' is not complete (attrs 'complete' is not true): it was not "
                             "finalized; convert it again or run `robodual dataset validate` to see why")
+    full_check = full_check or (check and os.environ.get("ROBODUAL_DATA_FULL_CHECK", "") not in ("", "0"))
+    if check or full_check:
+        problems = ds.structure_problems()
+        if full_check and not problems:
+            problems = ds.chunk_problems(limit=1)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise RobodualError(f"dataset '{path}' is damaged: {problems[0]}{more}; run `robodual dataset validate "
+                                f"{path}` to list every problem")
     return ds

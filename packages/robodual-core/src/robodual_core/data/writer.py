@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from robodual_core.data.schema import (
+    ALL_CHUNKS_ATTR,
     MODALITIES,
     PARTIAL_SUFFIX,
     SCHEMA_VERSION,
@@ -35,7 +36,9 @@ from robodual_core.io import replace_dir
 
 META_CHUNK = 16384
 # Every chunk the writer touches holds real data, so zarr's check of whether a chunk equals the fill value
-# (a full comparison per chunk) is skipped: it took about 45% of the time of writing image frames.
+# (a full comparison per chunk) is skipped: it took about 45% of the time of writing image frames. The
+# zarrs pipeline skips chunks equal to the fill value whatever this says; :meth:`DatasetWriter._append`
+# stores those again (a robodual store holds every chunk, so that a missing one is known to be lost).
 WRITE_CONFIG = {"write_empty_chunks": True}
 
 
@@ -108,7 +111,7 @@ class DatasetWriter:
         zarr = zarr_module()
 
         self.root = zarr.open_group(str(self.partial), mode="w-")
-        self.root.attrs.update({**self._root_attrs(), "complete": False})
+        self.root.attrs.update({**self._root_attrs(), "complete": False, ALL_CHUNKS_ATTR: True})
         self.root.create_group("data")
         meta = self.root.create_group("meta")
         meta.attrs.update({"instructions": [], "tasks": []})
@@ -215,6 +218,7 @@ class DatasetWriter:
     def _append(arr: Any, values: np.ndarray, at: int) -> None:
         arr.resize((at + values.shape[0], *arr.shape[1:]))
         arr.with_config(WRITE_CONFIG)[at:] = values
+        store_skipped_chunks(arr, at, at + values.shape[0])
 
     def add_episode(self, arrays: dict[str, Any], instruction: str = "", task: str = "") -> int:
         """Append one episode (``{key: [T, ...]}``, every key of ``modalities``); returns its index."""
@@ -267,6 +271,27 @@ class DatasetWriter:
         # on an error the partial store stays for --resume; on success the store is finalized
         if exc_type is None and not self._finalized:
             self.finalize()
+
+
+def store_skipped_chunks(arr: Any, lo: int, hi: int) -> None:
+    """Store the chunks of steps ``lo .. hi - 1`` (and of the rest of their files) that a write skipped
+    because they equal the fill value, through zarr-python's own pipeline, which honours
+    ``write_empty_chunks`` (zarrs does not)."""
+    from robodual_core.data.integrity import layout_of
+    from robodual_core.data.zarr_io import DEFAULT_PIPELINE, zarr_module
+
+    layout = layout_of(arr, str(getattr(arr, "path", "?")))
+    if layout is None or layout.folder is None:
+        return
+    missing = [r for i in layout.files_of_steps(lo, hi) for coords in layout.coords_of_file(i)
+               for r in layout.inspect(coords)[1]]
+    if not missing:
+        return
+    zarr = zarr_module()
+    with zarr.config.set({"codec_pipeline.path": DEFAULT_PIPELINE}):
+        plain = arr.with_config(WRITE_CONFIG)
+    for a, b in missing:
+        plain[a:b] = np.asarray(arr[a:b])
 
 
 def _move_into_place(src: Path, dst: Path, overwrite: bool) -> None:
