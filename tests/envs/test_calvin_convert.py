@@ -1,4 +1,5 @@
-"""CALVIN converter: the shared real sample bit-exactly, small CALVIN-format fixtures for edge cases."""
+"""CALVIN converter: the real sample (tests/data/calvin_sample) bit-exactly, small CALVIN-format fixtures for edge
+cases (more damaged inputs: test_hostile_calvin_convert.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from robodual_core.errors import RobodualError
 from robodual_envs.calvin.convert import CalvinConverter
 from robodual_envs.calvin.pickle_safe import load_npy
 
-SAMPLE = Path(os.environ.get("ROBODUAL_CALVIN_SAMPLE", Path(__file__).resolve().parents[3] / "shared/calvin/sample_raw"))
+# a copy of real CALVIN task_D_D files: training/ trimmed to frames 0..11, validation/ frames 48..95 (one window each)
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "calvin_sample"
 SHAPES = {"rgb_static": ((6, 6, 3), np.uint8), "rgb_gripper": ((4, 4, 3), np.uint8),
           "rgb_tactile": ((5, 4, 6), np.uint8), "depth_static": ((6, 6), np.float32),
           "depth_gripper": ((4, 4), np.float32), "depth_tactile": ((5, 4, 2), np.float32),
@@ -49,14 +51,13 @@ def convert(src, dst, **kw):
     return CalvinConverter().convert(src, dst, progress=False, workers=2, **kw)
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"shared CALVIN sample not found at {SAMPLE}")
-@pytest.mark.parametrize(("split", "first"), [("training", 0), ("validation", 48)])
-def test_shared_sample_survives_bit_exactly(tmp_path, split, first):
+@pytest.mark.parametrize(("split", "first", "length"), [("training", 0, 12), ("validation", 48, 48)])
+def test_real_sample_survives_bit_exactly(tmp_path, split, first, length):
     ds = open_dataset(convert(SAMPLE, tmp_path / f"{split}.zarr", split=split))
     ann = load_npy(SAMPLE / split / "lang_annotations" / "auto_lang_ann.npy")
-    assert ds.num_episodes == 1 and ds.num_steps == 48 and ds.fps == 30
+    assert ds.num_episodes == 1 and ds.num_steps == length and ds.fps == 30
     assert ds.instructions == ann["language"]["ann"] and ds.tasks == ann["language"]["task"]
-    frames = [np.load(SAMPLE / split / f"episode_{first + t:07d}.npz") for t in range(48)]
+    frames = [np.load(SAMPLE / split / f"episode_{first + t:07d}.npz") for t in range(length)]
     pairs = {"rgb_static": "rgb_static", "rgb_gripper": "rgb_gripper", "depth_static": "depth_static",
              "depth_gripper": "depth_gripper", "tactile": "rgb_tactile", "depth_tactile": "depth_tactile",
              "robot_obs": "robot_obs", "scene_obs": "scene_obs", "actions": "actions", "rel_actions": "rel_actions"}
@@ -129,7 +130,11 @@ def test_corrupted_frames_name_the_file(tmp_path, how, match):
 
 def test_missing_frame_and_missing_annotations(tmp_path):
     src = fake_calvin(tmp_path / "raw", windows=((0, 7), (15, 25)))
-    with pytest.raises(RobodualError, match="episode_0000020.npz' does not exist"):
+    with pytest.raises(RobodualError, match=r"info.indx\[1\] is \(15, 25\), past the last frame"):
+        convert(src, tmp_path / "out.zarr")
+    src = fake_calvin(tmp_path / "raw2")
+    (src / "training" / "episode_0000012.npz").unlink()  # inside a window: found while converting
+    with pytest.raises(RobodualError, match="episode_0000012.npz' does not exist"):
         convert(src, tmp_path / "out.zarr")
     with pytest.raises(RobodualError, match="has no 'validation' folder"):
         convert(src, tmp_path / "v.zarr", split="validation")

@@ -4,10 +4,13 @@ Source layout (one folder per split, e.g. ``task_D_D/training``)::
 
     episode_%07d.npz                  one frame per file (np.savez_compressed)
     lang_annotations/auto_lang_ann.npy  pickled {'info': {'indx': [(start, end)]}, 'language': {'ann', 'task'}}
-    ep_start_end_ids.npy, scene_info.npy, statistics.yaml   (not needed here)
+    ep_start_end_ids.npy              int [N, 2]: first and last frame id of each recorded sequence
+    ep_lens.npy, scene_info.npy, statistics.yaml   (ep_lens is checked against ep_start_end_ids when present)
 
 Annotation windows are inclusive ``(start, end)`` frame ids; windows may overlap, so a frame can be stored
-in several episodes. Output keys (contracts): ``rgb_static``, ``rgb_gripper``, ``depth_static``,
+in several episodes. Before anything is written the sequences of ``ep_start_end_ids.npy`` are checked
+(integer pairs, sorted, not overlapping, their first and last frame files present) and every annotation
+window must lie inside one sequence, so a window cannot run past the last frame or join two recordings. Output keys (contracts): ``rgb_static``, ``rgb_gripper``, ``depth_static``,
 ``depth_gripper``, ``tactile`` (CALVIN ``rgb_tactile``, the two DIGIT images side by side in channels),
 ``depth_tactile``; ``proprio`` = ``robot_obs[:6] + robot_obs[-1:]`` (tcp pose and gripper action, float32);
 ``action`` = ``rel_actions`` (or ``actions`` with ``action_key="actions"``) as float32; and the raw
@@ -20,6 +23,7 @@ decompressed by a thread pool (zlib releases the GIL) one window ahead of the wr
 
 from __future__ import annotations
 
+import os
 import time
 import zipfile
 from collections.abc import Iterator
@@ -55,6 +59,82 @@ ACTION_SPACES = {
 }
 
 
+def _frame_path(split_dir: Path, frame: int) -> Path:
+    return split_dir / f"episode_{frame:07d}.npz"
+
+
+def _frame_ids(split_dir: Path) -> list[int]:
+    """The ids of every ``episode_%07d.npz`` in a split folder, sorted (lists the folder)."""
+    ids = []
+    with os.scandir(split_dir) as it:
+        for entry in it:
+            name = entry.name
+            if name.startswith("episode_") and name.endswith(".npz") and name[8:-4].isdigit():
+                ids.append(int(name[8:-4]))
+    return sorted(ids)
+
+
+def read_sequences(split_dir: Path) -> np.ndarray:
+    """``ep_start_end_ids.npy`` as int64 ``[N, 2]`` (inclusive first and last frame of each recorded
+    sequence), checked: integer pairs, start <= end, sorted and not overlapping, the first and last frame
+    files present, and equal to ``ep_lens.npy`` where that file exists."""
+    path = split_dir / "ep_start_end_ids.npy"
+    if not path.is_file():
+        raise RobodualError(f"'{path}' does not exist; expected CALVIN's sequence boundaries (int [N, 2] first and "
+                            f"last frame ids) in the split folder '{split_dir}'")
+    ids = load_npy(path)
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.shape[1] != 2:
+        found = (f"an array of shape {ids.shape} and dtype {ids.dtype}" if isinstance(ids, np.ndarray)
+                 else type(ids).__name__)
+        raise RobodualError(f"'{path}' holds {found}; expected an integer array [N, 2] of (first, last) frame ids")
+    ids = ids.astype(np.int64)
+    if len(ids) == 0:
+        raise RobodualError(f"'{path}' lists no sequences; expected at least one (first, last) pair")
+    bad = np.flatnonzero((ids[:, 0] < 0) | (ids[:, 1] < ids[:, 0]))
+    if bad.size:
+        i = int(bad[0])
+        raise RobodualError(f"'{path}': sequence {i} is {tuple(ids[i].tolist())}; expected 0 <= first <= last")
+    order = np.argsort(ids[:, 0], kind="stable")
+    sorted_ids = ids[order]
+    overlap = np.flatnonzero(sorted_ids[1:, 0] <= sorted_ids[:-1, 1])
+    if overlap.size:
+        a, b = sorted_ids[int(overlap[0])], sorted_ids[int(overlap[0]) + 1]
+        raise RobodualError(f"'{path}': sequences {tuple(a.tolist())} and {tuple(b.tolist())} overlap; expected "
+                            "disjoint (first, last) frame ranges")
+    lens_path = split_dir / "ep_lens.npy"
+    if lens_path.is_file():
+        lens = load_npy(lens_path)
+        want = ids[:, 1] - ids[:, 0] + 1
+        if not isinstance(lens, np.ndarray) or lens.shape != want.shape or lens.dtype.kind not in "iu" \
+                or not np.array_equal(lens.astype(np.int64), want):
+            found = lens.tolist()[:5] if isinstance(lens, np.ndarray) else type(lens).__name__
+            raise RobodualError(f"'{lens_path}' is {found}; expected the lengths of the sequences in "
+                                f"'{path}': {want.tolist()[:5]}")
+    missing = [int(f) for f in ids.ravel() if not _frame_path(split_dir, int(f)).is_file()]
+    if missing:
+        frames = _frame_ids(split_dir)
+        have = f"frames {frames[0]}..{frames[-1]} ({len(frames)} files)" if frames else "no episode_*.npz files"
+        raise RobodualError(f"'{path}' refers to frame id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                            f"whose files do not exist; the folder holds {have}")
+    return sorted_ids
+
+
+def check_windows(split_dir: Path, windows: list[tuple[int, int, str, str]], sequences: np.ndarray) -> None:
+    """Every annotation window lies inside one recorded sequence (so inside the frames that exist)."""
+    starts, ends = sequences[:, 0], sequences[:, 1]
+    w = np.asarray([(a, b) for a, b, _, _ in windows], dtype=np.int64)
+    seq = np.searchsorted(starts, w[:, 0], side="right") - 1
+    inside = (seq >= 0) & (w[:, 1] <= ends[np.maximum(seq, 0)])
+    if not inside.all():
+        i = int(np.flatnonzero(~inside)[0])
+        a, b = int(w[i, 0]), int(w[i, 1])
+        where = ("past the last frame" if a > ends.max() or b > ends.max()
+                 else "before the first frame" if a < starts.min() else "across sequence boundaries")
+        raise RobodualError(f"'{split_dir / 'lang_annotations' / 'auto_lang_ann.npy'}': info.indx[{i}] is ({a}, {b}), "
+                            f"{where} of the sequences in '{split_dir / 'ep_start_end_ids.npy'}' (frames "
+                            f"{int(starts.min())}..{int(ends.max())}); expected every window inside one sequence")
+
+
 def read_annotations(split_dir: Path) -> list[tuple[int, int, str, str]]:
     """``[(start, end_inclusive, instruction, task)]`` from ``lang_annotations/auto_lang_ann.npy``."""
     path = split_dir / "lang_annotations" / "auto_lang_ann.npy"
@@ -62,22 +142,32 @@ def read_annotations(split_dir: Path) -> list[tuple[int, int, str, str]]:
         raise RobodualError(f"'{path}' does not exist; expected CALVIN's language annotations in the split folder "
                             f"'{split_dir}' (is SRC the dataset root holding training/ and validation/?)")
     ann = load_npy(path)
+    expected = "expected {'info': {'indx': [...]}, 'language': {'ann': [...], 'task': [...]}}"
     try:
         indx = ann["info"]["indx"]
         texts = ann["language"]["ann"]
         tasks = ann["language"]["task"]
-    except (TypeError, KeyError, IndexError) as exc:
-        raise RobodualError(f"'{path}' lacks {exc}; expected {{'info': {{'indx': [...]}}, 'language': "
-                            "{'ann': [...], 'task': [...]}}") from None
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
+        raise RobodualError(f"'{path}' lacks {exc}; {expected}") from None
+    for name, value in (("info.indx", indx), ("language.ann", texts), ("language.task", tasks)):
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+            raise RobodualError(f"'{path}': {name} is a {type(value).__name__}; {expected}")
     if not (len(indx) == len(texts) == len(tasks)):
         raise RobodualError(f"'{path}': info.indx has {len(indx)} windows but language.ann has {len(texts)} and "
                             f"language.task {len(tasks)}; expected equal counts")
     windows = []
     for i, (pair, text, task) in enumerate(zip(indx, texts, tasks, strict=True)):
         try:
+            if len(pair) != 2 or any(isinstance(v, (float, np.floating, str, bytes)) for v in pair):
+                raise TypeError
             start, end = int(pair[0]), int(pair[1])
         except (TypeError, ValueError, IndexError):
             raise RobodualError(f"'{path}': info.indx[{i}] is {pair!r}; expected a (start, end) pair of ints") from None
+        if start < 0:
+            raise RobodualError(f"'{path}': info.indx[{i}] is ({start}, {end}); expected frame ids >= 0")
+        if not isinstance(text, str) or not isinstance(task, str):
+            raise RobodualError(f"'{path}': language.ann[{i}] / language.task[{i}] are {type(text).__name__} / "
+                                f"{type(task).__name__}; expected strings")
         if end < start:
             raise RobodualError(f"'{path}': info.indx[{i}] is ({start}, {end}); expected start <= end")
         windows.append((start, end, str(text), str(task)))
@@ -89,7 +179,28 @@ def read_annotations(split_dir: Path) -> list[tuple[int, int, str, str]]:
 LANGUAGE_ID = "calvin-auto-lang-ann"
 
 
-def keep_language_embeddings(store: Path, split_dir: Path, windows: list[tuple[int, int, str, str]]) -> None:
+def read_embeddings(split_dir: Path, windows: list[tuple[int, int, str, str]]) -> np.ndarray | None:
+    """CALVIN's instruction embeddings (``language.emb``) as float32 ``[windows, E]``, or None."""
+    path = split_dir / "lang_annotations" / "auto_lang_ann.npy"
+    ann = load_npy(path)
+    emb = ann.get("language", {}).get("emb") if isinstance(ann, dict) else None
+    if emb is None:
+        return None
+    try:
+        emb = np.asarray(emb, dtype=np.float32).reshape(len(emb), -1)
+    except (TypeError, ValueError) as exc:
+        raise RobodualError(f"'{path}': language.emb is not a numeric array ({exc}); expected float [windows, 1, E]"
+                            ) from None
+    if len(emb) != len(windows) or emb.shape[1] == 0:
+        raise RobodualError(f"'{path}': language.emb has shape {emb.shape} for {len(windows)} annotated windows; "
+                            "expected one non-empty row per window")
+    if not np.isfinite(emb).all():
+        raise RobodualError(f"'{path}': language.emb contains NaN or Inf; expected finite embeddings")
+    return emb
+
+
+def keep_language_embeddings(store: Path, split_dir: Path, windows: list[tuple[int, int, str, str]],
+                             emb: np.ndarray | None = None) -> None:
     """Keep CALVIN's own 384-d MiniLM instruction embeddings (``language.emb``) in the store.
 
     They go to ``language/calvin-auto-lang-ann/`` in the layout the ``language`` sensor reads
@@ -99,14 +210,10 @@ def keep_language_embeddings(store: Path, split_dir: Path, windows: list[tuple[i
     """
     import zarr
 
-    ann = load_npy(split_dir / "lang_annotations" / "auto_lang_ann.npy")
-    emb = ann.get("language", {}).get("emb") if isinstance(ann, dict) else None
+    if emb is None:
+        emb = read_embeddings(split_dir, windows)
     if emb is None:
         return
-    emb = np.asarray(emb, dtype=np.float32).reshape(len(emb), -1)
-    if len(emb) != len(windows):
-        raise RobodualError(f"'{split_dir}/lang_annotations/auto_lang_ann.npy': language.emb has {len(emb)} rows "
-                            f"for {len(windows)} annotated windows; expected one per window")
     texts = [text for _, _, text, _ in windows]
     unique = sorted(set(texts))
     first = {t: texts.index(t) for t in unique}
@@ -198,10 +305,14 @@ class CalvinConverter(DatasetConverter):
         src = Path(src)
         if not src.is_dir():
             raise RobodualError(f"CALVIN source '{src}' is not a folder")
-        if (src / "lang_annotations").is_dir():
+        if (src / "lang_annotations").exists():
             return src  # SRC is already a split folder
         if split not in ("training", "validation"):
             raise RobodualError(f"--split is '{split}'; expected 'training' or 'validation'")
+        if not (src / split).is_dir() and _frame_ids(src):
+            raise RobodualError(f"'{src}' holds CALVIN frame files (episode_*.npz) but no 'lang_annotations/' folder; "
+                                f"expected '{src / 'lang_annotations' / 'auto_lang_ann.npy'}' beside the frames (the "
+                                "language annotations define the episodes)")
         if not (src / split).is_dir():
             found = sorted(p.name for p in src.iterdir() if p.is_dir())
             raise RobodualError(f"'{src}' has no '{split}' folder; expected CALVIN's training/ and validation/ "
@@ -226,6 +337,8 @@ class CalvinConverter(DatasetConverter):
             raise RobodualError(f"--image-size is {image_size}; expected a positive size in pixels")
         split_path = self.split_dir(Path(src), split)
         windows = read_annotations(split_path)
+        check_windows(split_path, windows, read_sequences(split_path))
+        emb = read_embeddings(split_path, windows)
         modalities = {k: IMAGE_KEYS[k][1] for k in keys}
         modalities.update({"proprio": "proprio", "action": "action", **{k: "lowdim" for k in RAW_KEYS}})
         source = {"format": "calvin", "path": str(split_path.resolve()), "windows": len(windows),
@@ -244,7 +357,7 @@ class CalvinConverter(DatasetConverter):
                 advance(len(frames["robot_obs"]))
         convert_s = time.perf_counter() - t0
         path = writer.finalize()
-        keep_language_embeddings(path, split_path, windows)
+        keep_language_embeddings(path, split_path, windows, emb)
         total_s = time.perf_counter() - t0
         self.report = {"episodes": writer.num_episodes, "steps": writer.num_steps, "frames_converted": frames_total,
                        "seconds": total_s, "frames_per_s": frames_total / convert_s if convert_s > 0 else None,
