@@ -54,3 +54,30 @@ def test_first_party_plugins_load():
     pm = PluginManager()
     names = {i.name for i in pm.plugin_infos()}
     assert {"sensors", "specialist", "generalist", "calvin", "metaworld"} <= names
+
+
+@pytest.mark.parametrize("args", [["some-robodual-plugin"], ["-e", "."]])
+def test_plugins_install_runs_pip_with_the_torch_constraint(monkeypatch, args):
+    """A plugin can never pull another torch: pip gets the same pins as scripts/venv.sh (no real install here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from robodual_cli.app import main
+    from robodual_cli.commands import plugins as plugins_cmd
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        i = cmd.index("-c")
+        calls.append((cmd, Path(cmd[i + 1]).read_text().split()))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(plugins_cmd.subprocess, "run", fake_run)
+    main(["plugins", "install", *args])
+    (cmd, pins), = calls
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[4] == "-c"
+    assert pins == ["torch==2.14.1", "torchvision==0.29.1"]
+    assert args[-1] in cmd[-1] or str(Path(args[-1]).resolve()) == cmd[-1]
+    venv_sh = (Path(__file__).resolve().parents[2] / "scripts" / "venv.sh").read_text()
+    assert all(f'"{pin}"' in venv_sh for pin in pins)  # the same pins as the set-up

@@ -79,7 +79,14 @@ def build_app() -> typer.Typer:
     for name in ("dataset", "train", "generalist", "eval", "bench"):
         group(app, name)
     _builtin_commands(app)
-    get_plugin_manager().register_commands(app)
+    pm = get_plugin_manager()
+    pm.register_commands(app)
+    failed = pm.failed()
+    if failed:  # robodual --help says which plugins failed (their commands are missing)
+        from rich.markup import escape
+
+        lines = [f"{escape(i.label())}: {escape(i.error)}" for i in failed]
+        app.info.epilog = "Plugins in error (see robodual plugins list): " + "; ".join(lines)
     return app
 
 
@@ -120,9 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        err.print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", markup=False,
-                  highlight=False)
+        if _is_client_error(exc):  # robodual_client's errors are one-line messages like RobodualError
+            err.print(f"error: {exc}", markup=False, highlight=False)
+        else:
+            err.print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", markup=False,
+                      highlight=False)
         sys.exit(1)
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An error of robodual_client, tested without importing it (the CLI reaches it only through the core)."""
+    errors = sys.modules.get("robodual_client.errors")
+    return errors is not None and isinstance(exc, errors.ClientError)
 
 
 if __name__ == "__main__":

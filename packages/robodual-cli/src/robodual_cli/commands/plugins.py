@@ -6,9 +6,11 @@ import importlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from robodual_cli.console import err, out
@@ -18,7 +20,10 @@ from robodual_core.registry import KINDS
 
 app = typer.Typer(help="List, show, install and uninstall robodual plugins.", no_args_is_help=True)
 
-PROTECTED = {"robodual-core", "robodual-cli"}
+PROTECTED = {"robodual-core", "robodual-cli", "robodual-client"}
+# The pins scripts/venv.sh installs first: every pip run here is constrained to them, so a plugin can never
+# pull another torch (a multi-GB download that breaks the installed torchvision).
+TORCH_CONSTRAINTS = ("torch==2.14.1", "torchvision==0.29.1")
 
 
 def _registers(info) -> str:
@@ -39,8 +44,9 @@ def list_plugins(json_out: bool = typer.Option(False, "--json", help="Machine-re
     for col in ("name", "distribution", "version", "registers", "status"):
         table.add_column(col, overflow="fold")
     for i in infos:
-        status = {"ok": "[green]ok[/]", "disabled": "[yellow]disabled[/]"}.get(i.status, f"[red]error[/]: {i.error}")
-        table.add_row(i.name, i.distribution, i.version, _registers(i), status)
+        status = {"ok": "[green]ok[/]", "disabled": "[yellow]disabled[/]"}.get(i.status,
+                                                                             f"[red]error[/]: {escape(i.error)}")
+        table.add_row(escape(i.name), escape(i.distribution), escape(i.version), escape(_registers(i)), status)
     out.print(table)
 
 
@@ -54,22 +60,32 @@ def show(name: str = typer.Argument(..., help="Plugin name (see `robodual plugin
     info = infos[name]
     out.print(f"[bold]{info.name}[/]  {info.distribution} {info.version}  ({info.value})  status: {info.status}")
     if info.error:
-        out.print(f"[red]{info.error}[/]")
+        out.print(f"[red]{escape(info.error)}[/]")
     for kind in KINDS:
         for entry in pm.registry(kind).entries():
             if entry.plugin != name:
                 continue
-            out.print(f"  {kind[:-1] if kind.endswith('s') else kind} [cyan]{entry.name}[/]: {entry.description}")
-            target = entry.load()
+            out.print(f"  {kind[:-1] if kind.endswith('s') else kind} [cyan]{entry.name}[/]: "
+                      f"{escape(entry.description)}")
+            try:
+                target = entry.load()
+            except RobodualError as exc:  # one broken entry does not hide the others
+                out.print(f"    [red]error[/]: {escape(str(exc))}")
+                continue
             describe = getattr(target, "describe", None)
             if callable(describe):
                 out.print("    " + str(describe()).replace("\n", "\n    "))
 
 
 def _pip(*args: str) -> None:
-    cmd = [sys.executable, "-m", "pip", *args]
-    err.print(f"[dim]$ {' '.join(cmd)}[/]")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="robodual-pip-") as tmp:
+        cmd = [sys.executable, "-m", "pip", *args]
+        if args[0] == "install":
+            constraint = Path(tmp) / "torch-constraints.txt"
+            constraint.write_text("\n".join(TORCH_CONSTRAINTS) + "\n")
+            cmd[4:4] = ["-c", str(constraint)]
+        err.print(f"$ {' '.join(cmd)}", markup=False, highlight=False, style="dim")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         last = next((line for line in reversed(tail) if line.strip()), "no output")
