@@ -12,6 +12,11 @@ Layout of ``run_dir/checkpoints/<step>/``::
 
 A crash while writing never leaves a folder that looks whole: it is built in a temporary sibling and
 renamed. Nothing is ever unpickled.
+
+Reading refuses damage in one line naming the file (:class:`DamagedCheckpointError`: a truncated or garbled
+safetensors or JSON file), and weights that do not fit the model they are loaded into in one line saying
+which ``model_config.json`` keys differ (:func:`check_state_fits` / :func:`load_state_checked`), instead of
+torch's line per mismatching tensor.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from typing import Any
 
 from robodual_core.errors import RobodualError
 from robodual_core.io import atomic_dir, atomic_write_text
+
+
+class DamagedCheckpointError(RobodualError):
+    """A checkpoint file that cannot be read back as written (truncated, garbled, wrong dtypes); ``path``
+    names it. Resuming falls back to an earlier checkpoint on this error (never on a model mismatch)."""
+
+    def __init__(self, message: str, path: str | Path):
+        super().__init__(message)
+        self.path = Path(path)
 
 
 def checkpoint_steps(run_dir: str | Path) -> list[int]:
@@ -45,9 +59,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     latest = latest_checkpoint(path)
     if latest is None:
-        raise RobodualError(f"'{path}' is neither a checkpoint folder (with model.safetensors) nor a run folder "
-                            "with checkpoints/<step>/; train one first or pass the right path")
+        raise RobodualError(_not_a_checkpoint(path))
     return latest
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    expected = "expected a checkpoint folder (model.safetensors, model_config.json) or a run folder (checkpoints/<step>/)"
+    if not path.exists():
+        return f"'{path}' does not exist; {expected}"
+    if not path.is_dir():
+        return f"'{path}' is a file; {expected}"
+    if not any(path.iterdir()):
+        return f"'{path}' is an empty folder; {expected}"
+    if (path / "model_config.json").is_file() or (path / "training_state.json").is_file():
+        return f"checkpoint folder '{path}' has no model.safetensors (an incomplete or damaged checkpoint)"
+    root = path / "checkpoints"
+    if root.is_dir():
+        partial = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+        if partial:
+            return (f"run folder '{path}' has no complete checkpoint: checkpoints/{partial[-1]} lacks "
+                    "training_state.json; train (or --resume) it first")
+        return f"run folder '{path}' has no checkpoints yet; train it first"
+    return (f"'{path}' is neither a checkpoint folder (with model.safetensors) nor a run folder "
+            "with checkpoints/<step>/; train one first or pass the right path")
 
 
 def pin_checkpoint(path: str | Path) -> Path:
@@ -120,13 +154,119 @@ def _contiguous(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def load_tensors(path: str | Path) -> dict[str, Any]:
+def load_tensors(path: str | Path, dtypes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every tensor of a safetensors file; a missing, truncated or garbled file is a one-line error naming it
+    (:class:`DamagedCheckpointError`), as is a tensor whose dtype is not ``dtypes[name]`` where given."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise RobodualError(f"checkpoint file '{path}' does not exist")
-    return load_file(str(path))
+        raise DamagedCheckpointError(f"checkpoint file '{path}' does not exist", path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DamagedCheckpointError(f"checkpoint file '{path}' is damaged or not a safetensors file "
+                                     f"({' '.join(str(exc).split())}); restore it or use another checkpoint",
+                                     path) from None
+    for name, dtype in (dtypes or {}).items():
+        if name in tensors and tensors[name].dtype != dtype:
+            raise DamagedCheckpointError(f"checkpoint file '{path}': tensor '{name}' is "
+                                         f"{_dtype_name(tensors[name].dtype)}, expected {_dtype_name(dtype)}", path)
+    return tensors
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for each leaf where two model configs differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in list(saved) + [k for k in current if k not in saved]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in saved or k not in current:
+                out.append((key, saved.get(k, "(absent)"), current.get(k, "(absent)")))
+            else:
+                out += config_differences(saved[k], current[k], key)
+        return out
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [d for i, (a, b) in enumerate(zip(saved, current, strict=True))
+                for d in config_differences(a, b, f"{prefix}[{i}]")]
+    return [] if saved == current else [(prefix, saved, current)]
+
+
+def check_state_fits(model_state: dict[str, Any], state: dict[str, Any], path: str | Path,
+                     saved_config: dict[str, Any] | None = None, current_config: dict[str, Any] | None = None,
+                     strict: bool = True) -> None:
+    """Refuse, in one line, tensors ``state`` (read from ``path``) that do not fit ``model_state`` (the
+    model's ``state_dict()``): other shapes, other dtypes, or (``strict``) missing/extra names.
+
+    The line names what differs between the checkpoint's ``model_config.json`` (``saved_config``) and the
+    model's (``current_config``) when those are given and differ, else the first mismatching tensor. A
+    tensor of the right shape but another dtype is damage (:class:`DamagedCheckpointError`); shapes are a
+    model mismatch (:class:`RobodualError`)."""
+    shapes = [k for k, v in state.items() if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
+    missing = [k for k in model_state if k not in state] if strict else []
+    extra = [k for k in state if k not in model_state]
+    if shapes or missing or extra:
+        n = len(shapes) + len(missing) + len(extra)
+        diffs = config_differences(saved_config, current_config) if saved_config is not None and \
+            current_config is not None else []
+        if diffs:
+            listed = ", ".join(f"{k} (checkpoint {_short(a)}, here {_short(b)})" for k, a, b in diffs[:4])
+            more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+            raise RobodualError(f"checkpoint '{path}' holds another model ({n} tensors do not fit): its "
+                                f"model_config.json differs in {listed}{more}; load it with its own config or "
+                                "start a new run")
+        if shapes:
+            k = shapes[0]
+            first = (f"tensor '{k}' is {list(state[k].shape)}, the model's is {list(model_state[k].shape)}")
+        elif missing:
+            first = f"it lacks tensor '{missing[0]}' of the model"
+        else:
+            first = f"it has tensor '{extra[0]}', which the model lacks"
+        raise RobodualError(f"checkpoint file '{path}' does not fit this model: {first}"
+                            f"{f' ({n - 1} more mismatches)' if n > 1 else ''}")
+    for k, v in state.items():
+        if k in model_state and v.dtype != model_state[k].dtype:
+            raise DamagedCheckpointError(f"checkpoint file '{path}': tensor '{k}' is {_dtype_name(v.dtype)}, the "
+                                         f"model's is {_dtype_name(model_state[k].dtype)}", path)
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_state_checked(model: Any, state: dict[str, Any], path: str | Path, saved_config: dict[str, Any] | None = None,
+                       strict: bool = True) -> Any:
+    """``model.load_state_dict(state, strict)`` after :func:`check_state_fits` (one-line errors; ``saved_config``:
+    the checkpoint's ``model_config.json``, compared with ``model.robodual_config()``)."""
+    current = model.robodual_config() if saved_config is not None and hasattr(model, "robodual_config") else None
+    check_state_fits(model.state_dict(), state, path, saved_config, current, strict=strict)
+    return model.load_state_dict(state, strict=strict)
+
+
+def check_kind(ckpt: str | Path, meta: dict[str, Any], kind: str) -> None:
+    """Refuse a checkpoint of the other kind (a generalist folder where a specialist is expected, or the
+    reverse) in one line naming the folder, what it holds and what was expected. ``meta``: its model_config."""
+    held = checkpoint_kind(meta)
+    if held is not None and held != kind:
+        raise RobodualError(f"'{ckpt}' holds a {held} (family '{meta.get('family')}'), but a {kind} checkpoint is "
+                            f"expected here; pass a {kind} run or checkpoint folder")
+
+
+def checkpoint_kind(meta: dict[str, Any]) -> str | None:
+    """``specialist`` or ``generalist`` for a checkpoint's model_config (None when it does not say)."""
+    if meta.get("kind") in ("specialist", "generalist"):
+        return meta["kind"]
+    if "specialist" in meta:
+        return "specialist"
+    if "model" in meta and "action_dim" in meta:  # the generalist families' robodual_config()
+        return "generalist"
+    return None
 
 
 def load_model_state(ckpt_dir: str | Path, ema: bool = True) -> dict[str, Any]:
@@ -137,19 +277,35 @@ def load_model_state(ckpt_dir: str | Path, ema: bool = True) -> dict[str, Any]:
     return load_tensors(ckpt_dir / "model.safetensors")
 
 
-def read_json(ckpt_dir: str | Path, name: str) -> Any:
+def read_json(ckpt_dir: str | Path, name: str, expect: type | None = None) -> Any:
+    """A JSON file of a checkpoint; missing, unreadable or not JSON (or not ``expect``) is one line naming it."""
     path = Path(ckpt_dir) / (name if name.endswith(".json") else f"{name}.json")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RobodualError(f"checkpoint file '{path}' is missing") from None
+        raise DamagedCheckpointError(f"checkpoint file '{path}' is missing", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpointError(f"cannot read checkpoint file '{path}': {exc}", path) from None
     except json.JSONDecodeError as exc:
-        raise RobodualError(f"checkpoint file '{path}' is not valid JSON: {exc}") from None
+        raise DamagedCheckpointError(f"checkpoint file '{path}' is not valid JSON: {exc}", path) from None
+    if expect is not None and not isinstance(data, expect):
+        raise DamagedCheckpointError(f"checkpoint file '{path}' must hold a JSON {_json_kind(expect)}, found "
+                                     f"{_json_kind(type(data))}", path)
+    return data
 
 
-def read_checkpoint_meta(ckpt_dir: str | Path) -> dict[str, Any]:
-    """``model_config.json`` of a checkpoint (or of a run folder's latest checkpoint)."""
-    return read_json(resolve_checkpoint(ckpt_dir), "model_config")
+def _json_kind(tp: type) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(tp, tp.__name__)
+
+
+def read_checkpoint_meta(ckpt_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """``model_config.json`` of a checkpoint (or of a run folder's latest checkpoint); with ``kind``
+    (``specialist``/``generalist``) a checkpoint of the other kind is refused (:func:`check_kind`)."""
+    ckpt = resolve_checkpoint(ckpt_dir)
+    meta = read_json(ckpt, "model_config", expect=dict)
+    if kind is not None:
+        check_kind(ckpt, meta, kind)
+    return meta
 
 
 def run_dataset_spec(ckpt_dir: str | Path, keys: list[str]) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from robodual_core.checkpoint import (
+    DamagedCheckpointError,
+    check_state_fits,
     checkpoint_steps,
     flatten_optimizer,
-    latest_checkpoint,
     load_tensors,
     save_checkpoint,
     unflatten_optimizer,
@@ -216,6 +217,7 @@ class Trainer:
         # what the optimizer, the EMA and clipping see (the flat buffers, or the parameters themselves)
         self._params = [t for g in groups for t in g]
         ordered = decay + no_decay  # the parameters behind self._params, in its order
+        self._param_groups = [decay, no_decay]  # the checkpoint format's optimizer groups
         try:
             self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                            num_training_steps=cfg.steps)
@@ -311,38 +313,157 @@ class Trainer:
         return ckpt
 
     def resume(self, ckpt: Path | None = None) -> bool:
-        """Restore the latest checkpoint of ``run_dir`` (or ``ckpt``); False when there is none."""
-        ckpt = ckpt or latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        """Restore the latest checkpoint of ``run_dir`` (or ``ckpt``); False when there is none.
+
+        Every file is read and checked against this run before anything is restored. A latest checkpoint
+        that is damaged (a truncated or garbled file: :class:`DamagedCheckpointError`) is not used: the run
+        resumes from the newest earlier checkpoint that reads whole, says so in one line on stderr, and keeps
+        the damaged folder as ``checkpoints/<step>.damaged`` (never deleted; the resumed run is exact, so it
+        writes that step again). With no such earlier checkpoint, or an explicit ``ckpt``, the error names the
+        damaged file. A checkpoint of another model or batch size is refused, never skipped."""
+        if ckpt is not None:
+            self._restore(self._read(Path(ckpt)))
+            return True
+        steps = checkpoint_steps(self.run_dir)
+        if not steps:
             return False
-        state = json.loads((ckpt / "training_state.json").read_text())
+        damaged: list[tuple[Path, DamagedCheckpointError]] = []
+        for step in reversed(steps):
+            path = self.run_dir / "checkpoints" / str(step)
+            try:
+                data = self._read(path)
+                break
+            except DamagedCheckpointError as exc:
+                damaged.append((path, exc))
+        else:
+            earlier = f"; the earlier checkpoints ({', '.join(str(s) for s in steps[:-1])}) are damaged too" \
+                if len(steps) > 1 else "; there is no earlier checkpoint"
+            raise DamagedCheckpointError(f"{damaged[0][1]}{earlier}: restore the file or start again with "
+                                         "--overwrite", damaged[0][1].path) from None
+        self._restore(data)
+        if damaged:
+            if self.distributed:
+                torch.distributed.barrier()  # every rank has read its checkpoint before one is moved
+            if self.rank == 0:
+                self._set_aside(damaged, path)
+        return True
+
+    def _set_aside(self, damaged: list[tuple[Path, DamagedCheckpointError]], used: Path) -> None:
+        from rich.console import Console
+
+        kept = []
+        for bad, _ in damaged:
+            target = bad.with_name(f"{bad.name}.damaged")
+            n = 1
+            while target.exists():
+                n += 1
+                target = bad.with_name(f"{bad.name}.damaged{n}")
+            os.replace(bad, target)
+            kept.append(str(target))
+        atomic_write_text(used.parent / "latest", used.name + "\n")
+        Console(stderr=True, soft_wrap=True).print(
+            f"warning: {damaged[0][1]}; resuming from step {used.name} instead (the damaged checkpoint is kept as "
+            f"{', '.join(kept)})", markup=False, highlight=False)
+
+    def _read(self, ckpt: Path) -> dict[str, Any]:
+        """Every file of checkpoint ``ckpt``, read and checked against this run (nothing restored yet)."""
+        from robodual_core.checkpoint import read_json
+
+        state = read_json(ckpt, "training_state", expect=dict)
         # the data position is counted in batches of this size over this many ranks: another layout would
         # silently skip or repeat samples
         for key, now in (("world_size", self.world_size), ("batch_size", self.sampler.batch_size)):
             if key in state and state[key] != now:
                 raise RobodualError(f"checkpoint '{ckpt}' was trained with {key} {state[key]}, this run has {now}; "
                                     f"resume with the same {key} (trainer.batch_size, torchrun --nproc-per-node)")
-        missing, unexpected = self.model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True), None
-        del missing, unexpected
-        opt_tensors = load_tensors(ckpt / "optimizer.safetensors") if (ckpt / "optimizer.safetensors").is_file() else {}
-        opt_state = unflatten_optimizer(opt_tensors, state["optimizer"])
-        self.optimizer.load_state_dict(self._flat.flat_state(opt_state) if self._flat is not None else opt_state)
-        self.scheduler.load_state_dict(state["scheduler"])
+        saved_cfg = None
+        if (ckpt / "model_config.json").is_file():
+            saved_cfg = read_json(ckpt, "model_config", expect=dict)
+        model_now = self.model.state_dict()
+        current_cfg = self.model.robodual_config() if hasattr(self.model, "robodual_config") else None
+        model = load_tensors(ckpt / "model.safetensors")
+        check_state_fits(model_now, model, ckpt / "model.safetensors", saved_cfg, current_cfg)
+        state_file = ckpt / "training_state.json"
+        try:
+            out: dict[str, Any] = {
+                "model": model,
+                "step": int(state["step"]), "epoch": int(state["epoch"]), "offset": int(state["batch_offset"]),
+                "scheduler": dict(state["scheduler"]),
+                "numpy_rng": _np_rng_from_json(state["numpy_rng"]),
+                "python_rng": _py_rng_from_json(state["python_rng"]),
+                "ema_step": int(state["ema"]["optimization_step"]) if self.ema is not None and state.get("ema") else None,
+                "optimizer_meta": state["optimizer"],
+            }
+            meta = state["optimizer"]
+            if not isinstance(meta["param_groups"], list) or not isinstance(meta["scalars"], dict):
+                raise TypeError("optimizer.param_groups must be a list and optimizer.scalars an object")
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DamagedCheckpointError(f"checkpoint file '{state_file}' is damaged: {type(exc).__name__} "
+                                         f"{' '.join(str(exc).split())}", state_file) from None
+        opt_path = ckpt / "optimizer.safetensors"
+        if not opt_path.is_file() and out["step"] > 0:
+            # a stepped AdamW always has tensor state: without the file the moments would silently restart
+            raise DamagedCheckpointError(f"checkpoint file '{opt_path}' is missing (the optimizer state of step "
+                                         f"{out['step']})", opt_path)
+        opt_tensors = load_tensors(opt_path) if opt_path.is_file() else {}
+        out["optimizer"] = self._check_optimizer(unflatten_optimizer(opt_tensors, meta), opt_path, state_file)
+        out["ema"] = None
         if self.ema is not None and (ckpt / "ema.safetensors").is_file():
             ema = load_tensors(ckpt / "ema.safetensors")
+            check_state_fits(model_now, ema, ckpt / "ema.safetensors", saved_cfg, current_cfg)
+            if out["ema_step"] is None:
+                raise DamagedCheckpointError(f"checkpoint file '{state_file}' is damaged: it has no ema step for "
+                                             "ema.safetensors", state_file)
+            out["ema"] = ema
+        rng_path = ckpt / "rng.safetensors"
+        rng = load_tensors(rng_path, dtypes={"torch": torch.uint8, "cuda": torch.uint8})
+        if "torch" not in rng or rng["torch"].shape != torch.get_rng_state().shape:
+            raise DamagedCheckpointError(f"checkpoint file '{rng_path}' is damaged: no torch RNG state of "
+                                         f"{torch.get_rng_state().numel()} bytes", rng_path)
+        out["rng"] = rng
+        return out
+
+    def _check_optimizer(self, opt_state: dict[str, Any], opt_path: Path, state_file: Path) -> dict[str, Any]:
+        """The per-parameter optimizer state of a checkpoint, checked against this model's parameters (a
+        truncated/garbled tensor or group list is damage naming the file; torch would load it and fail later)."""
+        groups = opt_state["param_groups"]
+        if len(groups) != len(self._param_groups) or any(
+                not isinstance(g, dict) or len(g.get("params", ())) != len(params)
+                for g, params in zip(groups, self._param_groups, strict=False)):
+            raise DamagedCheckpointError(f"checkpoint file '{state_file}' is damaged: its optimizer parameter "
+                                         f"groups do not match the model's {[len(p) for p in self._param_groups]} "
+                                         "parameters", state_file)
+        params = {i: p for i, p in enumerate(p for group in self._param_groups for p in group)}
+        for idx, pstate in opt_state["state"].items():
+            if idx not in params:
+                raise DamagedCheckpointError(f"checkpoint file '{opt_path}' is damaged: state for parameter {idx}, "
+                                             f"the model has {len(params)}", opt_path)
+            for name, value in pstate.items():
+                if isinstance(value, torch.Tensor) and name != "step" and (
+                        value.numel() != params[idx].numel() or value.dtype != params[idx].dtype):
+                    raise DamagedCheckpointError(
+                        f"checkpoint file '{opt_path}' is damaged: '{idx}.{name}' is {_dtype_name(value.dtype)} "
+                        f"{list(value.shape)}, its parameter {params[idx].dtype} {list(params[idx].shape)}", opt_path)
+        return opt_state
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        """Apply what :meth:`_read` read and checked."""
+        self.model.load_state_dict(data["model"], strict=True)
+        opt_state = data["optimizer"]
+        self.optimizer.load_state_dict(self._flat.flat_state(opt_state) if self._flat is not None else opt_state)
+        self.scheduler.load_state_dict(data["scheduler"])
+        if data["ema"] is not None:
             for shadow, name in zip(self._ema_tensors(), self._ema_names, strict=True):
-                shadow.detach().copy_(ema[name].to(shadow.device))
-            self.ema.optimization_step = state["ema"]["optimization_step"]
-        rng = load_tensors(ckpt / "rng.safetensors")
+                shadow.detach().copy_(data["ema"][name].to(shadow.device))
+            self.ema.optimization_step = data["ema_step"]
+        rng = data["rng"]
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        np_state = state["numpy_rng"]
-        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-        random.setstate(_py_rng_from_json(state["python_rng"]))
-        self.step = state["step"]
-        self.sampler.epoch, self.sampler.offset = state["epoch"], state["batch_offset"]
-        return True
+        np.random.set_state(data["numpy_rng"])
+        random.setstate(data["python_rng"])
+        self.step = data["step"]
+        self.sampler.epoch, self.sampler.offset = data["epoch"], data["offset"]
 
     def _trim_metrics(self) -> None:
         """Drop metrics.jsonl lines logged after the checkpoint a run resumes from: training repeats those
@@ -494,7 +615,19 @@ def _py_rng_to_json(state: tuple) -> list:
 
 
 def _py_rng_from_json(state: list) -> tuple:
-    return (state[0], tuple(state[1]), state[2])
+    out = (state[0], tuple(state[1]), state[2])
+    random.Random().setstate(out)  # checks it (a damaged state raises here, not half-way through a restore)
+    return out
+
+
+def _np_rng_from_json(state: list) -> tuple:
+    out = (state[0], np.array(state[1], dtype=np.uint32), *state[2:])
+    np.random.RandomState().set_state(out)  # checks it
+    return out
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _progress(enabled: bool):

@@ -90,11 +90,13 @@ class OnlineGeneralist:
 
 def online_generalist(store: Any, checkpoint: str | Path, pooling: str) -> tuple[OnlineGeneralist, dict[str, Any]]:
     """The online transform and its generalist.json record (the runtime reproduces the same conditioning)."""
-    from robodual_core.checkpoint import pin_checkpoint
+    from robodual_core.checkpoint import check_kind, pin_checkpoint, read_json
     from robodual_core.data.generalist_cache import checkpoint_hash
     from robodual_core.runtime import load_runner
 
     checkpoint = pin_checkpoint(checkpoint)  # the run's latest checkpoint now, fixed for the whole run
+    if (checkpoint / "model_config.json").is_file():  # a checkpoint (a merged model folder has none)
+        check_kind(checkpoint, read_json(checkpoint, "model_config", expect=dict), "generalist")
     runner = load_runner("generalist", checkpoint, pooling=pooling, latent_dtype="float32")
     record = {"hash": checkpoint_hash(checkpoint), "checkpoint": str(checkpoint),
               "pooling": pooling, "dtype": "float32", "online": True}
@@ -171,8 +173,8 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     sets it up (config, sensors fitted to the store, generalist cache or online generalist, run folder
     with config.json), not yet trained."""
     from robodual_core.data import WindowDataset, open_dataset
+    from robodual_core.plugins import registry
     from robodual_core.training import Trainer, init_distributed, seed_everything
-    from robodual_specialist.model import DiTSpecialist, count_trainable
 
     if generalist_cache and generalist:
         raise RobodualError("--generalist-cache and --generalist both give generalist outputs; pass one")
@@ -213,7 +215,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
     seed_everything(cfg.trainer.seed)  # the fresh weights follow the run's seed (same on every rank)
-    model = DiTSpecialist(cfg.model)
+    model = registry("specialists").get(cfg.model.family)(cfg.model)  # the family the config names
     _check_image_sizes(model, cfg.data.image_size)
     image_keys = [k for k in model.obs_keys if k in store.keys]
     history = max([int(getattr(enc, "history", 0) or 0) for enc in model.sensors.values()] + [0])
@@ -233,7 +235,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
         from rich.console import Console
 
         Console(stderr=True).print(
-            f"specialist: {count_trainable(model) / 1e6:.2f}M trainable parameters, conditioner "
+            f"specialist: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trainable parameters, conditioner "
             f"'{cfg.model.conditioner}', sensors {[s.name for s in cfg.model.sensors]}, "
             f"{_generalist_source(gen_meta)}; "
             f"{len(ds)} training windows")
