@@ -399,3 +399,27 @@ def test_rotary_cache_serves_any_dtype():
         torch.set_default_dtype(torch.float32)
         rotary.cache_clear()
     assert apply_rotary(torch.randn(2, 4, 1, 1, 8), rope).dtype == torch.float32
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddim_chain_equals_the_diffusers_scheduler_step(prediction_type, spacing, clip):
+    """The host-sync-free DDIM coefficients (issue 20) give diffusers' DDIMScheduler.step, every step."""
+    from diffusers import DDIMScheduler
+
+    from robodual_specialist.ddim import DDIMChain
+
+    sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                          clip_sample=clip, timestep_spacing=spacing)
+    chain = DDIMChain.from_scheduler(sched, 5)
+    sched.set_timesteps(5)
+    assert torch.equal(chain.timesteps, sched.timesteps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 7, generator=g)
+    y = x.clone()
+    for i, t in enumerate(sched.timesteps):
+        out = torch.randn(3, 8, 7, generator=g) * 1.5
+        x = sched.step(out, t, x).prev_sample
+        y = chain.step(i, out, y)
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)

@@ -77,6 +77,11 @@ class SpecialistConfig:
     # at inference, sensors whose frozen backbones are the same network with the same weights (the static
     # and gripper RGB cameras both use the pretrained DINO) encode their frames in one backbone batch
     batch_shared_backbones: bool = True
+    # the control step on static buffers (robodual_specialist.graphed): "auto" (on CUDA, captured as a CUDA graph
+    # and replayed per step), "on" (also on the CPU, run eagerly: the same logic), "off" (DiTSpecialist.sample)
+    static_step: Literal["auto", "on", "off"] = "auto"
+    # the static step's sensor encoders: "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp32"
+    static_precision: Literal["auto", "bf16", "fp32"] = "auto"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 

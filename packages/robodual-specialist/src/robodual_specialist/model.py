@@ -37,6 +37,7 @@ from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput, Specialist
 from robodual_specialist.config import SensorConfig, SpecialistConfig
+from robodual_specialist.ddim import DDIMChain
 from robodual_specialist.dit import DiT
 
 
@@ -148,6 +149,7 @@ class DiTSpecialist(nn.Module, Specialist):
         self.normalizer: Any = None  # robodual_core.data.Normalizer, set by from_checkpoint / the trainer
         self._low_precision: dict[str, tuple[tuple[tuple[int, int], ...], dict[str, torch.Tensor]]] = {}
         self._backbone_groups: tuple[tuple[tuple[int, int], ...], list[list[str]]] | None = None
+        self._ddim_chains: dict[tuple[int, str], DDIMChain] = {}
 
     def compile_targets(self) -> list[nn.Module]:
         """What ``trainer.compile`` compiles: the DiT and each sensor encoder (the loss around them has
@@ -442,8 +444,8 @@ class DiTSpecialist(nn.Module, Specialist):
             return passes, ([self.dit.precompute(p[0], p[1]) for p in passes] if cache_kv else None)
 
         passes, pres = build_passes()
-        self.scheduler.set_timesteps(steps or self.cfg.diffusion.inference_steps, device=dev)
-        timesteps = self.scheduler.timesteps
+        chain = self.ddim_chain(steps or self.cfg.diffusion.inference_steps, dev)
+        timesteps = chain.timesteps
         # adaLN modulations of every step at once (they depend on proprio and the known timesteps only)
         mods = [self.dit.modulations(timesteps, p[3]) for p in passes] if cache_adapters else None
         for i, t in enumerate(timesteps):
@@ -462,8 +464,16 @@ class DiTSpecialist(nn.Module, Specialist):
             if guided:
                 c, u = out.chunk(2, dim=0)
                 out = u + scale * (c - u)
-            x = self.scheduler.step(out, t, x).prev_sample
+            x = chain.step(i, out, x)
         return x
+
+    def ddim_chain(self, steps: int, device: torch.device | str) -> DDIMChain:
+        """The deterministic DDIM chain of ``steps`` steps (coefficients computed once per steps and device)."""
+        key = (int(steps), str(device))
+        chain = self._ddim_chains.get(key)
+        if chain is None:
+            chain = self._ddim_chains[key] = DDIMChain.from_scheduler(self.scheduler, int(steps), device)
+        return chain
 
     @classmethod
     def build_trainer(cls, dataset: str | Path, out: str | Path, **options: Any) -> Any:

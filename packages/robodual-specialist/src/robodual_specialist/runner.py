@@ -17,6 +17,7 @@ import torch
 
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
+from robodual_specialist.graphed import StaticControlStep, StepPool
 
 
 class DiTRunner:
@@ -28,6 +29,7 @@ class DiTRunner:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.k_s = model.cfg.k_s
+        self._steps = StepPool()  # static control steps by input signature (per session: their own buffers)
         self._frames: dict[str, deque] = {}
         # per camera key, the sensor with the most history frames: its tensor serves every sensor on that key
         # (each keeps the frames it uses, as in training, where every key gets the longest history)
@@ -99,10 +101,26 @@ class DiTRunner:
                 p = model.normalizer.normalize("proprio", p)
             batch["proprio"] = torch.as_tensor(np.asarray(p, dtype=np.float32), device=self.device)
         gen = generalist.to(self.device) if generalist is not None and model.cfg.generalist_dim > 0 else None
-        actions = model.sample(batch, gen)[0].float().cpu().numpy()
+        actions = self._sample(batch, gen)[0].float().cpu().numpy()
         if model.normalizer is not None and "action" in model.normalizer.entries:
             actions = model.normalizer.unnormalize("action", actions)
         return np.asarray(actions, dtype=np.float32)
+
+
+    def static_step_enabled(self) -> bool:
+        """Whether control steps run on static buffers (``model.static_step``; auto = on CUDA)."""
+        setting = getattr(self.model.cfg, "static_step", "auto")
+        wanted = setting == "on" or (setting == "auto" and self.device.type == "cuda")
+        return wanted and StaticControlStep.supported(self.model)
+
+    def _sample(self, batch: dict[str, Any], gen: GeneralistOutput | None) -> torch.Tensor:
+        if not self.static_step_enabled():
+            return self.model.sample(batch, gen)
+        precision = getattr(self.model.cfg, "static_precision", "auto")
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        step = self._steps.get(self.model, batch, gen, self.device, precision=precision)
+        return step(batch, gen)
 
 
 def _history(enc: Any) -> int:
