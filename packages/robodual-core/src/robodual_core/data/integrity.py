@@ -326,17 +326,25 @@ class CheckedArray:
                                 "store is damaged (run `robodual dataset validate` for every damaged chunk)") from exc
 
     def _where(self, sel: Any, n: int) -> str:
+        """The storage chunk a failed read could not decode (each touched one is tried alone)."""
         layout = self._layout
         steps = _steps(sel, n)
-        if layout is None or steps is None:
+        if layout is None:
             return "a chunk"
+        if steps is None:
+            steps = (0, n)
         lo, hi = steps if isinstance(steps, tuple) else (int(steps.min()), int(steps.max()) + 1)
-        files = list(layout.files_of_steps(lo, hi))
         kind = "shard" if layout.sharded else "chunk"
-        if len(files) == 1:
-            coords = layout.coords_of_file(files[0])[0]
-            return f"{kind} {files[0]} (file '{self._name}/{layout.key(coords)}', steps {lo}..{hi - 1})"
-        return f"{kind}s {files[0]}..{files[-1] if files else '?'} (steps {lo}..{hi - 1})"
+        for i in layout.files_of_steps(lo, hi):
+            for coords in layout.coords_of_file(i):
+                region = tuple(slice(c * o, min(s, (c + 1) * o))
+                               for c, o, s in zip(coords, layout.outer, layout.shape, strict=True))
+                try:
+                    self._arr[region]
+                except Exception:
+                    first, last = region[0].start, region[0].stop - 1
+                    return f"{kind} {i} (file '{self._name}/{layout.key(coords)}', steps {first}..{last})"
+        return f"steps {lo}..{hi - 1}"
 
     def __repr__(self) -> str:
         return f"CheckedArray({self._name!r}, shape={self._arr.shape}, dtype={self._arr.dtype})"

@@ -141,7 +141,8 @@ def compute_stats(root: Any, modalities: dict[str, str], depth_frames: int = 256
         if progress is not None:
             progress(key)
         # a missing or damaged chunk must not count as zeros
-        arr = CheckedArray(root["data"][key], f"data/{key}", strict=root.attrs.get(ALL_CHUNKS_ATTR, False) is True)
+        arr = CheckedArray(root["data"][key], f"data/{key}", strict=root.attrs.get(ALL_CHUNKS_ATTR, False) is True,
+                           store=getattr(getattr(root, "store", None), "root", None))
         if modality in STAT_MODALITIES:
             stats[key] = lowdim_stats(arr, key)
         elif modality == "depth":
