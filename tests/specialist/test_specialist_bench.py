@@ -37,3 +37,24 @@ def test_every_variant_is_timed_and_flops_show_the_savings(setup):
     assert flops["no_kv_cache"] > base and flops["no_adapter_cache"] > base and flops["all_off"] > base
     # the frozen history frame is re-encoded without the frame cache
     assert out["no_frame_cache"]["gflop_per_step"] > out["optimized_fp32"]["gflop_per_step"]
+
+
+def test_static_step_is_timed_beside_eager(setup):
+    from robodual_specialist.bench import time_static_step
+
+    model, loop, _ = setup
+    out = time_static_step(model, loop, repeats=2, precisions=("fp32",))
+    assert set(out) == {"eager_optimized", "static_fp32"}
+    row = out["static_fp32"]
+    assert row["n"] == 2 and row["control_step_ms"] > 0 and row["graph"] is False  # no CUDA here
+    assert row["vs_eager_optimized"] == pytest.approx(row["control_step_ms"] / out["eager_optimized"]["control_step_ms"])
+
+
+def test_gpu_limits_and_floors():
+    from robodual_core.bench import GPU_DATASHEETS, compute_floor_ms, gpu_limits, memory_floor_ms
+
+    assert gpu_limits() is None or gpu_limits()["name"]
+    h200 = {"bandwidth_tb_s": GPU_DATASHEETS["H200"][0], "bf16_tflop_s": GPU_DATASHEETS["H200"][1]}
+    assert memory_floor_ms(13.5e9, h200) == pytest.approx(2.8125)  # a 7B bf16 model read once per token
+    assert compute_floor_ms(26.5e9, h200) == pytest.approx(26.5 / 989)
+    assert memory_floor_ms(1.0, None) is None and compute_floor_ms(1.0, {}) is None

@@ -77,9 +77,57 @@ def environment() -> dict[str, Any]:
 
         env.update(torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
                    cuda=torch.cuda.is_available())
+        if torch.cuda.is_available():
+            env["gpu"] = gpu_limits()
     except ImportError:
         pass
     return env
+
+
+# Datasheet figures (dense, without sparsity): HBM bandwidth in TB/s, bf16 tensor-core peak in TFLOP/s.
+GPU_DATASHEETS: dict[str, tuple[float, float]] = {
+    "H200": (4.8, 989.0),
+    "H100 SXM": (3.35, 989.0),
+    "H100 PCIe": (2.0, 756.0),
+    "H100": (3.35, 989.0),
+    "A100": (2.0, 312.0),
+    "L40S": (0.864, 362.0),
+    "RTX 5000 Ada": (0.576, 261.0),
+    "A5000": (0.768, 111.0),
+    "RTX 4090": (1.008, 165.0),
+}
+
+
+def gpu_limits(device: Any = None) -> dict[str, Any] | None:
+    """The card's name, its datasheet bandwidth and bf16 peak (None for a card not in GPU_DATASHEETS), and the
+    device's own memory: what a bench needs to say how far a measurement is from the hardware's limit."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    props = torch.cuda.get_device_properties(device)
+    match = next((k for k in GPU_DATASHEETS if k.lower() in name.lower()), None)
+    bandwidth, peak = GPU_DATASHEETS[match] if match else (None, None)
+    return {"name": name, "datasheet": match, "memory_gib": props.total_memory / 2**30,
+            "sm_count": props.multi_processor_count, "bandwidth_tb_s": bandwidth, "bf16_tflop_s": peak,
+            "cuda": torch.version.cuda}
+
+
+def memory_floor_ms(bytes_read: float, limits: dict[str, Any] | None) -> float | None:
+    """Milliseconds to read ``bytes_read`` once at the card's datasheet bandwidth (a memory-bound step's floor)."""
+    if not limits or not limits.get("bandwidth_tb_s"):
+        return None
+    return 1e3 * bytes_read / (limits["bandwidth_tb_s"] * 1e12)
+
+
+def compute_floor_ms(flop: float, limits: dict[str, Any] | None) -> float | None:
+    """Milliseconds for ``flop`` at the card's bf16 peak (a compute-bound step's floor)."""
+    if not limits or not limits.get("bf16_tflop_s"):
+        return None
+    return 1e3 * flop / (limits["bf16_tflop_s"] * 1e12)
 
 
 def write_report(path: str | Path, name: str, results: dict[str, Any]) -> dict[str, Any]:

@@ -199,6 +199,40 @@ def time_variants(model: DiTSpecialist, loop: ControlLoop, variants: dict[str, d
     return out
 
 
+def time_static_step(model: DiTSpecialist, loop: ControlLoop, repeats: int, precisions: tuple[str, ...]
+                     ) -> dict[str, dict[str, Any]]:
+    """The whole control step on static buffers (CUDA graph replay on CUDA, eager on the CPU) side by side with
+    ``optimized`` (``encode_observation`` + ``sample``, eager), in interleaved rounds."""
+    from robodual_specialist.graphed import StaticControlStep
+
+    _apply(model, VARIANTS["optimized"], None)
+    batch = loop.batch()
+    steps = {p: StaticControlStep(model, batch, loop.gen, loop.device, precision=p) for p in precisions}
+
+    def eager() -> None:
+        b = loop.batch()
+        model.sample(b, obs_tokens=model.encode_observation(b))
+        _sync(loop.device)
+
+    def static(step: StaticControlStep) -> None:
+        step(loop.batch(), loop.gen)
+        _sync(loop.device)
+
+    fns = {"eager_optimized": eager, **{f"static_{p}": (lambda s=s: static(s)) for p, s in steps.items()}}
+    with torch.inference_mode():
+        samples = interleaved(fns, repeats, warmup=2)
+    out: dict[str, dict[str, Any]] = {}
+    for name, times in samples.items():
+        t = sorted(times["total"])
+        out[name] = {"control_step_ms": 1e3 * statistics.median(t), "iqr_ms": 1e3 * (t[(3 * len(t)) // 4] - t[len(t) // 4]),
+                     "n": len(t)}
+    for p, step in steps.items():
+        out[f"static_{p}"].update(graph=step._graph is not None, precision=p,
+                                  vs_eager_optimized=out[f"static_{p}"]["control_step_ms"]
+                                  / out["eager_optimized"]["control_step_ms"])
+    return out
+
+
 def denoise_flops(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any], obs_fn: Any) -> float:
     """GFLOP of the denoising loop alone (encoders excluded)."""
     kw = _apply(model, opts, obs_fn)
@@ -295,6 +329,19 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
         for name, opts in variants.items():
             per_b[name]["denoising_gflop"] = denoise_flops(model, loop, opts, obs_fn)
         results["latency"][f"batch_{B}"] = per_b
+        precisions = ("fp32", "bf16") if dev.type == "cuda" else ("fp32",)
+        console.print(f"[bold]bench specialist[/]: batch {B}, the static (CUDA-graph) step beside eager")
+        results.setdefault("static_step", {})[f"batch_{B}"] = time_static_step(
+            model, ControlLoop(model, B, gen), reps if B == 1 else max(3, reps // 2), precisions)
+        _apply(model, VARIANTS["optimized"], None)
+    if dev.type == "cuda":
+        from robodual_core.bench import compute_floor_ms, gpu_limits
+
+        limits = gpu_limits(dev)
+        gflop = results["latency"]["batch_1"]["optimized_fp32"]["gflop_per_step"]
+        results["hardware"] = {**(limits or {}), "control_step_gflop_batch_1": gflop,
+                               "compute_floor_ms_batch_1": compute_floor_ms(gflop * 1e9, limits),
+                               "targets_ms": {"batch_1": 5.0, "batch_8": 8.0}}
     model.cfg.inference_autocast = "off"
     b1 = results["latency"]["batch_1"]["optimized"]
     b1_fp32 = results["latency"]["batch_1"]["optimized_fp32"]
