@@ -147,7 +147,8 @@ def check_observation(observation: Any, spec: dict[str, dict[str, Any]] | None =
 def check_action(action: Any, action_dim: int | None = None, source: str = "the policy") -> np.ndarray:
     """The action as a finite float32 array; anything else (NaN, Inf, garbage) is a WireError, never sent."""
     try:
-        arr = np.asarray(action, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf and is refused below
+            arr = np.asarray(action, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):
         raise WireError(f"{source} returned {type(action).__name__}, not a numeric action array") from None
     if arr.ndim == 0 or arr.size == 0:
