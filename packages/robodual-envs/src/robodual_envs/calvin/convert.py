@@ -101,6 +101,12 @@ def read_sequences(split_dir: Path) -> np.ndarray:
         a, b = sorted_ids[int(overlap[0])], sorted_ids[int(overlap[0]) + 1]
         raise RobodualError(f"'{path}': sequences {tuple(a.tolist())} and {tuple(b.tolist())} overlap; expected "
                             "disjoint (first, last) frame ranges")
+    missing = [int(f) for f in ids.ravel() if not _frame_path(split_dir, int(f)).is_file()]
+    if missing:
+        frames = _frame_ids(split_dir)
+        have = f"frames {frames[0]}..{frames[-1]} ({len(frames)} files)" if frames else "no episode_*.npz files"
+        raise RobodualError(f"'{path}' refers to frame id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                            f"whose files do not exist; the folder holds {have}")
     lens_path = split_dir / "ep_lens.npy"
     if lens_path.is_file():
         lens = load_npy(lens_path)
@@ -110,12 +116,6 @@ def read_sequences(split_dir: Path) -> np.ndarray:
             found = lens.tolist()[:5] if isinstance(lens, np.ndarray) else type(lens).__name__
             raise RobodualError(f"'{lens_path}' is {found}; expected the lengths of the sequences in "
                                 f"'{path}': {want.tolist()[:5]}")
-    missing = [int(f) for f in ids.ravel() if not _frame_path(split_dir, int(f)).is_file()]
-    if missing:
-        frames = _frame_ids(split_dir)
-        have = f"frames {frames[0]}..{frames[-1]} ({len(frames)} files)" if frames else "no episode_*.npz files"
-        raise RobodualError(f"'{path}' refers to frame id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                            f"whose files do not exist; the folder holds {have}")
     return sorted_ids
 
 

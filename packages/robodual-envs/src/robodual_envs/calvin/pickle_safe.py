@@ -66,7 +66,9 @@ def load_npy(path: str | Path) -> Any:
     except FileNotFoundError:
         raise RobodualError(f"'{path}' does not exist") from None
     except pickle.UnpicklingError as exc:
-        raise RobodualError(f"'{path}': {exc}") from exc
+        if str(exc).startswith("refusing"):
+            raise RobodualError(f"'{path}': {exc}") from exc
+        raise RobodualError(f"'{path}' is not a readable .npy file (truncated or corrupted?): {exc}") from exc
     except Exception as exc:
         raise RobodualError(f"'{path}' is not a readable .npy file ({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
