@@ -14,9 +14,12 @@ def test_bench_generalist_writes_its_report(tmp_path):
     except SystemExit as exc:
         assert exc.code in (0, None)
     results = json.loads(out.read_text())["results"]
-    rows = {(r["batch"], r["kv_cache"]): r for r in results["decode"]}
-    assert set(rows) == {(1, True), (1, False), (8, True), (8, False)}
+    rows = {(r["batch"], r["what"], r["decoding"]): r for r in results["decode"]}
+    assert set(rows) == {(b, w, d) for b in (1, 8) for w in ("chunk", "single_action")
+                         for d in ("static", "dynamic", "recompute")}
     assert all(r["chunk_latency_s"] > 0 and r["action_tokens_per_s"] > 0 for r in rows.values())
+    assert rows[(1, "single_action", "static")]["tokens"] == 7  # OpenVLA's single action: 7 tokens, no separator
+    assert rows[(1, "chunk", "static")]["tokens"] > 7
     assert results["cache_vs_online"]["speedup"] > 1
     t = results["specialist_training"]
     assert t["cache_steps_per_s"] > 0 and t["online_steps_per_s"] > 0

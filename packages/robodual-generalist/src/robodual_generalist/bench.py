@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from robodual_core.bench import measure, write_report
-from robodual_generalist.config import GeneralistConfig
+from robodual_core.errors import RobodualError
+from robodual_generalist.config import GeneralistConfig, TinyConfig
 from robodual_generalist.model import VLAGeneralist
 
 INSTRUCTION = "push the red block to the left"
@@ -225,30 +226,98 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
     return out
 
 
+# --size: the tiny generalist, or an OpenVLA-7B-sized one (random weights, bf16: Prismatic ViT-L/14 at 224 +
+# a LLaMA-2-7B-shaped decoder), built through the same classes
+MODEL_SIZES: dict[str, tuple[dict[str, Any], str]] = {
+    "tiny": ({}, "float32"),
+    "7b": ({"image_size": 224, "patch_size": 14, "vision_dim": 1024, "vision_depth": 24, "vision_heads": 16,
+            "hidden_size": 4096, "num_layers": 32, "num_heads": 32, "intermediate_size": 11008}, "bfloat16"),
+}
+DECODINGS = ("static", "dynamic", "recompute")
+
+
+def _model_row(model: VLAGeneralist, dev: torch.device) -> dict[str, Any]:
+    lm = model.vla.language_model
+    return {"params": sum(p.numel() for p in model.parameters()), "k_g": model.k_g, "action_dim": model.action_dim,
+            "chunk_tokens": model.action_tokenizer.chunk_len, "image_size": model.cfg.tiny.image_size,
+            "lm_bytes": sum(p.numel() * p.element_size() for p in lm.parameters()), "dtype": model.cfg.dtype,
+            "device": str(dev)}
+
+
+def _decode_limits(model: VLAGeneralist, dev: torch.device) -> dict[str, Any] | None:
+    from robodual_core.bench import gpu_limits, memory_floor_ms
+
+    if dev.type != "cuda":
+        return None
+    limits = gpu_limits(dev)
+    lm_bytes = _model_row(model, dev)["lm_bytes"]
+    return {**(limits or {}), "decode_floor_ms_per_token": memory_floor_ms(lm_bytes, limits),
+            "targets": {"ms_per_token_batch_1": 6.0, "ms_per_token_batch_8": 8.0, "chunk_s": 0.4,
+                        "single_action_hz": 25.0}}
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def decode_table(model: VLAGeneralist, dev: torch.device, repeats: int, heavy: bool = False
+                 ) -> list[dict[str, Any]]:
+    """Chunk decoding (k_g steps) and OpenVLA's single action (k_g = 1: action_dim tokens, a model sharing the
+    weights) at batch 1 and 8, each decoding mode timed in interleaved rounds. ``heavy`` (a 7B model) skips the
+    no-cache recompute at batch 8."""
+    from robodual_core.bench import interleaved
+
+    single = VLAGeneralist(dataclasses.replace(model.cfg, k_g=1), action_dim=model.action_dim, vla=model.vla,
+                           text_tokenizer=model.text_tokenizer, meta=model.meta).eval()
+    rows = []
+    size = model.cfg.tiny.image_size
+    for b in (1, 8):
+        batch = _batch(b, size, dev)
+        for label, m in (("chunk", model), ("single_action", single)):
+            modes = [d for d in DECODINGS if not (heavy and b == 8 and d == "recompute")]
+
+            def run(m: VLAGeneralist = m, mode: str = "static", batch: dict[str, Any] = batch) -> None:
+                m.generate(batch, decoding=mode)
+                _sync(dev)
+
+            with torch.inference_mode():
+                times = interleaved({mode: (lambda mode=mode, run=run: run(mode=mode)) for mode in modes},
+                                    repeats, warmup=2)
+            tokens = m.action_tokenizer.chunk_len
+            for mode in modes:
+                t = sorted(times[mode]["total"])
+                med = t[len(t) // 2]
+                rows.append({"batch": b, "what": label, "decoding": mode, "kv_cache": mode != "recompute",
+                             "tokens": tokens, "chunk_latency_s": med, "ms_per_token": 1e3 * med / tokens,
+                             "tokens_per_s": b * tokens / med, "action_tokens_per_s": b * m.k_g * m.action_dim / med,
+                             "hz": 1.0 / med, "n": len(t)})
+    return rows
+
+
 def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32,
-              train_steps: int = 40, compile: bool = False) -> dict[str, Any]:
+              train_steps: int = 40, compile: bool = False, model_size: str = "tiny") -> dict[str, Any]:
     from robodual_core.training import resolve_device
 
     dev = resolve_device(device)
     torch.manual_seed(0)
-    model = VLAGeneralist(GeneralistConfig(base="tiny", lora=False), action_dim=7).to(dev).eval()
+    if model_size not in MODEL_SIZES:
+        raise RobodualError(f"--size is {model_size!r}; expected one of {', '.join(MODEL_SIZES)}")
+    tiny, dtype = MODEL_SIZES[model_size]
+    cfg = GeneralistConfig(base="tiny", lora=False, dtype=dtype, tiny=TinyConfig(**tiny))
+    with torch.device(dev):
+        model = VLAGeneralist(cfg, action_dim=7)
+    model = model.to(dev).eval()
     size = model.cfg.tiny.image_size
-    decode = []
-    for b in (1, 8):
-        batch = _batch(b, size, dev)
-        for kv in (True, False):
-            t = measure(lambda batch=batch, kv=kv: model.generate(batch, use_cache=kv), warmup=1, repeats=repeats)
-            tokens = b * model.k_g * model.action_dim
-            decode.append({"batch": b, "kv_cache": kv, "chunk_latency_s": t["median_s"],
-                           "action_tokens_per_s": tokens / t["median_s"],
-                           "tokens_per_s": b * model.action_tokenizer.chunk_len / t["median_s"], "timing": t})
+    decode = decode_table(model, dev, repeats, heavy=model_size != "tiny")
+    if model_size != "tiny":  # a 7B model: the decoding figures are the point; no cache/training comparison
+        results = {"model": _model_row(model, dev), "decode": decode, "hardware": _decode_limits(model, dev)}
+        return write_report(out, "generalist", results)
     batch = _batch(cache_batch, size, dev)
     online = measure(lambda: model.generate(batch), warmup=1, repeats=max(2, repeats // 2))
     cached = _cache_read(model, cache_batch, rows=4096, repeats=repeats)
     results = {
-        "model": {"params": sum(p.numel() for p in model.parameters()), "k_g": model.k_g,
-                  "action_dim": model.action_dim, "chunk_tokens": model.action_tokenizer.chunk_len,
-                  "image_size": size, "device": str(dev)},
+        "model": _model_row(model, dev),
         "decode": decode,
         "cache_vs_online": {"batch": cache_batch, "online_s": online["median_s"], "cache_s": cached["median_s"],
                             "speedup": online["median_s"] / cached["median_s"],
