@@ -83,8 +83,15 @@ def test_untrained_output_is_zero():
 
 
 def _sample(model, batch, gen, **kw):
+    from robodual_specialist.model import SamplingPath
+
     noise = torch.randn(batch["action"].shape, generator=torch.Generator().manual_seed(5))
-    return model.sample(batch, gen, noise=noise, **kw)
+    switches = {k: kw.pop(k) for k in ("cache_kv", "batch_cfg", "cache_adapters") if k in kw}
+    model.sampling = SamplingPath(**switches)
+    try:
+        return model.sample(batch, gen, noise=noise, **kw)
+    finally:
+        model.sampling = SamplingPath()
 
 
 @pytest.mark.parametrize("conditioner", CONDITIONERS)

@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from robodual_core.bench import interleaved, measure, write_report
 from robodual_core.interfaces import GeneralistOutput
 from robodual_specialist.config import SensorConfig, SpecialistConfig
-from robodual_specialist.model import DiTSpecialist, autocast_enabled, count_trainable
+from robodual_specialist.model import DiTSpecialist, SamplingPath, autocast_enabled, count_trainable
 
 ANCHOR = {"control_step_ms": 560.0, "encoders_ms": 307.0, "denoising_ms": 257.0, "gflop": 44.0,
           "source": "authors' implementation at these settings on the 2-core machines (issue 5)"}
@@ -147,14 +147,15 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _apply(model: DiTSpecialist, opts: dict[str, Any], obs_fn: Any) -> dict[str, Any]:
-    """Set a variant's model switches; returns its ``sample`` keyword arguments."""
+    """Set a variant's model switches (config, frame cache, ``model.sampling``); returns ``sample`` kwargs."""
     opts = dict(opts)
     _set_frame_cache(model, opts.pop("frame_cache", True))
     model.cfg.batch_shared_backbones = opts.pop("backbone_batching", True)
     model.cfg.inference_autocast = opts.pop("inference_autocast", "off")
     if not opts.get("cache_adapters", True):
         opts["obs_tokens_fn"] = obs_fn
-    return opts
+    model.sampling = SamplingPath(**opts)
+    return {}
 
 
 def time_variants(model: DiTSpecialist, loop: ControlLoop, variants: dict[str, dict[str, Any]], repeats: int,

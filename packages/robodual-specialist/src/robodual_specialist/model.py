@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,22 @@ def conditioner_class(name: str) -> type[nn.Module]:
 
 AUTOCAST_CHOICES = {"auto": None, "on": True, "true": True, "bf16": True, "off": False, "false": False,
                     "fp32": False}
+
+
+@dataclass(frozen=True)
+class SamplingPath:
+    """How ``DiTSpecialist.sample`` organises its loop; the default is the fast path, and each switch exists to
+    measure what it saves (``robodual bench specialist``), never changing the result (tested).
+
+    ``cache_kv``: conditioner keys/values once per control step; ``batch_cfg``: the conditional and unconditional
+    passes as one batch; ``cache_adapters``: condition tokens and adaLN modulations once per control step (off:
+    rebuilt every denoising step, the sensor tokens from ``obs_tokens_fn()`` when given).
+    """
+
+    cache_kv: bool = True
+    batch_cfg: bool = True
+    cache_adapters: bool = True
+    obs_tokens_fn: Any = None
 
 
 def native_bf16(device_type: str) -> bool:
@@ -150,6 +167,7 @@ class DiTSpecialist(nn.Module, Specialist):
         self._low_precision: dict[str, tuple[tuple[tuple[int, int], ...], dict[str, torch.Tensor]]] = {}
         self._backbone_groups: tuple[tuple[tuple[int, int], ...], list[list[str]]] | None = None
         self._ddim_chains: dict[tuple[int, str], DDIMChain] = {}
+        self.sampling = SamplingPath()
 
     def compile_targets(self) -> list[nn.Module]:
         """What ``trainer.compile`` compiles: the DiT and each sensor encoder (the loss around them has
@@ -401,17 +419,16 @@ class DiTSpecialist(nn.Module, Specialist):
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], cond: GeneralistOutput | None = None, steps: int | None = None,
                guidance_scale: float | None = None, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None, cache_kv: bool = True, batch_cfg: bool = True,
-               cache_adapters: bool = True, obs_tokens: torch.Tensor | None = None,
-               obs_tokens_fn: Any = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, obs_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise an action chunk: normalized actions ``[B, k_s, D]``.
 
         ``guidance_scale``: default ``cfg.guidance.scale``; 0 turns guidance off (conditional pass only).
-        ``cache_kv`` / ``batch_cfg`` / ``cache_adapters`` exist to measure what caching and batching save
-        (bench); they do not change the result. Without ``cache_adapters`` the condition tokens (generalist
-        latent projections, and the sensor tokens from ``obs_tokens_fn()`` when given) are rebuilt in every
-        denoising step. ``obs_tokens``: precomputed ``encode_observation(batch)``.
+        ``obs_tokens``: precomputed ``encode_observation(batch)``. How the loop is organised (caches, batched
+        guidance) is ``self.sampling`` (:class:`SamplingPath`), which benches switch; it never changes the result.
         """
+        path = self.sampling
+        cache_kv, batch_cfg, cache_adapters = path.cache_kv, path.batch_cfg, path.cache_adapters
+        obs_tokens_fn = path.obs_tokens_fn
         gen = cond if cond is not None else batch.get("generalist")
         scale = self.cfg.guidance.scale if guidance_scale is None else guidance_scale
         if obs_tokens is None:
