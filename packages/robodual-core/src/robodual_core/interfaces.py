@@ -8,6 +8,7 @@ Dataset keys are the Zarr store's ``data/<key>`` names (``rgb_static``, ``depth_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -86,18 +87,84 @@ class Conditioner(ABC):
 
 
 class Generalist(ABC):
-    """Slow autoregressive VLA.
+    """The slow system: a model (a ``torch.nn.Module`` as well) that the trainer, the cache writer and the
+    runners drive without knowing what is inside.
 
-    ``loss(batch) -> (loss tensor, metrics dict)``; ``generate(images, instructions) -> GeneralistOutput``.
+    ``batch``: ``{"obs": {image_key: float [B, 3, H, W] in [0, 1] at the store's size}, "instruction":
+    [B strings]}``, plus ``"action": [B, k_g, D]`` normalized to [-1, 1] (q99) when training.
+    ``loss(batch) -> (loss tensor, metrics dict)``; ``generate(batch) -> GeneralistOutput`` (free-running,
+    deterministic, in eval mode); ``robodual_config()``: the JSON a checkpoint's ``model_config.json`` holds
+    (``family``: the registered family name, ``model``, ``action_dim``).
+
+    ``k_g``, ``action_dim``, ``hidden_size`` (H of the latents) and ``image_key`` (the camera it reads; by
+    default ``self.cfg.image_key``) size the cache; ``task_token_count(instruction)`` is the number of task
+    latent tokens ``generate`` returns for it (the cache's ``Nt`` is the largest over a store's instructions).
     """
 
     k_g: int
+    action_dim: int
+    hidden_size: int
+
+    @property
+    def image_key(self) -> str:
+        return self.__dict__.get("_image_key") or self.cfg.image_key  # type: ignore[attr-defined]
+
+    @image_key.setter
+    def image_key(self, value: str) -> None:
+        self.__dict__["_image_key"] = value
 
     @abstractmethod
     def loss(self, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]: ...
 
     @abstractmethod
     def generate(self, batch: dict[str, Any]) -> GeneralistOutput: ...
+
+    @abstractmethod
+    def task_token_count(self, instruction: str) -> int: ...
+
+    @abstractmethod
+    def robodual_config(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class GeneralistFamily(Protocol):
+    """One kind of generalist, as a plugin registers it: ``registry.register(name, "pkg.mod:FAMILY")`` in
+    ``robodual_register_generalists``, the target an object with these members (its ``name`` is the
+    registered name, and the ``family`` its models write into ``model_config.json``).
+
+    ``train_config(path, overrides, prior)``: the typed config of ``robodual train generalist`` for this
+    family from a ``--config`` file, ``--set`` overrides and ``prior`` (a resumed run's saved config, else
+    ``{}``); it has ``model`` (with ``image_key`` and ``k_g``), ``data`` (``val_ratio``, ``split_seed``) and
+    ``trainer`` (:class:`robodual_core.training.TrainerConfig`). ``build(model_cfg, action_dim)``: a fresh
+    trainable :class:`Generalist`. ``from_checkpoint(path, device)``: a trained one (a run folder, a checkpoint
+    folder, or a model folder it ``recognizes``), in eval mode. ``load_runner(path, **options)``: what the
+    runtime drives (``predict``, ``predict_batch``, ``actions_to_env``, ``k_g``, ``image_key``; options
+    ``device``, ``pooling``, ``latent_dtype``); :class:`robodual_core.runtime.runners.GeneralistModelRunner`
+    serves any :class:`Generalist`. ``recognizes(path)``: True for a standalone model folder of this family
+    that is not a robodual checkpoint (a merged export); False when it has none. ``merge``: ``merge(run, out)
+    -> folder`` writing a standalone model folder (LoRA merged), or ``None`` when the family has none.
+    """
+
+    name: str
+    merge: Callable[[Path, Path], Path] | None
+
+    def train_config(self, path: Path | None, overrides: list[str], prior: dict[str, Any]) -> Any: ...
+
+    def build(self, cfg: Any, action_dim: int) -> Generalist: ...
+
+    def from_checkpoint(self, path: str | Path, device: Any = "cpu") -> Generalist: ...
+
+    def load_runner(self, path: str | Path, **options: Any) -> Any: ...
+
+    def recognizes(self, path: Path) -> bool: ...
+
+
+@runtime_checkable
+class SpecialistFamily(Protocol):
+    """What a ``specialists`` registry entry provides: ``load_runner(checkpoint)`` (a classmethod of the
+    specialist's class is one), returning a :class:`robodual_core.runtime.protocols.SpecialistRunner`."""
+
+    def load_runner(self, path: str | Path, **options: Any) -> Any: ...
 
 
 class Specialist(ABC):

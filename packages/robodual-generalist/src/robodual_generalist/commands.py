@@ -12,6 +12,9 @@ from typing import Any
 import typer
 
 from robodual_core.errors import RobodualError
+from robodual_generalist.families import resolve_train_config
+
+__all__ = ["bench_generalist", "cache", "merge", "resolve_train_config", "select_family", "train_generalist"]
 
 
 def _console(stderr: bool = True) -> Any:
@@ -36,39 +39,47 @@ def _clear_run_dir(out: Path) -> None:
     shutil.rmtree(out)
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 # -- train -----------------------------------------------------------------------------------------
-def resolve_train_config(config: Path | None, sets: list[str], base: str | None, steps: int | None,
-                         saved: Path | None = None) -> Any:
-    """Defaults (+ tiny defaults when the base is tiny) < saved run config < --config < --set/--base/--steps."""
-    from robodual_core.config import load_config, read_config_file
-    from robodual_generalist.config import TINY_TRAIN_DEFAULTS, GeneralistTrainConfig, stored_model_config
+def _requested(config: Path | None, overrides: list[str], prior: dict[str, Any], key: str, default: str) -> str:
+    """``model.<key>`` as the run would resolve it (prior < --config < --set), read before any family's typed
+    config exists: the family (and so the config class) depends on it."""
+    from robodual_core.config import parse_override, read_config_file
 
-    overrides = list(sets)
-    if base is not None:
-        overrides.append(f"model.base={base}")
-    if steps is not None:
-        overrides.append(f"trainer.steps={steps}")
-    prior = read_config_file(saved) if saved is not None and saved.is_file() else {}
-    prior.pop("dataset", None)
-    if isinstance(prior.get("model"), dict):
-        prior["model"] = stored_model_config(prior["model"])
-    probe = load_config(GeneralistTrainConfig, config, overrides, base=prior)
-    start = _deep_merge(TINY_TRAIN_DEFAULTS, prior) if probe.model.base == "tiny" else prior
-    return load_config(GeneralistTrainConfig, config, overrides, base=start)
+    model = prior.get("model")
+    value = model.get(key, default) if isinstance(model, dict) else default
+    if config is not None:
+        model = read_config_file(config).get("model")
+        if isinstance(model, dict) and key in model:
+            value = model[key]
+    for item in overrides:
+        k, v = parse_override(item)
+        if k == f"model.{key}":
+            value = v
+    return str(value)
+
+
+def select_family(config: Path | None, overrides: list[str], prior: dict[str, Any]) -> tuple[str, Any]:
+    """``(name, GeneralistFamily)`` that ``model.family`` names (``auto``: openvla or hf_vlm by ``model.base``)."""
+    from robodual_core.errors import RegistryError
+    from robodual_core.families import generalist_family
+    from robodual_core.plugins import registry
+    from robodual_generalist.families import resolve_family
+
+    name = _requested(config, overrides, prior, "family", "auto")
+    if name == "auto":
+        name = resolve_family(_requested(config, overrides, prior, "base", "tiny"))
+    if name not in registry("generalists"):
+        raise RegistryError(f"config key 'model.family' is {name!r}; expected auto or a registered generalist "
+                            f"family: {', '.join(registry('generalists').names())}")
+    return name, generalist_family(name)
 
 
 def train_generalist(
     dataset: Path = typer.Option(..., "--dataset", help="robodual Zarr store to train on."),
     out: Path = typer.Option(..., "--out", help="Run folder (config.json, metrics.jsonl, checkpoints/)."),
     config: Path | None = typer.Option(None, "--config", help="YAML/TOML/JSON config (model/data/trainer)."),
-    sets: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. trainer.lr=1e-4 (repeatable)."),
+    sets: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. trainer.lr=1e-4 (repeatable); "
+                                   "model.family=NAME trains any registered generalist family."),
     base: str | None = typer.Option(None, "--base", help="'tiny' (CPU demo model), a local OpenVLA-format folder "
                                     "or a local Hugging Face VLM folder (AutoModelForImageTextToText)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (trainer.steps)."),
@@ -76,35 +87,40 @@ def train_generalist(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start again."),
     seed: int | None = typer.Option(None, "--seed", help="Trainer seed (trainer.seed)."),
 ) -> None:
-    """Fine-tune the generalist (OpenVLA-style action-chunk tokens; LoRA on a base, full training on 'tiny').
+    """Train a generalist of any registered family (default: OpenVLA-style action-chunk tokens; LoRA on a base,
+    full training on 'tiny').
 
     With '--base tiny' the tiny defaults apply (full training, lr 1e-3, 300 steps) under --config/--set.
+    '--set model.family=NAME' selects another registered family (`robodual plugins list`), with its own config.
     """
-    from robodual_core.config import dump_config, to_dict
+    from robodual_core.config import dump_config, read_config_file, to_dict
     from robodual_core.data import WindowDataset
     from robodual_core.training import Trainer, init_distributed, seed_everything
-    from robodual_generalist.families import build_generalist
+    from robodual_generalist.families import train_overrides
 
     if resume and overwrite:
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
     if overwrite:
         _clear_run_dir(out)
-    if seed is not None:
-        sets = [*sets, f"trainer.seed={seed}"]
-    cfg = resolve_train_config(config, sets, base, steps, saved=out / "config.json" if resume else None)
+    overrides = train_overrides(sets, base, steps, seed)
+    saved = out / "config.json"
+    prior = read_config_file(saved) if resume and saved.is_file() else {}
+    prior.pop("dataset", None)
+    name, family = select_family(config, overrides, prior)
+    cfg = family.train_config(config, overrides, prior)
     init_distributed()
     m = cfg.model
     ds = WindowDataset(dataset, obs_keys=[m.image_key], horizon=m.k_g, k_g=m.k_g, image_size=None, split="train",
                        val_ratio=cfg.data.val_ratio, seed=cfg.data.split_seed, normalization={"action": "q99"},
                        augment_tau=False)
     seed_everything(cfg.trainer.seed)  # the model's fresh weights (LoRA adapters, a tiny base) follow the seed too
-    model = build_generalist(m, action_dim=ds.action_dim)
+    model = family.build(m, action_dim=ds.action_dim)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
     dump_config({"dataset": str(dataset), **to_dict(cfg)}, out / "config.json")
-    family = model.robodual_config()["family"]
-    _console().print(f"generalist: family={family} base={m.base} lora={m.lora} params={n_all / 1e6:.2f}M "
+    where = f" base={m.base} lora={m.lora}" if name in ("openvla", "hf_vlm") else ""
+    _console().print(f"generalist: family={name}{where} params={n_all / 1e6:.2f}M "
                      f"trainable={n_train / 1e6:.2f}M samples={len(ds)} action_dim={ds.action_dim}")
     trainer = Trainer(model, ds, cfg.trainer, out,
                       extra_json={"normalizer": ds.normalizer.to_dict(),
@@ -118,11 +134,12 @@ def train_generalist(
 # -- merge -----------------------------------------------------------------------------------------
 def merge(
     run: Path = typer.Argument(..., help="Generalist run folder or checkpoint folder."),
-    out: Path = typer.Option(..., "--out", help="Output OpenVLA-format folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder: the family's standalone format (OpenVLA format "
+                             "for openvla, the Hugging Face layout for hf_vlm)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    """Merge LoRA adapters into the base weights and write a standalone folder (OpenVLA format for the native
-    family, the Hugging Face layout for hf_vlm)."""
+    """Merge LoRA adapters into the base weights and write a standalone folder in the run's family's format
+    (OpenVLA format for openvla, the Hugging Face layout for hf_vlm; a family without merge says so)."""
     from robodual_generalist.export import export_merged
 
     if out.exists() and not overwrite:
@@ -144,8 +161,9 @@ def cache(
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute a complete cache."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
 ) -> None:
-    """Run the generalist (free-running) on every step of a store and cache its outputs in the store."""
-    from robodual_generalist.caching import build_cache
+    """Run the generalist (free-running, any registered family) on every step of a store and cache its outputs
+    in the store."""
+    from robodual_core.data.generalist_cache import build_cache
 
     summary = build_cache(policy, dataset, batch_size=batch_size, dtype=dtype, pooling=pooling, device=device,
                           overwrite=overwrite)
@@ -167,9 +185,12 @@ def bench_generalist(
     train_steps: int = typer.Option(40, "--train-steps", min=0, help="Timed specialist training steps of each trainer in "
                                     "the cache vs online comparison, taken in turn (0 skips it)."),
     compile: bool = typer.Option(False, "--compile", help="Also compare with trainer.compile (slower bench)."),
+    size: str = typer.Option("tiny", "--size", help="tiny, or 7b: an OpenVLA-7B-sized generalist (random weights, "
+                             "bf16; decoding figures only, with the card's memory floor on CUDA)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report on stdout."),
 ) -> None:
-    """Tiny generalist: chunk latency and action tokens/s (batch 1 and 8, KV cache on/off); specialist training
+    """Generalist decoding: chunk and single-action latency, ms/token and tokens/s at batch 1 and 8 for the static
+    (graph-captured on CUDA), dynamic and no-cache decodings; with the tiny generalist also specialist training
     steps/s with the generalist cache vs the generalist online."""
     import torch
 
@@ -178,7 +199,8 @@ def bench_generalist(
     if threads is not None:
         torch.set_num_threads(threads)
 
-    report = run_bench(out, repeats=repeats, device=device, train_steps=train_steps, compile=compile)
+    report = run_bench(out, repeats=repeats, device=device, train_steps=train_steps, compile=compile,
+                       model_size=size)
     if json_out:
         print(json.dumps(report))
         return

@@ -28,19 +28,36 @@ def _normalizer_dict(run: Path) -> dict[str, Any] | None:
 
 
 def export_merged(run: str | Path, out: str | Path) -> Path:
-    from robodual_generalist.families import family_of, load_generalist
-    from robodual_generalist.hf_vlm import is_merged_dir
-    from robodual_generalist.prismatic import is_openvla_dir, save_openvla
+    """``robodual generalist merge``: the run's family writes its standalone folder (any registered family that
+    has a ``merge``)."""
+    from robodual_core.families import generalist_family_of
 
     run, out = Path(run), Path(out)
-    if is_openvla_dir(run) or is_merged_dir(run):
+    name, family = generalist_family_of(run)
+    if family.recognizes(run):
         raise RobodualError(f"'{run}' is already a merged model folder (nothing to merge); pass a generalist "
                             "run or checkpoint folder")
-    family = family_of(run)
-    model = load_generalist(run)
+    if family.merge is None:
+        raise RobodualError(f"generalist family '{name}' has no merge: its checkpoints are its model (load "
+                            f"'{run}' as it is)")
+    return family.merge(run, out)
+
+
+def merge_hf_vlm(run: str | Path, out: str | Path) -> Path:
+    """An ``hf_vlm`` run -> a Hugging Face folder (LoRA merged, processor, robodual fields, normalizer)."""
+    from robodual_generalist.hf_vlm import HFVLMGeneralist
+
+    return HFVLMGeneralist.from_checkpoint(run).save_merged(Path(out), _normalizer_dict(Path(run)))
+
+
+def merge_openvla(run: str | Path, out: str | Path) -> Path:
+    """An ``openvla`` run -> an OpenVLA-format folder (LoRA merged)."""
+    from robodual_generalist.model import VLAGeneralist
+    from robodual_generalist.prismatic import save_openvla
+
+    run, out = Path(run), Path(out)
+    model = VLAGeneralist.from_checkpoint(run)
     normalizer = _normalizer_dict(run)
-    if family == "hf_vlm":
-        return model.save_merged(out, normalizer)
     model.merge_lora()
     config = dict(model.vla.config)
     gen_cfg = to_dict(model.cfg)

@@ -7,9 +7,10 @@ from robodual_core.hookspecs import hookimpl
 
 @hookimpl
 def robodual_register_generalists(registry):
-    registry.register("openvla", "robodual_generalist.model:VLAGeneralist",
+    # GeneralistFamily objects (robodual_core.interfaces): train, cache, merge and run through the registry
+    registry.register("openvla", "robodual_generalist.families:OPENVLA",
                       "OpenVLA / Prismatic (DINOv2+SigLIP, LLaMA) with action-chunk tokens; native loading, LoRA")
-    registry.register("hf_vlm", "robodual_generalist.hf_vlm:HFVLMGeneralist",
+    registry.register("hf_vlm", "robodual_generalist.families:HF_VLM",
                       "any local Hugging Face VLM (AutoModelForImageTextToText + its processor) with action tokens")
 
 

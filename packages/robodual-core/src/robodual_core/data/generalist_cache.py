@@ -20,6 +20,11 @@ rows before it are final) is advanced after each block, so an interrupted run re
 training checkpoint's ``model_config.json`` and the weights inference loads (``ema.safetensors`` when
 present, else ``model.safetensors``), or every file of a model folder (OpenVLA format or a merged generalist:
 config, weights, tokenizer and processor files).
+
+:func:`build_cache` is ``robodual generalist cache`` for any registered generalist family: it loads the
+model through its :class:`~robodual_core.interfaces.GeneralistFamily` and only calls the
+:class:`~robodual_core.interfaces.Generalist` contract (``generate``, ``task_token_count``, ``k_g``,
+``action_dim``, ``hidden_size``, ``image_key``).
 """
 
 from __future__ import annotations
@@ -213,3 +218,158 @@ class GeneralistCache:
 def open_cache_for(store_path: str | Path, checkpoint_path: str | Path, in_memory: bool | None = None) -> GeneralistCache:
     """The cache of ``checkpoint_path`` inside ``store_path`` (hashing the checkpoint's files)."""
     return GeneralistCache(store_path, checkpoint_hash(checkpoint_path), in_memory=in_memory)
+
+
+def pool_output(out: Any, pooling: str, k_g: int) -> Any:
+    """Shrink a :class:`~robodual_core.interfaces.GeneralistOutput`'s latents (the cache's and the runtime's
+    pooling: what the specialist trained on): ``step`` averages each time step's action tokens, ``mean``
+    averages the valid task tokens and the action tokens into one token each."""
+    import torch
+
+    from robodual_core.interfaces import GeneralistOutput
+
+    if pooling == "none":
+        return out
+    b, na, h = out.action_latents.shape
+    if pooling == "step":
+        if na % k_g:
+            raise RobodualError(f"pooling 'step' needs a multiple of k_g={k_g} action latent tokens, found {na}")
+        act = out.action_latents.reshape(b, k_g, na // k_g, h).mean(2)
+        return GeneralistOutput(out.actions, out.task_latents, act, out.task_mask,
+                                torch.ones((b, k_g), dtype=torch.bool, device=act.device))
+    if pooling == "mean":
+        m = out.task_mask.unsqueeze(-1).float()
+        task = (out.task_latents * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+        act = out.action_latents.mean(1, keepdim=True)
+        ones = torch.ones((b, 1), dtype=torch.bool, device=act.device)
+        return GeneralistOutput(out.actions, task, act, ones, ones.clone())
+    raise RobodualError(f"--pooling is {pooling!r}; expected one of {', '.join(POOLINGS)}")
+
+
+def pad_tokens(x: Any, n: int, where: str = "") -> Any:
+    """``x [B, N, ...]`` padded with zeros to ``n`` tokens; more than ``n`` is an error (never cut silently)."""
+    import torch
+
+    if x.shape[1] > n:
+        raise RobodualError(f"the generalist gave {x.shape[1]} task tokens{where}, more than the {n} its "
+                            "task_token_count() announced for the cache's width; its tokens depend on more than the "
+                            "instruction (an image-dependent processor?)")
+    if x.shape[1] == n:
+        return x
+    pad = x.new_zeros((x.shape[0], n - x.shape[1], *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+def load_images(arr: Any, start: int, end: int) -> Any:
+    """``data/<key>[start:end]`` uint8 HWC -> float ``[n, 3, H, W]`` in [0, 1] (as WindowDataset gives)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(arr[start:end]))
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _check_output(out: Any, n: int, k_g: int, d: int, hidden: int, where: str) -> None:
+    """A generalist's ``generate`` output against the contract (one line naming what differs)."""
+    def shape(name: str) -> tuple[int, ...]:
+        return tuple(getattr(out, name).shape)
+
+    problems = []
+    if shape("actions") != (n, k_g, d):
+        problems.append(f"actions {list(shape('actions'))}, expected {[n, k_g, d]}")
+    for kind in ("task", "action"):
+        lat, mask = shape(f"{kind}_latents"), shape(f"{kind}_mask")
+        if len(lat) != 3 or lat[0] != n or lat[2] != hidden:
+            problems.append(f"{kind}_latents {list(lat)}, expected [{n}, N, {hidden}] (hidden_size {hidden})")
+        elif mask != lat[:2]:
+            problems.append(f"{kind}_mask {list(mask)}, expected {list(lat[:2])}")
+    if problems:
+        raise RobodualError(f"generalist '{where}' breaks the GeneralistOutput contract: {'; '.join(problems)}")
+
+
+def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, dtype: str = "float16",
+                pooling: str = "none", device: str = "auto", overwrite: bool = False,
+                show_progress: bool = True) -> dict[str, Any]:
+    """Run the generalist at ``policy`` (any registered family) free-running on every step of ``dataset`` and
+    write its outputs to ``generalist/<hash>`` (resumable; the number of action tokens is the model's first
+    output's); returns a summary."""
+    import torch
+
+    from robodual_core.checkpoint import pin_checkpoint
+    from robodual_core.data import open_dataset
+    from robodual_core.families import generalist_family_of
+    from robodual_core.progress import progress_bar
+    from robodual_core.training import resolve_device
+
+    if pooling not in POOLINGS:
+        raise RobodualError(f"--pooling is {pooling!r}; expected one of {', '.join(POOLINGS)}")
+    if batch_size < 1:
+        raise RobodualError(f"--batch-size must be >= 1, found {batch_size}")
+    dataset = Path(dataset)
+    ds = open_dataset(dataset)
+    if ds.num_steps < 1:
+        raise RobodualError(f"dataset '{dataset}' has no steps to cache")
+    # one fixed folder is loaded, hashed and recorded (a run folder's latest checkpoint could change in between)
+    policy = pin_checkpoint(policy)
+    _, family = generalist_family_of(policy)
+    model = family.from_checkpoint(policy, device=resolve_device(device))
+    key = model.image_key
+    if key not in ds.keys:
+        raise RobodualError(f"generalist '{policy}' reads key '{key}', which dataset '{dataset}' lacks; keys: "
+                            f"{', '.join(ds.keys)}")
+    arr = ds.array(key)
+    dim = int(np.prod(ds.array("action").shape[1:]))
+    if dim != model.action_dim:
+        raise RobodualError(f"generalist '{policy}' predicts {model.action_dim}-dim actions but dataset "
+                            f"'{dataset}' has action dim {dim}")
+    model_device = next(iter(model.parameters()), torch.empty(0)).device
+    h = checkpoint_hash(policy)
+    k_g, d, hidden = model.k_g, model.action_dim, int(model.hidden_size)
+    n_task = max(model.task_token_count(s) for s in set(ds.instructions))
+
+    def writer_for(num_action_tokens: int) -> GeneralistCacheWriter:
+        return GeneralistCacheWriter(dataset, h, ds.num_steps, k_g, d, 1 if pooling == "mean" else n_task,
+                                     num_action_tokens, hidden, dtype=dtype, pooling=pooling, overwrite=overwrite,
+                                     source=str(policy))
+
+    writer = None
+    if not overwrite and h in list_caches(dataset):  # resume (or reuse) it with the shapes it was made with
+        group = _open_root(dataset, "r")[GROUP][h]
+        writer = writer_for(int(group["action_latents"].shape[1]) if "action_latents" in group else 0)
+    if writer is None or not writer.complete:
+        done = writer.done_until if writer is not None else 0
+        ep_of_step = np.searchsorted(ds.episode_ends, np.arange(ds.num_steps), side="right")
+        instructions = ds.instructions
+        block = -(-batch_size // ROWS_PER_CHUNK) * ROWS_PER_CHUNK  # whole zarr chunks per write
+        with progress_bar(show_progress) as progress:
+            task = progress.add_task(f"caching generalist {h}", total=ds.num_steps, completed=done)
+            for start in range(done, ds.num_steps, block):
+                end = min(ds.num_steps, start + block)
+                images = load_images(arr, start, end).to(model_device)
+                rows: dict[str, list[np.ndarray]] = {}
+                for s in range(0, end - start, batch_size):
+                    sl = slice(s, min(end - start, s + batch_size))
+                    batch = {"obs": {key: images[sl]},
+                             "instruction": [instructions[e] for e in ep_of_step[start + sl.start:start + sl.stop]]}
+                    with torch.no_grad():
+                        out = pool_output(model.generate(batch), pooling, k_g)
+                    _check_output(out, sl.stop - sl.start, k_g, d, hidden, str(policy))
+                    where = f" at steps {start + sl.start}-{start + sl.stop - 1} of '{dataset}'"
+                    parts = {"actions": out.actions, "task_latents": out.task_latents,
+                             "action_latents": out.action_latents, "task_mask": out.task_mask,
+                             "action_mask": out.action_mask}
+                    if pooling != "mean":
+                        parts["task_latents"] = pad_tokens(out.task_latents, n_task, where)
+                        parts["task_mask"] = pad_tokens(out.task_mask, n_task, where)
+                    for name, value in parts.items():
+                        rows.setdefault(name, []).append(value.detach().cpu().numpy())
+                if writer is None:
+                    writer = writer_for(int(rows["action_latents"][0].shape[1]))
+                writer.write(start, {k: np.concatenate(v) for k, v in rows.items()})
+                progress.update(task, completed=end)
+        writer.finalize()
+    attrs = dict(writer.group.attrs)
+    group_dir = dataset / GROUP / h
+    on_disk = sum(f.stat().st_size for f in group_dir.rglob("*") if f.is_file()) if group_dir.is_dir() else 0
+    return {"checkpoint_hash": h, "num_steps": ds.num_steps, "bytes_per_step": attrs.get("bytes_per_step", 0),
+            "bytes_uncompressed": attrs.get("bytes_uncompressed", 0), "bytes_on_disk": on_disk,
+            "dtype": attrs.get("dtype"), "pooling": attrs.get("pooling")}
