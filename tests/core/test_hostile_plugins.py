@@ -82,12 +82,13 @@ def one_line(text: str) -> str:
 
 
 # -- registry names: built-ins win --------------------------------------------------------------------
-BUILTIN_NAMES = [("sensors", "rgb_static", "sensors", "robodual_sensors.encoders:RGBStaticEncoder"),
-                 ("conditioners", "film", "specialist", "robodual_specialist.conditioners:FiLMConditioner"),
-                 ("specialists", "dit", "specialist", "robodual_specialist.model:DiTSpecialist"),
-                 ("generalists", "openvla", "generalist", "robodual_generalist.model:VLAGeneralist"),
-                 ("envs", "metaworld", "metaworld", "robodual_envs.metaworld.env:MetaWorldEnv"),
-                 ("dataset_converters", "calvin", "calvin", "robodual_envs.calvin.convert:CalvinConverter")]
+# (kind, built-in name, built-in plugin, module prefix of the built-in's lazy target)
+BUILTIN_NAMES = [("sensors", "rgb_static", "sensors", "robodual_sensors."),
+                 ("conditioners", "film", "specialist", "robodual_specialist."),
+                 ("specialists", "dit", "specialist", "robodual_specialist."),
+                 ("generalists", "openvla", "generalist", "robodual_generalist."),
+                 ("envs", "metaworld", "metaworld", "robodual_envs.metaworld."),
+                 ("dataset_converters", "calvin", "calvin", "robodual_envs.calvin.")]
 
 
 @pytest.mark.parametrize("kind,name,owner,target", BUILTIN_NAMES, ids=[b[1] for b in BUILTIN_NAMES])
@@ -102,7 +103,7 @@ def test_third_party_cannot_take_a_builtin_name(site, kind, name, owner, target)
             registry.register("{name}", Impostor, "takes over the built-in")
     """)
     reg = get_plugin_manager().registry(kind)
-    assert reg.entry(name).plugin == owner and reg.entry(name).target == target
+    assert reg.entry(name).plugin == owner and reg.entry(name).target.startswith(target)  # still the lazy string
     assert "evil_extra" not in reg  # the refused hook registers nothing (all or nothing)
     all_infos = infos()
     assert all_infos[owner].status == "ok", all_infos[owner].error
