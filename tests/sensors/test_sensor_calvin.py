@@ -1,12 +1,10 @@
-"""All five image sensors encode real CALVIN frames (the shared 48-frame sample, converted to Zarr)."""
+"""All five image sensors encode real CALVIN frames (the repository's real CALVIN sample, converted to Zarr)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from sensor_helpers import SMALL_VIT
 from torch.utils.data import DataLoader
@@ -14,11 +12,10 @@ from torch.utils.data import DataLoader
 from robodual_core.plugins import registry
 from robodual_sensors.encoders import resize_frames
 
-SAMPLE = Path(os.environ.get("ROBODUAL_CALVIN_SAMPLE", Path(__file__).resolve().parents[3] / "shared/calvin/sample_raw"))
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "calvin_sample"  # real raw CALVIN frames, in the repository
 KEYS = ["rgb_static", "rgb_gripper", "depth_static", "depth_gripper", "tactile"]
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"shared CALVIN sample not found at {SAMPLE}")
 def test_encode_converted_calvin_frames(tmp_path):
     from robodual_core.data import WindowDataset, open_dataset
 
