@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         out_file: Path = typer.Option(Path("bench_out/runtime.json"), "--out", help="JSON report path."),
     ) -> None:
         """Async and sync control rate with a generalist k times slower than the specialist, vs the specialist alone."""
+        from robodual_cli.commands.eval_offline import check_min, check_policy_dir, observation_keys
         from robodual_core.bench import write_report
         from robodual_core.checkpoint import resolve_checkpoint
         from robodual_core.data import open_dataset
@@ -69,13 +70,22 @@ def register(app: typer.Typer) -> None:
             measure_rate,
         )
 
+        check_min("--steps", steps, 1, "a number of control steps")
+        check_policy_dir("--policy", policy)
+        try:
+            ks = [int(x) for x in factors.split(",") if x.strip()]
+        except ValueError:
+            ks = []
+        if not ks or min(ks) < 1:
+            raise RobodualError(f"--factors: expected comma-separated whole numbers >= 1 like '1,4,10', found "
+                                f"'{factors}'")
         ckpt = resolve_checkpoint(policy)
         if not (ckpt / "generalist.json").is_file():
             raise RobodualError(f"'{policy}' was trained without a generalist; bench runtime needs a dual-system run")
         specialist = load_runner("specialist", ckpt)
         generalist = generalist_for_specialist(ckpt)
         ds = open_dataset(dataset)
-        keys = ds.observation_keys
+        keys = observation_keys(ds, SpecialistOnlyPolicy(specialist))
         ep = ds.episode(0, keys)
         obs = {k: v[0] for k, v in ep.items()}
         instruction = ds.instructions[0]
@@ -96,7 +106,7 @@ def register(app: typer.Typer) -> None:
                    "specialist_only_hz": spec_rate, "specialist_without_generalist_tokens_hz": unconditioned,
                    "factors": {}}
         remote = generalist_for_specialist(ckpt, process=True)  # what load_policy uses in async mode
-        for k in [int(x) for x in factors.split(",") if x.strip()]:
+        for k in ks:
             row = {}
             for mode, runner in (("async", remote), ("async_thread", generalist), ("sync", generalist)):
                 pol = DualSystemPolicy(SlowedGeneralist(runner, k * spec_s), specialist, mode=mode.split("_")[0])

@@ -18,6 +18,48 @@ from robodual_cli.console import err, out
 from robodual_core.cli_groups import group
 from robodual_core.errors import RobodualError
 
+KINDS = ("auto", "dual", "specialist", "generalist")
+MODES = ("sync", "async")
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RobodualError(f"{flag}: expected one of {', '.join(choices)}, found '{value}'")
+
+
+def check_min(flag: str, value: float, low: float, what: str = "") -> None:
+    if not value >= low:
+        raise RobodualError(f"{flag}: expected {what or 'a number'} >= {low:g}, found {value}")
+
+
+def check_policy_dir(flag: str, path: Path) -> None:
+    if not Path(path).is_dir():
+        raise RobodualError(f"{flag}: '{path}' is not a folder; expected a training run folder (with checkpoints/) "
+                            "or a checkpoint folder")
+
+
+def observation_keys(ds, policy=None) -> list[str]:
+    """The store keys to feed a policy as observations.
+
+    The keys of the policy's ``observation_spec`` (what it was trained on) when it declares one, each of which
+    must be in the store; otherwise every store key but the actions (``NON_OBSERVATION_KEYS`` and keys of
+    modality ``action``).
+    """
+    from robodual_core.data.store import NON_OBSERVATION_KEYS
+
+    spec = list(getattr(policy, "observation_spec", None) or {})
+    if spec:
+        missing = [k for k in spec if k not in ds.keys]
+        if missing:
+            raise RobodualError(f"dataset '{ds.path}' lacks the observation key(s) {', '.join(missing)} the policy "
+                                f"needs; found keys: {', '.join(ds.keys) or '(none)'}")
+        return spec
+    modalities = ds.modalities
+    keys = [k for k in ds.keys if k not in NON_OBSERVATION_KEYS and modalities.get(k) != "action"]
+    if not keys:
+        raise RobodualError(f"dataset '{ds.path}' has no observation keys; found keys: {', '.join(ds.keys) or '(none)'}")
+    return keys
+
 
 def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_episodes: int, val_ratio: float,
                  seed: int, out_dir: Path) -> dict:
@@ -36,7 +78,7 @@ def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_ep
     if len(episodes) == 0:
         raise RobodualError(f"split '{split}' of '{dataset}' has no episodes (val_ratio={val_ratio})")
     policy = load_policy(policy_path, kind=kind)
-    obs_keys = ds.observation_keys
+    obs_keys = observation_keys(ds, policy)
     preds, truths, first = [], [], None
     t0 = time.perf_counter()
     with Progress(console=err) as bar:
@@ -108,8 +150,13 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
     ) -> None:
         """Action error (L1/MSE per dimension, gripper accuracy) on held-out episodes, with a plot."""
-        if split not in ("train", "val", "all"):
-            raise RobodualError(f"--split must be train, val or all, found '{split}'")
+        check_choice("--split", split, ("train", "val", "all"))
+        check_choice("--kind", kind, KINDS)
+        check_min("--max-episodes", max_episodes, 1, "a number of episodes")
+        if not 0.0 <= val_ratio < 1.0:
+            raise RobodualError(f"--val-ratio: expected a share of episodes in [0, 1) (as in training), found "
+                                f"{val_ratio}")
+        check_policy_dir("--policy", policy)
         target = out_dir or Path(policy) / "eval" / "offline"
         result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target)
         if json_out:

@@ -84,14 +84,26 @@ def register(app: typer.Typer) -> None:
         """Round-trip latency and control rate over loopback vs the in-process policy, in one run."""
         import numpy as np
 
+        from robodual_cli.commands.eval_offline import (
+            KINDS,
+            MODES,
+            check_choice,
+            check_min,
+            check_policy_dir,
+            observation_keys,
+        )
         from robodual_core.bench import write_report
         from robodual_core.client import RemotePolicy
         from robodual_core.data import open_dataset
         from robodual_core.serve import PolicyServer, policy_metadata
 
+        check_min("--steps", steps, 1, "a number of control steps")
+        check_choice("--mode", mode, MODES)
+        check_choice("--kind", kind, KINDS)
+        check_policy_dir("--policy", policy)
         base = _load(policy, kind, mode)
         ds = open_dataset(dataset)
-        keys = list(base.observation_spec) or ds.observation_keys
+        keys = observation_keys(ds, base)
         ep = ds.episode(0, keys)
         frames = [{k: np.ascontiguousarray(v[t]) for k, v in ep.items()} for t in range(len(next(iter(ep.values()))))]
         instruction = ds.instructions[0]
