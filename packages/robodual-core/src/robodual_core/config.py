@@ -6,7 +6,8 @@ naming the key and the accepted ones. Numeric keys declare their range where the
 (``__config_checks__ = (Check("hidden", "a multiple of heads ({heads})", lambda c: ...),)``); both are checked
 in one place, :func:`check_config`, whenever a config is loaded, naming the key, the range and the value.
 Float keys must be finite (nan/inf are refused) whether or not they declare a range.
-``dump_config`` writes the resolved config beside a run.
+A dataclass with ``__config_shorthand__ = "field"`` also accepts a bare string for the whole entry, standing
+for that one field (a sensor list ``[rgb_static, force_torque]``). ``dump_config`` writes the resolved config beside a run.
 """
 
 from __future__ import annotations
@@ -194,8 +195,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, str):
             value = _parse_scalar(value)
+        short = getattr(tp, "__config_shorthand__", None)  # a bare string stands for that one field
+        if short and isinstance(value, str):
+            value = {short: value}
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' expects a mapping for {tp.__name__}, found {value!r}")
+            alt = f" or a {short} string" if short else ""
+            raise ConfigError(f"config key '{key}' expects a mapping for {tp.__name__}{alt}, found {value!r}")
         return _build(tp, value, prefix=key + ".")
     origin = typing.get_origin(tp)
     if origin in (list, tuple):

@@ -15,7 +15,10 @@ from robodual_core.training import TrainerConfig
 
 @dataclass
 class SensorConfig:
-    """One sensor encoder, built through ``registry("sensors").get(name)(**options)``."""
+    """One sensor encoder, built through ``registry("sensors").get(name)(**options)``. In a config file a bare
+    name is the short form of a sensor without options: ``sensors: [rgb_static, force_torque]``."""
+
+    __config_shorthand__ = "name"
 
     name: str = "rgb_static"
     options: dict[str, Any] = field(default_factory=dict)
