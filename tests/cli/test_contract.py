@@ -4,6 +4,7 @@ Meta-World store and tiny runs built once per session, exits 0 and writes what i
 
 ``test_every_documented_command_has_a_contract_test`` parses README.md, so a command documented later without a
 test here fails the suite. Commands covered elsewhere are listed in ``ELSEWHERE`` with the test that runs them.
+Tests on the session's store and runs are marked slow (``make test`` runs them; ``make test-fast`` skips them).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def world(tmp_path_factory) -> World:
 
 
 # -- the Meta-World workflow --------------------------------------------------------------------------
+@pytest.mark.slow
 @covers("dataset generate metaworld")
 def test_generate_metaworld(world):
     from robodual_core.data import open_dataset
@@ -134,6 +136,7 @@ def test_generate_metaworld(world):
     assert ds.attrs["generation"]["episode_seeds"] and "generator_progress" not in ds.attrs
 
 
+@pytest.mark.slow
 @covers("train generalist", "train specialist", "generalist cache")
 def test_trained_runs_and_cache(world):
     from robodual_core.data.generalist_cache import open_cache_for
@@ -151,6 +154,7 @@ def test_trained_runs_and_cache(world):
     assert metrics and all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
 
 
+@pytest.mark.slow
 @covers("generalist merge")
 def test_generalist_merge(world, tmp_path):
     cli("generalist", "merge", world.gen, "--out", tmp_path / "merged")
@@ -159,6 +163,7 @@ def test_generalist_merge(world, tmp_path):
     assert (tmp_path / "merged" / "config.json").is_file()
 
 
+@pytest.mark.slow
 @covers("eval offline")
 def test_eval_offline(world, tmp_path):
     result = cli("eval", "offline", "--policy", world.spec, "--dataset", world.store, "--split", "val",
@@ -170,6 +175,7 @@ def test_eval_offline(world, tmp_path):
     assert saved["steps"] == result["steps"] and (tmp_path / "offline" / "actions.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @covers("eval metaworld")
 def test_eval_metaworld(world, tmp_path):
     out = tmp_path / "mw"
@@ -182,6 +188,7 @@ def test_eval_metaworld(world, tmp_path):
     assert len(results["videos"]) == 1 and Path(results["videos"][0]).stat().st_size > 0
 
 
+@pytest.mark.slow
 @covers("serve")
 def test_serve_and_a_remote_client(world, tmp_path):
     from robodual_core.client import RemotePolicy
@@ -219,6 +226,7 @@ def test_serve_and_a_remote_client(world, tmp_path):
 
 
 # -- dataset commands -----------------------------------------------------------------------------------
+@pytest.mark.slow
 @covers("dataset info", "dataset stats", "dataset validate", "dataset view")
 def test_dataset_inspection(world, tmp_path):
     info = cli("dataset", "info", world.store, "--json").json()
@@ -232,6 +240,7 @@ def test_dataset_inspection(world, tmp_path):
     assert (tmp_path / "ep.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @covers("dataset split", "dataset merge", "dataset embed-language")
 def test_dataset_split_merge_embed(world, tmp_path):
     from robodual_core.data import open_dataset
@@ -251,6 +260,7 @@ def test_dataset_split_merge_embed(world, tmp_path):
     assert group.attrs["complete"] and group["embeddings"].shape[0] == len(set(merged.instructions))
 
 
+@pytest.mark.slow
 @covers("dataset convert calvin")
 def test_convert_calvin_validation_split(tmp_path):
     from robodual_core.data import open_dataset
@@ -263,6 +273,7 @@ def test_convert_calvin_validation_split(tmp_path):
     assert all(ds.instructions) and ds.array("rgb_static").shape[1:] == (32, 32, 3)
 
 
+@pytest.mark.slow
 @covers("dataset export", "dataset convert lerobot", "dataset export lerobot")
 def test_lerobot_export_and_convert_back(world, tmp_path):
     from robodual_core.data import open_dataset
@@ -284,6 +295,7 @@ def _report(path: Path, bench: str) -> dict:
     return report["results"]
 
 
+@pytest.mark.slow
 @covers("bench loader")
 def test_bench_loader(world, tmp_path):
     cli("bench", "loader", "--data", world.store, "--workers", "0", "--batch-size", "4", "--seconds", "0.2",
@@ -309,6 +321,7 @@ def test_bench_specialist(tmp_path):
     assert latency["control_step_ms"] > 0 and latency["gflop_per_step"] > 0
 
 
+@pytest.mark.slow
 @covers("bench generalist")
 def test_bench_generalist(tmp_path):
     cli("bench", "generalist", "--repeats", "1", "--train-steps", "0", "--threads", "1",
@@ -317,6 +330,7 @@ def test_bench_generalist(tmp_path):
     assert rows and all(r["chunk_latency_s"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 @covers("bench runtime")
 def test_bench_runtime(world, tmp_path):
     cli("bench", "runtime", "--policy", world.spec, "--dataset", world.store, "--steps", "3", "--factors", "1",
@@ -325,6 +339,7 @@ def test_bench_runtime(world, tmp_path):
     assert results["specialist_only_hz"] > 0 and results["factors"]["1"]["async_hz"] > 0
 
 
+@pytest.mark.slow
 @covers("bench serve")
 def test_bench_serve(world, tmp_path):
     cli("bench", "serve", "--policy", world.spec, "--dataset", world.store, "--steps", "3",
