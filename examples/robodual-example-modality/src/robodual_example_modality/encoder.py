@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robodual_core.data.preprocess import prepare_lowdim
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import SensorEncoder
 
@@ -33,11 +34,11 @@ class ForceTorqueEncoder(nn.Module, SensorEncoder):
 
     def preprocess(self, arrays: dict[str, np.ndarray] | np.ndarray, normalizer: Any = None,
                    device: Any = None) -> torch.Tensor:
-        """``[6]`` / ``[B, 6]`` / ``[B, T, 6]`` numpy (or a dict holding the key) -> float32 tensor with a batch dim."""
+        """``[6]`` / ``[B, 6]`` / ``[B, T, 6]`` numpy (or a dict holding the key) -> float32 tensor with a batch dim,
+        exactly what the training loader serves for the stored value (robodual_core.data.preprocess)."""
         arr = arrays[self.keys[0]] if isinstance(arrays, dict) else arrays
-        x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
-        if normalizer is not None and self.keys[0] in getattr(normalizer, "entries", {}):
-            x = normalizer.normalize(self.keys[0], x)
+        # the training loader's own path: normalized with the dataset's statistics when it has them
+        x = torch.from_numpy(prepare_lowdim(arr, self.keys[0], normalizer))
         x = x.unsqueeze(0) if x.dim() == 1 else x
         return x if device is None else x.to(device)
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robodual_core.data.preprocess import prepare_images
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import SensorEncoder
 from robodual_sensors.backbones import PatchTokens, build_dino, build_vit
@@ -145,26 +146,16 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
         if len(lead) > 2:
             raise RobodualError(f"sensor '{self.name}': '{key}' has shape {arr.shape}; expected one frame, "
                                 "[B, ...] or [B, T, ...]")
-        # The same steps, in the same order, as WindowDataset._image (bit-exact; tests compare them).
+        if self.modality == "depth" and normalizer is None:
+            raise RobodualError(f"sensor '{self.name}': preprocessing depth '{key}' needs the dataset "
+                                "normalizer (the checkpoint's normalizer.json, robodual_core.data.Normalizer)")
         x = np.asarray(arr).reshape(-1, *arr.shape[len(lead):])
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.shape[-1] != self.cfg.in_chans:
-            raise RobodualError(f"sensor '{self.name}': '{key}' has {x.shape[-1]} channels (shape {arr.shape}); "
+        channels = x.shape[-1] if x.ndim == 4 else 1
+        if channels != self.cfg.in_chans:
+            raise RobodualError(f"sensor '{self.name}': '{key}' has {channels} channels (shape {arr.shape}); "
                                 f"expected {self.cfg.in_chans}")
-        if self.modality == "depth":
-            if normalizer is None:
-                raise RobodualError(f"sensor '{self.name}': preprocessing depth '{key}' needs the dataset "
-                                    "normalizer (the checkpoint's normalizer.json, robodual_core.data.Normalizer)")
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
-            if key in normalizer.entries:
-                x = normalizer.normalize(key, x)
-        elif x.dtype == np.uint8:
-            x = np.multiply(x.transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
-        else:  # float frames are taken to be in [0, 1] already
-            x = x.transpose(0, 3, 1, 2).astype(np.float32)
-        frames = torch.from_numpy(np.ascontiguousarray(x))
-        frames = resize_frames(frames, self.cfg.hw, self.modality)
+        # the loader's own path (robodual_core.data.preprocess): training and control time see the same tensor
+        frames = prepare_images(x, key, self.modality, normalizer, self.cfg.hw)
         x = frames.reshape(*lead, *frames.shape[-3:])
         if not lead:
             x = x.unsqueeze(0)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from robodual_core.data.normalize import Normalizer
+from robodual_core.data.preprocess import prepare_images, prepare_lowdim
 from robodual_core.data.store import open_dataset
 from robodual_core.errors import RobodualError
 
@@ -151,36 +152,18 @@ class WindowDataset(Dataset):
         return np.stack(out)
 
     def _images(self, key: str, starts: np.ndarray, ts: np.ndarray) -> torch.Tensor:
-        """Images ``[B, C, H, W]`` (``[B, history + 1, C, H, W]`` with history) of steps ``ts``."""
+        """Images ``[B, C, H, W]`` (``[B, history + 1, C, H, W]`` with history) of steps ``ts``, through the one
+        preprocessing path sensors use at control time (:mod:`robodual_core.data.preprocess`)."""
         x = self._frames(key, starts, ts)
-        if x.ndim == 4:
-            x = x[..., None]
         B, h = x.shape[:2]
-        x = x.reshape(B * h, *x.shape[2:])  # [B(h+1), H, W, C]
-        # numpy, not torch, for the elementwise work: it stays single-threaded in the main process
-        if self.modalities[key] == "depth":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
-            if key in self.normalizer.entries:  # scalar depth statistics broadcast over every pixel
-                x = self.normalizer.normalize(key, x)
-            mode = "nearest"
-        else:
-            x = np.multiply(x.transpose(0, 3, 1, 2), np.float32(1 / 255), dtype=np.float32)
-            mode = "bilinear"
-        out = torch.from_numpy(np.ascontiguousarray(x))
-        if self.image_size and tuple(out.shape[-2:]) != (self.image_size, self.image_size):
-            kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
-            out = torch.nn.functional.interpolate(out, size=(self.image_size, self.image_size), mode=mode, **kwargs)
-            if mode == "bilinear":
-                out = out.clamp_(0.0, 1.0)
+        size = (self.image_size, self.image_size) if self.image_size else None
+        out = prepare_images(x.reshape(B * h, *x.shape[2:]), key, self.modalities[key], self.normalizer, size)
         out = out.reshape(B, h, *out.shape[1:])
         return out if self.history else out[:, 0]
 
     def _lowdim(self, key: str, steps: np.ndarray) -> torch.Tensor:
         """Normalized float32 values at ``steps`` (any shape), ``[*steps.shape, D...]``."""
-        x = np.asarray(self._array(key)[steps.reshape(-1)], dtype=np.float32)
-        if key in self.normalizer.entries:
-            x = self.normalizer.normalize(key, x)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = prepare_lowdim(self._array(key)[steps.reshape(-1)], key, self.normalizer)
         return torch.from_numpy(x.reshape(*steps.shape, *x.shape[1:]))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
