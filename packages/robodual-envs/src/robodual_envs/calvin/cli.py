@@ -87,12 +87,14 @@ def eval_command(
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
     if instructions is not None:
         protocol.Instructions.from_file(instructions, seed)
+    if simulator == "calvin" and dataset_config is not None:
+        from robodual_envs.calvin.env import check_dataset_config
+
+        check_dataset_config(dataset_config, tactile)
     check_policy(policy, kind)
     if simulator == "calvin":
-        from robodual_envs.calvin.env import check_dataset_config, import_calvin_env
+        from robodual_envs.calvin.env import import_calvin_env
 
-        if dataset_config is not None:
-            check_dataset_config(dataset_config, tactile)
         import_calvin_env()  # one line now rather than one per worker
         env_kwargs: dict[str, Any] = {"simulator": "calvin", "renderer": renderer, "tactile": tactile, "seed": seed,
                                       "dataset_config": str(dataset_config.resolve()) if dataset_config else None,
