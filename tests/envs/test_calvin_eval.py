@@ -231,6 +231,7 @@ def test_workers_cover_every_chain_exactly_once_and_write_videos(tmp_path):
     assert (out / "videos" / "chain_0000.mp4").stat().st_size > 1000
 
 
+@pytest.mark.hostile
 def test_hung_and_crashed_workers_are_retried_once_then_recorded(tmp_path):
     chains = protocol.chains(0, 6)
     anywhere = Counter(t for c in chains for t in set(c.subtasks))
@@ -250,6 +251,7 @@ def test_hung_and_crashed_workers_are_retried_once_then_recorded(tmp_path):
     assert len(report["errors"]) == 3 and report["avg_len"] == pytest.approx(5 * 3 / 6)
 
 
+@pytest.mark.hostile
 def test_worker_setup_failure_is_one_error(tmp_path):
     s = spec()
     s.policy_kwargs = {"no_such_option": 1}
@@ -257,6 +259,7 @@ def test_worker_setup_failure_is_one_error(tmp_path):
         evaluate(s, tmp_path / "eval", EvalOptions(chains=2, workers=1, progress=False))
 
 
+@pytest.mark.hostile
 def test_cli_without_calvin_env_says_how_to_install(tmp_path, capsys):
     try:
         import calvin_env  # noqa: F401
