@@ -269,12 +269,17 @@ def checkpoint_kind(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def load_model_state(ckpt_dir: str | Path, ema: bool = True) -> dict[str, Any]:
-    """Model weights of a checkpoint: the EMA weights when present and ``ema`` is true."""
+def weights_file(ckpt_dir: str | Path, ema: bool = True) -> Path:
+    """The weights file :func:`load_model_state` reads: ``ema.safetensors`` when present and ``ema``."""
     ckpt_dir = resolve_checkpoint(ckpt_dir)
     if ema and (ckpt_dir / "ema.safetensors").is_file():
-        return load_tensors(ckpt_dir / "ema.safetensors")
-    return load_tensors(ckpt_dir / "model.safetensors")
+        return ckpt_dir / "ema.safetensors"
+    return ckpt_dir / "model.safetensors"
+
+
+def load_model_state(ckpt_dir: str | Path, ema: bool = True) -> dict[str, Any]:
+    """Model weights of a checkpoint: the EMA weights when present and ``ema`` is true."""
+    return load_tensors(weights_file(ckpt_dir, ema))
 
 
 def read_json(ckpt_dir: str | Path, name: str, expect: type | None = None) -> Any:

@@ -364,7 +364,13 @@ class HFVLMGeneralist(nn.Module, Generalist):
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True
                         ) -> HFVLMGeneralist:
         """Rebuild from a run folder or a checkpoint folder written by the trainer."""
-        from robodual_core.checkpoint import load_model_state, read_json, resolve_checkpoint
+        from robodual_core.checkpoint import (
+            load_model_state,
+            load_state_checked,
+            read_json,
+            resolve_checkpoint,
+            weights_file,
+        )
 
         if is_merged_dir(path):
             return cls.load_merged(path).to(device).eval()
@@ -373,7 +379,8 @@ class HFVLMGeneralist(nn.Module, Generalist):
         if meta.get("family") != FAMILY:
             raise RobodualError(f"checkpoint '{ckpt}' is a '{meta.get('family')}' model, not '{FAMILY}'")
         model = cls.from_config(meta)
-        model.load_state_dict(load_model_state(ckpt, ema=ema))
+        # only the trained weights are saved (LoRA adapters, projector): checked against what the model trains
+        load_state_checked(model, load_model_state(ckpt, ema=ema), weights_file(ckpt, ema), meta, strict=False)
         return model.to(device).eval()
 
     @classmethod

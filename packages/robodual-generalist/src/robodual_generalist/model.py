@@ -314,7 +314,13 @@ class VLAGeneralist(nn.Module, Generalist):
         path = Path(path)
         if is_openvla_dir(path):
             return load_merged(path).to(device).eval()
-        from robodual_core.checkpoint import load_model_state, read_json, resolve_checkpoint
+        from robodual_core.checkpoint import (
+            load_model_state,
+            load_state_checked,
+            read_json,
+            resolve_checkpoint,
+            weights_file,
+        )
 
         ckpt = resolve_checkpoint(path)
         meta = read_json(ckpt, "model_config")
@@ -326,7 +332,8 @@ class VLAGeneralist(nn.Module, Generalist):
         if meta.get("base_hash") and model.meta.get("base_hash") != meta["base_hash"]:
             raise RobodualError(f"checkpoint '{ckpt}' was trained on base '{cfg.base}' with hash "
                                 f"{meta['base_hash']}, but that folder now hashes to {model.meta.get('base_hash')}")
-        model.load_state_dict(load_model_state(ckpt, ema=ema))
+        # only the trained weights are saved (LoRA adapters, projector): checked against what the model trains
+        load_state_checked(model, load_model_state(ckpt, ema=ema), weights_file(ckpt, ema), meta, strict=False)
         return model.to(device).eval()
 
 

@@ -196,18 +196,18 @@ class DiTSpecialist(nn.Module, Specialist):
         """Rebuild from ``model_config.json`` and load the (EMA) weights strictly, plus ``normalizer.json``."""
         from robodual_core.checkpoint import (
             load_model_state,
+            load_state_checked,
             read_checkpoint_meta,
             read_json,
             resolve_checkpoint,
+            weights_file,
         )
 
         ckpt = resolve_checkpoint(ckpt)
-        model = cls.from_config_dict(read_checkpoint_meta(ckpt), load_weights=False)
-        state = load_model_state(ckpt, ema=ema)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RobodualError(f"checkpoint '{ckpt}' does not match its model_config.json: missing "
-                                f"{missing[:5]}, unexpected {unexpected[:5]}")
+        meta = read_checkpoint_meta(ckpt, kind="specialist")
+        model = cls.from_config_dict(meta, load_weights=False)
+        # damaged or foreign weights: one line naming the file (and the config keys that differ)
+        load_state_checked(model, load_model_state(ckpt, ema=ema), weights_file(ckpt, ema), meta)
         if (ckpt / "normalizer.json").is_file():
             from robodual_core.data import Normalizer
 
