@@ -278,3 +278,33 @@ def test_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
     Trainer(Regression(), Data(), cfg(), tmp_path, show_progress=False).fit(resume=True)
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(5, 41, 5))
+
+
+class PidData(Data):
+    """Each sample says which process read it."""
+
+    def __getitem__(self, i):
+        import os
+
+        return {**super().__getitem__(i), "pid": torch.tensor(os.getpid())}
+
+
+def test_loader_workers_persist_across_epochs_and_serve_the_same_batches(tmp_path):
+    """Worker processes are started once per run, not once per epoch (a new worker rebuilt the dataset's
+    in-memory frame cache every epoch: issue 20), and 2 workers give the batches 0 workers give."""
+    import itertools
+
+    def run(workers, out):
+        trainer = Trainer(Regression(), PidData(n=24), cfg(num_workers=workers), out, show_progress=False)
+        batches = list(itertools.islice(trainer.batches(), 9))  # 3 epochs of 3 batches
+        return trainer, batches
+
+    trainer, with_workers = run(2, tmp_path / "w2")
+    _, without = run(0, tmp_path / "w0")
+    assert trainer._loader() is trainer._loader()
+    for a, b in zip(with_workers, without, strict=True):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    pids = [set(b["pid"].tolist()) for b in with_workers]
+    first, last = set().union(*pids[:3]), set().union(*pids[-3:])
+    assert first & last, "the last epoch's batches came from new worker processes"
+    assert trainer.sampler.epoch == 2

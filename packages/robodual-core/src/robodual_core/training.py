@@ -239,21 +239,30 @@ class Trainer:
         if self.distributed:
             wrapped = nn.parallel.DistributedDataParallel(wrapped)
         self.forward = wrapped
+        self._data_loader: torch.utils.data.DataLoader | None = None
         self.sampler = ResumableBatchSampler(len(self.dataset), self.cfg.batch_size, cfg.seed, self.rank,
                                              self.world_size)
         if self.sampler.batches_per_epoch() == 0:
             raise RobodualError(f"the training set has {len(self.dataset)} samples: too few for one batch")
 
     def _loader(self) -> torch.utils.data.DataLoader:
+        """One DataLoader for the whole run. Its worker processes persist across epochs: new workers per epoch
+        each rebuilt the dataset's in-memory frame cache (1.4-2.0 s of first batch per epoch, issue 20), which
+        made 2 workers slower than none on small stores. The batch sampler runs in this process and reads the
+        epoch and offset when each epoch's iterator starts; batches carry their own seed (SeededBatch), so worker
+        seeds never reach the data."""
+        if self._data_loader is not None:
+            return self._data_loader
         kwargs: dict[str, Any] = {}
         if self.cfg.num_workers > 0:
-            kwargs = {"num_workers": self.cfg.num_workers, "persistent_workers": False, "prefetch_factor": 4}
+            kwargs = {"num_workers": self.cfg.num_workers, "persistent_workers": True, "prefetch_factor": 4}
         # its own generator: creating an iterator must not draw from the global RNG, which resume restores
         # (otherwise a resumed run's noise/tau draws shift by one and it departs from the uninterrupted run)
-        gen = torch.Generator().manual_seed(
-            hash((self.cfg.seed, self.rank, self.sampler.epoch, self.sampler.offset)) % 2**63)
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
-                                           pin_memory=self.device.type == "cuda", generator=gen, **kwargs)
+        gen = torch.Generator().manual_seed(hash((self.cfg.seed, self.rank)) % 2**63)
+        self._data_loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda", generator=gen, **kwargs)
+        return self._data_loader
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Training batches from the current data position on, epoch after epoch (resume-exact)."""

@@ -56,7 +56,8 @@ def loader_throughput(path: str | Path, num_workers: int, batch_size: int = 32, 
     obs_keys = [k for k in BENCH_KEYS if k in open_dataset(path).keys]
     ds = WindowDataset(path, obs_keys=obs_keys, horizon=horizon, image_size=image_size, split="all")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True,
-                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
+                        persistent_workers=num_workers > 0,  # as the trainer: workers live across epochs
+                        generator=torch.Generator().manual_seed(0))
     samples = batches = 0
     start = None
     while start is None or time.perf_counter() - start < seconds:
