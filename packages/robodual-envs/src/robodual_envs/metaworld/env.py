@@ -40,6 +40,14 @@ DEFAULT_MAX_STEPS = 250
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 
 
+def check_env_flags(image_size: int, max_steps: int) -> None:
+    """``--image-size`` and ``--max-steps`` in range, named as on the command line."""
+    if not 16 <= image_size <= 1024:
+        raise RobodualError(f"--image-size: expected 16..1024 pixels, found {image_size}")
+    if max_steps < 1:
+        raise RobodualError(f"--max-steps: expected a positive number of steps, found {max_steps}")
+
+
 def _require_metaworld() -> None:
     from robodual_core.errors import require
 
@@ -238,24 +246,3 @@ class MetaWorldEnv(Environment):
         except Exception:  # interpreter shutdown: nothing left to release
             pass
 
-
-def make_env(**kwargs: Any) -> MetaWorldEnv:
-    """Factory used by the registry and by worker processes."""
-    return MetaWorldEnv(**kwargs)
-
-
-def _evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    from robodual_envs.metaworld.evaluate import evaluate
-
-    return evaluate(*args, **kwargs)
-
-
-def _generate_dataset(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    from robodual_envs.metaworld.generate import generate_dataset
-
-    return generate_dataset(*args, **kwargs)
-
-
-# Reachable through the registry: registry("envs").get("metaworld").evaluate(...)
-MetaWorldEnv.evaluate = staticmethod(_evaluate)  # type: ignore[attr-defined]
-MetaWorldEnv.generate_dataset = staticmethod(_generate_dataset)  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import numpy as np
 
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import Policy
-from robodual_envs.metaworld.env import DEFAULT_MAX_STEPS, MetaWorldEnv
+from robodual_envs.metaworld.env import DEFAULT_MAX_STEPS, MetaWorldEnv, check_env_flags
 from robodual_envs.metaworld.parallel import ordered_map
 from robodual_envs.metaworld.tasks import episode_seed, resolve_tasks
 
@@ -109,7 +109,7 @@ def _run_episode(job: tuple[int, str, int, int, bool]) -> dict[str, Any]:
     result = {"episode": number, "task": task, "index": index, "seed": seed, "instruction": env.instruction,
               "success": bool(info["success"]), "length": env.steps, "policy_s": policy_s, "env_s": env_s}
     if record:
-        from robodual_envs.metaworld.video import write_video
+        from robodual_envs.common.video import write_video
 
         frames.append(_frame(obs.arrays))
         outcome = "success" if result["success"] else "failure"
@@ -142,8 +142,6 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
         raise RobodualError(f"--episodes: expected a positive number of episodes per task, found {episodes_per_task}")
     if workers < 1:
         raise RobodualError(f"--workers: expected a positive number of processes, found {workers}")
-    from robodual_envs.metaworld.generate import check_env_flags
-
     check_env_flags(image_size, max_steps)
     if _is_policy(policy) and workers > 1:
         raise RobodualError("evaluate: a policy object cannot be shared by worker processes; pass a picklable "
@@ -162,11 +160,11 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
             record = video_dir is not None and number < n_videos
             jobs.append((number, task, i, episode_seed(seed, task, i, salt=1), record))
 
-    from robodual_envs.metaworld.generate import _progress
+    from robodual_core.progress import progress_bar
 
     episodes: list[dict[str, Any]] = []
     start = time.perf_counter()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         job = bar.add_task("evaluating", total=len(jobs))
         results = ordered_map(_run_episode, jobs, workers, _init_worker,
                               (policy, env_kwargs, None if video_dir is None else str(video_dir)),

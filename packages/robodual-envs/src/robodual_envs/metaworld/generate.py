@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from robodual_core.errors import RobodualError
-from robodual_envs.metaworld.env import CAMERA_KEYS, DEFAULT_MAX_STEPS, MetaWorldEnv
+from robodual_envs.metaworld.env import CAMERA_KEYS, DEFAULT_MAX_STEPS, MetaWorldEnv, check_env_flags
 from robodual_envs.metaworld.parallel import ordered_map
 from robodual_envs.metaworld.tasks import episode_seed, resolve_tasks
 
@@ -58,14 +58,6 @@ def modalities(options: GenerateOptions) -> dict[str, str]:
             mods[f"depth_{role}"] = "depth"
     mods.update({"proprio": "proprio", "state": "lowdim", "action": "action"})
     return mods
-
-
-def check_env_flags(image_size: int, max_steps: int) -> None:
-    """``--image-size`` and ``--max-steps`` in range, named as on the command line."""
-    if not 16 <= image_size <= 1024:
-        raise RobodualError(f"--image-size: expected 16..1024 pixels, found {image_size}")
-    if max_steps < 1:
-        raise RobodualError(f"--max-steps: expected a positive number of steps, found {max_steps}")
 
 
 # -- one episode (runs in a worker process) ----------------------------------------------------------
@@ -141,6 +133,7 @@ def generate_dataset(out: str | Path, options: GenerateOptions | None = None, wo
     Returns a summary: episodes, steps, failed slots, attempts, seconds and recorded steps per second.
     """
     from robodual_core.data import DatasetWriter
+    from robodual_core.progress import progress_bar
 
     options = options or GenerateOptions()
     options.tasks = resolve_tasks(options.tasks)
@@ -167,7 +160,7 @@ def generate_dataset(out: str | Path, options: GenerateOptions | None = None, wo
     slots = [(task, i) for i in range(options.episodes_per_task) for task in options.tasks]
     state = _resume_point(writer, len(slots))
     start = time.perf_counter() - state["seconds"]
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         job = bar.add_task("Meta-World demos", total=len(slots), completed=state["slots_done"])
         results = ordered_map(_generate_slot, slots[state["slots_done"]:], workers, _init_worker, (options,),
                               finalizer=_close_worker)
@@ -223,8 +216,3 @@ def _resume_point(writer: Any, total_slots: int) -> dict[str, Any]:
     raise RobodualError(f"cannot resume '{writer.partial}': it holds {writer.num_episodes} committed episodes but "
                         f"its generation counters record {found}; pass --overwrite to start again")
 
-
-def _progress(enabled: bool) -> Any:
-    from robodual_core.progress import progress_bar
-
-    return progress_bar(enabled)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+from robodual_envs.common.workers import set_thread_env, worker_threads
 
 
 def _worker_init(threads: int, initializer: Callable[..., None] | None, initargs: tuple,
                  finalizer: Callable[[], None] | None) -> None:
-    # several simulators on few cores: one BLAS/torch thread pool each would oversubscribe the machine
-    for var in THREAD_VARS:
-        os.environ[var] = str(threads)
+    set_thread_env(threads)  # several simulators on few cores: see robodual_envs.common.workers
     if finalizer is not None:  # pool workers exit through multiprocessing's finalizers, not atexit
         from multiprocessing.util import Finalize
 
@@ -27,13 +24,15 @@ def _worker_init(threads: int, initializer: Callable[..., None] | None, initargs
 
 def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int = 1,
                 initializer: Callable[..., None] | None = None, initargs: tuple = (),
-                finalizer: Callable[[], None] | None = None, max_in_flight: int | None = None) -> Iterator[Any]:
+                finalizer: Callable[[], None] | None = None, max_in_flight: int | None = None,
+                threads: int = 0) -> Iterator[Any]:
     """``fn(job)`` for each job, yielded in the order of ``jobs``.
 
     ``workers <= 1`` runs in this process (``initializer`` is called here first, ``finalizer`` at the end).
     Otherwise ``workers`` spawned processes each run ``initializer(*initargs)`` once and ``finalizer()`` at
     exit; ``fn``, the jobs and results must pickle. At most ``max_in_flight`` jobs (default ``2 * workers``)
-    are queued, so results do not pile up in memory.
+    are queued, so results do not pile up in memory. Each worker runs ``threads`` BLAS/torch threads
+    (:func:`robodual_envs.common.workers.worker_threads`: 1 unless more are asked for).
     """
     if workers <= 1:
         if initializer is not None:
@@ -45,7 +44,7 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int = 1,
             if finalizer is not None:
                 finalizer()
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(threads)
     limit = max_in_flight or 2 * workers
     pending: deque[Future] = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,

@@ -1,8 +1,8 @@
 """Entry point of the metaworld plugin: registers lazily (no heavy imports here).
 
 The environment is ``registry("envs").get("metaworld")`` (:class:`robodual_envs.metaworld.env.MetaWorldEnv`);
-its ``evaluate`` and ``generate_dataset`` static methods are the evaluation and demo-generation functions
-for code that must not import this package directly.
+evaluation and demo generation are the ``eval metaworld`` and ``dataset generate metaworld`` commands
+(:func:`robodual_envs.metaworld.evaluate.evaluate`, :func:`robodual_envs.metaworld.generate.generate_dataset`).
 """
 
 from robodual_core.hookspecs import hookimpl
