@@ -62,7 +62,8 @@ class TrainerConfig:
     keep_checkpoints: int = ranged(2, ge=0)  # the newest N checkpoints are kept; 0 keeps all
     seed: int = ranged(0, ge=0, le=SEED_MAX)
     device: str = "auto"
-    amp: bool = False  # bf16 autocast on CUDA
+    # bf16 autocast of the forward and backward: None (auto) = on CUDA devices with native bf16, true/false force
+    amp: bool | None = None
     # torch.compile the model's compute modules (``model.compile_targets()``, the specialist's) before training:
     # the first steps pay the compilation (tens of seconds on a CPU), later steps run fused kernels
     compile: bool = False
@@ -527,12 +528,19 @@ class Trainer:
                     self.save()
         return last
 
+    def amp_enabled(self) -> bool:
+        """``trainer.amp`` on this device: bf16 autocast only on CUDA (auto: where the card computes bf16)."""
+        if self.device.type != "cuda":
+            return False
+        if self.cfg.amp is None:
+            return torch.cuda.is_bf16_supported()
+        return bool(self.cfg.amp)
+
     def train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], torch.Tensor, int]:
         """One optimizer step on ``grad_accum`` batches from ``batches`` (``self.batches()``): the metrics
         averaged over them, the gradient norm before clipping, and the samples seen."""
         cfg = self.cfg
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda"
-                    else _nullcontext())
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp_enabled() else _nullcontext())
         if self._flat is not None:
             self._flat.zero_grad()
         else:
