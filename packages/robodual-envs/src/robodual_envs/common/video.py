@@ -1,11 +1,110 @@
-"""The one episode-video writer of the envs package: mp4 (H.264 through PyAV) when it can, else a gif."""
+"""The one video writer of the envs package (PyAV): codec choice, an appending MP4 file, whole episode videos.
+
+- :class:`VideoFile`: an MP4 that frames are appended to (the LeRobot export's video files);
+- :func:`write_video`: one episode's frames as an mp4 (H.264 when available), or a gif when PyAV or an
+  mp4 encoder is missing (evaluation videos of Meta-World and CALVIN).
+"""
 
 from __future__ import annotations
 
+import io
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robodual_core.errors import RobodualError
+
+# encoder -> (codec name LeRobot records in info.json, encoder options)
+ENCODERS: dict[str, tuple[str, dict[str, str]]] = {
+    "libx264": ("h264", {"crf": "18", "preset": "medium"}),
+    "libopenh264": ("h264", {}),
+    "libsvtav1": ("av1", {"crf": "30", "preset": "8"}),
+    "libaom-av1": ("av1", {"crf": "30", "cpu-used": "6"}),
+    "mpeg4": ("mpeg4", {"qscale": "2"}),
+}
+ALIASES = {"h264": ("libx264", "libopenh264"), "av1": ("libsvtav1", "libaom-av1")}
+EPISODE_ENCODERS = ("libx264", "libopenh264", "mpeg4")  # write_video's preference
+
+
+def _can_encode(name: str) -> bool:
+    import av
+
+    try:
+        av.codec.Codec(name, "w")
+    except Exception:  # UnknownCodecError or a codec built without an encoder
+        return False
+    return True
+
+
+def pick_encoder(requested: str | None) -> str:
+    """The encoder for ``--codec`` (``h264``, ``av1``, an encoder name, or None for the best available)."""
+    candidates = ALIASES.get(requested, (requested,)) if requested else tuple(ENCODERS)
+    for name in candidates:
+        if name and _can_encode(name):
+            return name
+    if requested:
+        raise RobodualError(f"--codec '{requested}': PyAV has no encoder for it here; available: "
+                            f"{', '.join(n for n in ENCODERS if _can_encode(n)) or 'none'}")
+    raise RobodualError(f"PyAV has none of the encoders {', '.join(ENCODERS)}; install an FFmpeg build with libx264")
+
+
+def codec_name(encoder: str) -> str:
+    return ENCODERS.get(encoder, (encoder, {}))[0]
+
+
+class VideoFile:
+    """One MP4 (a file, or a binary buffer) that frames are appended to; frame ``n`` is shown at ``n / fps``.
+
+    ``gop`` is the keyframe interval (None: the encoder's default).
+    """
+
+    def __init__(self, path: Path | io.BytesIO, fps: float, height: int, width: int, encoder: str,
+                 gop: int | None = 2, crf: int | None = None):
+        import av
+
+        odd = height % 2 or width % 2
+        if odd and encoder != "libx264":
+            raise RobodualError(f"frames of {height}x{width} have an odd side, which {encoder} cannot encode in "
+                                "yuv420p; use --codec libx264 (it writes yuv444p for odd sizes)")
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(path), mode="w")
+        else:
+            self.container = av.open(path, mode="w", format="mp4")
+        self.path = path
+        self.pix_fmt = "yuv444p" if odd else "yuv420p"
+        rate = Fraction(fps).limit_denominator(1001)
+        self.stream = self.container.add_stream(encoder, rate=rate)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, self.pix_fmt
+        options = dict(ENCODERS.get(encoder, ("", {}))[1])
+        if crf is not None and "crf" in options:
+            options["crf"] = str(crf)
+        if gop is not None:
+            options["g"] = str(gop)
+        self.stream.options = options
+        self.frames = 0
+        self.bytes = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append ``[N, H, W, 3]`` uint8 frames."""
+        import av
+
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames
+            self.frames += 1
+            self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: Any) -> None:
+        for packet in packets:
+            self.bytes += packet.size
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        self._mux(self.stream.encode())
+        self.container.close()
 
 
 def write_video(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: float = 30.0) -> Path:
@@ -26,25 +125,16 @@ def write_video(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: fl
 
 
 def _mp4(video: np.ndarray, fps: float) -> bytes:
-    import io
-
-    import av
-
+    encoder = next(name for name in EPISODE_ENCODERS if _can_encode(name))  # StopIteration: none, a gif then
     h, w = video.shape[1] // 2 * 2, video.shape[2] // 2 * 2  # yuv420p wants even sizes
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream: Any = container.add_stream(codec, rate=max(1, round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for frame in video:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")))
-        container.mux(stream.encode())
+    out = VideoFile(buf, fps, h, w, encoder, gop=None)
+    out.write(video[:, :h, :w])
+    out.close()
     return buf.getvalue()
 
 
 def _gif(video: np.ndarray, fps: float) -> bytes:
-    import io
-
     from PIL import Image
 
     images = [Image.fromarray(frame) for frame in video]

@@ -142,6 +142,7 @@ class LeRobotConverter(DatasetConverter):
                 progress: bool = True, **options: Any) -> Path:
         """Convert ``src`` into the store ``dst``; ``workers`` 0 decodes in this process."""
         from robodual_core.data import DatasetWriter
+        from robodual_core.progress import counting
 
         if options:
             raise RobodualError(f"unknown LeRobot converter options: {', '.join(sorted(options))}")
@@ -164,7 +165,7 @@ class LeRobotConverter(DatasetConverter):
         todo = source.episodes[done:]
         frames_total = sum(ep.length for ep in todo)
         t0 = time.perf_counter()
-        with _progress(progress, frames_total, f"LeRobot {source.version} -> {Path(dst).name}") as advance:
+        with counting(progress, frames_total, f"LeRobot {source.version} -> {Path(dst).name}", "frames") as advance:
             jobs = [self._job(source, ep, plan, tolerance_s, workers) for ep in todo]
             for ep, (loaded, release) in zip(todo, _run(jobs, workers), strict=True):
                 try:
@@ -271,13 +272,6 @@ def _run(jobs: list[Any], workers: int) -> Iterator[tuple[dict[str, Any], Any]]:
             for f in pending:
                 if not f.cancel() and not f.exception():
                     decode.release_shared(decode.attach_shared(f.result())[1])
-
-
-def _progress(enabled: bool, total: int, description: str) -> Any:
-    """A progress bar on stderr counting frames (nothing when ``enabled`` is False)."""
-    from robodual_core.progress import counting
-
-    return counting(enabled, total, description, "frames")
 
 
 def add_command(convert_group: Any, name: str = "lerobot") -> None:

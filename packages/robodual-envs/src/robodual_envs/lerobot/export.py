@@ -102,8 +102,8 @@ def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, c
     """Write the store ``src`` as a LeRobot v3.0 folder ``dst``; returns a report."""
     from robodual_core.data import open_dataset
     from robodual_core.io import atomic_dir
-    from robodual_envs.lerobot.convert import _progress
-    from robodual_envs.lerobot.video import codec_name, pick_encoder
+    from robodual_core.progress import counting
+    from robodual_envs.common.video import codec_name, pick_encoder
 
     dst = Path(dst)
     if dst.exists() and not overwrite:
@@ -114,7 +114,7 @@ def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, c
     encoder = pick_encoder(codec) if videos else None
     t0 = time.perf_counter()
     with atomic_dir(dst, overwrite=overwrite) as tmp, \
-            _progress(progress, ds.num_steps, f"{Path(src).name} -> LeRobot v3.0") as advance:
+            counting(progress, ds.num_steps, f"{Path(src).name} -> LeRobot v3.0", "frames") as advance:
         writer = _Writer(tmp, ds, plan, encoder, crf, gop, data_file_mb, video_file_mb)
         for ep in range(ds.num_episodes):
             writer.episode(ep)
@@ -194,7 +194,7 @@ class _Writer:
                 "dataset_from_index": start, "dataset_to_index": end}
 
     def _video(self, p: ExportFeature, start: int, end: int) -> dict[str, Any]:
-        from robodual_envs.lerobot.video import VideoFile
+        from robodual_envs.common.video import VideoFile
 
         pos = self.video_pos[p.key]
         current = self.video_files.get(p.key)
