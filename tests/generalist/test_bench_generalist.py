@@ -21,6 +21,8 @@ def test_bench_generalist_writes_its_report(tmp_path):
     assert rows[(1, "single_action", "static")]["tokens"] == 7  # OpenVLA's single action: 7 tokens, no separator
     assert rows[(1, "chunk", "static")]["tokens"] > 7
     assert results["cache_vs_online"]["speedup"] > 1
+    lora = results["lora_training"]
+    assert lora["tokens_per_s"] > 0 and lora["flop_per_step"] > 0 and 0 < lora["trainable_params"] < lora["params"]
     t = results["specialist_training"]
     assert t["cache_steps_per_s"] > 0 and t["online_steps_per_s"] > 0
     assert t["speedup"] == pytest.approx(t["cache_steps_per_s"] / t["online_steps_per_s"])

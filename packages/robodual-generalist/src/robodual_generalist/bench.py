@@ -11,6 +11,7 @@ as the demo caches them; optionally also with ``trainer.compile``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -295,8 +296,62 @@ def decode_table(model: VLAGeneralist, dev: torch.device, repeats: int, heavy: b
     return rows
 
 
+def lora_training(model_size: str, dev: torch.device, steps: int, batch_size: int) -> dict[str, Any]:
+    """LoRA fine-tuning steps of a generalist of ``model_size`` (bf16 autocast on CUDA, fused AdamW on the
+    adapters): tokens/s, step time, peak memory, FLOPs counted on one step and, on CUDA, the model FLOP
+    utilisation against the card's bf16 peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from robodual_core.bench import gpu_limits
+
+    tiny, dtype = MODEL_SIZES[model_size]
+    cfg = GeneralistConfig(base="tiny", lora=True, lora_rank=32, dtype=dtype, tiny=TinyConfig(**tiny),
+                           gradient_checkpointing=model_size != "tiny")
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = VLAGeneralist(cfg, action_dim=7)
+    model = model.to(dev).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type in ("cpu", "cuda"))
+    size = model.cfg.tiny.image_size
+    batch = _batch(batch_size, size, dev)
+    batch["action"] = torch.rand(batch_size, model.k_g, model.action_dim, device=dev) * 2 - 1
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else contextlib.nullcontext())
+    prefix_len = 1 + model.vla.num_patches + model.task_token_count(INSTRUCTION)
+    tokens = batch_size * (prefix_len + model.action_tokenizer.chunk_len)
+
+    def step() -> None:
+        with autocast:
+            loss, _ = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(dev)
+
+    step()  # warm-up (and the optimizer's state)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flop = counter.get_total_flops()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t = measure(step, warmup=0, repeats=steps)
+    out = {"size": model_size, "batch_size": batch_size, "tokens_per_step": tokens, "step_s": t["median_s"],
+           "tokens_per_s": tokens / t["median_s"], "flop_per_step": flop, "n": t["n"],
+           "trainable_params": sum(p.numel() for p in params),
+           "params": sum(p.numel() for p in model.parameters()), "gradient_checkpointing": cfg.gradient_checkpointing}
+    if dev.type == "cuda":
+        limits = gpu_limits(dev)
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        if limits and limits.get("bf16_tflop_s"):
+            out["mfu"] = flop / t["median_s"] / (limits["bf16_tflop_s"] * 1e12)
+            out["mfu_target"] = 0.30
+    return out
+
+
 def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_batch: int = 32,
-              train_steps: int = 40, compile: bool = False, model_size: str = "tiny") -> dict[str, Any]:
+              train_steps: int = 40, compile: bool = False, model_size: str = "tiny",
+              lora_steps: int = 2, lora_batch: int = 4) -> dict[str, Any]:
     from robodual_core.training import resolve_device
 
     dev = resolve_device(device)
@@ -312,6 +367,9 @@ def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_bat
     decode = decode_table(model, dev, repeats, heavy=model_size != "tiny")
     if model_size != "tiny":  # a 7B model: the decoding figures are the point; no cache/training comparison
         results = {"model": _model_row(model, dev), "decode": decode, "hardware": _decode_limits(model, dev)}
+        del model
+        if lora_steps > 0:
+            results["lora_training"] = lora_training(model_size, dev, lora_steps, lora_batch)
         return write_report(out, "generalist", results)
     batch = _batch(cache_batch, size, dev)
     online = measure(lambda: model.generate(batch), warmup=1, repeats=max(2, repeats // 2))
@@ -324,6 +382,8 @@ def run_bench(out: str | Path, repeats: int = 5, device: str = "auto", cache_bat
                             "note": "generalist conditioning per specialist batch: online free-running inference "
                                     "vs reading the cache (random rows, in memory)"},
     }
+    if lora_steps > 0:
+        results["lora_training"] = lora_training(model_size, dev, lora_steps, lora_batch)
     if train_steps > 0:
         results["specialist_training"] = specialist_training(steps=train_steps, compile=compile)
     return write_report(out, "generalist", results)
