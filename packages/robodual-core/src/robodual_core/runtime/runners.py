@@ -78,7 +78,16 @@ class GeneralistModelRunner:
         from robodual_core.data import Normalizer
 
         path = Path(path)
-        ckpt = path if (path / "normalizer.json").is_file() else resolve_checkpoint(path)
+        if (path / "normalizer.json").is_file():
+            ckpt = path
+        elif (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+            raise RobodualError(f"model folder '{path}' has no normalizer.json, which the policy needs to turn actions "
+                                "into dataset units; merge from a training run (`robodual generalist merge RUN OUT` "
+                                "writes it) or copy the run's normalizer.json beside its config.json")
+        else:
+            ckpt = resolve_checkpoint(path)
+        if from_checkpoint is None:
+            raise RobodualError("GeneralistModelRunner.load needs the generalist family's loader (from_checkpoint)")
         model = from_checkpoint(path, device=device)
         normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
         return cls(model, normalizer, run_dataset_spec(ckpt, [model.image_key]), pooling=pooling,
