@@ -156,14 +156,6 @@ OPENVLA = OpenVLAFamily()
 HF_VLM = HFVLMFamily()
 
 
-def build_generalist(cfg: Any, action_dim: int) -> Any:
-    """A trainable generalist for a model config (its ``family``, ``auto`` resolved by ``base``)."""
-    from robodual_core.families import generalist_family
-
-    name = resolve_family(getattr(cfg, "base", "tiny"), getattr(cfg, "family", "auto"))
-    return generalist_family(name).build(cfg, action_dim)
-
-
 def family_of(path: str | Path) -> str:
     """The family of a run, checkpoint or merged folder (any registered family)."""
     from robodual_core.families import generalist_family_of

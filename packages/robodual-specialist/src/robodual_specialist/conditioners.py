@@ -116,10 +116,3 @@ class InContextConditioner(nn.Module, Conditioner):
     def forward(self, x: torch.Tensor, pre: Any) -> torch.Tensor:
         raise RuntimeError("the in-context conditioner joins the self-attention; the block passes its "
                            "precomputed keys/values there instead of calling it")
-
-
-CONDITIONERS = {
-    "cross_attention": CrossAttentionConditioner,
-    "film": FiLMConditioner,
-    "in_context": InContextConditioner,
-}

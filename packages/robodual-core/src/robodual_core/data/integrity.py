@@ -283,10 +283,6 @@ class CheckedArray:
         x = self[...]
         return x.astype(dtype) if dtype is not None else x
 
-    @property
-    def zarr_array(self) -> Any:
-        return self._arr
-
     def _verify(self, files: Any) -> None:
         layout = self._layout
         if layout is None:

@@ -43,17 +43,6 @@ IMAGE_MODALITIES = ("rgb", "depth", "tactile")
 STAT_MODALITIES = ("proprio", "action", "lowdim")
 STAT_FIELDS = ("min", "max", "mean", "std", "q01", "q99")
 
-# Canonical keys and their modality (contracts); converters may add more keys of any modality.
-CANONICAL_KEYS = {
-    "rgb_static": "rgb",
-    "rgb_gripper": "rgb",
-    "depth_static": "depth",
-    "depth_gripper": "depth",
-    "tactile": "tactile",
-    "proprio": "proprio",
-    "action": "action",
-}
-
 LOWDIM_CHUNK = 4096
 SHARD_BYTES = 8 << 20
 PARTIAL_SUFFIX = ".partial"

@@ -4,7 +4,7 @@ Episodes are ordered episode-major (``for i in range(n): for task in tasks``) an
 ``(seed, task, i)`` alone, so the placements, and for a policy that is deterministic given the RNG state
 at ``reset`` the whole per-episode results, do not depend on the number of workers. Workers are spawned
 processes that each build their own environment and their own policy from a picklable factory (e.g.
-:func:`run_dir_factory`). Before each episode the global numpy and torch RNGs are seeded from the
+:class:`PolicyFactory`). Before each episode the global numpy and torch RNGs are seeded from the
 episode seed.
 """
 
@@ -44,11 +44,6 @@ class PolicyFactory:
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj(*self.args, **self.kwargs)
-
-
-def run_dir_factory(run_dir: str | Path) -> PolicyFactory:
-    """The policy of a training run folder, loaded by ``robodual_core.runtime.load_policy``."""
-    return PolicyFactory("robodual_core.runtime:load_policy", (str(run_dir),))
 
 
 # -- one episode (runs in a worker process) ----------------------------------------------------------
