@@ -515,6 +515,14 @@ class DiTSpecialist(nn.Module, Specialist):
         keys = [*model.obs_keys, "proprio"] if model.cfg.proprio_dim > 0 else list(model.obs_keys)
         return DiTRunner(model, observation_spec=run_dataset_spec(ckpt, keys))
 
+    def as_runner(self, device: str | torch.device | None = None,
+                  observation_spec: dict[str, tuple[tuple[int, ...], str]] | None = None) -> Any:
+        """This model as the runtime drives it (``load_runner`` without a checkpoint: benches of freshly built
+        models). Depth sensors need ``self.normalizer`` (an empty ``Normalizer`` passes raw values through)."""
+        from robodual_specialist.runner import DiTRunner
+
+        return DiTRunner(self, device=device, observation_spec=observation_spec)
+
     def unnormalize_actions(self, actions: torch.Tensor | np.ndarray) -> Any:
         """Normalized actions -> dataset units, with the checkpoint's normalizer."""
         if self.normalizer is None:

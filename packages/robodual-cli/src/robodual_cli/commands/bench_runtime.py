@@ -45,13 +45,135 @@ class SlowedGeneralist:
         return self.runner.actions_to_env(actions)
 
 
+# --synthetic: freshly built models (random weights) through the registry, no checkpoint or dataset: "tiny"
+# checks the path on a CPU in seconds; "7b" is the issue's GPU setting (an OpenVLA-7B-sized generalist in bf16
+# and the paper's specialist: 4 sensors at 224 with frozen DINO ViT-S/16, +1 history frame, 5 DDIM steps + CFG).
+SYNTHETIC = {
+    "tiny": {"generalist": ["model.lora=false", "model.k_g=8"], "image": 64,
+             "specialist": {"hidden": 64, "depth": 2, "heads": 4, "k_s": 8, "k_g": 8,
+                            "sensors": [{"name": n, "options": {"backbone": "vit", "image_size": 64, "width": 32,
+                                                                "depth": 1, "heads": 2, "head_dim": 16,
+                                                                **({"history": 1, "trainable": False}
+                                                                   if n == "rgb_static" else {})}}
+                                        for n in ("rgb_static", "depth_static", "rgb_gripper", "depth_gripper")]}},
+    "7b": {"generalist": ["model.lora=false", "model.k_g=8", "model.dtype=bfloat16", "model.tiny.image_size=224",
+                          "model.tiny.patch_size=14", "model.tiny.vision_dim=1024", "model.tiny.vision_depth=24",
+                          "model.tiny.vision_heads=16", "model.tiny.hidden_size=4096", "model.tiny.num_layers=32",
+                          "model.tiny.num_heads=32", "model.tiny.intermediate_size=11008"], "image": 224,
+           "specialist": {"sensors": [{"name": "rgb_static", "options": {"history": 1, "random_init": True}},
+                                      {"name": "depth_static", "options": {}},
+                                      {"name": "rgb_gripper", "options": {"random_init": True}},
+                                      {"name": "depth_gripper", "options": {}}]}},
+}
+
+
+def synthetic_runners(size: str, device: str) -> tuple[object, object, dict, str]:
+    """(generalist runner, specialist runner, one observation, instruction) of freshly built models."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from robodual_core.data import Normalizer
+    from robodual_core.errors import RobodualError
+    from robodual_core.families import generalist_family
+    from robodual_core.plugins import registry
+    from robodual_core.runtime.runners import GeneralistModelRunner
+    from robodual_core.training import resolve_device
+
+    if size not in SYNTHETIC:
+        raise RobodualError(f"--synthetic is {size!r}; expected one of {', '.join(SYNTHETIC)}")
+    preset, dev = SYNTHETIC[size], resolve_device(device)
+    torch.manual_seed(0)
+    family = generalist_family("openvla")
+    cfg = family.train_config(None, preset["generalist"], {}).model
+    with torch.device(dev):
+        gen_model = family.build(cfg, action_dim=7)
+    gen_model = gen_model.to(dev).eval()
+    gen = GeneralistModelRunner(gen_model, Normalizer({}))
+    spec_cls = registry("specialists").get("dit")
+    spec_cfg = {**preset["specialist"], "action_dim": 7, "proprio_dim": 7,
+                "generalist_dim": int(gen_model.hidden_size)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "DINO randomly initialised": intended for a speed benchmark
+        spec_model = spec_cls.from_config_dict({"family": "dit", "specialist": spec_cfg}, load_weights=True)
+    if not hasattr(spec_model, "as_runner"):
+        raise RobodualError("the 'dit' specialist cannot make a runner from a built model (as_runner)")
+    spec_model.normalizer = Normalizer({})  # raw depth: no dataset statistics for random inputs
+    spec = spec_model.as_runner(dev)
+    rng = np.random.default_rng(0)
+    s = preset["image"]
+    obs = {"rgb_static": rng.integers(0, 256, (s, s, 3), dtype=np.uint8),
+           "rgb_gripper": rng.integers(0, 256, (s, s, 3), dtype=np.uint8),
+           "depth_static": rng.uniform(0.5, 2.0, (s, s)).astype(np.float32),
+           "depth_gripper": rng.uniform(0.5, 2.0, (s, s)).astype(np.float32),
+           "proprio": rng.uniform(-1, 1, 7).astype(np.float32)}
+    return gen, spec, obs, "open the drawer and push the blue block into it"
+
+
+def synthetic_report(size: str, device: str, steps: int, repeats: int = 5) -> dict:
+    """Control rates of the dual system with freshly built models: the specialist alone (its generalist
+    costing nothing), the generalist's chunk period, and the asynchronous dual system (generalist in a thread
+    of this process, on the same device)."""
+    import statistics
+
+    import torch
+
+    from robodual_core.bench import gpu_limits
+    from robodual_core.runtime import DualSystemPolicy, SpecialistOnlyPolicy, measure_rate
+
+    gen, spec, obs, instruction = synthetic_runners(size, device)
+    dev = spec.device
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def timed(fn) -> float:
+        fn()
+        fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    out_g = gen.predict(obs, instruction)
+    chunk_s = timed(lambda: gen.predict(obs, instruction))
+    spec_s = timed(lambda: spec.predict(obs, instruction, out_g, 0))
+    base = DualSystemPolicy(InstantGeneralist(gen, out_g), spec, mode="sync")
+    spec_rate = measure_rate(base, obs, instruction, steps)
+    alone = measure_rate(SpecialistOnlyPolicy(spec), obs, instruction, steps)
+    dual = DualSystemPolicy(gen, spec, mode="async")
+    dual_rate = measure_rate(dual, obs, instruction, steps)
+    calls = dict(dual.stats)
+    dual.close()
+    return {"synthetic": size, "device": str(dev), "gpu": gpu_limits(dev) if dev.type == "cuda" else None,
+            "generalist_params": sum(p.numel() for p in gen.model.parameters()),
+            "specialist_params": sum(p.numel() for p in spec.model.parameters()),
+            "static_step": spec.static_step_enabled() if hasattr(spec, "static_step_enabled") else None,
+            "generalist_chunk_s": chunk_s, "generalist_chunk_hz": 1 / chunk_s, "specialist_step_ms": 1e3 * spec_s,
+            "specialist_only_hz": spec_rate, "specialist_without_generalist_tokens_hz": alone,
+            "dual_async_hz": dual_rate, "dual_async_vs_specialist_only": dual_rate / spec_rate,
+            "dual_async_calls": calls,
+            "async": "generalist in a thread of this process on the same device (no checkpoint for a process)",
+            "targets": {"dual_async_hz": 100.0, "paper_hz": 15.0}}
+
+
 def register(app: typer.Typer) -> None:
     bench = group(app, "bench")
 
     @bench.command("runtime")
     def runtime(
-        policy: Path = typer.Option(..., "--policy", help="A specialist run trained with a generalist (dual system)."),
-        dataset: Path = typer.Option(..., "--dataset", help="Store to take one observation from."),
+        policy: Path = typer.Option(None, "--policy", help="A specialist run trained with a generalist (dual system)."),
+        dataset: Path = typer.Option(None, "--dataset", help="Store to take one observation from."),
+        synthetic: str = typer.Option(None, "--synthetic", help="Instead of --policy/--dataset: freshly built models "
+                                      "with random weights, 'tiny' or '7b' (an OpenVLA-7B-sized generalist and the "
+                                      "paper's specialist; for a GPU)."),
+        device: str = typer.Option("auto", "--device", help="With --synthetic: auto, cpu, cuda."),
         steps: int = typer.Option(40, "--steps", help="Control steps per measurement."),
         factors: str = typer.Option("1,4,10", "--factors", help="Generalist slowdowns k (comma separated)."),
         out_file: Path = typer.Option(Path("bench_out/runtime.json"), "--out", help="JSON report path."),
@@ -71,6 +193,17 @@ def register(app: typer.Typer) -> None:
         )
 
         check_min("--steps", steps, 1, "a number of control steps")
+        if synthetic is not None:
+            if policy is not None or dataset is not None:
+                raise RobodualError("--synthetic builds its own models: give it without --policy and --dataset")
+            results = synthetic_report(synthetic, device, steps)
+            write_report(out_file, "runtime", results)
+            out.print(f"dual system (async) {results['dual_async_hz']:.1f} Hz, specialist only "
+                      f"{results['specialist_only_hz']:.1f} Hz, generalist chunk every "
+                      f"{results['generalist_chunk_s'] * 1e3:.0f} ms; report: {out_file}")
+            return
+        if policy is None or dataset is None:
+            raise RobodualError("bench runtime needs --policy RUN and --dataset STORE (or --synthetic tiny|7b)")
         check_policy_dir("--policy", policy)
         try:
             ks = [int(x) for x in factors.split(",") if x.strip()]
