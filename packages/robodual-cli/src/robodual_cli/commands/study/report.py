@@ -1,0 +1,291 @@
+"""The studies' report folders: markdown table, PNG plots, summary.json, resolved configs, the git commit,
+and the CPU time of each kind of stage (with an extrapolation to another config, said to be an estimate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from robodual_cli.commands.study.common import StudyFolder
+from robodual_core.io import atomic_write_json, atomic_write_text
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def cell(res: dict[str, Any]) -> str:
+    lo, hi = res["ci95"]
+    return f"{_pct(res['success_rate'])} [{_pct(lo)}, {_pct(hi)}] ({res['successes']}/{res['episodes']})"
+
+
+def stage_times(study: StudyFolder) -> dict[str, dict[str, float]]:
+    """Per kind of stage: count, seconds, units of work, and the seconds of the work itself where measured."""
+    kinds: dict[str, dict[str, float]] = {}
+    for rec in study.progress.values():
+        agg = kinds.setdefault(rec.get("kind", "other"), {"stages": 0, "seconds": 0.0, "units": 0.0,
+                                                          "work_seconds": 0.0, "work_stages": 0})
+        agg["stages"] += 1
+        agg["seconds"] += float(rec["seconds"])
+        agg["units"] += float(rec.get("units") or 0)
+        if rec.get("work_seconds") is not None and rec["work_seconds"] == rec["work_seconds"]:  # not NaN
+            agg["work_seconds"] += float(rec["work_seconds"])
+            agg["work_stages"] += 1
+    return kinds
+
+
+def estimate(times: dict[str, dict[str, float]], plan: list[tuple[str, float]]) -> dict[str, Any]:
+    """Seconds a plan of ``(kind, units)`` stages would take on this machine (an estimate).
+
+    Where a kind's stages measured their own work (training loop, simulated episodes), its rate is that
+    work per unit and each stage adds this run's mean start-up/I-O seconds of that kind; otherwise the kind
+    pays the mean start-up of the measured kinds plus the rest of its time per unit (or its mean per stage).
+    """
+    measured = [t for t in times.values() if t["work_stages"]]
+    overhead_all = (sum(t["seconds"] - t["work_seconds"] for t in measured)
+                    / max(sum(t["work_stages"] for t in measured), 1)) if measured else 0.0
+    total, by_kind = 0.0, {}
+    for kind, units in plan:
+        t = times.get(kind)
+        if t is None:
+            continue
+        if t["work_stages"] == t["stages"] and t["units"] > 0:
+            overhead = (t["seconds"] - t["work_seconds"]) / t["stages"]
+            seconds = overhead + t["work_seconds"] / t["units"] * units
+        elif t["units"] > 0 and units > 0:
+            rate = max(t["seconds"] - overhead_all * t["stages"], 0.0) / t["units"]
+            seconds = overhead_all + rate * units
+        else:
+            seconds = t["seconds"] / t["stages"]
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+        total += seconds
+    return {"seconds": total, "by_kind": by_kind, "stages": len(plan), "overhead_per_stage_s": overhead_all}
+
+
+def copy_configs(study: StudyFolder, report: Path, runs: list[Path]) -> None:
+    configs = report / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(configs / "study.json", study.meta)
+    src = study.root / "configs"
+    for path in sorted(src.glob("*.json")) if src.is_dir() else []:
+        shutil.copyfile(path, configs / f"specialist_{path.name}")
+    for run in runs:
+        if (run / "config.json").is_file():
+            name = "_".join(run.relative_to(study.root / "runs").parts)
+            shutil.copyfile(run / "config.json", configs / f"run_{name}.json")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _header(study: StudyFolder, title: str, quick: bool) -> list[str]:
+    lines = [f"# {title}", "", f"Study folder `{study.root}`; started at git commit `{study.meta['git_commit']}` "
+             f"({study.meta['started']}); machine: {os.cpu_count()} CPU cores.", ""]
+    if quick:
+        lines += ["**--quick run: it checks the pipeline, not the result.** Its numbers (a handful of episodes, tens "
+                  "of training steps) say nothing about the methods.", ""]
+    return lines
+
+
+def _footer(times: dict[str, dict[str, float]], est: dict[str, Any] | None, est_name: str) -> list[str]:
+    total = sum(t["seconds"] for t in times.values())
+    lines = ["## CPU time of this study (all stages, across resumed runs)", "",
+             "| stage kind | stages | seconds |", "|---|---|---|"]
+    lines += [f"| {k} | {int(t['stages'])} | {t['seconds']:.0f} |" for k, t in sorted(times.items())]
+    lines += [f"| **total** | {sum(int(t['stages']) for t in times.values())} | **{total:.0f}** |", ""]
+    if est is not None:
+        lines += [f"Estimate for {est_name}: about {est['seconds'] / 3600:.1f} h on this machine ({est['stages']} "
+                  "stages; training time per sample, simulated time per episode or control step and start-up per "
+                  f"stage (mean {est['overhead_per_stage_s']:.0f} s) as measured in this run, scaled to that study's "
+                  "work; evaluation counted at its full step budget). An extrapolation, not a measurement: rates "
+                  "change with batch size and the machine's load.", ""]
+    return lines
+
+
+# -- data efficiency ------------------------------------------------------------------------------------
+def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any], quick: bool,
+                           plan_full: list[tuple[str, float]] | None) -> Path:
+    report = study.root / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    labels = list(next(iter(rows.values())))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = list(cfg.demo_scales)
+    for i, label in enumerate(labels):
+        ys = [rows[s][label]["success_rate"] for s in rows]
+        lo = [y - rows[s][label]["ci95"][0] for s, y in zip(rows, ys, strict=True)]
+        hi = [rows[s][label]["ci95"][1] - y for s, y in zip(rows, ys, strict=True)]
+        shift = [x * (1 + 0.03 * (i - len(labels) / 2)) for x in xs]  # side by side, intervals readable
+        ax.errorbar(shift, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("demonstrations per target task (specialist's data)")
+    ax.set_ylabel("success rate (95% Wilson interval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(report / "success_vs_demos.png", dpi=120)
+    plt.close(fig)
+
+    head = "| demos per task | " + " | ".join(labels) + " |"
+    table = [head, "|" + "---|" * (len(labels) + 1)]
+    table += [f"| {scale} | " + " | ".join(cell(row[label]) for label in labels) + " |" for scale, row in rows.items()]
+    per_task = ["| demos per task | policy | " + " | ".join(cfg.target_tasks) + " | success per training seed |",
+                "|" + "---|" * (len(cfg.target_tasks) + 3)]
+    for scale, row in rows.items():
+        for label, res in row.items():
+            per_task.append(f"| {scale} | {label} | " + " | ".join(
+                f"{_pct(res['tasks'][t]['success_rate'])} [{_pct(res['tasks'][t]['ci95'][0])}, "
+                f"{_pct(res['tasks'][t]['ci95'][1])}]" for t in cfg.target_tasks)
+                + " | " + ", ".join(_pct(r) for r in res["per_seed"]) + " |")
+    times = stage_times(study)
+    est = estimate(times, plan_full) if plan_full else None
+    pl = result["placements"]
+    md = _header(study, "Data efficiency (paper Table 4, at CPU scale on Meta-World)", quick) + [
+        "## Set-up (fixed in `study.json` before any result existed)", "",
+        f"- Broad corpus (the generalist's stand-in for pretraining): {len(cfg.broad_tasks)} tasks x "
+        f"{cfg.broad_episodes_per_task} demonstrations, paraphrased instructions, generation seed {cfg.broad_seed}; "
+        f"the tiny generalist is trained on it once ({cfg.generalist_steps} steps, seed {cfg.generalist_seed}) and "
+        "reused at every scale.",
+        f"- Target tasks: {', '.join(cfg.target_tasks)}; in the broad corpus at other placements: "
+        f"{', '.join(result['targets_in_broad']) or 'none'}; not in it: {', '.join(result['targets_not_in_broad']) or 'none'}.",
+        f"- Target demonstrations (generation seed {cfg.target_seed}): {', '.join(map(str, cfg.demo_scales))} per "
+        "task; the smaller sets are prefixes of the larger.",
+        f"- Same budget for every specialist: {cfg.specialist_steps} steps at batch {cfg.batch_size}, DiT "
+        f"{cfg.specialist_depth}x{cfg.specialist_hidden}, training seeds {cfg.train_seeds}.",
+        f"- Evaluation: {cfg.eval_episodes} episodes per task per training seed, evaluation seed {cfg.eval_seed}, "
+        f"{cfg.max_steps} steps per episode; {pl['eval_placements']} evaluation placements, {pl['demo_placements']} "
+        f"demonstration placements, shared: {len(pl['shared'])}.",
+        "- Generalist only is the broad generalist as is (it uses no target data; one generalist seed), so its row "
+        "is the same at every scale.",
+        "", "## Success rate, % [95% Wilson interval] (successes/episodes, pooled over tasks and training seeds)", "",
+        *table, "",
+        "Pooling episodes over training seeds treats them as independent draws; the spread between seeds is in the "
+        "per-seed column below.", "", "![success vs demonstrations](success_vs_demos.png)", "",
+        "## Per task", "", *per_task, "",
+        *_footer(times, est, "the full default study (`robodual study data-efficiency`)"),
+        "## Notes", "",
+        "- No pretrained weights can be downloaded here: the generalist is a tiny VLA trained from scratch on the "
+        "broad corpus, and the specialist's RGB encoders are small trainable ViTs instead of frozen DINO ViT-S/16.",
+        "- The Diffusion-Policy-style baseline is the same specialist without generalist or language input: the "
+        "task must be identified from the scene.",
+    ]
+    summary = {"study": "data-efficiency", "quick": quick, "git_commit": study.meta["git_commit"],
+               "config": study.config, "rows": rows, "placements": pl,
+               "targets_in_broad": result["targets_in_broad"], "stage_seconds": times, "estimate_full": est}
+    atomic_write_json(report / "summary.json", summary)
+    atomic_write_text(report / "table.md", "\n".join(table) + "\n")
+    atomic_write_text(report / "git_commit.txt", study.meta["git_commit"] + "\n")
+    runs = [study.root / "runs" / "generalist", *sorted((study.root / "runs").glob("n*/*/seed*"))]
+    copy_configs(study, report, runs)
+    atomic_write_text(report / "README.md", "\n".join(md) + "\n")
+    return report
+
+
+def plan_data_efficiency(cfg: Any) -> list[tuple[str, float]]:
+    """The stages of a data-efficiency study and their units of work (for the time estimate)."""
+    plan: list[tuple[str, float]] = [("generate", len(cfg.broad_tasks) * cfg.broad_episodes_per_task),
+                                     ("train_generalist", cfg.generalist_steps * cfg.batch_size)]
+    for n in cfg.demo_scales:
+        plan += [("generate", len(cfg.target_tasks) * n), ("cache", len(cfg.target_tasks) * n), ("embed", 0)]
+    plan += [("train_specialist", cfg.specialist_steps * cfg.batch_size)] * (3 * len(cfg.demo_scales)
+                                                                             * len(cfg.train_seeds))
+    evals = 1 + 3 * len(cfg.demo_scales) * len(cfg.train_seeds)
+    plan += [("eval", cfg.eval_episodes * len(cfg.target_tasks) * cfg.max_steps)] * evals
+    return plan
+
+
+# -- training efficiency --------------------------------------------------------------------------------
+def training_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any], quick: bool,
+                               plan_full: list[tuple[str, float]] | None) -> Path:
+    report = study.root / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+
+    def bars(points: list[dict[str, Any]]) -> list[list[float]]:
+        return [[p["success_rate"] - p["ci95"][0] for p in points], [p["ci95"][1] - p["success_rate"] for p in points]]
+
+    gen = result["generalist"]
+    ax.errorbar([p["seconds"] for p in gen], [p["success_rate"] for p in gen], yerr=bars(gen), marker="o",
+                capsize=3, label="generalist only (continued training)")
+    for p in result["dual"]:
+        ax.annotate("", xy=(p["seconds"], p["success_rate"]), xytext=(p["generalist_seconds"], next(
+            g["success_rate"] for g in gen if g["step"] == p["step"])), arrowprops={"arrowstyle": "->", "alpha": 0.4})
+    dual = result["dual"]
+    if dual:
+        ax.errorbar([p["seconds"] for p in dual], [p["success_rate"] for p in dual], yerr=bars(dual), marker="*",
+                    markersize=10, linestyle="none", capsize=3, label="+ specialist at a generalist checkpoint")
+    spec = result["specialist_only"]
+    if spec:
+        ax.errorbar([p["seconds"] for p in spec], [p["success_rate"] for p in spec], yerr=bars(spec), marker="s",
+                    linestyle="none", capsize=3, label="specialist only (instruction embeddings)")
+    ax.set_xlabel("training compute, seconds on this machine")
+    ax.set_ylabel("success rate (95% Wilson interval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(report / "success_vs_compute.png", dpi=120)
+    plt.close(fig)
+
+    table = ["| policy | generalist steps | seed | compute (s) | success, % [95% Wilson] |", "|---|---|---|---|---|"]
+    table += [f"| generalist only | {p['step']} | {cfg.generalist_seed} | {p['seconds']:.1f} | {cell(p)} |" for p in gen]
+    table += [f"| dual (specialist added at step {p['step']}) | {p['step']} | {p['seed']} | {p['seconds']:.1f} "
+              f"| {cell(p)} |" for p in dual]
+    table += [f"| specialist only | - | {p['seed']} | {p['seconds']:.1f} | {cell(p)} |" for p in spec]
+    times = stage_times(study)
+    est = estimate(times, plan_full) if plan_full else None
+    pl = result["placements"]
+    md = _header(study, "Training efficiency (paper Figure 5, at CPU scale on Meta-World)", quick) + [
+        "## Set-up (fixed in `study.json` before any result existed)", "",
+        f"- Tasks: {', '.join(cfg.tasks)}; {cfg.episodes_per_task} demonstrations per task (seed {cfg.data_seed}).",
+        f"- The tiny generalist trains {cfg.generalist_steps} steps at a constant learning rate after warm-up, a "
+        f"checkpoint every {cfg.generalist_steps // cfg.generalist_points} steps, each evaluated alone (continuing "
+        "the generalist).",
+        f"- At generalist steps {cfg.specialist_at} the specialist is added: the checkpoint's outputs are cached and "
+        f"a specialist trained on them for {cfg.specialist_steps} steps (seeds {cfg.train_seeds}).",
+        "- Compute: seconds of the training loops on this machine (metrics.jsonl; a checkpoint inside a logged "
+        "interval gets its share), plus for the dual system the cache pass (its stage's wall time, start-up "
+        "included); the training stages' start-up and the evaluations are not counted.",
+        f"- Evaluation: {cfg.eval_episodes} episodes per task, seed {cfg.eval_seed}; {pl['eval_placements']} "
+        f"evaluation placements, {pl['demo_placements']} demonstration placements, shared: {len(pl['shared'])}.",
+        "", "## Success against compute", "", *table, "", "![success vs compute](success_vs_compute.png)", "",
+        *_footer(times, est, "the full default study (`robodual study training-efficiency`)"),
+    ]
+    summary = {"study": "training-efficiency", "quick": quick, "git_commit": study.meta["git_commit"],
+               "config": study.config, **{k: result[k] for k in ("generalist", "dual", "specialist_only")},
+               "placements": pl, "stage_seconds": times, "estimate_full": est}
+    atomic_write_json(report / "summary.json", summary)
+    atomic_write_text(report / "table.md", "\n".join(table) + "\n")
+    atomic_write_text(report / "git_commit.txt", study.meta["git_commit"] + "\n")
+    runs = [study.root / "runs" / "generalist", *sorted((study.root / "runs").glob("*/seed*"))]
+    copy_configs(study, report, runs)
+    atomic_write_text(report / "README.md", "\n".join(md) + "\n")
+    return report
+
+
+def plan_training_efficiency(cfg: Any, n_checkpoints: int) -> list[tuple[str, float]]:
+    eval_units = cfg.eval_episodes * len(cfg.tasks) * cfg.max_steps
+    plan: list[tuple[str, float]] = [("generate", len(cfg.tasks) * cfg.episodes_per_task),
+                                     ("train_generalist", cfg.generalist_steps * cfg.batch_size)]
+    plan += [("eval", eval_units)] * n_checkpoints
+    plan += [("cache", len(cfg.tasks) * cfg.episodes_per_task)] * len(cfg.specialist_at)
+    n_spec = len(cfg.train_seeds) * (len(cfg.specialist_at) + (1 if cfg.specialist_only else 0))
+    plan += [("train_specialist", cfg.specialist_steps * cfg.batch_size), ("eval", eval_units)] * n_spec
+    if cfg.specialist_only:
+        plan.append(("embed", 0))
+    return plan
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

@@ -1,0 +1,192 @@
+"""`robodual study`: both --quick studies end to end from the CLI (report files, resume redoes nothing),
+the Wilson interval against known values, and bad flags / damaged or foreign study folders."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from robodual_cli.commands.study.common import StudyFolder, training_seconds, wilson_interval
+from robodual_core.errors import RobodualError
+
+ROBODUAL = [sys.executable, "-m", "robodual_cli.app"]
+
+
+def run(args, timeout=900):
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run(ROBODUAL + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+
+
+# -- Wilson interval ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("k", "n", "lo", "hi"), [
+    # Newcombe (1998), Statistics in Medicine 17:857, table I, method 3 (4 decimals there; these 6 from
+    # scipy.stats.binomtest(k, n).proportion_ci(method="wilson"), which agree with them)
+    (81, 263, 0.255289, 0.366210),
+    (15, 148, 0.062386, 0.160487),
+    (1, 29, 0.006113, 0.171755),
+    (5, 10, 0.236593, 0.763407),
+    (0, 10, 0.0, 0.277533),
+    (10, 10, 0.722467, 1.0),
+])
+def test_wilson_interval_known_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got[0] == pytest.approx(lo, abs=2e-6) and got[1] == pytest.approx(hi, abs=2e-6)
+
+
+def test_wilson_interval_edges():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(50, 100)
+    assert math.isclose(lo + hi, 1.0) and lo < 0.5 < hi
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_training_seconds_shares_an_interval(tmp_path):
+    lines = [{"step": 10, "loss": 1.0, "samples_per_s": 80.0}, {"step": 20, "loss": 1.0, "samples_per_s": 40.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert training_seconds(tmp_path, batch_size=8) == pytest.approx(1.0 + 2.0)
+    assert training_seconds(tmp_path, batch_size=8, up_to_step=5) == pytest.approx(0.5)
+    assert training_seconds(tmp_path, batch_size=8, up_to_step=15) == pytest.approx(1.0 + 1.0)
+
+
+# -- the study folder -------------------------------------------------------------------------------------
+def test_study_folder_records_stages_and_skips_them(tmp_path):
+    folder = StudyFolder(tmp_path / "s", "data-efficiency", {"a": 1})
+    cmd = [sys.executable, "-c", "print('{\"x\": 3}')"]
+    first = folder.run("stage one", cmd, json_stdout=True)
+    assert first["output"] == {"x": 3} and folder.ran == ["stage one"]
+    again = StudyFolder(tmp_path / "s", "data-efficiency", {"a": 1})
+    assert again.run("stage one", [sys.executable, "-c", "raise SystemExit(3)"]) == first
+    assert again.ran == []
+    with pytest.raises(RobodualError, match="failed .exit 3."):
+        again.run("stage two", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert not again.done("stage two")
+
+
+# -- the quick studies end to end ------------------------------------------------------------------------
+def _check_report(out, plot):
+    report = out / "report"
+    for name in ("README.md", "summary.json", "table.md", "git_commit.txt", plot, "configs/study.json"):
+        assert (report / name).is_file(), name
+    assert (report / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["quick"] is True and summary["git_commit"]
+    assert summary["placements"]["shared"] == [] and summary["placements"]["eval_placements"] > 0
+    assert summary["estimate_full"]["seconds"] > 0
+    return summary
+
+
+def _check_resume(args, out):
+    progress = (out / "progress.json").read_text()
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 stages run now" in again.stdout, again.stdout
+    assert "▶" not in again.stderr  # no stage started
+    assert (out / "progress.json").read_text() == progress
+
+
+@pytest.mark.slow
+def test_data_efficiency_quick_runs_and_resumes(tmp_path):
+    out = tmp_path / "de"
+    args = ["study", "data-efficiency", "--quick", "--out", str(out)]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _check_report(out, "success_vs_demos.png")
+    assert list(summary["rows"]) == ["1", "all (2)"]
+    for row in summary["rows"].values():
+        assert len(row) == 4  # dual, specialist only, Diffusion-Policy-style, generalist only
+        for res in row.values():
+            assert res["ci95"] == pytest.approx(list(wilson_interval(res["successes"], res["episodes"])))
+            assert res["episodes"] == 1
+    assert summary["targets_in_broad"] == ["button-press-topdown-v3"]
+    table = (out / "report" / "table.md").read_text()
+    assert "dual system" in table and "Diffusion-Policy-style" in table
+    _check_resume(args, out)
+
+
+@pytest.mark.slow
+def test_training_efficiency_quick_runs_and_resumes(tmp_path):
+    out = tmp_path / "te"
+    args = ["study", "training-efficiency", "--quick", "--out", str(out)]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _check_report(out, "success_vs_compute.png")
+    assert [p["step"] for p in summary["generalist"]] == [5, 10]
+    assert [p["step"] for p in summary["dual"]] == [10] and len(summary["specialist_only"]) == 1
+    gen_at_10 = summary["generalist"][1]["seconds"]
+    assert 0 < summary["generalist"][0]["seconds"] < gen_at_10 < summary["dual"][0]["seconds"]
+    _check_resume(args, out)
+
+
+# -- hostile ------------------------------------------------------------------------------------------------
+def _fails(proc, *needles):
+    assert proc.returncode != 0
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in line, line
+
+
+@pytest.mark.hostile
+def test_negative_episodes_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "s"
+    _fails(run(["study", "data-efficiency", "--quick", "--episodes", "-5", "--out", str(out)]), "--episodes", "-5")
+    assert not out.exists()
+
+
+@pytest.mark.hostile
+def test_negative_seed_refused(tmp_path):
+    out = tmp_path / "s"
+    _fails(run(["study", "training-efficiency", "--quick", "--seeds", "0,-3", "--out", str(out)]), "--seeds", "-3")
+    _fails(run(["study", "data-efficiency", "--quick", "--set", "eval_seed=-1", "--out", str(out)]), "eval_seed")
+    _fails(run(["study", "data-efficiency", "--quick", "--seeds", "0,x", "--out", str(out)]), "--seeds")
+    assert not out.exists()
+
+
+@pytest.mark.hostile
+def test_unknown_task_refused(tmp_path):
+    out = tmp_path / "s"
+    _fails(run(["study", "data-efficiency", "--quick", "--tasks", "fly-to-the-moon", "--out", str(out)]),
+           "fly-to-the-moon", "--tasks")
+    _fails(run(["study", "training-efficiency", "--quick", "--set", "specialist_at=[7]", "--out", str(out)]),
+           "specialist_at")
+    assert not out.exists()
+
+
+@pytest.mark.hostile
+def test_folder_of_another_study_refused(tmp_path):
+    out = tmp_path / "s"
+    StudyFolder(out, "training-efficiency", {"x": 1})
+    _fails(run(["study", "data-efficiency", "--quick", "--out", str(out)]), "training-efficiency", "another --out")
+    assert json.loads((out / "study.json").read_text())["study"] == "training-efficiency"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("content", ["{\"stages\": {\"generate broad corpus\": {\"seco", "[1, 2]",
+                                     "{\"stages\": {\"x\": 3}}", "\udcff"])
+def test_corrupt_progress_file_refused(tmp_path, content):
+    out = tmp_path / "s"
+    StudyFolder(out, "data-efficiency", {"x": 1})
+    (out / "progress.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    _fails(run(["study", "data-efficiency", "--quick", "--out", str(out)]), "progress file", "progress.json")
+    with pytest.raises(RobodualError, match="progress file"):
+        StudyFolder(out, "data-efficiency", {"x": 1})
+
+
+@pytest.mark.hostile
+def test_changed_config_and_foreign_or_damaged_folders_refused(tmp_path):
+    out = tmp_path / "s"
+    StudyFolder(out, "data-efficiency", {"eval_seed": 1000})
+    with pytest.raises(RobodualError, match="eval_seed"):  # the evaluation seed cannot change once a study started
+        StudyFolder(out, "data-efficiency", {"eval_seed": 1001})
+    (out / "study.json").write_text("{\"study\": \"data-eff")
+    _fails(run(["study", "data-efficiency", "--quick", "--out", str(out)]), "study file")
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    _fails(run(["study", "data-efficiency", "--quick", "--out", str(other)]), "not empty")
+    _fails(run(["study", "data-efficiency", "--quick", "--overwrite", "--out", str(other)]), "not a study folder")
+    assert (other / "thesis.tex").read_text() == "keep me"
