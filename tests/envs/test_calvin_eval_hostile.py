@@ -273,7 +273,7 @@ def test_worker_that_dies_while_building_is_one_error(tmp_path):
 
 
 def test_json_stdout_stays_json_when_the_policy_prints_to_fd_1(tmp_path, capfd):
-    from robodual_envs.calvin.cli import _evaluate_json
+    from robodual_envs.calvin.commands import _evaluate_json
 
     saved = os.dup(1)
     try:

@@ -274,7 +274,7 @@ def test_registered_and_run_settings(tmp_path):
     import json
 
     from robodual_core.plugins import registry
-    from robodual_envs.metaworld.cli import dataset_settings_of_run
+    from robodual_envs.metaworld.commands import dataset_settings_of_run
 
     cls = registry("envs").get("metaworld")
     assert cls is MetaWorldEnv  # an Environment, nothing patched onto it

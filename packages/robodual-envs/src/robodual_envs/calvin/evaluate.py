@@ -7,7 +7,7 @@ chains already there. ``--workers 0`` runs the chains here (:mod:`.runner`); oth
 
 Output folder (default ``RUN_DIR/eval/calvin``): ``run.json`` (what was evaluated, checked on resume),
 ``chains.jsonl``, ``results.json`` (success per chain length, average length, per-task success, timing)
-and ``videos/chain_XXXX.mp4`` for the first ``--videos`` chains. The command is :mod:`.cli`, the table
+and ``videos/chain_XXXX.mp4`` for the first ``--videos`` chains. The command is :mod:`.commands`, the table
 :mod:`.report`.
 """
 

@@ -18,6 +18,6 @@ def robodual_register_envs(registry):
 @hookimpl
 def robodual_register_commands(app):
     from robodual_core.cli_groups import group
-    from robodual_envs.calvin.cli import eval_command
+    from robodual_envs.calvin.commands import eval_command
 
     group(app, "eval").command("calvin")(eval_command)

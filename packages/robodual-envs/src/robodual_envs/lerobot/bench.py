@@ -99,34 +99,3 @@ def _plan(source: Any) -> Any:
 
     return plan_features(source.features, {})[0]
 
-
-def add_command(app: Any) -> None:
-    import typer
-
-    from robodual_core.cli_groups import group
-
-    @group(app, "bench").command("lerobot")
-    def lerobot(
-        out_file: Path = typer.Option(Path("bench_lerobot.json"), "--out", help="JSON report to write."),
-        workers: str = typer.Option("1,2", "--workers", help="Comma-separated worker counts."),
-        episodes: int = typer.Option(16, "--episodes"),
-        length: int = typer.Option(150, "--length", help="Frames per episode."),
-        size: int = typer.Option(224, "--size", help="Frame height and width."),
-    ) -> None:
-        """Frames/s of `dataset convert lerobot` (v3.0, H.264) with 1 and 2 worker processes."""
-        from rich.console import Console
-
-        from robodual_core.bench import write_report
-
-        counts = tuple(int(w) for w in workers.split(",") if w.strip())
-        console = Console(stderr=True)
-        with console.status("exporting a synthetic dataset and converting it back"):
-            results = conversion_report(counts, episodes, length, size)
-        write_report(out_file, "lerobot_convert", results)
-        out = Console()
-        for run in results["runs"]:
-            cpu = run["cpu_ms_per_frame"]
-            out.print(f"workers={run['workers']}: convert {run['frames_per_s']:.0f} frames/s, "
-                      f"decode alone {run['decode_only_frames_per_s']:.0f} frames/s; CPU ms/frame: decode "
-                      f"{cpu['decode']:.2f}, compress {cpu['compress']:.2f}, Python/zarr/rest {cpu['other']:.2f}")
-        out.print(f"wrote {out_file}")

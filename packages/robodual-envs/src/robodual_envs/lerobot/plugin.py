@@ -11,7 +11,11 @@ def robodual_register_dataset_converters(registry):
 
 @hookimpl
 def robodual_register_commands(app):
-    from robodual_envs.lerobot import bench, export
+    from robodual_core.cli_groups import group
+    from robodual_envs.lerobot import commands
 
-    export.add_command(app)
-    bench.add_command(app)
+    export = group(group(app, "dataset"), "export")
+    if not export.info.help:
+        export.info.help = "Write a Zarr store in another dataset format."
+    export.command("lerobot")(commands.export_command)
+    group(app, "bench").command("lerobot")(commands.bench_command)

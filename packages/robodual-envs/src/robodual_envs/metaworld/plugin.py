@@ -17,10 +17,10 @@ def robodual_register_envs(registry):
 @hookimpl
 def robodual_register_commands(app):
     from robodual_core.cli_groups import group
-    from robodual_envs.metaworld import cli
+    from robodual_envs.metaworld import commands
 
     generate = group(group(app, "dataset"), "generate")
     if not generate.info.help:
         generate.info.help = "Generate datasets from simulators with scripted experts."
-    generate.command("metaworld")(cli.generate_command)
-    group(app, "eval").command("metaworld")(cli.eval_command)
+    generate.command("metaworld")(commands.generate_command)
+    group(app, "eval").command("metaworld")(commands.eval_command)
