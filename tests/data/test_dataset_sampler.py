@@ -182,3 +182,25 @@ def test_training_batches_draw_tau_from_their_own_seed(store):
     torch.manual_seed(1)  # another global RNG state changes nothing
     assert taus(2) == full
     assert taus(2, offset=3) == full[3:]
+
+
+@pytest.mark.parametrize("history", [0, 1])
+@pytest.mark.parametrize("image_size", [None, 6])
+def test_raw_images_converted_on_the_device_equal_the_default_path(tmp_path, history, image_size):
+    """``raw_images``: the loader serves stored frames (uint8 RGB, raw depth) and ``prepare_batch_images`` converts
+    them after the transfer (on the GPU in training: issue 20); on the CPU both paths are bit-identical."""
+    from dataset_helpers import make_store
+
+    store = make_store(tmp_path / "s.zarr")
+    kw = dict(obs_keys=["rgb_static", "depth_static"], horizon=3, k_g=2, history=history, image_size=image_size,
+              split="all", augment_tau=False)
+    ref, raw = WindowDataset(store, **kw), WindowDataset(store, raw_images=True, **kw)
+    idx = list(range(len(ref)))
+    a = torch.utils.data.default_collate(ref.__getitems__(idx))
+    served = torch.utils.data.default_collate(raw.__getitems__(idx))
+    assert served["obs"]["rgb_static"].dtype == torch.uint8  # a quarter of the bytes through the transfer
+    b = raw.prepare_batch_images(served)
+    for key in ("rgb_static", "depth_static"):
+        assert b["obs"][key].shape == a["obs"][key].shape, key
+        assert torch.equal(b["obs"][key], a["obs"][key]), key
+    assert torch.equal(b["action"], a["action"]) and torch.equal(b["proprio"], a["proprio"])

@@ -145,3 +145,15 @@ def test_sensor_size_other_than_the_loaders_is_refused(store, tmp_path):
         train(store, tmp_path / "run", config=config, show_progress=False)
     config.write_text(config.read_text().replace("data: {image_size: 16}", "data: {image_size: null}"))
     train(store, tmp_path / "ok", config=config, overrides=["trainer.steps=2"], show_progress=False)
+
+
+def test_device_images_train_the_same_weights(store, config, tmp_path):
+    """``data.device_images: on`` (uint8 frames converted after the transfer, the CUDA default) trains exactly
+    what the loader-side conversion trains, generalist cache included."""
+    for name, setting in (("on", "on"), ("off", "off")):
+        train(store, tmp_path / name, config=config, generalist_cache="auto",
+              overrides=["trainer.steps=3", "trainer.ckpt_every=3", f"data.device_images={setting}"],
+              show_progress=False)
+    a, b = (load_model_state(tmp_path / r, ema=False) for r in ("on", "off"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -103,6 +103,9 @@ class DataConfig:
     image_size: int | None = ranged(224, ge=1)  # null: each sensor resizes its own frames
     val_ratio: float = ranged(0.1, ge=0, lt=1)
     augment_tau: bool = True  # latency-aware shifted-window augmentation, tau in [0, k_g)
+    # image frames served as stored (uint8) and converted/resized on the training device: "auto" (on CUDA),
+    # "on", "off" (converted in the loader's workers); the same tensors either way (tested)
+    device_images: Literal["auto", "on", "off"] = "auto"
     normalization: dict[str, str] = field(default_factory=lambda: {"action": "q99", "proprio": "min_max"})
 
 

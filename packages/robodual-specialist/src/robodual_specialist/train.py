@@ -165,6 +165,20 @@ def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[
     return trainer.fit(resume=resume)
 
 
+def _device_images(cfg: Any) -> bool:
+    """``data.device_images``: convert and resize image frames on the training device (auto: on CUDA)."""
+    from robodual_core.training import resolve_device
+
+    setting = cfg.data.device_images
+    return setting == "on" or (setting == "auto" and resolve_device(cfg.trainer.device).type == "cuda")
+
+
+def _chain(first: Any, then: Any) -> Any:
+    if then is None:
+        return first
+    return lambda batch: then(first(batch))
+
+
 def build_trainer(dataset: Path, out: Path, config: Path | None = None, overrides: list[str] | None = None,
                   generalist_cache: str | None = None, resume: bool = False, overwrite: bool = False,
                   show_progress: bool = True, generalist: str | Path | None = None,
@@ -221,7 +235,10 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     history = max([int(getattr(enc, "history", 0) or 0) for enc in model.sensors.values()] + [0])
     ds = WindowDataset(dataset, obs_keys=image_keys, horizon=cfg.model.k_s, k_g=cfg.model.k_g, history=history,
                        image_size=cfg.data.image_size, split="train", val_ratio=cfg.data.val_ratio,
-                       seed=cfg.trainer.seed, normalization=cfg.data.normalization, augment_tau=cfg.data.augment_tau)
+                       seed=cfg.trainer.seed, normalization=cfg.data.normalization, augment_tau=cfg.data.augment_tau,
+                       raw_images=_device_images(cfg))
+    if ds.raw_images:  # stored frames travel (pinned, uint8) and are converted on the device, then conditioned
+        transform = _chain(ds.prepare_batch_images, transform)
     model.normalizer = ds.normalizer
     extra_json: dict[str, Any] = {"normalizer": ds.normalizer.to_dict()}
     if gen_meta is not None:
