@@ -244,6 +244,45 @@ class ImageSensorEncoder(nn.Module, SensorEncoder):
             tokens = tokens + self.frame_embed
         return tokens.flatten(1, 2)
 
+    # -- cached backbone features (training with a frozen backbone) -----------------------------
+    def feature_fingerprint(self, loader_size: Any = None) -> str:
+        """What shapes this sensor's backbone features of a stored frame: its preprocessing settings, the
+        loader's frame size and the backbone's weights (sha256, 16 hex digits). None for a trainable backbone,
+        whose features change as it trains."""
+        import hashlib
+        import json
+
+        if self.trainable:
+            return ""
+        cfg = self.cfg
+        h = hashlib.sha256(json.dumps({
+            "class": type(self).__name__, "modality": cfg.modality, "in_chans": cfg.in_chans, "hw": list(cfg.hw),
+            "backbone": cfg.backbone, "patch_size": cfg.patch_size, "clip": cfg.clip, "key": self.keys[0],
+            "loader_size": loader_size}, sort_keys=True).encode())
+        for name, tensor in sorted({**self.backbone.state_dict(), **dict(self.named_buffers())}.items()):
+            if name.startswith("resampler.") or name == "frame_embed":
+                continue
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def backbone_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[M, N, width]`` of loader-prepared frames ``[M, C, H, W]`` (what a feature cache stores)."""
+        return self._backbone(frames)
+
+    def encode_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Tokens from cached backbone features ``[B, N, width]`` or ``[B, T, N, width]`` (T = history + 1, oldest
+        first): the resampler and frame embedding of :meth:`forward`, without the backbone."""
+        if feats.dim() == 3:
+            feats = feats.unsqueeze(1)
+        B, T = feats.shape[:2]
+        if T != self.history + 1:
+            raise RobodualError(f"sensor '{self.name}' (history={self.history}) got cached features of {T} frames")
+        tokens = self.resampler(feats.flatten(0, 1)).unflatten(0, (B, T))
+        if self.frame_embed is not None:
+            tokens = tokens + self.frame_embed
+        return tokens.flatten(1, 2)
+
     # -- summary ---------------------------------------------------------------------------------
     @classmethod
     def describe(cls, **overrides: Any) -> str:

@@ -106,6 +106,10 @@ class DataConfig:
     # image frames served as stored (uint8) and converted/resized on the training device: "auto" (on CUDA),
     # "on", "off" (converted in the loader's workers); the same tensors either way (tested)
     device_images: Literal["auto", "on", "off"] = "auto"
+    # frozen-backbone sensors (the paper's DINO) train on backbone features computed once per stored frame and
+    # cached in the store (features/<fingerprint>), instead of running the backbone on every batch
+    feature_cache: bool = False
+    feature_dtype: Literal["float16", "float32"] = "float16"
     normalization: dict[str, str] = field(default_factory=lambda: {"action": "q99", "proprio": "min_max"})
 
 

@@ -302,10 +302,17 @@ class DiTSpecialist(nn.Module, Specialist):
         dev_type = self.null_tokens.device.type
         inference = not self.training and not torch.is_grad_enabled()
         autocast = inference and autocast_enabled(self.cfg.inference_autocast, dev_type)
-        inputs = {name: self._sensor_input(enc, batch) for name, enc in self.sensors.items()}
+        cached = batch.get("features") or {}  # frozen-backbone features from a feature cache (training)
+        inputs = {name: self._sensor_input(enc, batch) for name, enc in self.sensors.items() if name not in cached}
         features = (self._batched_backbone_features(inputs, autocast)
                     if inference and self.cfg.batch_shared_backbones else {})
         for i, (name, enc) in enumerate(self.sensors.items()):
+            if name in cached:
+                feats = cached[name]
+                if feats.dim() == 4:  # the dataset's longest history: keep the frames this sensor uses
+                    feats = feats[:, feats.shape[1] - enc.history - 1:]
+                tokens.append(self.sensor_proj[name](enc.encode_features(feats)) + self.source_embed[3 + i])
+                continue
             x = inputs[name]
             kwargs = {"features": features[name]} if name in features else {}
             if autocast:

@@ -173,6 +173,36 @@ def _device_images(cfg: Any) -> bool:
     return setting == "on" or (setting == "auto" and resolve_device(cfg.trainer.device).type == "cuda")
 
 
+def _attach_feature_caches(model: Any, ds: Any, dataset: Path, cfg: Any, rank: int) -> None:
+    """``data.feature_cache``: every frozen-backbone sensor trains on its backbone features computed once per
+    stored frame (built into the store on first use, resumable; robodual_core.data.feature_cache)."""
+    from robodual_core.data.feature_cache import build_feature_cache
+    from robodual_core.training import resolve_device
+
+    device = resolve_device(cfg.trainer.device)
+    size = (cfg.data.image_size, cfg.data.image_size) if cfg.data.image_size else None
+    cached: dict[str, str] = {}
+    for name, enc in model.sensors.items():
+        fingerprint = enc.feature_fingerprint(cfg.data.image_size) if hasattr(enc, "feature_fingerprint") else ""
+        if not fingerprint:
+            continue  # trainable (or a plugin without cached features): encoded from frames every step
+        key = enc.keys[0]
+        if rank == 0:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold]feature cache[/]: {name} ({key}) -> features/{fingerprint}")
+            backbone = enc.to(device)
+            build_feature_cache(dataset, key, ds.modalities[key], fingerprint,
+                                lambda x, backbone=backbone: backbone.backbone_features(x.to(device)),
+                                ds.normalizer, size, dtype=cfg.data.feature_dtype, sensor=name)
+        cached[name] = fingerprint
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    still_read = {k for name, enc in model.sensors.items() if name not in cached for k in enc.keys}
+    ds.attach_features(cached, drop_keys=[model.sensors[n].keys[0] for n in cached
+                                          if model.sensors[n].keys[0] not in still_read])
+
+
 def _chain(first: Any, then: Any) -> Any:
     if then is None:
         return first
@@ -237,6 +267,8 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
                        image_size=cfg.data.image_size, split="train", val_ratio=cfg.data.val_ratio,
                        seed=cfg.trainer.seed, normalization=cfg.data.normalization, augment_tau=cfg.data.augment_tau,
                        raw_images=_device_images(cfg))
+    if cfg.data.feature_cache:
+        _attach_feature_caches(model, ds, dataset, cfg, rank)
     if ds.raw_images:  # stored frames travel (pinned, uint8) and are converted on the device, then conditioned
         transform = _chain(ds.prepare_batch_images, transform)
     model.normalizer = ds.normalizer

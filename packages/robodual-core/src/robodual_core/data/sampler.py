@@ -39,6 +39,8 @@ DEFAULT_NORMALIZATION = {"action": "q99", "proprio": "min_max"}
 LOWDIM_CACHE_BYTES = 512 << 20
 # image arrays (all obs keys together) up to this size are held in memory per process; override per dataset
 IMAGE_CACHE_BYTES = int(os.environ.get("ROBODUAL_IMAGE_CACHE_MB", "512")) << 20
+# frozen-backbone feature caches held in memory up to this size (read from zarr above it)
+FEATURE_CACHE_BYTES = int(os.environ.get("ROBODUAL_FEATURE_CACHE_MB", "2048")) << 20
 
 
 def split_episodes(num_episodes: int, split: str = "train", val_ratio: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -74,7 +76,7 @@ class WindowDataset(Dataset):
                  val_ratio: float = 0.1, seed: int = 0, normalization: dict[str, str] | None = None,
                  augment_tau: bool = True, action_key: str = "action", proprio_key: str = "proprio",
                  image_cache_bytes: int = IMAGE_CACHE_BYTES, full_check: bool = False,
-                 raw_images: bool = False):
+                 raw_images: bool = False, features: dict[str, str] | None = None):
         if horizon < 1 or k_g < 1 or history < 0:
             raise RobodualError(f"horizon ({horizon}) and k_g ({k_g}) must be >= 1 and history ({history}) >= 0")
         self.path = Path(path)
@@ -92,6 +94,11 @@ class WindowDataset(Dataset):
         # raw_images: serve image keys as stored (uint8 RGB, raw depth), converted by prepare_batch_images on
         # the training device: a quarter of the bytes through pinned memory, and no conversion in the workers
         self.raw_images = raw_images
+        # features: {sensor name: fingerprint} of complete frozen-backbone feature caches in the store
+        # (robodual_core.data.feature_cache); samples carry "features" {name: [history + 1, N, W] or [N, W]}
+        self.features: dict[str, str] = {}
+        if features:
+            self.attach_features(features)
         self.split = split
         self.augment_tau = augment_tau and split != "val"
         self.stats = ds.stats
@@ -119,6 +126,19 @@ class WindowDataset(Dataset):
                           if self.modalities.get(k) in ("rgb", "depth", "tactile"))
         self.images_in_memory = image_bytes <= image_cache_bytes
 
+    def attach_features(self, features: dict[str, str], drop_keys: list[str] | tuple[str, ...] = ()) -> None:
+        """Serve the cached backbone features ``{sensor name: fingerprint}`` (complete caches in the store) and
+        stop reading the image keys in ``drop_keys`` (those only cached sensors read)."""
+        from robodual_core.data.feature_cache import open_feature_cache
+
+        for name, fingerprint in features.items():
+            if open_feature_cache(self.path, fingerprint) is None:
+                raise RobodualError(f"dataset '{self.path}' has no complete feature cache '{fingerprint}' for "
+                                    f"sensor '{name}' (robodual_core.data.feature_cache)")
+        self.features = {**self.features, **features}
+        self.obs_keys = [k for k in self.obs_keys if k not in set(drop_keys)]
+        self._pid, self._arrays = None, {}  # reopened with the feature arrays
+
     # -- per-process state -----------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -135,6 +155,12 @@ class WindowDataset(Dataset):
                     self._arrays[k] = np.asarray(arr[:]) if self.images_in_memory else arr
                 else:
                     self._arrays[k] = in_memory_if_small(arr, LOWDIM_CACHE_BYTES)
+            if self.features:
+                from robodual_core.data.feature_cache import open_feature_cache
+
+                for name, fingerprint in self.features.items():
+                    tokens = open_feature_cache(self.path, fingerprint)
+                    self._arrays[f"features/{name}"] = in_memory_if_small(tokens, FEATURE_CACHE_BYTES)
             self._pid = os.getpid()
         return self._arrays[key]
 
@@ -215,6 +241,10 @@ class WindowDataset(Dataset):
             gen_index = np.maximum(starts, ts - torch.randint(0, self.k_g, (len(idx),), generator=gen).numpy())
         else:
             gen_index = ts
+        feats = {}
+        for name in self.features:
+            rows = torch.from_numpy(np.ascontiguousarray(self._frames(f"features/{name}", starts, ts))).float()
+            feats[name] = rows if self.history else rows[:, 0]
         # a store without proprio gives an empty vector, so batches always have the key
         proprio = (self._lowdim(self.proprio_key, ts).reshape(len(idx), -1) if self.proprio_key
                    else torch.zeros(len(idx), 0))
@@ -229,4 +259,5 @@ class WindowDataset(Dataset):
             "instruction": self.instructions[int(eps[b])],
             "task": self.tasks[int(eps[b])],
             "proprio": proprio[b],
+            **({"features": {name: v[b] for name, v in feats.items()}} if feats else {}),
         } for b in range(len(idx))]
