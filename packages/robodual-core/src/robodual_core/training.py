@@ -586,11 +586,6 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.grad_clip, total, foreach=self._foreach_clip)
         return total
 
-    def ema_state_dict(self) -> dict[str, torch.Tensor]:
-        """Model weights with EMA parameters swapped in (for evaluation after training)."""
-        return self._ema_state() or self.model.state_dict()
-
-
 def _lerp_ema(*args: Any, **kwargs: Any) -> Any:
     """diffusers' ``EMAModel`` (decay warm-up, state) whose update of the trained parameters is one
     ``torch._foreach_lerp_`` instead of a foreach subtraction into a temporary and a second one: on CPU the

@@ -13,7 +13,6 @@ states at the generated action ids' positions (each id is fed back once so its o
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,5 +408,3 @@ def load_merged(path: Path) -> VLAGeneralist:
     return VLAGeneralist(cfg, action_dim=int(extra["action_dim"]), vla=vla, text_tokenizer=text, meta=meta)
 
 
-def json_dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2)

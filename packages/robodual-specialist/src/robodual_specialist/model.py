@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -529,12 +528,6 @@ class DiTSpecialist(nn.Module, Specialist):
         from robodual_specialist.runner import DiTRunner
 
         return DiTRunner(self, device=device, observation_spec=observation_spec)
-
-    def unnormalize_actions(self, actions: torch.Tensor | np.ndarray) -> Any:
-        """Normalized actions -> dataset units, with the checkpoint's normalizer."""
-        if self.normalizer is None:
-            raise RobodualError("this specialist has no normalizer (load it with DiTSpecialist.from_checkpoint)")
-        return self.normalizer.unnormalize("action", actions)
 
     def reset(self) -> None:
         """Forget per-episode caches of the sensors (frame features of the previous step)."""
