@@ -167,6 +167,16 @@ class SpecialistFamily(Protocol):
     def load_runner(self, path: str | Path, **options: Any) -> Any: ...
 
 
+@runtime_checkable
+class TrainableSpecialistFamily(SpecialistFamily, Protocol):
+    """A specialist entry that also declares ``build_trainer(dataset, out, **options)``: the
+    :class:`robodual_core.training.Trainer` that ``robodual train specialist`` would run (options as its flags),
+    for plugins that drive specialist training themselves (``robodual bench generalist`` steps cache-fed and
+    online trainers side by side)."""
+
+    def build_trainer(self, dataset: str | Path, out: str | Path, **options: Any) -> Any: ...
+
+
 class Specialist(ABC):
     """Fast diffusion policy.
 

@@ -24,6 +24,7 @@ import torch
 
 from robodual_core.bench import measure, write_report
 from robodual_core.errors import RobodualError
+from robodual_core.interfaces import TrainableSpecialistFamily
 from robodual_generalist.config import GeneralistConfig, TinyConfig
 from robodual_generalist.model import VLAGeneralist
 
@@ -164,6 +165,9 @@ def specialist_training(steps: int = 40, batch: int = 8, warmup: int = 3, compil
     from robodual_generalist.caching import build_cache
 
     dit = registry("specialists").get("dit")
+    if not isinstance(dit, TrainableSpecialistFamily):  # declared by the protocol, not probed
+        raise RobodualError("the 'dit' specialist entry declares no build_trainer "
+                            "(robodual_core.interfaces.TrainableSpecialistFamily)")
     with tempfile.TemporaryDirectory(prefix="robodual-bench-generalist-") as tmp:
         root = Path(tmp)
         store = _synthetic_store(root / "store.zarr")
