@@ -157,3 +157,18 @@ def test_device_images_train_the_same_weights(store, config, tmp_path):
     a, b = (load_model_state(tmp_path / r, ema=False) for r in ("on", "off"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.hostile
+def test_full_check_refuses_a_damaged_shard_before_training(config, tmp_path):
+    """``data.full_check``: every chunk is decoded before training starts (as ``dataset validate``), so a damaged
+    image shard is named before any step, not at the batch that reads it."""
+    store = write_tiny_store(tmp_path / "damaged.zarr")
+    shards = sorted(p for p in (store / "data" / "rgb_static").rglob("*") if p.is_file() and p.name != "zarr.json")
+    victim = shards[-1]
+    victim.write_bytes(np.random.default_rng(0).integers(0, 256, victim.stat().st_size, dtype=np.uint8).tobytes())
+    with pytest.raises(RobodualError, match="rgb_static") as info:
+        train(store, tmp_path / "run", config=config, overrides=["trainer.steps=2", "data.full_check=true"],
+              show_progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first step

@@ -109,6 +109,9 @@ class DataConfig:
     # frozen-backbone sensors (the paper's DINO) train on backbone features computed once per stored frame and
     # cached in the store (features/<fingerprint>), instead of running the backbone on every batch
     feature_cache: bool = False
+    # decode every chunk of every array before training (as `robodual dataset validate`); the cheap structural
+    # checks always run, and every read refuses a missing or damaged chunk anyway
+    full_check: bool = False
     feature_dtype: Literal["float16", "float32"] = "float16"
     normalization: dict[str, str] = field(default_factory=lambda: {"action": "q99", "proprio": "min_max"})
 

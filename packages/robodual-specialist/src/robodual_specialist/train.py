@@ -266,7 +266,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     ds = WindowDataset(dataset, obs_keys=image_keys, horizon=cfg.model.k_s, k_g=cfg.model.k_g, history=history,
                        image_size=cfg.data.image_size, split="train", val_ratio=cfg.data.val_ratio,
                        seed=cfg.trainer.seed, normalization=cfg.data.normalization, augment_tau=cfg.data.augment_tau,
-                       raw_images=_device_images(cfg))
+                       raw_images=_device_images(cfg), full_check=cfg.data.full_check)
     if cfg.data.feature_cache:
         _attach_feature_caches(model, ds, dataset, cfg, rank)
     if ds.raw_images:  # stored frames travel (pinned, uint8) and are converted on the device, then conditioned
