@@ -85,8 +85,10 @@ def register(app: typer.Typer) -> None:
         tasks: str | None = typer.Option(None, "--tasks", help="Tasks, comma-separated."),
         episodes: int | None = typer.Option(None, "--episodes", help="Evaluation episodes per task."),
         seeds: str | None = typer.Option(None, "--seeds", help="Training seeds of the specialists, e.g. 0,1,2."),
-        config: Path | None = typer.Option(None, "--config", help="YAML/TOML/JSON file of TrainingEfficiencyConfig keys."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set specialist_steps=500."),
+        config: Path | None = typer.Option(None, "--config",
+                                           help="YAML/TOML/JSON file of TrainingEfficiencyConfig keys."),
+        overrides: list[str] = typer.Option([], "--set",
+                                            help="Override a config key, e.g. --set specialist_steps=500."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
     ) -> None:
         """Figure 5: success against training seconds, continuing the generalist alone vs adding the

@@ -239,6 +239,17 @@ def specialist_config(cfg: Any, store: Path | None, steps: int, seed: int) -> di
     }
 
 
+def specialist_sets(cfg: Any) -> list[str]:
+    """``--set`` options for ``train specialist`` from the study's ``specialist_set`` list (ablations)."""
+    out: list[str] = []
+    for item in cfg.specialist_set:
+        if "=" not in item:
+            raise RobodualError(f"config key 'specialist_set': expected items like 'model.conditioner=film', "
+                                f"found '{item}'")
+        out += ["--set", item]
+    return out
+
+
 def resume_flag(run_dir: Path) -> list[str]:
     return ["--resume"] if (run_dir / "config.json").is_file() else []
 

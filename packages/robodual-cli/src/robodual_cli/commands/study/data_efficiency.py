@@ -26,6 +26,7 @@ from robodual_cli.commands.study.common import (
     resume_flag,
     robodual,
     specialist_config,
+    specialist_sets,
     store_episode_seeds,
     training_seconds,
 )
@@ -67,6 +68,9 @@ class DataEfficiencyConfig:
     encoder_depth: int = ranged(2, ge=1)
     specialist_hidden: int = ranged(128, ge=8)
     specialist_depth: int = ranged(4, ge=1)
+    # --set overrides for every specialist of the study (ablations): e.g. ["model.conditioner=film",
+    # "data.augment_tau=false"]; part of the frozen config like every other key
+    specialist_set: list[str] = field(default_factory=list)
 
 
 QUICK = {"broad_tasks": ["button-press-topdown-v3", "drawer-open-v3", "reach-v3"], "broad_episodes_per_task": 2,
@@ -81,6 +85,7 @@ def check(cfg: DataEfficiencyConfig) -> DataEfficiencyConfig:
     cfg.target_tasks = resolve_tasks(cfg.target_tasks, "--tasks")
     if sorted(set(cfg.demo_scales)) != list(cfg.demo_scales):
         raise RobodualError(f"config key 'demo_scales' must be strictly increasing, found {cfg.demo_scales}")
+    specialist_sets(cfg)  # malformed items fail before anything is written
     if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
         raise RobodualError(f"--seeds: expected distinct training seeds, found {cfg.train_seeds}")
     if cfg.target_seed == cfg.broad_seed:
@@ -114,7 +119,8 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
         "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
         "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
-        *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size, kind="train_generalist",
+        *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size,
+        kind="train_generalist",
         work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
     # 2. target demonstrations at each scale (same seed: the smaller stores are prefixes of the larger ones)
@@ -145,7 +151,8 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                 extra = ["--generalist-cache", "auto"] if variant == "dual" else []
                 study.run(f"train {variant} n={n} seed={seed}", robodual(
                     "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
-                    *extra, *resume_flag(run_dir)), threads=cfg.threads, units=cfg.specialist_steps * cfg.batch_size,
+                    *extra, *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
+                    units=cfg.specialist_steps * cfg.batch_size,
                     kind="train_specialist", work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
 
     # 4. closed-loop evaluation: the same placements for every policy

@@ -158,7 +158,8 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
         f"the tiny generalist is trained on it once ({cfg.generalist_steps} steps, seed {cfg.generalist_seed}) and "
         "reused at every scale.",
         f"- Target tasks: {', '.join(cfg.target_tasks)}; in the broad corpus at other placements: "
-        f"{', '.join(result['targets_in_broad']) or 'none'}; not in it: {', '.join(result['targets_not_in_broad']) or 'none'}.",
+        f"{', '.join(result['targets_in_broad']) or 'none'}; not in it: "
+        f"{', '.join(result['targets_not_in_broad']) or 'none'}.",
         f"- Target demonstrations (generation seed {cfg.target_seed}): {', '.join(map(str, cfg.demo_scales))} per "
         "task; the smaller sets are prefixes of the larger.",
         f"- Same budget for every specialist: {cfg.specialist_steps} steps at batch {cfg.batch_size}, DiT "
@@ -239,7 +240,8 @@ def training_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, A
     plt.close(fig)
 
     table = ["| policy | generalist steps | seed | compute (s) | success, % [95% Wilson] |", "|---|---|---|---|---|"]
-    table += [f"| generalist only | {p['step']} | {cfg.generalist_seed} | {p['seconds']:.1f} | {cell(p)} |" for p in gen]
+    table += [f"| generalist only | {p['step']} | {cfg.generalist_seed} | {p['seconds']:.1f} | {cell(p)} |"
+              for p in gen]
     table += [f"| dual (specialist added at step {p['step']}) | {p['step']} | {p['seed']} | {p['seconds']:.1f} "
               f"| {cell(p)} |" for p in dual]
     table += [f"| specialist only | - | {p['seed']} | {p['seconds']:.1f} | {cell(p)} |" for p in spec]

@@ -24,6 +24,7 @@ from robodual_cli.commands.study.common import (
     resume_flag,
     robodual,
     specialist_config,
+    specialist_sets,
     store_episode_seeds,
     training_seconds,
     wilson_interval,
@@ -59,6 +60,9 @@ class TrainingEfficiencyConfig:
     encoder_depth: int = ranged(2, ge=1)
     specialist_hidden: int = ranged(128, ge=8)
     specialist_depth: int = ranged(4, ge=1)
+    # --set overrides for every specialist of the study (ablations): e.g. ["model.conditioner=film",
+    # "data.augment_tau=false"]; part of the frozen config like every other key
+    specialist_set: list[str] = field(default_factory=list)
 
 
 QUICK = {"tasks": ["button-press-topdown-v3"], "episodes_per_task": 2, "eval_episodes": 1, "generalist_steps": 10,
@@ -80,6 +84,7 @@ def check(cfg: TrainingEfficiencyConfig) -> TrainingEfficiencyConfig:
     if missing:
         raise RobodualError(f"config key 'specialist_at' must name generalist checkpoints ({checkpoints(cfg)}), "
                             f"found {missing}")
+    specialist_sets(cfg)  # malformed items fail before anything is written
     if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
         raise RobodualError(f"--seeds: expected distinct training seeds, found {cfg.train_seeds}")
     return cfg
@@ -104,7 +109,8 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         "--set", "trainer.scheduler=constant_with_warmup",
         "--set", f"trainer.warmup_steps={min(100, max(1, cfg.generalist_steps // 10))}",
         "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
-        *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size, kind="train_generalist",
+        *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size,
+        kind="train_generalist",
         work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
     def evaluate(name: str, policy: Path, kind: str, out: Path) -> dict[str, Any]:
@@ -135,10 +141,11 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
             atomic_write_json(conf, specialist_config(cfg, None, cfg.specialist_steps, seed))
             study.run(f"train dual at={step} seed={seed}", robodual(
                 "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
-                "--generalist-cache", key, *resume_flag(run_dir)), threads=cfg.threads,
+                "--generalist-cache", key, *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
                 units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist",
                 work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
-            res = evaluate(f"eval dual at={step} seed={seed}", run_dir, "dual", evals / f"dual_at{step}" / f"seed{seed}")
+            res = evaluate(f"eval dual at={step} seed={seed}", run_dir, "dual",
+                           evals / f"dual_at{step}" / f"seed{seed}")
             seconds = (training_seconds(gen_dir, cfg.batch_size, step) + cache["seconds"]
                        + training_seconds(run_dir, cfg.batch_size))
             dual_points.append(point(res, step=step, seed=seed, seconds=seconds,
@@ -154,7 +161,8 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
             atomic_write_json(conf, specialist_config(cfg, store, cfg.specialist_steps, seed))
             study.run(f"train specialist_only seed={seed}", robodual(
                 "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
-                *resume_flag(run_dir)), threads=cfg.threads, units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist",
+                *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
+                units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist",
                 work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
             res = evaluate(f"eval specialist_only seed={seed}", run_dir, "specialist",
                            evals / "specialist_only" / f"seed{seed}")
