@@ -9,12 +9,19 @@ Layout of one store (zarr v3, a folder)::
     meta/episode_ends         int64 [E], cumulative end (exclusive) of each episode
     meta/instruction_index    int32 [E] -> meta.attrs["instructions"] (list of distinct strings)
     meta/task_index           int32 [E] -> meta.attrs["tasks"] (list of distinct strings)
+    meta/step_instruction_index  int32 [T_total] -> meta.attrs["instructions"]; optional (see below)
 
 Per-episode strings. Instructions and task ids are stored as an integer index per episode into a list
 of distinct strings kept in ``meta`` attrs (as LeRobot's ``tasks.jsonl`` + ``task_index``). Robot
 datasets repeat a few hundred phrases over thousands of episodes, so this is small; it uses only core
 zarr v3 data types (int32 + JSON attributes), where zarr-python's variable-length string dtype is still
 outside the v3 core spec and not readable by every implementation.
+
+Per-step instructions. An episode whose steps follow different instructions (a LeRobot episode whose
+frames carry two tasks) keeps one index per step in ``meta/step_instruction_index``. The array exists
+only once such an episode was written (stores without one are unchanged); from then on it covers every
+step, an episode of one instruction repeating its own. ``meta/instruction_index`` still names one
+instruction per episode: that of its first step.
 
 Chunking and compression, and why:
 
@@ -50,6 +57,7 @@ PARTIAL_SUFFIX = ".partial"
 # such a store a chunk that is not on disk is lost data, refused when read (robodual_core.data.integrity).
 # Stores written before it may lack all-zero chunks legitimately; there a missing chunk reads as zeros.
 ALL_CHUNKS_ATTR = "all_chunks_stored"
+STEP_INSTRUCTIONS = "step_instruction_index"  # meta/<this>: optional per-step instruction indices
 
 
 def frame_shape_ok(modality: str, frame_shape: tuple[int, ...]) -> str | None:

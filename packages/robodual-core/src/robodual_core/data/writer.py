@@ -16,6 +16,7 @@ is complete (``overwrite=True`` replaces it then).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from robodual_core.data.schema import (
     MODALITIES,
     PARTIAL_SUFFIX,
     SCHEMA_VERSION,
+    STEP_INSTRUCTIONS,
     array_layout,
     dtype_ok,
     frame_shape_ok,
@@ -151,6 +153,31 @@ class DatasetWriter:
             arr = meta[name]
             if arr.shape[0] != self._num_episodes:
                 arr.resize((self._num_episodes,))
+        if STEP_INSTRUCTIONS in meta:
+            self._repair_step_instructions()
+
+    def _episode_instruction_steps(self) -> np.ndarray:
+        """Per step of the committed episodes, the index of its episode's instruction."""
+        meta = self.root["meta"]
+        ends = np.asarray(meta["episode_ends"][: self._num_episodes], dtype=np.int64)
+        index = np.asarray(meta["instruction_index"][: self._num_episodes], dtype=np.int32)
+        return np.repeat(index, np.diff(ends, prepend=0))
+
+    def _repair_step_instructions(self) -> None:
+        """After a crash: cut ``meta/step_instruction_index`` to the committed steps and fill steps an
+        interrupted creation left unwritten (-1, or missing) with their episode's instruction; an episode
+        that has per-step instructions wrote them before it committed."""
+        arr = self.root["meta"][STEP_INSTRUCTIONS]
+        values = np.full(self._num_steps, -1, dtype=np.int32)
+        have = min(int(arr.shape[0]), self._num_steps)
+        values[:have] = np.asarray(arr[:have], dtype=np.int32)
+        unset = values < 0
+        if have != arr.shape[0] or have != self._num_steps or unset.any():
+            values[unset] = self._episode_instruction_steps()[unset]
+            arr.resize((self._num_steps,))
+            if self._num_steps:
+                arr.with_config(WRITE_CONFIG)[:] = values
+                store_skipped_chunks(arr, 0, self._num_steps)
 
     # -- writing ---------------------------------------------------------------------------------
     @property
@@ -220,14 +247,26 @@ class DatasetWriter:
         arr.with_config(WRITE_CONFIG)[at:] = values
         store_skipped_chunks(arr, at, at + values.shape[0])
 
-    def add_episode(self, arrays: dict[str, Any], instruction: str = "", task: str = "") -> int:
-        """Append one episode (``{key: [T, ...]}``, every key of ``modalities``); returns its index."""
+    def add_episode(self, arrays: dict[str, Any], instruction: str = "", task: str = "",
+                    step_instructions: Sequence[str] | None = None) -> int:
+        """Append one episode (``{key: [T, ...]}``, every key of ``modalities``); returns its index.
+
+        ``step_instructions`` (T strings) keeps an instruction per step when they differ within the episode
+        (``meta/step_instruction_index``, see :mod:`robodual_core.data.schema`); ``instruction`` stays the
+        episode's own (give the first step's).
+        """
         if self._finalized:
             raise RobodualError(f"'{self.path}' is already finalized; create a new DatasetWriter to write more")
         if not isinstance(instruction, str) or not isinstance(task, str):
             raise RobodualError(f"episode {self._num_episodes}: instruction and task must be strings; found "
                                 f"{type(instruction).__name__} and {type(task).__name__}")
         checked, length = self._checked(arrays)
+        steps = None
+        if step_instructions is not None:
+            steps = list(step_instructions)
+            if len(steps) != length or not all(isinstance(t, str) for t in steps):
+                raise RobodualError(f"episode {self._num_episodes}: step_instructions has {len(steps)} entries; "
+                                    f"expected one string per step ({length})")
         data = self.root["data"]
         for key, x in checked.items():
             if key not in data:
@@ -239,11 +278,27 @@ class DatasetWriter:
         ep = self._num_episodes
         self._append(meta["instruction_index"], np.array([self._index_of("instructions", instruction)], np.int32), ep)
         self._append(meta["task_index"], np.array([self._index_of("tasks", task)], np.int32), ep)
+        self._write_step_instructions(instruction, steps, length)
         # the commit point: written last
         self._append(meta["episode_ends"], np.array([self._num_steps + length], np.int64), ep)
         self._num_steps += length
         self._num_episodes += 1
         return ep
+
+    def _write_step_instructions(self, instruction: str, steps: list[str] | None, length: int) -> None:
+        meta = self.root["meta"]
+        if steps is None and STEP_INSTRUCTIONS not in meta:
+            return
+        if STEP_INSTRUCTIONS not in meta:  # the first episode with per-step instructions: earlier steps repeat
+            arr = meta.create_array(STEP_INSTRUCTIONS, shape=(0,), dtype="int32", chunks=(META_CHUNK,),
+                                    fill_value=-1, config=WRITE_CONFIG)
+            if self._num_steps:
+                self._append(arr, self._episode_instruction_steps(), 0)
+        if steps is None:
+            values = np.full(length, self._index_of("instructions", instruction), dtype=np.int32)
+        else:
+            values = np.array([self._index_of("instructions", t) for t in steps], dtype=np.int32)
+        self._append(meta[STEP_INSTRUCTIONS], values, self._num_steps)
 
     def set_attrs(self, **attrs: Any) -> None:
         """Set extra root attributes (JSON-able) before finalizing."""
