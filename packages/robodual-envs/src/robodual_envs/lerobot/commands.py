@@ -15,8 +15,10 @@ import typer
 def export_command(
     src: Path = typer.Argument(..., help="A robodual Zarr store."),
     dst: Path = typer.Argument(..., help="Output LeRobot v3.0 dataset folder."),
-    codec: str = typer.Option("h264", "--codec", help="h264 | av1 | an FFmpeg encoder name (libx264, "
-                              "libsvtav1, mpeg4); h264 falls back to the best available."),
+    codec: str = typer.Option("auto", "--codec", help="auto (the codec of the LeRobot dataset the store came "
+                              "from, falling back to h264 with a warning when PyAV cannot encode it; h264 for "
+                              "other stores) | h264 | av1 | an FFmpeg video encoder name (libx264, libsvtav1, "
+                              "libaom-av1, mpeg4)."),
     crf: int = typer.Option(None, "--crf", help="Constant rate factor (quality; lower is better)."),
     gop: int = typer.Option(2, "--gop", help="Keyframe interval in frames (LeRobot uses 2 for fast seeking)."),
     data_file_mb: float = typer.Option(100, "--data-file-mb", help="Start a new data parquet past this size."),
@@ -29,9 +31,11 @@ def export_command(
 
     from robodual_envs.lerobot.export import export_lerobot
 
-    report = export_lerobot(src, dst, codec=None if codec == "h264" else codec, crf=crf, gop=gop,
+    report = export_lerobot(src, dst, codec=codec, crf=crf, gop=gop,
                             data_file_mb=data_file_mb, video_file_mb=video_file_mb, overwrite=overwrite,
                             progress=not json_out)
+    for line in report["warnings"]:
+        Console(stderr=True).print(f"warning: {line}", markup=False, soft_wrap=True)
     if json_out:
         print(json.dumps(report))
         return

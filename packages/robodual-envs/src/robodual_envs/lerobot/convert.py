@@ -1,7 +1,10 @@
 """``robodual dataset convert lerobot SRC DST``: a LeRobot dataset folder -> a robodual Zarr store.
 
-Each LeRobot episode becomes one robodual episode; its task string becomes the episode's
-instruction and task. Features are mapped by their declared dtype and shape:
+Each LeRobot episode becomes one robodual episode. Tasks are read per frame (the ``task_index``
+column): the first frame's task becomes the episode's instruction and task, and an episode whose frames
+carry several tasks also keeps one instruction per frame (``meta/step_instruction_index``). A frame
+whose ``task_index`` is not in the tasks table is refused, as is an episode listing several tasks
+without a ``task_index`` column to place them. Features are mapped by their declared dtype and shape:
 
 - ``video`` and ``image`` features -> ``rgb`` keys: ``observation.images.top`` -> ``rgb_top``,
   ``observation.image`` -> ``rgb_static``;
@@ -11,8 +14,10 @@ instruction and task. Features are mapped by their declared dtype and shape:
   are not copied.
 
 ``--map key=name`` renames a feature (``--map observation.images.wrist=rgb_gripper``) and ``--map key=``
-drops it. The store's ``lerobot`` attribute keeps fps, the version and, per robodual key, the LeRobot
-feature name and declaration (``robodual dataset export lerobot`` uses them to restore the names).
+drops it. The store's ``lerobot`` attribute keeps fps, the version, per robodual key the LeRobot
+feature name and declaration, and per video feature the codec its mp4 files hold (``video_codecs``,
+read from the first episode's file): ``robodual dataset export lerobot`` uses them to restore the
+names and to encode with the source's codec.
 
 Worker processes (``--workers``) read parquet and decode videos, one episode each; the main process
 writes episodes in order through :class:`~robodual_core.data.DatasetWriter`, so an interrupted
@@ -165,13 +170,16 @@ class LeRobotConverter(DatasetConverter):
         todo = source.episodes[done:]
         frames_total = sum(ep.length for ep in todo)
         t0 = time.perf_counter()
+        multi_task: list[int] = []
         with counting(progress, frames_total, f"LeRobot {source.version} -> {Path(dst).name}", "frames") as advance:
             jobs = [self._job(source, ep, plan, tolerance_s, workers) for ep in todo]
             for ep, (loaded, release) in zip(todo, _run(jobs, workers), strict=True):
                 try:
                     arrays = {m.key: self._array(m, loaded[m.feature], ep.index) for m in plan}
-                    text = self._task(source, ep, loaded.get(TASK_INDEX))
-                    writer.add_episode(arrays, instruction=text, task=text)
+                    text, steps = self._tasks(source, ep, loaded.get(TASK_INDEX))
+                    writer.add_episode(arrays, instruction=text, task=text, step_instructions=steps)
+                    if steps is not None:
+                        multi_task.append(ep.index)
                 finally:
                     release()
                 advance(ep.length)
@@ -181,7 +189,8 @@ class LeRobotConverter(DatasetConverter):
                        "frames_converted": frames_total, "workers": workers, "convert_seconds": convert_s,
                        "seconds": time.perf_counter() - t0,
                        "frames_per_s": frames_total / convert_s if convert_s > 0 else None,
-                       "resumed_from_episode": done, "keys": {m.key: m.feature for m in plan}, "dropped": dropped}
+                       "resumed_from_episode": done, "keys": {m.key: m.feature for m in plan}, "dropped": dropped,
+                       "multi_task_episodes": multi_task}
         return path
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -191,7 +200,8 @@ class LeRobotConverter(DatasetConverter):
         return {"codebase_version": source.version, "fps": source.info["fps"],
                 "robot_type": source.info.get("robot_type"), "tolerance_s": tolerance_s,
                 "features": {m.key: m.feature for m in plan},
-                "declarations": {m.feature: source.features[m.feature] for m in plan}, "dropped": dropped}
+                "declarations": {m.feature: source.features[m.feature] for m in plan}, "dropped": dropped,
+                "video_codecs": {m.feature: video_codec(source, m.feature) for m in plan if m.kind == "video"}}
 
     @staticmethod
     def _action_space(source: LeRobotSource, plan: list[FeatureMap]) -> dict[str, Any]:
@@ -230,12 +240,52 @@ class LeRobotConverter(DatasetConverter):
         return x.reshape(len(x), -1) if x.ndim > 2 else x
 
     @staticmethod
-    def _task(source: LeRobotSource, ep: Any, task_index: np.ndarray | None) -> str:
-        if ep.tasks:
-            return ep.tasks[0]
-        if task_index is not None and len(task_index) and int(task_index[0]) in source.tasks:
-            return source.tasks[int(task_index[0])]
-        return ""
+    def _tasks(source: LeRobotSource, ep: Any, task_index: np.ndarray | None) -> tuple[str, list[str] | None]:
+        """``(episode instruction, per-frame instructions or None)``: the first frame's task, and every
+        frame's task when they are not all the same."""
+        where = f"data file '{ep.data_file}' episode {ep.index}"
+        if task_index is None:
+            if len(ep.tasks) > 1:
+                raise RobodualError(f"{where}: the episode lists tasks {ep.tasks} but its frames have no "
+                                    "'task_index' column, so which frame follows which task is unknown; expected "
+                                    "a task_index column (as LeRobot writes) or one task per episode")
+            return (ep.tasks[0] if ep.tasks else ""), None
+        index = np.asarray(task_index)
+        if index.dtype.kind not in "iu":
+            if index.dtype.kind != "f" or not np.isfinite(index).all() or (index != np.round(index)).any():
+                raise RobodualError(f"{where}: column 'task_index' holds {index.dtype} values that are not all "
+                                    "whole numbers (a null?); expected an int64 task index on every frame")
+            index = index.astype(np.int64)
+        unknown = sorted({int(i) for i in np.unique(index)} - set(source.tasks))
+        if unknown:
+            frame = int(np.flatnonzero(np.isin(index, unknown))[0])
+            raise RobodualError(f"{where}: frame {frame} has task_index {unknown[0]}, which the tasks table "
+                                f"({'meta/tasks.parquet' if source.version == 'v3.0' else 'meta/tasks.jsonl'}) "
+                                f"does not list (unknown: {unknown}; known: {sorted(source.tasks)[:20]})")
+        first = source.tasks[int(index[0])]
+        if (index == index[0]).all():
+            return first, None
+        return first, [source.tasks[int(i)] for i in index]
+
+
+def video_codec(source: LeRobotSource, feature: str) -> str | None:
+    """The codec (``av1``, ``h264``, ...) of ``feature``'s video in the first episode, as PyAV names it;
+    the codec ``meta/info.json`` declares when the file cannot be probed."""
+    declared = (source.features[feature].get("info") or source.features[feature].get("video_info") or {})
+    declared_codec = declared.get("video.codec")
+    path = source.episodes[0].videos.get(feature, (None,))[0]
+    if path is None:
+        return declared_codec
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                codec = container.streams.video[0].codec_context.codec
+                return str(getattr(codec, "canonical_name", None) or codec.name)
+    except Exception:  # PyAV missing or an unreadable file: decoding reports that file later
+        pass
+    return declared_codec
 
 
 def _run(jobs: list[Any], workers: int) -> Iterator[tuple[dict[str, Any], Any]]:

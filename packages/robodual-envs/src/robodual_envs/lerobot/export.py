@@ -10,6 +10,19 @@ Keys map back to the LeRobot feature names recorded by ``robodual dataset conver
 stores get ``rgb_X`` -> ``observation.images.X``, ``proprio`` -> ``observation.state``, ``action`` ->
 ``action`` and every other low-dimensional key under its own name. RGB (and 3-channel tactile) keys
 become videos; depth and images of other channel counts are left out (reported).
+
+Videos are encoded with the codec of the LeRobot source the store was converted from (the store's
+``lerobot.video_codecs``, else the codec its ``info.json`` declared), so that LeRobot's merge accepts
+the export beside its siblings (it refuses features that differ, ``video.codec`` included); other stores
+get H.264. ``--codec`` chooses one for every video. When the source's codec has no encoder in the
+installed PyAV (AV1 needs ``libsvtav1`` or ``libaom-av1`` in ``av.codecs_available``) the export falls
+back to H.264 and says so in the report's ``warnings``; a codec asked for by name is never replaced.
+
+Frames keep their tasks: a store with per-step instructions (``meta/step_instruction_index``) writes
+each frame's ``task_index`` and lists the episode's tasks in frame order. Statistics follow LeRobot's
+writer (:mod:`robodual_envs.lerobot.stats`): per episode in ``stats/<feature>/<stat>`` columns of the
+episode table, aggregated into ``meta/stats.json``, for every feature including ``timestamp``,
+``frame_index``, ``episode_index``, ``index`` and ``task_index``.
 """
 
 from __future__ import annotations
@@ -23,12 +36,15 @@ from typing import Any
 import numpy as np
 
 from robodual_core.errors import RobodualError
+from robodual_envs.lerobot import stats as lstats
 
 CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
-STAT_SAMPLE_FRAMES = 64
+CODEC_CHOICES = ("auto", "h264", "av1")  # or an FFmpeg video encoder name
+BOOKKEEPING_FEATURES = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64",
+                        "task_index": "int64"}
 
 
 @dataclass
@@ -96,14 +112,77 @@ def plan_export(ds: Any) -> tuple[list[ExportFeature], dict[str, str]]:
     return plan, skipped
 
 
+def source_codec(ds: Any, feature: str) -> str | None:
+    """The codec of ``feature``'s videos in the LeRobot dataset the store came from, if it did."""
+    lerobot = dict(ds.attrs.get("lerobot") or {})
+    recorded = (lerobot.get("video_codecs") or {}).get(feature)
+    if recorded:
+        return str(recorded)
+    declared = (lerobot.get("declarations") or {}).get(feature) or {}
+    codec = (declared.get("info") or declared.get("video_info") or {}).get("video.codec")
+    return str(codec) if codec else None
+
+
+def _is_video_encoder(name: str) -> bool:
+    import av
+
+    try:
+        return av.codec.Codec(name, "w").type == "video"
+    except Exception:  # UnknownCodecError, or a codec built without an encoder
+        return False
+
+
+def choose_encoders(ds: Any, videos: list[ExportFeature], codec: str | None) -> tuple[dict[str, str], list[str]]:
+    """``({feature: encoder}, warnings)`` for ``--codec`` (None or ``auto``: each feature's source codec; a
+    feature the source did not keep as video takes the codec most of its videos have)."""
+    from robodual_envs.common.video import ALIASES, ENCODERS, codec_name, pick_encoder
+
+    codec = (codec or "auto").strip()
+    if codec not in CODEC_CHOICES and codec not in ENCODERS and not _is_video_encoder(codec):
+        raise RobodualError(f"--codec '{codec}' is not a codec this export knows; expected one of "
+                            f"{', '.join(CODEC_CHOICES)} or an FFmpeg video encoder name "
+                            f"({', '.join(ENCODERS)})")
+    if not videos:
+        return {}, []
+    if codec != "auto":
+        encoder = pick_encoder(codec)  # refuses, naming the encoders there are, when PyAV lacks it
+        return {p.feature: encoder for p in videos}, []
+    encoders: dict[str, str] = {}
+    warnings: list[str] = []
+    known = {p.feature: source_codec(ds, p.feature) for p in videos}
+    # a LeRobot dataset encodes every video with one codec: a feature the source kept as images follows it
+    counts = [c for c in known.values() if c]
+    common = max(counts, key=counts.count) if counts else None
+    for p in videos:
+        wanted = known[p.feature] or common
+        if wanted is None:
+            encoders[p.feature] = pick_encoder("h264")
+            continue
+        try:
+            encoders[p.feature] = pick_encoder(wanted)
+        except RobodualError:
+            fallback = pick_encoder("h264")
+            encoders[p.feature] = fallback
+            names = ", ".join(ALIASES.get(wanted, (wanted,)))
+            warnings.append(f"'{p.feature}': the source's videos are {wanted}, but the installed PyAV has no "
+                            f"{wanted} encoder ({names} not in av.codecs_available); wrote "
+                            f"{codec_name(fallback)} ({fallback}) instead, which LeRobot's merge will not "
+                            f"combine with {wanted} datasets. Install a PyAV whose FFmpeg has {names}, or "
+                            "pass --codec to choose")
+    return encoders, warnings
+
+
 def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, crf: int | None = None,
                    gop: int = 2, data_file_mb: float = 100, video_file_mb: float = 200, overwrite: bool = False,
                    progress: bool = True) -> dict[str, Any]:
-    """Write the store ``src`` as a LeRobot v3.0 folder ``dst``; returns a report."""
+    """Write the store ``src`` as a LeRobot v3.0 folder ``dst``; returns a report.
+
+    ``codec``: None or ``auto`` (the source's codec, H.264 for stores not from LeRobot), ``h264``,
+    ``av1`` or an FFmpeg video encoder name.
+    """
     from robodual_core.data import open_dataset
     from robodual_core.io import atomic_dir
     from robodual_core.progress import counting
-    from robodual_envs.common.video import codec_name, pick_encoder
 
     dst = Path(dst)
     if dst.exists() and not overwrite:
@@ -111,33 +190,58 @@ def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, c
     ds = open_dataset(src)
     plan, skipped = plan_export(ds)
     videos = [p for p in plan if p.kind == "video"]
-    encoder = pick_encoder(codec) if videos else None
+    encoders, warnings = choose_encoders(ds, videos, codec)
+    steps = _step_instructions(ds)
     t0 = time.perf_counter()
     with atomic_dir(dst, overwrite=overwrite) as tmp, \
             counting(progress, ds.num_steps, f"{Path(src).name} -> LeRobot v3.0", "frames") as advance:
-        writer = _Writer(tmp, ds, plan, encoder, crf, gop, data_file_mb, video_file_mb)
+        writer = _Writer(tmp, ds, plan, encoders, crf, gop, data_file_mb, video_file_mb, steps)
         for ep in range(ds.num_episodes):
             writer.episode(ep)
             advance(int(ds.episode_ends[ep] - (ds.episode_ends[ep - 1] if ep else 0)))
         writer.close()
-        info = _info(ds, plan, writer, encoder and codec_name(encoder), data_file_mb, video_file_mb)
+        info = _info(ds, plan, writer, encoders, data_file_mb, video_file_mb)
         _write_json(tmp / "meta" / "info.json", info)
-        _write_json(tmp / "meta" / "stats.json", _stats(ds, plan))
+        _write_json(tmp / "meta" / "stats.json", writer.dataset_stats())
         _write_tasks(tmp / "meta" / "tasks.parquet", writer.tasks)
         _write_episodes(tmp / EPISODES_PATH, writer.episodes)
     seconds = time.perf_counter() - t0
-    return {"path": str(dst), "episodes": ds.num_episodes, "frames": ds.num_steps, "encoder": encoder,
-            "seconds": seconds, "frames_per_s": ds.num_steps / seconds if seconds > 0 else None,
+    unique = sorted(set(encoders.values()))
+    return {"path": str(dst), "episodes": ds.num_episodes, "frames": ds.num_steps,
+            "encoder": unique[0] if len(unique) == 1 else (", ".join(unique) or None), "encoders": encoders,
+            "warnings": warnings, "tasks": len(writer.tasks), "seconds": seconds,
+            "frames_per_s": ds.num_steps / seconds if seconds > 0 else None,
             "features": {p.key: p.feature for p in plan}, "skipped": skipped}
+
+
+def _step_instructions(ds: Any) -> list[str] | None:
+    """Each step's instruction when the store keeps them per step (``meta/step_instruction_index``)."""
+    from robodual_core.data.schema import STEP_INSTRUCTIONS
+
+    if STEP_INSTRUCTIONS not in ds.root["meta"]:
+        return None
+    vocab = list(ds.root["meta"].attrs.get("instructions", []))
+    index = np.asarray(ds.meta_array(STEP_INSTRUCTIONS)[:], dtype=np.int64).reshape(-1)
+    where = f"'{ds.path}': meta/{STEP_INSTRUCTIONS}"
+    if index.shape[0] != ds.num_steps:
+        raise RobodualError(f"{where} has {index.shape[0]} entries; expected one per step ({ds.num_steps}, "
+                            "meta/episode_ends)")
+    if index.size and (index.min() < 0 or index.max() >= len(vocab)):
+        raise RobodualError(f"{where} has values {int(index.min())}..{int(index.max())}; expected indices into "
+                            f"meta attrs 'instructions' (0..{len(vocab) - 1})")
+    return [vocab[i] for i in index]
 
 
 class _Writer:
     """Appends episodes to the current data parquet and video files; collects the episode table."""
 
-    def __init__(self, root: Path, ds: Any, plan: list[ExportFeature], encoder: str | None, crf: int | None,
-                 gop: int, data_file_mb: float, video_file_mb: float):
+    def __init__(self, root: Path, ds: Any, plan: list[ExportFeature], encoders: dict[str, str], crf: int | None,
+                 gop: int, data_file_mb: float, video_file_mb: float, steps: list[str] | None = None):
         self.root, self.ds, self.plan = root, ds, plan
-        self.encoder, self.crf, self.gop = encoder, crf, gop
+        self.encoders, self.crf, self.gop = encoders, crf, gop
+        self.steps = steps
+        self.instructions = ds.instructions
+        self.stats: dict[str, list[dict[str, np.ndarray]]] = {}
         self.data_limit, self.video_limit = data_file_mb * 2**20, video_file_mb * 2**20
         self.numeric = [p for p in plan if p.kind == "numeric"]
         self.videos = [p for p in plan if p.kind == "video"]
@@ -154,16 +258,25 @@ class _Writer:
         start = int(self.ds.episode_ends[ep - 1]) if ep else 0
         end = int(self.ds.episode_ends[ep])
         length = end - start
-        task = self.ds.instructions[ep]
-        task_index = self.tasks.setdefault(task, len(self.tasks))
-        row: dict[str, Any] = {"episode_index": ep, "tasks": [task], "length": length}
-        row.update(self._data(ep, start, end, task_index))
+        texts = self.steps[start:end] if self.steps is not None else [self.instructions[ep]] * length
+        task_index = np.array([self.tasks.setdefault(t, len(self.tasks)) for t in texts], dtype=np.int64)
+        episode_stats: dict[str, dict[str, np.ndarray]] = {}
+        row: dict[str, Any] = {"episode_index": ep, "tasks": list(dict.fromkeys(texts)), "length": length}
+        row.update(self._data(ep, start, end, task_index, episode_stats))
         for p in self.videos:
-            row.update(self._video(p, start, end))
+            row.update(self._video(p, start, end, episode_stats))
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        for feature, st in episode_stats.items():
+            self.stats.setdefault(feature, []).append(st)
+            row.update({f"stats/{feature}/{k}": v.tolist() for k, v in st.items()})
         self.episodes.append(row)
 
-    def _data(self, ep: int, start: int, end: int, task_index: int) -> dict[str, Any]:
+    def dataset_stats(self) -> dict[str, Any]:
+        """``meta/stats.json``: the episodes' statistics aggregated as LeRobot does."""
+        return {feature: lstats.to_json(lstats.aggregate(eps)) for feature, eps in self.stats.items()}
+
+    def _data(self, ep: int, start: int, end: int, task_index: np.ndarray,
+              episode_stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -177,11 +290,13 @@ class _Writer:
         for p in self.numeric:
             x = np.asarray(self.ds.array(p.key)[start:end])
             columns[p.feature] = _arrow_column(x, p.declaration["shape"])
-        columns["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
-        columns["frame_index"] = pa.array(frame_index)
-        columns["episode_index"] = pa.array(np.full(length, ep, dtype=np.int64))
-        columns["index"] = pa.array(np.arange(start, end, dtype=np.int64))
-        columns["task_index"] = pa.array(np.full(length, task_index, dtype=np.int64))
+            episode_stats[p.feature] = lstats.numeric_stats(x, p.declaration["shape"])
+        bookkeeping = {"timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
+                       "episode_index": np.full(length, ep, dtype=np.int64),
+                       "index": np.arange(start, end, dtype=np.int64), "task_index": task_index}
+        for name, values in bookkeeping.items():
+            columns[name] = pa.array(values)
+            episode_stats[name] = lstats.numeric_stats(values, [1])
         table = pa.table(columns)
         if self.data_writer is None:
             path = self.root / DATA_PATH.format(chunk_index=self.data_pos.chunk, file_index=self.data_pos.file)
@@ -193,7 +308,8 @@ class _Writer:
         return {"data/chunk_index": self.data_pos.chunk, "data/file_index": self.data_pos.file,
                 "dataset_from_index": start, "dataset_to_index": end}
 
-    def _video(self, p: ExportFeature, start: int, end: int) -> dict[str, Any]:
+    def _video(self, p: ExportFeature, start: int, end: int,
+               episode_stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
         from robodual_envs.common.video import VideoFile
 
         pos = self.video_pos[p.key]
@@ -205,12 +321,18 @@ class _Writer:
         if current is None:
             h, w, _ = p.declaration["shape"]
             path = self.root / VIDEO_PATH.format(video_key=p.feature, chunk_index=pos.chunk, file_index=pos.file)
-            current = self.video_files[p.key] = VideoFile(path, self.fps, h, w, self.encoder, self.gop, self.crf)
+            current = self.video_files[p.key] = VideoFile(path, self.fps, h, w, self.encoders[p.feature], self.gop,
+                                                          self.crf)
             p.declaration.setdefault("info", {})["video.pix_fmt"] = current.pix_fmt
         first = current.frames
         arr = self.ds.array(p.key)
+        wanted = np.asarray(lstats.sample_indices(end - start)) + start
+        sampled = []
         for s in range(start, end, 256):
-            current.write(np.asarray(arr[s:min(end, s + 256)]))
+            batch = np.asarray(arr[s:min(end, s + 256)])
+            current.write(batch)
+            sampled.append(batch[wanted[(wanted >= s) & (wanted < s + len(batch))] - s])
+        episode_stats[p.feature] = lstats.image_stats(np.concatenate(sampled))
         return {f"videos/{p.feature}/chunk_index": pos.chunk, f"videos/{p.feature}/file_index": pos.file,
                 f"videos/{p.feature}/from_timestamp": first / self.fps,
                 f"videos/{p.feature}/to_timestamp": current.frames / self.fps}
@@ -234,54 +356,28 @@ def _arrow_column(x: np.ndarray, shape: list[int]) -> Any:
     return flat
 
 
-def _info(ds: Any, plan: list[ExportFeature], writer: _Writer, codec: str | None, data_file_mb: float,
+def _info(ds: Any, plan: list[ExportFeature], writer: _Writer, encoders: dict[str, str], data_file_mb: float,
           video_file_mb: float) -> dict[str, Any]:
+    from robodual_envs.common.video import codec_name
+
     fps = int(ds.fps) if float(ds.fps).is_integer() else ds.fps
     features: dict[str, Any] = {}
     for p in plan:
         decl = dict(p.declaration)
         if p.kind == "video":
             h, w, c = decl["shape"]
-            decl["info"] = {"video.height": h, "video.width": w, "video.codec": codec,
+            decl["info"] = {"video.height": h, "video.width": w, "video.codec": codec_name(encoders[p.feature]),
                             "video.pix_fmt": decl.get("info", {}).get("video.pix_fmt", "yuv420p"),
                             "video.is_depth_map": False, "video.fps": fps, "video.channels": c, "has_audio": False}
         features[p.feature] = decl
-    features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
-    for name in ("frame_index", "episode_index", "index", "task_index"):
-        features[name] = {"dtype": "int64", "shape": [1], "names": None}
+    for name, dtype in BOOKKEEPING_FEATURES.items():
+        features[name] = {"dtype": dtype, "shape": [1], "names": None}
     lerobot = dict(ds.attrs.get("lerobot") or {})
     return {"codebase_version": "v3.0", "robot_type": lerobot.get("robot_type"),
             "total_episodes": ds.num_episodes, "total_frames": ds.num_steps, "total_tasks": len(writer.tasks),
             "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": data_file_mb,
             "video_files_size_in_mb": video_file_mb, "fps": fps, "splits": {"train": f"0:{ds.num_episodes}"},
             "data_path": DATA_PATH, "video_path": VIDEO_PATH if writer.videos else None, "features": features}
-
-
-def _stats(ds: Any, plan: list[ExportFeature]) -> dict[str, Any]:
-    """LeRobot ``stats.json``: numeric features from the store's statistics, videos from sampled frames."""
-    out: dict[str, Any] = {}
-    stored = ds.stats
-    for p in plan:
-        if p.kind == "numeric":
-            entry = stored.get(p.key)
-            if entry is None:
-                x = np.asarray(ds.array(p.key)[:], dtype=np.float64).reshape(ds.num_steps, -1)
-                entry = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0),
-                         "q01": np.quantile(x, 0.01, axis=0), "q99": np.quantile(x, 0.99, axis=0)}
-            out[p.feature] = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in entry.items()
-                              if k in ("min", "max", "mean", "std", "q01", "q99")}
-            out[p.feature]["count"] = [ds.num_steps]
-        else:
-            idx = np.unique(np.linspace(0, ds.num_steps - 1, min(STAT_SAMPLE_FRAMES, ds.num_steps)).astype(int))
-            arr = ds.array(p.key)
-            x = np.stack([np.asarray(arr[int(i)]) for i in idx]).astype(np.float64) / 255.0  # [N, H, W, C]
-            x = x.reshape(-1, x.shape[-1])
-            per_channel = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0),
-                           "q01": np.quantile(x, 0.01, axis=0), "q99": np.quantile(x, 0.99, axis=0)}
-            # LeRobot keeps image statistics per channel with shape [C, 1, 1]
-            out[p.feature] = {k: v.reshape(-1, 1, 1).tolist() for k, v in per_channel.items()}
-            out[p.feature]["count"] = [len(idx)]
-    return out
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -315,8 +411,13 @@ def _write_episodes(path: Path, rows: list[dict[str, Any]]) -> None:
 
     columns = {name: [r[name] for r in rows] for name in rows[0]}
     types = {"tasks": pa.list_(pa.string())}
-    table = pa.table({name: pa.array(values, types.get(name, pa.float64() if name.endswith("timestamp")
-                                                        else pa.int64())) for name, values in columns.items()})
+
+    def column(name: str, values: list[Any]) -> Any:
+        if name.startswith("stats/"):  # nested lists of floats (count: of ints), as LeRobot's from_pydict infers
+            return pa.array(values)
+        return pa.array(values, types.get(name, pa.float64() if name.endswith("timestamp") else pa.int64()))
+
+    table = pa.table({name: column(name, values) for name, values in columns.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 
