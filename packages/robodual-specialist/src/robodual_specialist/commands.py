@@ -14,7 +14,8 @@ def train_specialist(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. model.depth=4 (repeatable)."),
     generalist_cache: str | None = typer.Option(
         None, "--generalist-cache",
-        help="Condition on cached generalist outputs in the store: a checkpoint hash, or 'auto' for the only one."),
+        help="Condition on cached generalist outputs in the store: 'auto' for the only one, a cache hash, or the "
+        "generalist run or checkpoint folder a cache was built from (`robodual dataset info` lists them)."),
     generalist: Path | None = typer.Option(
         None, "--generalist", help="Condition on a generalist run/checkpoint run online on every batch (slow; "
         "`robodual generalist cache` once and --generalist-cache is the fast way)."),
@@ -22,7 +23,7 @@ def train_specialist(
                                            help="Latent pooling with --generalist: none, step or mean."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out first."),
-    steps: int | None = typer.Option(None, "--steps", help="Shortcut for --set trainer.steps=N."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Shortcut for --set trainer.steps=N."),
     seed: int | None = typer.Option(None, "--seed", help="Shortcut for --set trainer.seed=S."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers (trainer.num_workers)."),
 ) -> None:

@@ -17,15 +17,11 @@ from robodual_specialist.config import SpecialistTrainConfig
 
 
 def resolve_generalist_cache(store: Path, spec: str) -> tuple[str, Any]:
-    """``(checkpoint_hash, GeneralistCache)`` for ``--generalist-cache HASH|auto``."""
-    from robodual_core.data.generalist_cache import GeneralistCache, list_caches
+    """``(checkpoint_hash, GeneralistCache)`` for ``--generalist-cache auto|HASH|FOLDER`` (a generalist run or
+    checkpoint folder: the cache built from it; :func:`robodual_core.data.generalist_cache.resolve_cache`)."""
+    from robodual_core.data.generalist_cache import GeneralistCache, resolve_cache
 
-    if spec == "auto":
-        hashes = [h for h, attrs in list_caches(store).items() if attrs.get("complete")]
-        if len(hashes) != 1:
-            raise RobodualError(f"--generalist-cache auto needs exactly one complete cache in '{store}/generalist/', "
-                                f"found {hashes or 'none'}; pass a hash (create one with `robodual generalist cache`)")
-        spec = hashes[0]
+    spec = resolve_cache(store, spec, flag="--generalist-cache")
     return spec, GeneralistCache(store, spec)
 
 

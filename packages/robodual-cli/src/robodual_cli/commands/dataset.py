@@ -105,11 +105,13 @@ def info(
     path: Path = typer.Argument(..., help="A robodual Zarr store."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
 ) -> None:
-    """Episodes, steps, fps and, per key, shape, dtype, chunks, compressor and bytes on disk."""
+    """Episodes, steps, fps, per key shape, dtype, chunks, compressor and bytes on disk, and the generalist caches
+    (each with the generalist checkpoint folder it came from and that checkpoint's date)."""
     import numpy as np
     from rich.table import Table
 
     from robodual_core.data import open_dataset
+    from robodual_core.data.generalist_cache import cache_entries, describe_cache
 
     ds = open_dataset(path, require_complete=False)
     keys = []
@@ -124,7 +126,8 @@ def info(
     summary = {"path": str(ds.path), "complete": ds.complete, "schema_version": ds.schema_version,
                "episodes": ds.num_episodes, "steps": ds.num_steps, "fps": ds.fps,
                "instructions": len(set(ds.instructions)), "tasks": len(set(ds.tasks)),
-               "size_on_disk": _dir_bytes(ds.path), "action_space": ds.action_space, "keys": keys}
+               "size_on_disk": _dir_bytes(ds.path), "action_space": ds.action_space, "keys": keys,
+               "generalist_caches": cache_entries(ds.path)}
     if json_out:
         print(json.dumps(summary))
         return
@@ -151,6 +154,13 @@ def info(
         table.add_row(k["key"], k["modality"], "x".join(map(str, k["shape"])), k["dtype"], chunking,
                       k["compressor"], _human(k["bytes"]), _human(k["bytes_on_disk"]))
     out.print(table)
+    caches = summary["generalist_caches"]
+    out.print(f"generalist caches {len(caches)}" + (" (--generalist-cache takes a hash or the folder)" if caches else ""),
+              markup=False, highlight=False)
+    for entry in caches:
+        cached = (entry["cached"] or "?").replace("T", " ").replace("+00:00", " UTC")
+        out.print(f"  {describe_cache(entry)}, cached {cached}, pooling {entry['pooling']}, {entry['dtype']}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _codec_name(codec: Any) -> str:

@@ -8,13 +8,19 @@ Layout (a zarr group inside the store, arrays indexed by global step ``t``)::
         action_latents  float16|float32 [T_total, Na, H]
         task_mask       bool [T_total, Nt]           True = valid token
         action_mask     bool [T_total, Na]
-        attrs: checkpoint_hash, k_g, action_dim, hidden_size, dtype, pooling, done_until, complete, source
+        attrs: checkpoint_hash, k_g, action_dim, hidden_size, dtype, pooling, done_until, complete, source,
+               checkpoint_date, created
 
 Row ``t`` holds the generalist's free-running output for the observation and instruction at step ``t``
 (so the specialist reads row ``gen_index = t - tau``). Rows are written in blocks; ``done_until`` (all
 rows before it are final) is advanced after each block, so an interrupted run resumes, and
 ``complete: true`` is written last. A cache from another checkpoint is never read:
 :class:`GeneralistCache` refuses a hash that does not match.
+
+``source`` is the generalist checkpoint folder the cache was built from (a run folder's latest checkpoint at the
+time), ``checkpoint_date`` when that checkpoint was written and ``created`` when the cache was started (ISO 8601,
+UTC). :func:`cache_entries` lists a store's caches with them (``robodual dataset info``) and :func:`resolve_cache`
+turns ``--generalist-cache auto|HASH|FOLDER`` into one cache's hash.
 
 ``checkpoint_hash(path)`` is sha256 (first 16 hex digits) over the files that define the weights: a
 training checkpoint's ``model_config.json`` and the weights inference loads (``ema.safetensors`` when
@@ -30,6 +36,7 @@ model through its :class:`~robodual_core.interfaces.GeneralistFamily` and only c
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +97,120 @@ def list_caches(store_path: str | Path) -> dict[str, dict[str, Any]]:
     return {name: dict(group[name].attrs) for name in sorted(group.group_keys())}
 
 
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(timestamp))
+
+
+def checkpoint_date(path: str | Path) -> str | None:
+    """When the files that define a checkpoint's weights were last written (ISO 8601, UTC), or None when they
+    cannot be read."""
+    try:
+        return _iso(max(f.stat().st_mtime for f in _weight_files(Path(path))))
+    except (OSError, ValueError, RobodualError):
+        return None
+
+
+def cache_entries(store_path: str | Path) -> list[dict[str, Any]]:
+    """The generalist caches of a store, one dict each: ``hash``, ``checkpoint`` (the generalist checkpoint folder
+    it was built from, or None), ``date`` (when that checkpoint was written: recorded in the cache, else read
+    from the folder if it still exists), ``cached`` (when the cache was started), ``complete``, ``done_until``,
+    ``num_steps``, ``k_g``, ``hidden_size``, ``dtype`` and ``pooling``."""
+    store_path = Path(store_path)
+    out = []
+    for h, attrs in list_caches(store_path).items():
+        source = attrs.get("source") or None
+        date = attrs.get("checkpoint_date") or (checkpoint_date(source) if source and Path(source).is_dir() else None)
+        cached = attrs.get("created")
+        if not cached:  # caches written before ``created`` was recorded: when the group was made
+            meta = store_path / GROUP / h / "zarr.json"
+            cached = _iso(meta.stat().st_mtime) if meta.is_file() else None
+        out.append({"hash": h, "checkpoint": source, "date": date, "cached": cached,
+                    "complete": bool(attrs.get("complete")), "done_until": attrs.get("done_until"),
+                    "num_steps": attrs.get("num_steps"), "k_g": attrs.get("k_g"),
+                    "hidden_size": attrs.get("hidden_size"), "dtype": attrs.get("dtype"),
+                    "pooling": attrs.get("pooling")})
+    return out
+
+
+def describe_cache(entry: dict[str, Any]) -> str:
+    """One cache of :func:`cache_entries` in a few words: hash, checkpoint folder and its date."""
+    date = (entry.get("date") or "date unknown").replace("T", " ").replace("+00:00", " UTC")
+    state = "" if entry.get("complete") else f", incomplete {entry.get('done_until', 0)}/{entry.get('num_steps', '?')}"
+    return f"{entry['hash']} (from {entry.get('checkpoint') or 'an unrecorded folder'}, checkpoint of {date}{state})"
+
+
+def resolve_cache(store_path: str | Path, spec: str, flag: str = "--generalist-cache") -> str:
+    """The hash of the cache in ``store_path`` that ``spec`` names: ``auto`` (the only complete cache), a cache's
+    hash, or a generalist run folder or checkpoint/model folder (the cache recorded as built from it, or from the
+    run's checkpoint, checked against the folder's hash; else the cache with the folder's hash)."""
+    store_path = Path(store_path)
+    entries = cache_entries(store_path)
+    listing = "; ".join(describe_cache(e) for e in entries) or "none"
+    if spec == "auto":
+        complete = [e for e in entries if e["complete"]]
+        if len(complete) == 1:
+            return complete[0]["hash"]
+        if not complete:
+            raise RobodualError(f"{flag} auto: dataset '{store_path}' has no complete generalist cache (caches: "
+                                f"{listing}); create one with `robodual generalist cache --policy RUN --dataset "
+                                f"{store_path}`")
+        raise RobodualError(f"{flag} auto: dataset '{store_path}' holds {len(complete)} complete generalist caches: "
+                            f"{'; '.join(describe_cache(e) for e in complete)}; pass {flag} with one's hash or its "
+                            "generalist run or checkpoint folder")
+    by_hash = {e["hash"]: e for e in entries}
+    if spec in by_hash:
+        return spec
+    path = Path(spec)
+    if not spec or not path.is_dir():
+        raise RobodualError(f"dataset '{store_path}' has no generalist cache for checkpoint {spec} ({flag} takes "
+                            f"auto, a cache's hash or a generalist run or checkpoint folder); caches: {listing}")
+    return _cache_of_folder(store_path, path, entries, flag, listing)
+
+
+def _cache_of_folder(store_path: Path, path: Path, entries: list[dict[str, Any]], flag: str, listing: str) -> str:
+    from robodual_core.checkpoint import pin_checkpoint
+
+    def source(entry: dict[str, Any]) -> Path | None:
+        return Path(entry["checkpoint"]).resolve() if entry.get("checkpoint") else None
+
+    pinned = pin_checkpoint(path)
+    runs = (path / "checkpoints").resolve() if (path / "checkpoints").is_dir() else None
+    if runs is not None:  # a run folder: the caches of any of its checkpoints
+        mine = [e for e in entries if source(e) is not None and source(e).parent == runs]
+        if len(mine) > 1:
+            latest = [e for e in mine if source(e) == pinned]
+            if len(latest) != 1:
+                raise RobodualError(f"{flag} '{path}': dataset '{store_path}' holds {len(mine)} caches of that run's "
+                                    f"checkpoints: {'; '.join(describe_cache(e) for e in mine)}; pass one's "
+                                    "checkpoint folder or hash")
+            mine = latest
+    else:
+        mine = [e for e in entries if source(e) == pinned]
+    if mine:
+        entry = mine[0]
+        folder = source(entry)
+        if folder is not None and folder.is_dir():
+            now = checkpoint_hash(folder)
+            if now != entry["hash"]:
+                raise RobodualError(f"{flag} '{path}': cache {entry['hash']} in '{store_path}' was built from "
+                                    f"'{folder}', whose files now hash to {now} (the checkpoint changed since); run "
+                                    f"`robodual generalist cache --policy {folder} --dataset {store_path}` again")
+        return str(entry["hash"])
+    # no cache records this folder (a copied or moved checkpoint): its files' hash decides
+    h = checkpoint_hash(pinned)
+    if h in {e["hash"] for e in entries}:
+        return h
+    raise RobodualError(f"{flag} '{path}': dataset '{store_path}' has no cache of that generalist (checkpoint "
+                        f"'{pinned}', hash {h}); caches: {listing}. Run `robodual generalist cache --policy {path} "
+                        f"--dataset {store_path}` first")
+
+
 class GeneralistCacheWriter:
     """Creates (or resumes) ``generalist/<hash>`` and writes rows block by block."""
 
     def __init__(self, store_path: str | Path, checkpoint_hash: str, num_steps: int, k_g: int, action_dim: int,
                  num_task_tokens: int, num_action_tokens: int, hidden_size: int, dtype: str = "float16",
-                 pooling: str = "none", overwrite: bool = False, source: str = ""):
+                 pooling: str = "none", overwrite: bool = False, source: str = "", source_date: str | None = None):
         if dtype not in ("float16", "float32"):
             raise RobodualError(f"cache dtype is {dtype!r}; expected float16 or float32")
         self.store_path = Path(store_path)
@@ -124,7 +239,8 @@ class GeneralistCacheWriter:
                                    fill_value=0 if dt != "bool" else False)
             group.attrs.update({"checkpoint_hash": checkpoint_hash, "k_g": k_g, "action_dim": action_dim,
                                 "hidden_size": hidden_size, "dtype": dtype, "pooling": pooling, "done_until": 0,
-                                "num_steps": num_steps, "complete": False, "source": source})
+                                "num_steps": num_steps, "complete": False, "source": source,
+                                "checkpoint_date": source_date, "created": _iso(time.time())})
         self.group = group
 
     @property
@@ -164,9 +280,10 @@ class GeneralistCache:
         root = _open_root(self.store_path, "r")
         available = sorted(root[GROUP].group_keys()) if GROUP in root else []
         if checkpoint_hash not in available:
+            present = "; ".join(describe_cache(e) for e in cache_entries(self.store_path)) or "none"
             raise RobodualError(
                 f"dataset '{self.store_path}' has no generalist cache for checkpoint {checkpoint_hash}; caches "
-                f"present: {', '.join(available) or 'none'}. Run `robodual generalist cache --policy CKPT "
+                f"present: {present}. Run `robodual generalist cache --policy CKPT "
                 f"--dataset {self.store_path}` with the generalist checkpoint the specialist uses")
         group = root[GROUP][checkpoint_hash]
         attrs = dict(group.attrs)
@@ -329,7 +446,7 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
     def writer_for(num_action_tokens: int) -> GeneralistCacheWriter:
         return GeneralistCacheWriter(dataset, h, ds.num_steps, k_g, d, 1 if pooling == "mean" else n_task,
                                      num_action_tokens, hidden, dtype=dtype, pooling=pooling, overwrite=overwrite,
-                                     source=str(policy))
+                                     source=str(policy), source_date=checkpoint_date(policy))
 
     writer = None
     if not overwrite and h in list_caches(dataset):  # resume (or reuse) it with the shapes it was made with
