@@ -147,3 +147,34 @@ def test_validate_lists_every_problem(tmp_path):
     assert validate_store(tmp_path / "missing.zarr") == [f"dataset '{tmp_path / 'missing.zarr'}' does not exist"]
     with pytest.raises(RobodualError, match="not complete"):
         open_dataset(path)
+
+
+def test_split_and_merge_keep_per_step_instructions(tmp_path):
+    """An episode whose frames carry two instructions (a LeRobot episode with two tasks) keeps them through
+    split and merge (meta/step_instruction_index), not only its first."""
+    from robodual_core.data import DatasetWriter, open_dataset
+    from robodual_core.data.ops import copy_episodes, merge_stores
+    from robodual_core.data.schema import STEP_INSTRUCTIONS
+
+    src = tmp_path / "src.zarr"
+    rng = np.random.default_rng(0)
+    with DatasetWriter(src, fps=10, modalities={"proprio": "proprio", "action": "action"}) as w:
+        for e in range(3):
+            arrays = {"proprio": rng.normal(size=(4, 2)).astype(np.float32),
+                      "action": rng.normal(size=(4, 2)).astype(np.float32)}
+            steps = ["pick", "pick", "place", "place"] if e == 1 else None
+            w.add_episode(arrays, instruction="pick" if e == 1 else f"go {e}", task="t", step_instructions=steps)
+
+    def per_step(path, ep):
+        ds = open_dataset(path)
+        start, end = ds.episode_bounds(ep)
+        assert STEP_INSTRUCTIONS in ds.root["meta"]
+        return ds.step_instructions()[start:end]
+
+    assert per_step(src, 1) == ["pick", "pick", "place", "place"]
+    copy_episodes([(open_dataset(src), [1, 2])], tmp_path / "split.zarr")
+    assert per_step(tmp_path / "split.zarr", 0) == ["pick", "pick", "place", "place"]
+    merge_stores([src, tmp_path / "split.zarr"], tmp_path / "merged.zarr")
+    assert per_step(tmp_path / "merged.zarr", 1) == ["pick", "pick", "place", "place"]
+    assert per_step(tmp_path / "merged.zarr", 3) == ["pick", "pick", "place", "place"]
+    assert per_step(tmp_path / "merged.zarr", 2) == ["go 2"] * 4

@@ -36,8 +36,15 @@ def copy_episodes(sources: Sequence[tuple[ZarrDataset, Sequence[int]]], dst: str
                            overwrite=overwrite, attrs=attrs)
     for ds, episodes in sources:
         instructions, tasks = ds.instructions, ds.tasks
+        per_step = ds.step_instructions()
         for ep in episodes:
-            writer.add_episode(ds.episode(int(ep)), instruction=instructions[ep], task=tasks[ep])
+            steps = None
+            if per_step is not None:  # an episode whose frames carry several instructions keeps them all
+                start, end = ds.episode_bounds(int(ep))
+                if len(set(per_step[start:end])) > 1:
+                    steps = per_step[start:end]
+            writer.add_episode(ds.episode(int(ep)), instruction=instructions[ep], task=tasks[ep],
+                               step_instructions=steps)
             if progress is not None:
                 progress(1)
     return writer.finalize()

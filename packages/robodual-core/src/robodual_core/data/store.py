@@ -95,6 +95,24 @@ class ZarrDataset:
         """One instruction per episode."""
         return self._strings("instruction")
 
+    def step_instructions(self) -> list[str] | None:
+        """Each step's instruction when the store keeps them per step (``meta/step_instruction_index``: episodes
+        whose frames carry several instructions), else None; a damaged array is refused naming it."""
+        from robodual_core.data.schema import STEP_INSTRUCTIONS
+
+        if STEP_INSTRUCTIONS not in self.root["meta"]:
+            return None
+        vocab = list(self.root["meta"].attrs.get("instructions", []))
+        index = np.asarray(self.meta_array(STEP_INSTRUCTIONS)[:], dtype=np.int64).reshape(-1)
+        where = f"'{self.path}': meta/{STEP_INSTRUCTIONS}"
+        if index.shape[0] != self.num_steps:
+            raise RobodualError(f"{where} has {index.shape[0]} entries; expected one per step ({self.num_steps}, "
+                                "meta/episode_ends)")
+        if index.size and (index.min() < 0 or index.max() >= len(vocab)):
+            raise RobodualError(f"{where} has values {int(index.min())}..{int(index.max())}; expected indices into "
+                                f"meta attrs 'instructions' (0..{len(vocab) - 1})")
+        return [vocab[i] for i in index]
+
     @cached_property
     def tasks(self) -> list[str]:
         """One task id per episode."""

@@ -216,20 +216,7 @@ def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, c
 
 def _step_instructions(ds: Any) -> list[str] | None:
     """Each step's instruction when the store keeps them per step (``meta/step_instruction_index``)."""
-    from robodual_core.data.schema import STEP_INSTRUCTIONS
-
-    if STEP_INSTRUCTIONS not in ds.root["meta"]:
-        return None
-    vocab = list(ds.root["meta"].attrs.get("instructions", []))
-    index = np.asarray(ds.meta_array(STEP_INSTRUCTIONS)[:], dtype=np.int64).reshape(-1)
-    where = f"'{ds.path}': meta/{STEP_INSTRUCTIONS}"
-    if index.shape[0] != ds.num_steps:
-        raise RobodualError(f"{where} has {index.shape[0]} entries; expected one per step ({ds.num_steps}, "
-                            "meta/episode_ends)")
-    if index.size and (index.min() < 0 or index.max() >= len(vocab)):
-        raise RobodualError(f"{where} has values {int(index.min())}..{int(index.max())}; expected indices into "
-                            f"meta attrs 'instructions' (0..{len(vocab) - 1})")
-    return [vocab[i] for i in index]
+    return ds.step_instructions()
 
 
 class _Writer:
