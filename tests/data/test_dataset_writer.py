@@ -178,3 +178,18 @@ def test_split_and_merge_keep_per_step_instructions(tmp_path):
     assert per_step(tmp_path / "merged.zarr", 1) == ["pick", "pick", "place", "place"]
     assert per_step(tmp_path / "merged.zarr", 3) == ["pick", "pick", "place", "place"]
     assert per_step(tmp_path / "merged.zarr", 2) == ["go 2"] * 4
+
+
+def test_training_windows_carry_each_steps_instruction(tmp_path):
+    from robodual_core.data import DatasetWriter, WindowDataset
+
+    src = tmp_path / "src.zarr"
+    with DatasetWriter(src, fps=10, modalities={"proprio": "proprio", "action": "action"}) as w:
+        for e in range(2):
+            w.add_episode({"proprio": np.zeros((4, 2), np.float32), "action": np.zeros((4, 2), np.float32)},
+                          instruction="pick" if e == 0 else "go", task="t",
+                          step_instructions=["pick", "pick", "place", "place"] if e == 0 else None)
+    ds = WindowDataset(src, obs_keys=[], horizon=2, k_g=2, split="all", augment_tau=False)
+    got = [(s["index"], s["instruction"]) for s in ds.__getitems__(list(range(len(ds))))]
+    assert got == [(0, "pick"), (1, "pick"), (2, "place"), (3, "place"), (4, "go"), (5, "go"), (6, "go"), (7, "go")]
+    assert open_dataset(src).instruction_per_step() == [s for _, s in got]

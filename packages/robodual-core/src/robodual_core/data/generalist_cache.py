@@ -441,7 +441,8 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
     model_device = next(iter(model.parameters()), torch.empty(0)).device
     h = checkpoint_hash(policy)
     k_g, d, hidden = model.k_g, model.action_dim, int(model.hidden_size)
-    n_task = max(model.task_token_count(s) for s in set(ds.instructions))
+    step_instructions = ds.instruction_per_step()  # per frame where an episode carries several
+    n_task = max(model.task_token_count(s) for s in set(step_instructions))
 
     def writer_for(num_action_tokens: int) -> GeneralistCacheWriter:
         return GeneralistCacheWriter(dataset, h, ds.num_steps, k_g, d, 1 if pooling == "mean" else n_task,
@@ -454,8 +455,6 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
         writer = writer_for(int(group["action_latents"].shape[1]) if "action_latents" in group else 0)
     if writer is None or not writer.complete:
         done = writer.done_until if writer is not None else 0
-        ep_of_step = np.searchsorted(ds.episode_ends, np.arange(ds.num_steps), side="right")
-        instructions = ds.instructions
         block = -(-batch_size // ROWS_PER_CHUNK) * ROWS_PER_CHUNK  # whole zarr chunks per write
         with progress_bar(show_progress) as progress:
             task = progress.add_task(f"caching generalist {h}", total=ds.num_steps, completed=done)
@@ -466,7 +465,7 @@ def build_cache(policy: str | Path, dataset: str | Path, batch_size: int = 16, d
                 for s in range(0, end - start, batch_size):
                     sl = slice(s, min(end - start, s + batch_size))
                     batch = {"obs": {key: images[sl]},
-                             "instruction": [instructions[e] for e in ep_of_step[start + sl.start:start + sl.stop]]}
+                             "instruction": step_instructions[start + sl.start:start + sl.stop]}
                     with torch.no_grad():
                         out = pool_output(model.generate(batch), pooling, k_g)
                     _check_output(out, sl.stop - sl.start, k_g, d, hidden, str(policy))

@@ -110,6 +110,9 @@ class WindowDataset(Dataset):
         self.episode_ends = ds.episode_ends
         self.episode_starts = ds.episode_starts
         self.instructions = ds.instructions
+        # an episode whose frames carry several instructions (a LeRobot episode with two tasks) keeps them per step
+        per_step = ds.step_instructions()
+        self.step_instructions = np.asarray(per_step, dtype=object) if per_step is not None else None
         self.tasks = ds.tasks
         self.action_dim = int(np.prod(ds.array(action_key).shape[1:], dtype=np.int64))
         self.proprio_dim = int(np.prod(ds.array(self.proprio_key).shape[1:], dtype=np.int64)) if self.proprio_key else 0
@@ -256,7 +259,8 @@ class WindowDataset(Dataset):
             "tau": int(ts[b] - gen_index[b]),
             "gen_index": int(gen_index[b]),
             "episode": int(eps[b]),
-            "instruction": self.instructions[int(eps[b])],
+            "instruction": (self.instructions[int(eps[b])] if self.step_instructions is None
+                            else str(self.step_instructions[int(ts[b])])),
             "task": self.tasks[int(eps[b])],
             "proprio": proprio[b],
             **({"features": {name: v[b] for name, v in feats.items()}} if feats else {}),

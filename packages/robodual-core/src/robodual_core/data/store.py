@@ -113,6 +113,14 @@ class ZarrDataset:
                                 f"meta attrs 'instructions' (0..{len(vocab) - 1})")
         return [vocab[i] for i in index]
 
+    def instruction_per_step(self) -> list[str]:
+        """The instruction of every step: per step where the store keeps them, else each episode's."""
+        per_step = self.step_instructions()
+        if per_step is not None:
+            return per_step
+        lengths = (self.episode_ends - self.episode_starts).astype(np.int64)
+        return [s for s, n in zip(self.instructions, lengths, strict=True) for _ in range(int(n))]
+
     @cached_property
     def tasks(self) -> list[str]:
         """One task id per episode."""
