@@ -44,7 +44,7 @@ def test_lora_checkpoint_holds_adapters_and_base_hash(trained):
     meta = json.loads((ckpt / "model_config.json").read_text())
     assert meta["family"] == "hf_vlm" and meta["model"]["lora"] and len(meta["base_hash"]) == 16
     keys = load_file(str(ckpt / "model.safetensors"))
-    assert keys and all("lora_" in k for k in keys)
+    assert keys and all("lora_" in k or "multi_modal_projector" in k for k in keys)  # adapters + projector
     assert family_of(run) == "hf_vlm"
 
 

@@ -74,6 +74,20 @@ def select_family(config: Path | None, overrides: list[str], prior: dict[str, An
     return name, generalist_family(name)
 
 
+def resolved_config(config: dict[str, Any], family: str) -> dict[str, Any]:
+    """A built-in family's train config as the run's config.json shows it: ``model.family`` the family the run
+    resolved (not ``auto``), and no ``model.tiny`` block unless the base is ``tiny`` (it sizes nothing else)."""
+    from robodual_generalist.families import AUTO_FAMILIES
+
+    model = config.get("model")
+    if family not in AUTO_FAMILIES or not isinstance(model, dict):
+        return config
+    model = {**model, "family": family}
+    if model.get("base") != "tiny":
+        model.pop("tiny", None)
+    return {**config, "model": model}
+
+
 def train_generalist(
     dataset: Path = typer.Option(..., "--dataset", help="robodual Zarr store to train on."),
     out: Path = typer.Option(..., "--out", help="Run folder (config.json, metrics.jsonl, checkpoints/)."),
@@ -98,6 +112,10 @@ def train_generalist(
     from robodual_core.training import Trainer, init_distributed, seed_everything
     from robodual_generalist.families import train_overrides
 
+    if steps is not None and steps < 1:  # refused at the flag, before a run folder is touched
+        from robodual_core.errors import ConfigError
+
+        raise ConfigError(f"--steps {steps}: config key 'trainer.steps' must be an integer >= 1, found {steps}")
     if resume and overwrite:
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
     if overwrite:
@@ -118,7 +136,7 @@ def train_generalist(
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
-    dump_config({"dataset": str(dataset), **to_dict(cfg)}, out / "config.json")
+    dump_config({"dataset": str(dataset), **resolved_config(to_dict(cfg), name)}, out / "config.json")
     where = f" base={m.base} lora={m.lora}" if name in ("openvla", "hf_vlm") else ""
     _console().print(f"generalist: family={name}{where} params={n_all / 1e6:.2f}M "
                      f"trainable={n_train / 1e6:.2f}M samples={len(ds)} action_dim={ds.action_dim}")

@@ -16,7 +16,8 @@ class TinyConfig:
     image_size: int = ranged(64, ge=1)
     patch_size: int = ranged(16, ge=1)
     vision_dim: int = ranged(32, ge=1)
-    vision_depth: int = ranged(2, ge=1)
+    # the projector reads the second-to-last block's features (OpenVLA's layer), so at least 2 blocks
+    vision_depth: int = ranged(2, ge=2)
     vision_heads: int = ranged(2, ge=1)
     hidden_size: int = ranged(128, ge=2)
     num_layers: int = ranged(2, ge=1)

@@ -5,9 +5,12 @@ OpenVLA's instruction prompt; the action chunk follows as ``k_g * (D + 1) - 1`` 
 one of the last ``n_bins`` ids of the vocabulary (OpenVLA's binning, :class:`ActionTokenizer`) and a
 separator id (by default the id just before the action range) sits between time steps.
 
-Training is next-token cross-entropy on the action ids only, with peft LoRA adapters on every linear layer
-by default (OpenVLA's recipe; ``freeze_vision`` keeps them off the vision tower). Checkpoints hold only
-the trainable weights plus the base folder's hash: the base is read again from ``base`` and a changed
+Training is next-token cross-entropy on the action ids only. As for the ``openvla`` family: with ``lora``,
+peft LoRA adapters go on the language model's linear layers (``lora_targets``, default all of them but the
+output head) and the rest of the language model is frozen; without it the language model trains fully; the
+projector (the image features' connector) trains fully when ``train_projector``; the vision tower is frozen
+unless ``freeze_vision`` is false (then it trains fully). Checkpoints hold only the trainable weights plus the
+base folder's hash: the base is read again from ``base`` and a changed
 folder is refused. ``merge_lora`` + ``save_merged`` write a standalone Hugging Face folder. ``generate`` decodes greedily and
 free-running under constraints (action ids at action slots, the separator at separator slots) with a
 KV cache. Task latents are the chosen layer's hidden states at the prompt's text positions (image
@@ -28,7 +31,7 @@ from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import Generalist, GeneralistOutput
 from robodual_generalist.common import checkpointing_enable
-from robodual_generalist.tokenizer import ActionTokenizer, openvla_prompt
+from robodual_generalist.tokenizer import ActionTokenizer, from_local, openvla_prompt
 
 FAMILY = "hf_vlm"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,7 +50,11 @@ class HFVLMConfig:
     # (set from the model when it is built, and saved with it)
     action_vocab: int = 0
     latent_layer: int = -1
-    freeze_vision: bool = False
+    freeze_vision: bool = True
+    train_projector: bool = True
+    # where LoRA adapters go: "language_model" (its linear layers), or "all" (every linear layer the targets name,
+    # projector and vision tower included unless freeze_vision: checkpoints trained before train_projector existed)
+    lora_scope: str = "language_model"
     lora: bool = True
     lora_rank: int = 32
     lora_alpha: int = 16
@@ -84,7 +91,29 @@ def action_range_end(end: int, n_bins: int, reserved: set[int]) -> int:
 
 
 MERGED_FILE = "robodual_generalist.json"  # beside a merged model's config.json
+# module names of the parts of a VLM that are not its language model (LLaVA, PaliGemma, Idefics3/SmolVLM, Qwen-VL)
+VISION_NAMES = ("vision_tower", "vision_model", "visual")
+PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger")
 VISION_MODULES = r".*(vision_tower|vision_model|visual)\..*"
+NON_LANGUAGE_MODULES = rf"(.*\.)?({'|'.join(VISION_NAMES + PROJECTOR_NAMES)})(\..*)?"
+
+
+def parts_named(model: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
+    """The outermost submodules of ``model`` whose own name is one of ``names``."""
+    found: list[tuple[str, nn.Module]] = []
+    for qual, module in model.named_modules():
+        if qual.rsplit(".", 1)[-1] in names and not any(qual.startswith(q + ".") for q, _ in found):
+            found.append((qual, module))
+    return [m for _, m in found]
+
+
+def stored_hf_config(model: dict[str, Any]) -> dict[str, Any]:
+    """An hf_vlm model config read back from a checkpoint: one saved before ``train_projector`` existed put LoRA
+    on every linear layer (projector included, vision tower too unless ``freeze_vision``), trained nothing fully,
+    and had ``freeze_vision`` false by default; rebuilt the same way, its weights fit."""
+    if "train_projector" in model:
+        return model
+    return {**model, "train_projector": False, "lora_scope": "all", "freeze_vision": model.get("freeze_vision", False)}
 
 
 def is_merged_dir(path: str | Path) -> bool:
@@ -102,8 +131,8 @@ def load_vlm(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, Any]:
     if dtype not in DTYPES:
         raise RobodualError(f"config key 'model.dtype' is {dtype!r}; expected one of {', '.join(DTYPES)}")
     try:
-        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=DTYPES[dtype])
+        processor = from_local(AutoProcessor, path)  # remote code off, never a prompt
+        model = from_local(AutoModelForImageTextToText, path, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as exc:
         raise RobodualError(f"cannot load a VLM with its processor from '{path}': {exc}") from None
     return model, processor
@@ -147,20 +176,29 @@ class HFVLMGeneralist(nn.Module, Generalist):
                                                 k_g=cfg.k_g, n_bins=cfg.n_bins)
         self.base_hash = folder_hash(Path(cfg.base)) if cfg.base and Path(cfg.base).is_dir() else None
         self._lora = False
-        if cfg.lora:
-            self.apply_lora()
-        else:
-            self.vlm.requires_grad_(True)
-            vision = getattr(getattr(vlm, "model", vlm), "vision_tower", None) or getattr(
-                getattr(vlm, "model", vlm), "vision_model", None)
-            if cfg.freeze_vision and vision is not None:
-                vision.requires_grad_(False)
+        self._configure_trainable()
         if cfg.gradient_checkpointing:
             checkpointing_enable(self.vlm)
 
     # -- parameters ------------------------------------------------------------------------------
+    def _configure_trainable(self) -> None:
+        """LoRA on the language model (or all of it trained); projector and vision tower as the config says."""
+        cfg = self.cfg
+        if cfg.lora_scope not in ("language_model", "all"):
+            raise RobodualError(f"hf_vlm config key 'lora_scope' is {cfg.lora_scope!r}; expected language_model or all")
+        self.vlm.requires_grad_(not cfg.lora)
+        if cfg.lora:
+            self.apply_lora()
+        if cfg.lora and cfg.lora_scope == "all":
+            return  # the old layout: adapters only
+        for vision in parts_named(self.vlm, VISION_NAMES):
+            vision.requires_grad_(not cfg.freeze_vision)
+        for projector in parts_named(self.vlm, PROJECTOR_NAMES):  # after vision: Qwen-VL's merger sits inside it
+            projector.requires_grad_(cfg.train_projector)
+
     def apply_lora(self) -> None:
-        """peft LoRA on ``lora_targets`` (default every linear layer but the output head); base frozen."""
+        """peft LoRA on ``lora_targets`` of the language model (default every linear layer but the output head);
+        the base frozen."""
         import warnings
 
         from peft import LoraConfig, get_peft_model
@@ -169,9 +207,12 @@ class HFVLMGeneralist(nn.Module, Generalist):
         targets: str | list[str] = cfg.lora_targets
         if targets != "all-linear":
             targets = [t.strip() for t in targets.split(",") if t.strip()]
+        if cfg.lora_scope == "all":
+            exclude = VISION_MODULES if cfg.freeze_vision else None
+        else:
+            exclude = NON_LANGUAGE_MODULES
         lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, init_lora_weights="gaussian",
-                          exclude_modules=VISION_MODULES if cfg.freeze_vision else None)
+                          target_modules=targets, init_lora_weights="gaussian", exclude_modules=exclude)
         self.vlm.requires_grad_(False)
         with warnings.catch_warnings():  # peft calls transformers methods deprecated in v5
             warnings.simplefilter("ignore", FutureWarning)
@@ -324,7 +365,7 @@ class HFVLMGeneralist(nn.Module, Generalist):
         whose content changed since the checkpoint was trained."""
         if meta.get("family") != FAMILY:
             raise RobodualError(f"model config family is {meta.get('family')!r}, expected '{FAMILY}'")
-        cfg = load_config(HFVLMConfig, base=meta["model"])
+        cfg = load_config(HFVLMConfig, base=stored_hf_config(meta["model"]))
         model = cls(cfg, action_dim=int(meta["action_dim"]))
         if meta.get("base_hash") and model.base_hash != meta["base_hash"]:
             raise RobodualError(f"this generalist was trained on base '{cfg.base}' with hash {meta['base_hash']}, "

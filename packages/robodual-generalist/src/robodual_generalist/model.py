@@ -39,6 +39,7 @@ from robodual_generalist.tokenizer import (
     ActionTokenizer,
     HFTextTokenizer,
     builtin_text_tokenizer,
+    from_local,
     openvla_prompt,
 )
 
@@ -373,8 +374,8 @@ def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[st
         return text, meta
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:  # remote code off: an OpenVLA folder's auto_map must not make transformers prompt
+        tok = from_local(AutoTokenizer, path)
     except Exception as exc:
         raise RobodualError(f"cannot load the text tokenizer from '{path}' ({exc}); an OpenVLA folder holds "
                             "tokenizer.json / tokenizer.model beside config.json") from None

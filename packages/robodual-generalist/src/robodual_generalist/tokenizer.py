@@ -14,6 +14,8 @@ else as UTF-8 bytes (the default), or ``bytes`` (every byte one id; tiny checkpo
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,6 +215,30 @@ class HFTextTokenizer:
         if self.suffix and ids[-1:] != self.suffix:
             ids += self.suffix
         return ids
+
+
+@contextmanager
+def no_remote_code_prompt() -> Iterator[None]:
+    """While it is open, transformers never asks "Do you wish to run the custom code? [y/N]".
+
+    A folder whose config names custom code (``auto_map``: every OpenVLA checkpoint) makes transformers prompt on
+    stdin for 15 s whenever a loader was not given ``trust_remote_code``; with its timeout at 0 such a loader fails
+    at once instead (robodual never runs a folder's code: remote code is off)."""
+    from transformers import dynamic_module_utils
+
+    before = dynamic_module_utils.TIME_OUT_REMOTE_CODE
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
+    try:
+        yield
+    finally:
+        dynamic_module_utils.TIME_OUT_REMOTE_CODE = before
+
+
+def from_local(loader: Any, path: Any, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(path)`` (``AutoTokenizer``, ``AutoProcessor``, ``AutoConfig``, ``AutoModel*``) for a
+    local folder: never the Hub, never the folder's own code, never a prompt."""
+    with no_remote_code_prompt():
+        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, **kwargs)
 
 
 def openvla_prompt(instruction: str) -> str:

@@ -23,13 +23,17 @@ def train_specialist(
                                            help="Latent pooling with --generalist: none, step or mean."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out first."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Shortcut for --set trainer.steps=N."),
+    steps: int | None = typer.Option(None, "--steps", help="Shortcut for --set trainer.steps=N."),
     seed: int | None = typer.Option(None, "--seed", help="Shortcut for --set trainer.seed=S."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers (trainer.num_workers)."),
 ) -> None:
     """Train the DiT specialist (paper 3.2/3.3); runs under torchrun with DDP."""
     from robodual_specialist.train import train
 
+    if steps is not None and steps < 1:  # refused at the flag, before a run folder is touched
+        from robodual_core.errors import ConfigError
+
+        raise ConfigError(f"--steps {steps}: config key 'trainer.steps' must be an integer >= 1, found {steps}")
     extra = list(overrides)
     if steps is not None:
         extra.append(f"trainer.steps={steps}")
