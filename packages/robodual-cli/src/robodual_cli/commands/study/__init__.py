@@ -74,8 +74,9 @@ def register(app: typer.Typer) -> None:
         folder = StudyFolder(out_dir, de.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite)
         t0 = time.perf_counter()
         result = de.run(cfg, folder)
-        full = de.check(de.DataEfficiencyConfig())
-        path = report.data_efficiency_report(folder, cfg, result, quick, report.plan_data_efficiency(full))
+        # a quick run extrapolates its measured rates to the full default study
+        plan = report.plan_data_efficiency(de.check(de.DataEfficiencyConfig())) if quick else None
+        path = report.data_efficiency_report(folder, cfg, result, quick, plan)
         _done(folder, path, t0)
 
     @study.command("training-efficiency")
@@ -104,8 +105,8 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         result = te.run(cfg, folder)
         full = te.check(te.TrainingEfficiencyConfig())
-        path = report.training_efficiency_report(folder, cfg, result, quick,
-                                                 report.plan_training_efficiency(full, len(te.checkpoints(full))))
+        plan = report.plan_training_efficiency(full, len(te.checkpoints(full))) if quick else None
+        path = report.training_efficiency_report(folder, cfg, result, quick, plan)
         _done(folder, path, t0)
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from robodual_cli.commands.study.common import StudyFolder
-from robodual_core.io import atomic_write_json, atomic_write_text
+from robodual_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _pct(x: float) -> str:
@@ -71,11 +70,11 @@ def copy_configs(study: StudyFolder, report: Path, runs: list[Path]) -> None:
     atomic_write_json(configs / "study.json", study.meta)
     src = study.root / "configs"
     for path in sorted(src.glob("*.json")) if src.is_dir() else []:
-        shutil.copyfile(path, configs / f"specialist_{path.name}")
+        atomic_write_bytes(configs / f"specialist_{path.name}", path.read_bytes())
     for run in runs:
         if (run / "config.json").is_file():
             name = "_".join(run.relative_to(study.root / "runs").parts)
-            shutil.copyfile(run / "config.json", configs / f"run_{name}.json")
+            atomic_write_bytes(configs / f"run_{name}.json", (run / "config.json").read_bytes())
 
 
 def _plt() -> Any:
@@ -85,6 +84,16 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """A figure as PNG, written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _header(study: StudyFolder, title: str, quick: bool) -> list[str]:
@@ -134,8 +143,7 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(report / "success_vs_demos.png", dpi=120)
-    plt.close(fig)
+    _save(fig, report / "success_vs_demos.png")
 
     head = "| demos per task | " + " | ".join(labels) + " |"
     table = [head, "|" + "---|" * (len(labels) + 1)]
@@ -236,8 +244,7 @@ def training_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, A
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(report / "success_vs_compute.png", dpi=120)
-    plt.close(fig)
+    _save(fig, report / "success_vs_compute.png")
 
     table = ["| policy | generalist steps | seed | compute (s) | success, % [95% Wilson] |", "|---|---|---|---|---|"]
     table += [f"| generalist only | {p['step']} | {cfg.generalist_seed} | {p['seconds']:.1f} | {cell(p)} |"
