@@ -66,6 +66,20 @@ def test_study_folder_records_stages_and_skips_them(tmp_path):
     assert not again.done("stage two")
 
 
+def test_training_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path):
+    folder = StudyFolder(tmp_path / "s", "data-efficiency", {"a": 1})
+    run_dir = tmp_path / "s" / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "metrics.jsonl").write_text('{"step": 10, "samples_per_s": 1.0}\n')  # lost steps: must not count
+    check = f"import os, sys; assert '--resume' not in sys.argv and not os.path.exists({str(run_dir)!r})"
+    folder.run("train x", [sys.executable, "-c", check, "--resume"], run_dir=run_dir)
+    assert folder.done("train x")
+    (run_dir / "checkpoints" / "500").mkdir(parents=True)  # a run with a checkpoint is resumed, not deleted
+    keep = f"import os, sys; assert '--resume' in sys.argv and os.path.exists({str(run_dir)!r})"
+    folder.run("train y", [sys.executable, "-c", keep, "--resume"], run_dir=run_dir)
+
+
 # -- the quick studies end to end ------------------------------------------------------------------------
 def _check_report(out, plot):
     report = out / "report"

@@ -137,6 +137,12 @@ class StudyFolder:
                                     f"{', '.join(changed)}); the config is fixed when a study starts, so its seeds "
                                     "and budgets cannot change after results are seen: use another --out or "
                                     "--overwrite")
+            commit = git_commit()
+            seen = [meta["git_commit"], *(r["git_commit"] for r in meta.get("resumed", []))]
+            if commit != seen[-1]:  # the report names every commit that ran stages of this study
+                meta["resumed"] = [*meta.get("resumed", []), {"git_commit": commit,
+                                                               "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}]
+                atomic_write_json(self.meta_path, meta)
             self.meta = meta
         else:
             if self.root.exists() and any(self.root.iterdir()):
@@ -171,14 +177,19 @@ class StudyFolder:
         atomic_write_json(self.progress_path, {"study": self.study, "stages": self.progress})
 
     def run(self, name: str, cmd: list[str], threads: int = 1, units: float | None = None, kind: str = "",
-            json_stdout: bool = False, work: Any = None) -> dict[str, Any]:
+            json_stdout: bool = False, work: Any = None, run_dir: Path | None = None) -> dict[str, Any]:
         """Run ``cmd`` (a ``robodual`` command) unless stage ``name`` is done; returns its progress record.
 
+        ``run_dir``: the training run the stage writes; one without a checkpoint is started again.
         ``work()``, called after the stage, gives the seconds of its own work (training loop, simulated
         episodes) as the stage measured them, so the rest is start-up and I/O (used by the time estimate)."""
         if self.done(name):
             err.print(f"[green]✓[/] {name}: done already")
             return self.record(name)
+        if run_dir is not None and run_dir.exists() and not _has_checkpoint(run_dir):
+            # interrupted before its first checkpoint: nothing to resume, and its metrics would count twice
+            shutil.rmtree(run_dir)
+            cmd = [c for c in cmd if c != "--resume"]
         shown = " ".join(shlex.quote(c) for c in ["robodual", *cmd[3:]])
         err.print(f"[bold cyan]▶ {name}[/]\n  $ {shown}")
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -234,7 +245,7 @@ def specialist_config(cfg: Any, store: Path | None, steps: int, seed: int) -> di
         "model": {"hidden": cfg.specialist_hidden, "depth": cfg.specialist_depth, "heads": 4, "sensors": sensors},
         "data": {"image_size": None, "val_ratio": cfg.val_ratio},
         "trainer": {"steps": steps, "batch_size": cfg.batch_size, "num_workers": 0, "lr": 3e-4,
-                    "warmup_steps": min(100, max(1, steps // 10)), "ckpt_every": steps, "seed": seed,
+                    "warmup_steps": min(100, max(1, steps // 10)), "ckpt_every": min(500, steps), "seed": seed,
                     "ema_decay": 0.995},
     }
 
@@ -248,6 +259,11 @@ def specialist_sets(cfg: Any) -> list[str]:
                                 f"found '{item}'")
         out += ["--set", item]
     return out
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
 
 def resume_flag(run_dir: Path) -> list[str]:

@@ -117,10 +117,10 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
     study.run("train generalist", robodual(
         "train", "generalist", "--dataset", str(broad), "--out", str(gen_dir), "--base", "tiny",
         "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
-        "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
+        "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={min(500, cfg.generalist_steps)}",
         "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
         *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size,
-        kind="train_generalist",
+        kind="train_generalist", run_dir=gen_dir,
         work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
     # 2. target demonstrations at each scale (same seed: the smaller stores are prefixes of the larger ones)
@@ -152,7 +152,7 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                 study.run(f"train {variant} n={n} seed={seed}", robodual(
                     "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
                     *extra, *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
-                    units=cfg.specialist_steps * cfg.batch_size,
+                    units=cfg.specialist_steps * cfg.batch_size, run_dir=run_dir,
                     kind="train_specialist", work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
 
     # 4. closed-loop evaluation: the same placements for every policy

@@ -110,7 +110,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         "--set", f"trainer.warmup_steps={min(100, max(1, cfg.generalist_steps // 10))}",
         "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
         *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size,
-        kind="train_generalist",
+        kind="train_generalist", run_dir=gen_dir,
         work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
     def evaluate(name: str, policy: Path, kind: str, out: Path) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
             study.run(f"train dual at={step} seed={seed}", robodual(
                 "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
                 "--generalist-cache", key, *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
-                units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist",
+                units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist", run_dir=run_dir,
                 work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
             res = evaluate(f"eval dual at={step} seed={seed}", run_dir, "dual",
                            evals / f"dual_at{step}" / f"seed{seed}")
@@ -162,7 +162,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
             study.run(f"train specialist_only seed={seed}", robodual(
                 "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
                 *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
-                units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist",
+                units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist", run_dir=run_dir,
                 work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
             res = evaluate(f"eval specialist_only seed={seed}", run_dir, "specialist",
                            evals / "specialist_only" / f"seed{seed}")
