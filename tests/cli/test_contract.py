@@ -35,6 +35,9 @@ ELSEWHERE = {
     "demo": "tests/cli/test_demo.py (robodual demo --quick end to end, slow)",
     "plugins install": "tests/cli/test_cli_foundation.py::test_install_third_party_plugin_and_uninstall (pip)",
     "plugins uninstall": "tests/cli/test_cli_foundation.py::test_install_third_party_plugin_and_uninstall (pip)",
+    "study data-efficiency": "tests/cli/test_study.py::test_data_efficiency_quick_runs_and_resumes (--quick, slow)",
+    "study training-efficiency": "tests/cli/test_study.py::test_training_efficiency_quick_runs_and_resumes "
+                                 "(--quick, slow)",
 }
 COVERED: dict[str, str] = {}  # command -> the test of this module that runs it
 
