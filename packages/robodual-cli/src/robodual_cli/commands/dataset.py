@@ -321,9 +321,10 @@ def _parse_episodes(spec: str, n: int) -> list[int]:
 
 
 def _progress(total: int, description: str):
-    from rich.progress import Progress
+    """The one robodual progress bar (robodual_core.progress) counting episodes."""
+    from robodual_core.progress import progress_bar
 
-    bar = Progress(console=err, transient=False)
+    bar = progress_bar(unit="episodes")
     task = bar.add_task(description, total=total)
     return bar, (lambda n: bar.advance(task, n))
 

@@ -351,7 +351,9 @@ class CalvinConverter(DatasetConverter):
         todo = windows[writer.num_episodes:]
         frames_total = sum(end - start + 1 for start, end, _, _ in todo)
         t0 = time.perf_counter()
-        with _progress(progress, frames_total, f"CALVIN {split_path.name} -> {Path(dst).name}") as advance:
+        from robodual_core.progress import counting
+
+        with counting(progress, frames_total, f"CALVIN {split_path.name} -> {Path(dst).name}", "frames") as advance:
             for (_, _, text, task), frames in zip(todo, self._load_windows(reader, todo, workers), strict=True):
                 writer.add_episode(self._episode(frames, keys, image_size, action_key), instruction=text, task=task)
                 advance(len(frames["robot_obs"]))
@@ -398,13 +400,6 @@ class CalvinConverter(DatasetConverter):
         out["proprio"] = frames["robot_obs"][:, PROPRIO_INDEX].astype(np.float32)
         out["action"] = frames[action_key].astype(np.float32)
         return out
-
-
-def _progress(enabled: bool, total: int, description: str) -> Any:
-    """A progress bar on stderr counting frames (nothing when ``enabled`` is False)."""
-    from robodual_core.progress import counting
-
-    return counting(enabled, total, description, "frames")
 
 
 def add_command(convert_group: Any, name: str = "calvin") -> None:
