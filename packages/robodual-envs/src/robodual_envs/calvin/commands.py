@@ -91,6 +91,10 @@ def eval_command(
         from robodual_envs.calvin.env import check_dataset_config
 
         check_dataset_config(dataset_config, tactile)
+    if simulator == "calvin":  # a user without the simulator learns that first
+        from robodual_envs.calvin.env import require_calvin_env
+
+        require_calvin_env()
     check_policy(policy, kind)
     if simulator == "calvin":
         from robodual_envs.calvin.env import import_calvin_env

@@ -37,6 +37,15 @@ FPS = 30.0
 ACTION_DIM = 7
 
 
+def require_calvin_env() -> None:
+    """Refuse, with the install hint, when calvin_env is not installed: found without importing it (importing
+    it early would load its rendering stack before the policy's; see calvin.runner)."""
+    import importlib.util
+
+    if importlib.util.find_spec("calvin_env") is None:
+        raise MissingDependencyError(INSTALL_HINT)
+
+
 def import_calvin_env() -> Any:
     try:
         import calvin_env
