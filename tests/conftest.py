@@ -13,13 +13,26 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # torch._dynamo imports triton, which segfaults when it is first imported after MuJoCo has initialised EGL in the
 # same process (seen with the Meta-World tests followed by the Trainer's diffusers imports). Importing it up front
 # makes the suite independent of test order.
+import pytest
 import torch
 import torch._dynamo
 
 
-def pytest_collection_modifyitems(config, items):
-    import pytest
+@pytest.fixture
+def run(capsys):
+    """``robodual ARGS`` in this process: ``(exit code, captured stdout/stderr)``."""
+    from robodual_cli.app import main
 
+    def _run(*args):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+            raise SystemExit(0)
+        return exc.value.code, capsys.readouterr()
+
+    return _run
+
+
+def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

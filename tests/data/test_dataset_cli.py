@@ -5,22 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from dataset_helpers import LENGTHS, episode, make_store
 
-from robodual_cli.app import main
 from robodual_core.data import open_dataset, split_episodes
-
-
-@pytest.fixture
-def run(capsys):
-    def _run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        return exc.value.code, capsys.readouterr()
-
-    return _run
 
 
 def test_info_stats_validate(tmp_path, run):

@@ -11,19 +11,6 @@ import numpy as np
 import pytest
 from dataset_helpers import LENGTHS, make_store
 
-from robodual_cli.app import main
-
-
-@pytest.fixture
-def run(capsys):
-    def _run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        return exc.value.code, capsys.readouterr()
-
-    return _run
-
 
 def _checkpoint(run_dir, step: int, seed: int):
     ckpt = run_dir / "checkpoints" / str(step)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from dataset_helpers import episode, make_store
 
-from robodual_cli.app import main
 from robodual_core.data import DatasetWriter, WindowDataset, open_dataset
 from robodual_core.data.integrity import ChunkLayout
 from robodual_core.data.validate import validate_store
@@ -45,15 +44,6 @@ def store(pristine, tmp_path):
     return dst
 
 
-@pytest.fixture
-def run(capsys):
-    def _run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        return exc.value.code, capsys.readouterr()
-
-    return _run
 
 
 def one_line_error(code, cap, *needles):

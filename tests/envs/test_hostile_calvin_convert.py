@@ -10,20 +10,9 @@ import numpy as np
 import pytest
 from test_calvin_convert import SAMPLE, fake_calvin
 
-from robodual_cli.app import main
-
 pytestmark = pytest.mark.hostile
 
 
-@pytest.fixture
-def run(capsys):
-    def _run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        return exc.value.code, capsys.readouterr()
-
-    return _run
 
 
 def _ann(d: Path) -> dict:

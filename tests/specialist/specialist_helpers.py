@@ -58,6 +58,15 @@ def register_fake_sensor() -> None:
     pm.register_module(mod, "fake-sensors")
 
 
+def randomized(model, seed=0):
+    """Every parameter random (zero-initialised layers would make outputs trivially equal)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
 def tiny_config(**kw) -> SpecialistConfig:
     base = dict(action_dim=4, proprio_dim=3, k_s=4, k_g=4, generalist_dim=12, hidden=32, depth=2, heads=4,
                 sensors=[SensorConfig("fake_rgb", {"out_dim": 32, "tokens": 2})],

@@ -5,7 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from specialist_helpers import FakeImageSensor, fake_batch, fake_generalist, register_fake_sensor, tiny_config
+from specialist_helpers import (
+    FakeImageSensor,
+    fake_batch,
+    fake_generalist,
+    randomized,
+    register_fake_sensor,
+    tiny_config,
+)
 from torch.func import functional_call
 
 from robodual_specialist.config import SensorConfig, SpecialistConfig
@@ -17,15 +24,6 @@ CONDITIONERS = ["cross_attention", "film", "in_context"]
 @pytest.fixture(autouse=True)
 def _fake_sensor():
     register_fake_sensor()
-
-
-def randomized(model, seed=0):
-    """Every parameter random (zero-initialised layers would make outputs trivially equal)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
 
 
 def dit_inputs(model, B=2, seed=1):

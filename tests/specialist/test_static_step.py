@@ -3,7 +3,7 @@ against ``DiTSpecialist.sample``; the captured replay itself against eager on a 
 
 import pytest
 import torch
-from specialist_helpers import fake_batch, fake_generalist, register_fake_sensor, tiny_config
+from specialist_helpers import fake_batch, fake_generalist, randomized, register_fake_sensor, tiny_config
 
 from robodual_specialist.config import SensorConfig
 from robodual_specialist.graphed import StaticControlStep, StepPool, pad_generalist
@@ -18,14 +18,6 @@ TOL = {"atol": 1e-4, "rtol": 1e-3}
 @pytest.fixture(autouse=True)
 def _sensor():
     register_fake_sensor()
-
-
-def randomized(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
 
 
 def _noise(batch, seed=5):
