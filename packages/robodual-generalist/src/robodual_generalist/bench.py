@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -282,13 +283,12 @@ def decode_table(model: VLAGeneralist, dev: torch.device, repeats: int, heavy: b
         for label, m in (("chunk", model), ("single_action", single)):
             modes = [d for d in DECODINGS if not (heavy and b == 8 and d == "recompute")]
 
-            def run(m: VLAGeneralist = m, mode: str = "static", batch: dict[str, Any] = batch) -> None:
+            def run(mode: str, m: VLAGeneralist = m, batch: dict[str, Any] = batch) -> None:
                 m.generate(batch, decoding=mode)
                 _sync(dev)
 
             with torch.inference_mode():
-                times = interleaved({mode: (lambda mode=mode, run=run: run(mode=mode)) for mode in modes},
-                                    repeats, warmup=2)
+                times = interleaved({mode: functools.partial(run, mode) for mode in modes}, repeats, warmup=2)
             tokens = m.action_tokenizer.chunk_len
             for mode in modes:
                 t = sorted(times[mode]["total"])

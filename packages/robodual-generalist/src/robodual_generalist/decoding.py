@@ -121,9 +121,8 @@ class StaticChunkDecoder:
 
         restore()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph):  # records the kernels without running them: the state stays as restored
             self._step()
-        restore()  # capture records the kernels without running them; nothing to undo, but keep it explicit
         self._graph = graph
         self.captures += 1
 
@@ -159,11 +158,8 @@ class StaticChunkDecoder:
                 except Exception as exc:  # an op the capture cannot record: decode eagerly from now on
                     warnings.warn(f"CUDA graph capture of the decode step failed ({type(exc).__name__}: {exc}); "
                                   "decoding eagerly", RuntimeWarning, stacklevel=2)
-                    self.graph_enabled = False
+                    self.graph_enabled = False  # the warm-up step was undone before the capture began
                     torch.cuda.synchronize(self.device)
-                    for layer in self.cache.layers:  # the failed capture may have advanced nothing; rewind anyway
-                        layer.cumulative_length.fill_(L)
-                    self.slot.zero_()
             if self._graph is not None:
                 for _ in range(self.chunk_len):
                     self._graph.replay()

@@ -166,9 +166,13 @@ class StaticControlStep:
         else:
             self.tau.copy_(torch.as_tensor(tau).reshape(-1).expand(self.batch_size), non_blocking=True)
         if self.gen is not None and gen is not None:
-            padded = pad_generalist(gen, self.gen.task_latents.shape[1], self.gen.action_latents.shape[1])
-            for f in _GEN_FIELDS:
-                getattr(self.gen, f).copy_(getattr(padded, f), non_blocking=True)
+            for f in _GEN_FIELDS:  # into the buffers' leading rows; the padding rows stay masked off
+                buf, x = getattr(self.gen, f), getattr(gen, f)
+                n = x.shape[1]
+                if n > buf.shape[1]:
+                    raise ValueError(f"{n} generalist tokens do not fit the step's {buf.shape[1]}")
+                buf[:, :n].copy_(x, non_blocking=True)
+                buf[:, n:].zero_()
         if noise is None:
             self.noise.normal_()
         else:

@@ -115,11 +115,9 @@ def synthetic_report(size: str, device: str, steps: int, repeats: int = 5) -> di
     """Control rates of the dual system with freshly built models: the specialist alone (its generalist
     costing nothing), the generalist's chunk period, and the asynchronous dual system (generalist in a thread
     of this process, on the same device)."""
-    import statistics
-
     import torch
 
-    from robodual_core.bench import gpu_limits
+    from robodual_core.bench import gpu_limits, measure
     from robodual_core.runtime import DualSystemPolicy, SpecialistOnlyPolicy, measure_rate
 
     gen, spec, obs, instruction = synthetic_runners(size, device)
@@ -130,16 +128,7 @@ def synthetic_report(size: str, device: str, steps: int, repeats: int = 5) -> di
             torch.cuda.synchronize(dev)
 
     def timed(fn) -> float:
-        fn()
-        fn()
-        times = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return measure(lambda: (fn(), sync()), warmup=2, repeats=repeats)["median_s"]
 
     out_g = gen.predict(obs, instruction)
     chunk_s = timed(lambda: gen.predict(obs, instruction))

@@ -58,6 +58,8 @@ class MetaWorldEnv(Environment):
     """One Meta-World task at a time (``reset(task=...)`` switches task) rendered to numpy arrays."""
 
     fps = 80.0  # Meta-World's control period: frame_skip 5 x 2.5 ms
+    # "mt10"/"mt50"/task names -> validated task names, for callers that reach the env through the registry
+    resolve_tasks = staticmethod(resolve_tasks)
 
     def __init__(
         self,

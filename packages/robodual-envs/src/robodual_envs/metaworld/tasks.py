@@ -188,7 +188,8 @@ def all_tasks() -> list[str]:
 
 
 def resolve_tasks(spec: str | list[str] | tuple[str, ...], flag: str = "--tasks") -> list[str]:
-    """``"mt10"`` or ``"reach-v3,push-v3"`` (or a list) -> validated task names, order kept, no duplicates."""
+    """``"mt10"``, ``"mt50"`` or ``"reach-v3,push-v3"`` (or a list) -> validated task names, order kept, no
+    duplicates."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names: list[str] = []
     known: list[str] | None = None
@@ -197,13 +198,15 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...], flag: str = "--tasks"
             continue
         if item.lower() == "mt10":
             expanded = list(MT10)
+        elif item.lower() == "mt50":
+            expanded = all_tasks()
         else:
             if known is None:
                 known = all_tasks()
             name = item if item in known else f"{item}-v3"
             if name not in known:
-                raise RobodualError(f"{flag}: unknown Meta-World task '{item}'; expected 'mt10' or task names "
-                                    f"such as {', '.join(known[:4])}, ... (all: {', '.join(known)})")
+                raise RobodualError(f"{flag}: unknown Meta-World task '{item}'; expected 'mt10', 'mt50' or task "
+                                    f"names such as {', '.join(known[:4])}, ... (all: {', '.join(known)})")
             expanded = [name]
         names.extend(n for n in expanded if n not in names)
     if not names:

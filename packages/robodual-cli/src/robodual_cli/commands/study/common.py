@@ -62,26 +62,11 @@ def git_commit(cwd: Path | None = None) -> str:
 
 
 def resolve_tasks(spec: list[str], flag: str) -> list[str]:
-    """``mt10``/``mt50`` or Meta-World task names (``-v3`` optional) -> validated names, order kept."""
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
+    """``mt10``/``mt50`` or Meta-World task names (``-v3`` optional) -> validated names, order kept: the
+    Meta-World plugin's own resolution, reached through the registry."""
+    from robodual_core.plugins import registry
 
-    known = list(ALL_V3_ENVIRONMENTS)
-    names: list[str] = []
-    for item in (s.strip() for s in spec):
-        if not item:
-            continue
-        if item.lower() in ("mt10", "mt50"):
-            expanded = list(MT10_V3) if item.lower() == "mt10" else known
-        else:
-            name = item if item in known else f"{item}-v3"
-            if name not in known:
-                raise RobodualError(f"{flag}: unknown Meta-World task '{item}'; expected 'mt10', 'mt50' or task "
-                                    f"names such as {', '.join(known[:3])}, ...")
-            expanded = [name]
-        names.extend(n for n in expanded if n not in names)
-    if not names:
-        raise RobodualError(f"{flag}: no task given; expected 'mt10' or names like 'reach-v3,push-v3'")
-    return names
+    return registry("envs").get("metaworld").resolve_tasks(list(spec), flag)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
