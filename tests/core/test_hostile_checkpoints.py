@@ -333,6 +333,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_equals_the_uninterrupted_run(spec_store, tmp_path):
     store, config = spec_store
     steps = "12"  # the killed run is configured for 200 (constant lr: the schedule does not depend on it)

@@ -110,6 +110,7 @@ def test_ema_update_equals_diffusers_ema_model():
         assert not torch.allclose(a, p)  # really averaged, not copied
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_model(tmp_path):
     """trainer.compile compiles the model's compile_targets in place: same losses as eager, same checkpoint keys."""
 

@@ -232,6 +232,7 @@ def test_workers_cover_every_chain_exactly_once_and_write_videos(tmp_path):
 
 
 @pytest.mark.hostile
+@pytest.mark.slow
 def test_hung_and_crashed_workers_are_retried_once_then_recorded(tmp_path):
     chains = protocol.chains(0, 6)
     anywhere = Counter(t for c in chains for t in set(c.subtasks))

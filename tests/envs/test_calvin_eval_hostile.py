@@ -288,6 +288,7 @@ def test_json_stdout_stays_json_when_the_policy_prints_to_fd_1(tmp_path, capfd):
     assert "simulator noise on fd 1" in captured.err and "printed later" in captured.err
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_evaluation_then_resume_runs_each_chain_once(tmp_path):
     out = tmp_path / "eval"
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from {__name__} import spec; "

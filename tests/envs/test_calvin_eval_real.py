@@ -138,6 +138,7 @@ def test_dataset_merged_config_builds_the_same_env(tmp_path):
         e.close()
 
 
+@pytest.mark.slow
 def test_two_chains_end_to_end_with_a_late_torch_stack(tmp_path):
     spec = EvalSpec(policy_kwargs={"seed": 0}, policy_factory=f"{__name__}:LateTorchStackPolicy",
                     env_kwargs={"simulator": "calvin", "scene": "D", "renderer": RENDERER}, max_steps=10)
@@ -192,6 +193,7 @@ def _eval(policy: Path, out: Path, workers: int) -> dict:
     return report["performance"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["specialist", "dual"])
 def test_trained_policy_runs_three_chains_in_a_worker_and_in_process(trained, tmp_path, kind):
     here = _eval(trained / kind, tmp_path / "in_process", workers=0)

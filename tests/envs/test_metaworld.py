@@ -124,6 +124,7 @@ def _replay_succeeds(task: str, seed: int, actions: np.ndarray) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_generate_cli_keeps_only_successful_episodes(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -174,6 +175,7 @@ def test_generate_cli_keeps_only_successful_episodes(tmp_path, monkeypatch):
 
 
 # -- closed-loop evaluation ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_scripted_expert_succeeds(tmp_path):
     from robodual_envs.metaworld.evaluate import evaluate
     from robodual_envs.metaworld.expert import ScriptedExpertPolicy
@@ -233,6 +235,7 @@ def test_eval_cli_writes_results(tmp_path):
     assert bad.exit_code != 0 and "is not a folder" in str(bad.exception)
 
 
+@pytest.mark.slow
 def test_generate_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     from robodual_core.data import open_dataset
     from robodual_envs.metaworld import generate

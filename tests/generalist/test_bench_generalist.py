@@ -5,6 +5,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow
 def test_bench_generalist_writes_its_report(tmp_path):
     from robodual_cli.app import main
 

@@ -88,6 +88,7 @@ def _run_with_open_stdin(code: str, timeout: float = 120) -> str:
 
 
 @pytest.mark.hostile
+@pytest.mark.slow
 def test_openvla_tokenizer_loads_without_prompt(tmp_path):
     folder = openvla_tokenizer_folder(tmp_path / "openvla")
     out = _run_with_open_stdin(f"""
@@ -106,6 +107,7 @@ def test_openvla_tokenizer_loads_without_prompt(tmp_path):
 
 
 @pytest.mark.hostile
+@pytest.mark.slow
 def test_custom_code_is_refused_at_once_never_asked(tmp_path):
     """Remote code off: a loader of the folder's custom code fails quickly instead of asking, with or without
     trust_remote_code given (no_remote_code_prompt covers loaders that forget it)."""

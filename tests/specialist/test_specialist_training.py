@@ -36,6 +36,7 @@ def trainer_cfg(**kw):
     return TrainerConfig(**base)
 
 
+@pytest.mark.slow
 def test_overfits_tiny_dataset(store, tmp_path):
     torch.manual_seed(0)
     ds = [window_ds(store, augment_tau=False)[i] for i in range(48)]  # in memory: the test times the model
@@ -125,6 +126,7 @@ def _full_batch(B=8):
     }
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_gradients(tmp_path):
     torch.manual_seed(0)
     model = DiTSpecialist(tiny_config(sensors=[], generalist_dim=12))
