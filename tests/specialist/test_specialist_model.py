@@ -428,3 +428,28 @@ def test_ddim_chain_equals_the_diffusers_scheduler_step(prediction_type, spacing
         x = sched.step(out, t, x).prev_sample
         y = chain.step(i, out, y)
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conditioner", CONDITIONERS)
+def test_generalist_inputs_select_the_conditioning_sources(conditioner):
+    """``generalist_inputs`` (the conditioning-source ablation): "latents" ignores the generalist's actions,
+    "actions" ignores its latents, "both" reads both; the static control step follows the same switch."""
+    from robodual_specialist.graphed import StepPool
+
+    batch, gen = fake_batch(), fake_generalist(3)
+    other_latents = fake_generalist(3, seed=9)
+    other_latents.actions = gen.actions
+    other_actions = fake_generalist(3)
+    other_actions.actions = -gen.actions
+    for inputs, reads_latents, reads_actions in (("both", True, True), ("latents", True, False),
+                                                 ("actions", False, True)):
+        model = randomized(DiTSpecialist(tiny_config(conditioner=conditioner, generalist_inputs=inputs)))
+        ref = _sample(model, batch, gen, guidance_scale=1.0)
+        for other, reads in ((other_latents, reads_latents), (other_actions, reads_actions)):
+            changed = (_sample(model, batch, other, guidance_scale=1.0) - ref).abs().max()
+            assert (changed > 1e-4) == reads, (inputs, reads, float(changed))
+        step = StepPool().get(model, batch, gen, torch.device("cpu"))
+        noise = torch.randn(batch["action"].shape, generator=torch.Generator().manual_seed(5))
+        model.sampling = type(model.sampling)()
+        torch.testing.assert_close(step(batch, gen, noise=noise), model.sample(batch, gen, noise=noise),
+                                   atol=1e-4, rtol=1e-3)

@@ -100,12 +100,16 @@ def train_generalist(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start again."),
     seed: int | None = typer.Option(None, "--seed", help="Trainer seed (trainer.seed)."),
+    init: Path | None = typer.Option(None, "--init", help="Fine-tune a trained generalist: start from the weights "
+                                     "of this run or checkpoint folder (its model config, a fresh optimizer and "
+                                     "schedule, the normalization statistics of --dataset)."),
 ) -> None:
     """Train a generalist of any registered family (default: OpenVLA-style action-chunk tokens; LoRA on a base,
     full training on 'tiny').
 
     With '--base tiny' the tiny defaults apply (full training, lr 1e-3, 300 steps) under --config/--set.
     '--set model.family=NAME' selects another registered family (`robodual plugins list`), with its own config.
+    '--init RUN' fine-tunes a trained generalist on --dataset (e.g. a broad-corpus generalist on target tasks).
     """
     from robodual_core.config import dump_config, read_config_file, to_dict
     from robodual_core.data import WindowDataset
@@ -118,12 +122,19 @@ def train_generalist(
         raise ConfigError(f"--steps {steps}: config key 'trainer.steps' must be an integer >= 1, found {steps}")
     if resume and overwrite:
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
+    if resume and init is not None:
+        raise RobodualError("--init and --resume contradict each other: --resume continues the run in --out (which "
+                            "remembers its --init), --init starts a new run from another run's weights")
     if overwrite:
         _clear_run_dir(out)
     overrides = train_overrides(sets, base, steps, seed)
     saved = out / "config.json"
     prior = read_config_file(saved) if resume and saved.is_file() else {}
     prior.pop("dataset", None)
+    start = prior.pop("init", None)
+    init_ckpt = Path(start["checkpoint"]) if isinstance(start, dict) and "checkpoint" in start else None
+    if init is not None:
+        init_ckpt, prior = init_source(init, base)
     name, family = select_family(config, overrides, prior)
     cfg = family.train_config(config, overrides, prior)
     init_distributed()
@@ -133,10 +144,13 @@ def train_generalist(
                        augment_tau=False)
     seed_everything(cfg.trainer.seed)  # the model's fresh weights (LoRA adapters, a tiny base) follow the seed too
     model = family.build(m, action_dim=ds.action_dim)
+    if init_ckpt is not None:  # before fit: a resumed run's own checkpoint replaces these weights
+        load_init_weights(model, name, init_ckpt, ds.action_dim)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
-    dump_config({"dataset": str(dataset), **resolved_config(to_dict(cfg), name)}, out / "config.json")
+    started = {"init": {"checkpoint": str(init_ckpt)}} if init_ckpt is not None else {}
+    dump_config({"dataset": str(dataset), **started, **resolved_config(to_dict(cfg), name)}, out / "config.json")
     where = f" base={m.base} lora={m.lora}" if name in ("openvla", "hf_vlm") else ""
     _console().print(f"generalist: family={name}{where} params={n_all / 1e6:.2f}M "
                      f"trainable={n_train / 1e6:.2f}M samples={len(ds)} action_dim={ds.action_dim}")
@@ -147,6 +161,45 @@ def train_generalist(
     last = trainer.fit(resume=resume)
     _console().print(f"done: {out} " + " ".join(f"{k}={v:.4g}" for k, v in last.items()
                                                    if isinstance(v, float | int)))
+
+
+def init_source(init: Path, base: str | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--init`` names (a run folder's latest) and the train-config prior it implies: the
+    ``model`` block of the run that trained it (its architecture; the model_config's when the run's config.json
+    is gone)."""
+    from robodual_core.checkpoint import read_checkpoint_meta, resolve_checkpoint
+    from robodual_core.config import read_config_file
+
+    if base is not None:
+        raise RobodualError("--init and --base contradict each other: --init keeps the model (and base) of the "
+                            "run it starts from")
+    ckpt = resolve_checkpoint(init)
+    meta = read_checkpoint_meta(ckpt, kind="generalist")
+    run_config = ckpt.parent.parent / "config.json"
+    model = read_config_file(run_config).get("model") if run_config.is_file() else meta.get("model")
+    if not isinstance(model, dict):
+        raise RobodualError(f"--init '{init}': expected the model config of a trained generalist in "
+                            f"'{run_config}' or '{ckpt / 'model_config.json'}', found none")
+    return ckpt, {"model": model}
+
+
+def load_init_weights(model: Any, family: str, ckpt: Path, action_dim: int) -> None:
+    """Copy the weights of the generalist in ``ckpt`` into ``model`` (same family and architecture; checked,
+    one-line errors)."""
+    from robodual_core.checkpoint import load_state_checked, read_checkpoint_meta
+    from robodual_core.families import generalist_family_of
+
+    held, source_family = generalist_family_of(ckpt)
+    if held != family:
+        raise RobodualError(f"--init '{ckpt}' holds a '{held}' generalist; this run trains model.family "
+                            f"'{family}' (drop the model.family override to keep the checkpoint's)")
+    meta = read_checkpoint_meta(ckpt, kind="generalist")
+    if "action_dim" in meta and int(meta["action_dim"]) != action_dim:
+        raise RobodualError(f"--init '{ckpt}' predicts {meta['action_dim']}-dimensional actions; the dataset's "
+                            f"actions have {action_dim} dimensions")
+    source = source_family.from_checkpoint(ckpt, device="cpu")
+    load_state_checked(model, source.state_dict(), ckpt)
+    _console().print(f"generalist: initialised from {ckpt}")
 
 
 # -- merge -----------------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ class SpecialistConfig:
     mlp_ratio: float = ranged(4.0, gt=0)
     causal: bool = True  # False = bidirectional self-attention over the action tokens
     conditioner: str = "cross_attention"  # a registry("conditioners") name: cross_attention, film, in_context
+    # which generalist outputs condition the specialist (ablations of the paper's conditioning sources):
+    # "both" (latents through the conditioner and discretized actions beside the noised actions, paper 3.2),
+    # "latents" (the actions are replaced by the learned null action) or "actions" (the latent tokens are
+    # masked as if always dropped; the learned null tokens take their place)
+    generalist_inputs: Literal["both", "latents", "actions"] = "both"
     sensors: list[SensorConfig] = field(default_factory=_paper_sensors)
     # bf16 autocast for the sensor encoders at inference (not in training): "auto" (on for CPUs that compute
     # bf16 natively, AVX512-BF16 or AMX: ~1.5x faster encoders there; off on CUDA, where it was slower at

@@ -358,9 +358,10 @@ class DiTSpecialist(nn.Module, Specialist):
         B, dev = obs_tokens.shape[0], obs_tokens.device
         masks = []
         if gen is not None:
-            keep = ~drop
+            # generalist_inputs "actions": the latents are masked as if dropped on every sample
+            keep = ~drop if self.cfg.generalist_inputs != "actions" else torch.zeros_like(drop)
             masks += [gen.task_mask.bool() & keep[:, None], gen.action_mask.bool() & keep[:, None]]
-            null_valid = drop
+            null_valid = ~keep
         else:
             null_valid = torch.ones(B, dtype=torch.bool, device=dev)
         masks.append(null_valid[:, None].expand(B, self.null_tokens.shape[0]))
@@ -376,7 +377,7 @@ class DiTSpecialist(nn.Module, Specialist):
         """
         k_s, D = self.cfg.k_s, self.cfg.action_dim
         null = self.null_action.view(1, 1, D).expand(B, k_s, D)
-        if gen is None:
+        if gen is None or self.cfg.generalist_inputs == "latents":
             return null
         acts = gen.actions.to(null.dtype)
         if acts.shape[-1] != D:
