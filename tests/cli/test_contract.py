@@ -38,6 +38,8 @@ ELSEWHERE = {
     "study data-efficiency": "tests/cli/test_study.py::test_data_efficiency_quick_runs_and_resumes (--quick, slow)",
     "study training-efficiency": "tests/cli/test_study.py::test_training_efficiency_quick_runs_and_resumes "
                                  "(--quick, slow)",
+    "study ablations": "tests/cli/test_study.py::test_data_efficiency_quick_runs_and_resumes (--quick on the quick "
+                       "data-efficiency study, slow)",
 }
 COVERED: dict[str, str] = {}  # command -> the test of this module that runs it
 

@@ -120,6 +120,31 @@ def test_data_efficiency_quick_runs_and_resumes(tmp_path):
     assert "dual system" in table and "Diffusion-Policy-style" in table
     _check_resume(args, out)
 
+    # the ablations reuse this study (read only) at its smallest scale
+    base_files = {p: p.read_bytes() for p in (out / "study.json", out / "progress.json")}
+    abl = tmp_path / "ablations"
+    args = ["study", "ablations", "--quick", "--from", str(out), "--out", str(abl)]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p: p.read_bytes() for p in base_files} == base_files
+    report = abl / "report"
+    assert (report / "ablations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["scale"] == 1 and summary["placements"] == 1 * 1  # 1 task x 1 episode, the base's placements
+    names = list(summary["rows"])
+    assert names[4:] == ["dual/film", "dual/budget_x3", "generalist_finetuned", "dual_finetuned_generalist"]
+    for res in summary["rows"].values():
+        assert res["episodes"] == 1 and all(t > 0 for t in res["train_seconds"])
+    assert summary["rows"]["dual system [base study]"]["successes"] == \
+        json.loads((out / "report" / "summary.json").read_text())["rows"]["1"]["dual system"]["successes"]
+    film = json.loads((abl / "runs" / "dual__film" / "seed0" / "config.json").read_text())
+    assert film["model"]["conditioner"] == "film"
+    x3 = json.loads((abl / "runs" / "dual__budget_x3" / "seed0" / "config.json").read_text())
+    assert x3["trainer"]["steps"] == 30  # three times the base study's 10 steps
+    ft = json.loads((abl / "runs" / "generalist_finetuned" / "config.json").read_text())
+    assert ft["init"]["checkpoint"].startswith(str(out / "runs" / "generalist"))
+    _check_resume(args, abl)
+
 
 @pytest.mark.slow
 def test_training_efficiency_quick_runs_and_resumes(tmp_path):
@@ -204,3 +229,26 @@ def test_changed_config_and_foreign_or_damaged_folders_refused(tmp_path):
     _fails(run(["study", "data-efficiency", "--quick", "--out", str(other)]), "not empty")
     _fails(run(["study", "data-efficiency", "--quick", "--overwrite", "--out", str(other)]), "not a study folder")
     assert (other / "thesis.tex").read_text() == "keep me"
+
+
+@pytest.mark.hostile
+def test_ablations_refuse_an_unfinished_or_foreign_base(tmp_path):
+    te = tmp_path / "te"
+    te.mkdir()
+    (te / "study.json").write_text(json.dumps({"study": "training-efficiency", "config": {}}))
+    _fails(run(["study", "ablations", "--from", str(te), "--out", str(tmp_path / "a")]), "training-efficiency",
+           "data-efficiency")
+    _fails(run(["study", "ablations", "--from", str(tmp_path / "none"), "--out", str(tmp_path / "a")]),
+           "no study.json")
+    de = tmp_path / "de"
+    de.mkdir()
+    (de / "study.json").write_text(json.dumps({"study": "data-efficiency", "config": {}}))
+    _fails(run(["study", "ablations", "--from", str(de), "--out", str(tmp_path / "a")]), "not finished")
+    (de / "progress.json").write_text(json.dumps({"stages": {"check placements": {"seconds": 1}}}))
+    _fails(run(["study", "ablations", "--from", str(de), "--out", str(tmp_path / "a"), "--scale", "7"]),
+           "--scale 7", "[5, 10, 25]")
+    _fails(run(["study", "ablations", "--from", str(de), "--out", str(tmp_path / "a"),
+                "--set", 'variants={"film": ["model.conditioner=film"]}']), "dual/film", "'film'")
+    _fails(run(["study", "ablations", "--from", str(de), "--out", str(tmp_path / "a"),
+                "--set", 'variants={"dual/x": ["trainer.steps=xfast"]}']), "trainer.steps=xK")
+    assert not (tmp_path / "a").exists()

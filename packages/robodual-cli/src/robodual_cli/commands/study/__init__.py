@@ -110,6 +110,39 @@ def register(app: typer.Typer) -> None:
         _done(folder, path, t0)
 
 
+    @study.command("ablations")
+    def ablations(
+        from_dir: Path = typer.Option(..., "--from", help="A finished `robodual study data-efficiency` folder (read "
+                                      "only): its generalist, target data and evaluation placements are reused."),
+        out_dir: Path = typer.Option(Path("study_ablations"), "--out", help="The study folder (resumable)."),
+        quick: bool = typer.Option(False, "--quick", help="Two variants only: checks the pipeline, not the result."),
+        scale: int | None = typer.Option(None, "--scale", help="Demonstrations per task (a scale of the base study; "
+                                         "default its smallest)."),
+        seeds: str | None = typer.Option(None, "--seeds", help="Training seeds of the variants, e.g. 0,1,2."),
+        config: Path | None = typer.Option(None, "--config", help="YAML/TOML/JSON file of AblationConfig keys."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. "
+                                            "--set 'variants={\"dual/film\": [\"model.conditioner=film\"]}'."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
+    ) -> None:
+        """Where the dual system loses, tested: variants of a data-efficiency study's policies at one scale
+        (conditioner, conditioning sources, latency augmentation, guidance, budget) and its generalist fine-tuned
+        on the target data, on the same evaluation placements."""
+        from robodual_cli.commands.study import ablations as ab
+        from robodual_cli.commands.study import report
+        from robodual_cli.commands.study.common import StudyFolder
+        from robodual_core.config import to_dict
+
+        base = ab.load_base(from_dir)
+        flags = {k: v for k, v in _flags(None, None, seeds).items() if k == "train_seeds"}
+        flags.update({"base_study": str(from_dir), "scale": scale})
+        cfg = ab.check(_load(ab.AblationConfig, ab.QUICK, quick, config, overrides, flags), base)
+        folder = StudyFolder(out_dir, ab.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite)
+        t0 = time.perf_counter()
+        result = ab.run(cfg, base, folder)
+        path = report.ablations_report(folder, cfg, base, result, quick)
+        _done(folder, path, t0)
+
+
 def _done(folder: object, path: Path, t0: float) -> None:
     ran = folder.ran  # type: ignore[attr-defined]
     out.print(f"report: {path / 'README.md'} ({len(ran)} stages run now, {time.perf_counter() - t0:.0f} s)")

@@ -171,7 +171,7 @@ class StudyFolder:
         if self.done(name):
             err.print(f"[green]✓[/] {name}: done already")
             return self.record(name)
-        if run_dir is not None and run_dir.exists() and not _has_checkpoint(run_dir):
+        if run_dir is not None and run_dir.exists() and not has_checkpoint(run_dir):
             # interrupted before its first checkpoint: nothing to resume, and its metrics would count twice
             shutil.rmtree(run_dir)
             cmd = [c for c in cmd if c != "--resume"]
@@ -246,7 +246,7 @@ def specialist_sets(cfg: Any) -> list[str]:
     return out
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
+def has_checkpoint(run_dir: Path) -> bool:
     ckpts = run_dir / "checkpoints"
     return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 

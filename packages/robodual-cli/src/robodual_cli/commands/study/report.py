@@ -298,5 +298,66 @@ def plan_training_efficiency(cfg: Any, n_checkpoints: int) -> list[tuple[str, fl
     return plan
 
 
+# -- ablations -----------------------------------------------------------------------------------------
+def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, Any], quick: bool) -> Path:
+    report = study.root / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    ref = next((r for name, r in rows.items() if name.startswith("dual system")), None)
+    plt = _plt()
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(names) + 1.2))
+    ys = list(range(len(names)))[::-1]
+    rates = [rows[n]["success_rate"] for n in names]
+    ax.errorbar(rates, ys, xerr=[[r - rows[n]["ci95"][0] for r, n in zip(rates, names, strict=True)],
+                                 [rows[n]["ci95"][1] - r for r, n in zip(rates, names, strict=True)]],
+                fmt="o", capsize=3)
+    if ref is not None:
+        ax.axvline(ref["success_rate"], color="grey", linestyle=":", label="dual system, base study")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(ys, names, fontsize=7)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(f"success rate at {result['scale']} demonstrations per task (95% Wilson interval)")
+    fig.tight_layout()
+    _save(fig, report / "ablations.png")
+
+    def delta(res: dict[str, Any]) -> str:
+        return "" if ref is None else f"{100 * (res['success_rate'] - ref['success_rate']):+.1f}"
+
+    table = ["| policy | --set | success, % [95% Wilson] (successes/episodes) | vs base dual (points) | "
+             "training loop (s, per seed) |", "|---|---|---|---|---|"]
+    for name, res in rows.items():
+        sets = ", ".join(f"`{s}`" for s in res.get("set", []))
+        secs = ", ".join(f"{t:.0f}" for t in res["train_seconds"])
+        table.append(f"| {name} | {sets} | {cell(res)} | {delta(res)} | {secs} |")
+    times = stage_times(study)
+    md = _header(study, f"Ablations of the data-efficiency study at {result['scale']} demonstrations per task",
+                 quick) + [
+        "## Set-up (fixed in `study.json` before any result existed)", "",
+        f"- Base study: `{cfg.base_study}` (its config: {len(base.target_tasks)} target tasks, specialists "
+        f"{base.specialist_steps} steps at batch {base.batch_size}, DiT {base.specialist_depth}x"
+        f"{base.specialist_hidden}); its broad generalist, target demonstrations and evaluation placements are "
+        "reused, its folder is only read.",
+        f"- Each variant is the base study's specialist config with the listed `--set` items (`trainer.steps=xK`: K "
+        f"times the base budget), training seeds {cfg.train_seeds}.",
+        f"- Generalist fine-tuned: the broad generalist trained further on the {result['scale']} target "
+        f"demonstrations per task (`train generalist --init`, {cfg.finetune_steps or base.specialist_steps} steps), "
+        "evaluated alone and under a dual specialist trained on its cached outputs."
+        if cfg.finetune_generalist else "- No generalist fine-tuning.",
+        f"- Evaluation: the base study's {base.eval_episodes} episodes per task (seed {base.eval_seed}, "
+        f"{base.max_steps} steps); the same {result['placements']} placements as the base rows (checked).",
+        "", "## Success rate", "", *table, "", "![ablations](ablations.png)", "",
+        *_footer(times, None, ""),
+    ]
+    summary = {"study": "ablations", "quick": quick, "git_commit": study.meta["git_commit"], "config": study.config,
+               "scale": result["scale"], "rows": rows, "placements": result["placements"], "stage_seconds": times}
+    atomic_write_json(report / "summary.json", summary)
+    atomic_write_text(report / "table.md", "\n".join(table) + "\n")
+    atomic_write_text(report / "git_commit.txt", study.meta["git_commit"] + "\n")
+    copy_configs(study, report, sorted((study.root / "runs").glob("*/seed*")) + [study.root / "runs" / "generalist_finetuned"])
+    atomic_write_text(report / "README.md", "\n".join(md) + "\n")
+    return report
+
+
 def load_summary(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
