@@ -66,6 +66,15 @@ def test_study_folder_records_stages_and_skips_them(tmp_path):
     assert not again.done("stage two")
 
 
+def test_key_added_later_at_its_default_keeps_a_study_resumable(tmp_path):
+    StudyFolder(tmp_path / "s", "x", {"a": 1})
+    again = StudyFolder(tmp_path / "s", "x", {"a": 1, "b": True}, defaults={"a": 0, "b": True})
+    assert again.meta["added_keys"] == {"b": True}
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["config"] == {"a": 1, "b": True}
+    with pytest.raises(RobodualError, match="differs in c"):  # a new key at another value is a change
+        StudyFolder(tmp_path / "s", "x", {"a": 1, "b": True, "c": 5}, defaults={"c": 4})
+
+
 def test_training_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path):
     folder = StudyFolder(tmp_path / "s", "data-efficiency", {"a": 1})
     run_dir = tmp_path / "s" / "runs" / "x"
@@ -111,7 +120,7 @@ def test_data_efficiency_quick_runs_and_resumes(tmp_path):
     summary = _check_report(out, "success_vs_demos.png")
     assert list(summary["rows"]) == ["1", "all (2)"]
     for row in summary["rows"].values():
-        assert len(row) == 4  # dual, specialist only, Diffusion-Policy-style, generalist only
+        assert len(row) == 5  # dual, specialist only, Diffusion-Policy-style, generalist only (broad, fine-tuned)
         for res in row.values():
             assert res["ci95"] == pytest.approx(list(wilson_interval(res["successes"], res["episodes"])))
             assert res["episodes"] == 1
@@ -132,7 +141,7 @@ def test_data_efficiency_quick_runs_and_resumes(tmp_path):
     summary = json.loads((report / "summary.json").read_text())
     assert summary["scale"] == 1 and summary["placements"] == 1 * 1  # 1 task x 1 episode, the base's placements
     names = list(summary["rows"])
-    assert names[4:] == ["dual/film", "dual/budget_x3", "generalist_finetuned", "dual_finetuned_generalist"]
+    assert len(names) == 8 and names[4:] == ["dual/film", "dual/budget_x3", "generalist_finetuned", "dual_finetuned_generalist"]
     for res in summary["rows"].values():
         assert res["episodes"] == 1 and all(t > 0 for t in res["train_seconds"])
     assert summary["rows"]["dual system [base study]"]["successes"] == \

@@ -71,7 +71,8 @@ def register(app: typer.Typer) -> None:
         flags = _flags(tasks, episodes, seeds)
         flags["target_tasks"] = flags.pop("tasks", None)
         cfg = de.check(_load(de.DataEfficiencyConfig, de.QUICK, quick, config, overrides, flags))
-        folder = StudyFolder(out_dir, de.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite)
+        folder = StudyFolder(out_dir, de.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
+                             defaults=to_dict(de.DataEfficiencyConfig()))
         t0 = time.perf_counter()
         result = de.run(cfg, folder)
         # a quick run extrapolates its measured rates to the full default study
@@ -101,7 +102,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = te.check(_load(te.TrainingEfficiencyConfig, te.QUICK, quick, config, overrides,
                              _flags(tasks, episodes, seeds)))
-        folder = StudyFolder(out_dir, te.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite)
+        folder = StudyFolder(out_dir, te.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
+                             defaults=to_dict(te.TrainingEfficiencyConfig()))
         t0 = time.perf_counter()
         result = te.run(cfg, folder)
         full = te.check(te.TrainingEfficiencyConfig())

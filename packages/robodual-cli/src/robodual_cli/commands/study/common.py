@@ -82,8 +82,11 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 class StudyFolder:
     """One study's folder: frozen config, progress of its stages, subprocess stages that are skipped when done."""
 
-    def __init__(self, root: Path, study: str, config: dict[str, Any], overwrite: bool = False) -> None:
-        self.root, self.study, self.config = root, study, config
+    def __init__(self, root: Path, study: str, config: dict[str, Any], overwrite: bool = False,
+                 defaults: dict[str, Any] | None = None) -> None:
+        # defaults: the config class's defaults; a key added to it after the folder was started is accepted at
+        # its default value (and recorded), so a study started by older code still resumes
+        self.root, self.study, self.config, self.defaults = root, study, config, defaults or {}
         self.meta_path, self.progress_path = root / "study.json", root / "progress.json"
         self.logs = root / "logs"
         self.ran: list[str] = []  # stages run (not skipped) by this invocation
@@ -115,6 +118,12 @@ class StudyFolder:
                 raise RobodualError(f"--out '{self.root}' holds a '{meta['study']}' study, not '{self.study}'; "
                                     "use another --out")
             self.progress = self._load_progress()  # a damaged progress file is named before any other mismatch
+            added = {k: v for k, v in self.config.items()
+                     if k not in meta["config"] and k in self.defaults and self.defaults[k] == v}
+            if added and {**meta["config"], **added} == self.config:
+                meta["config"] = self.config
+                meta["added_keys"] = {**meta.get("added_keys", {}), **added}
+                atomic_write_json(self.meta_path, meta)
             if meta["config"] != self.config:
                 changed = sorted(k for k in set(meta["config"]) | set(self.config)
                                  if meta["config"].get(k) != self.config.get(k))

@@ -4,7 +4,8 @@ A generalist is trained once on a broad corpus (many tasks, many demonstrations,
 the stand-in for pretraining). The target tasks get their own demonstrations, at other placements (another
 generation seed), and at each data scale (5, 10 and all demonstrations per task) four policies get the same
 budget: specialist only (conditioned on instruction embeddings), dual (specialist conditioned on the broad
-generalist's cached outputs), generalist only (the broad generalist as is: it sees no target data) and a
+generalist's cached outputs), generalist only (the broad generalist as is: it sees no target data; and,
+with ``finetune_generalist``, fine-tuned on the target demonstrations for the specialists' budget) and a
 Diffusion-Policy-style specialist (no generalist, no language). Every policy is evaluated on the same fixed
 placements, drawn from an evaluation seed fixed in the config before any result exists and checked to be
 disjoint from every demonstration's placement.
@@ -13,6 +14,7 @@ disjoint from every demonstration's placement.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from robodual_cli.commands.study.common import (
     StudyFolder,
     eval_work_seconds,
     generate_work_seconds,
+    has_checkpoint,
     read_results,
     resolve_tasks,
     resume_flag,
@@ -41,6 +44,7 @@ VARIANTS = {  # label, eval --kind, conditioning
     "diffusion_policy": ("Diffusion-Policy-style (no generalist, no language)", "specialist"),
 }
 GENERALIST_LABEL = "generalist only (broad corpus, no target data)"
+FINETUNED_LABEL = "generalist only, fine-tuned on the target demonstrations (same budget)"
 
 
 @dataclass
@@ -71,6 +75,9 @@ class DataEfficiencyConfig:
     # --set overrides for every specialist of the study (ablations): e.g. ["model.conditioner=film",
     # "data.augment_tau=false"]; part of the frozen config like every other key
     specialist_set: list[str] = field(default_factory=list)
+    # the broad generalist also fine-tuned on each scale's target demonstrations (train generalist --init, the
+    # specialists' steps and batch): the generalist-only policy that sees the target data
+    finetune_generalist: bool = True
 
 
 QUICK = {"broad_tasks": ["button-press-topdown-v3", "drawer-open-v3", "reach-v3"], "broad_episodes_per_task": 2,
@@ -155,6 +162,20 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                     units=cfg.specialist_steps * cfg.batch_size, run_dir=run_dir,
                     kind="train_specialist", work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
 
+    # 3b. the broad generalist fine-tuned on each scale's demonstrations, the specialists' budget
+    for n in cfg.demo_scales if cfg.finetune_generalist else []:
+        ft = runs / f"n{n}" / "generalist_finetuned"
+        if ft.exists() and not has_checkpoint(ft):  # interrupted before its first checkpoint: start again
+            shutil.rmtree(ft)
+        study.run(f"fine-tune generalist n={n}", robodual(
+            "train", "generalist", "--dataset", str(data / f"target_{n}.zarr"), "--out", str(ft),
+            *(["--init", str(gen_dir)] if not (ft / "config.json").is_file() else []),
+            "--steps", str(cfg.specialist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
+            "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={min(500, cfg.specialist_steps)}",
+            "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
+            *resume_flag(ft)), threads=cfg.threads, units=cfg.specialist_steps * cfg.batch_size,
+            kind="train_generalist", run_dir=ft, work=lambda ft=ft: training_seconds(ft, cfg.batch_size))
+
     # 4. closed-loop evaluation: the same placements for every policy
     def evaluate(name: str, policy: Path, kind: str, out: Path) -> None:
         study.run(name, robodual(
@@ -170,6 +191,9 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
             for variant, (_, kind) in VARIANTS.items():
                 evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}", kind,
                          evals / f"n{n}" / variant / f"seed{seed}")
+        if cfg.finetune_generalist:
+            evaluate(f"eval generalist fine-tuned n={n}", runs / f"n{n}" / "generalist_finetuned", "generalist",
+                     evals / f"n{n}" / "generalist_finetuned")
 
     # 5. collect: results per scale and variant (pooled over seeds), placements checked against the demos
     rows: dict[str, dict[str, Any]] = {}
@@ -180,6 +204,8 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                         for s in cfg.train_seeds]
             row[label] = pooled(per_seed)
         row[GENERALIST_LABEL] = pooled([read_results(evals / "generalist" / "results.json")])
+        if cfg.finetune_generalist:
+            row[FINETUNED_LABEL] = pooled([read_results(evals / f"n{n}" / "generalist_finetuned" / "results.json")])
         rows[scale_name(cfg, n)] = row
 
     def placements() -> dict[str, Any]:
@@ -187,7 +213,7 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         for n in cfg.demo_scales:
             demo |= set(store_episode_seeds(data / f"target_{n}.zarr"))
         evaluated = set(read_results(evals / "generalist" / "results.json")["seeds"])
-        for path in evals.glob("n*/*/seed*/results.json"):
+        for path in [*evals.glob("n*/*/seed*/results.json"), *evals.glob("n*/generalist_finetuned/results.json")]:
             evaluated |= set(read_results(path)["seeds"])
         return {"demo_placements": len(demo), "eval_placements": len(evaluated),
                 "shared": sorted(demo & evaluated)}

@@ -177,6 +177,9 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
         f"- Evaluation: {cfg.eval_episodes} episodes per task per training seed, evaluation seed {cfg.eval_seed}, "
         f"{cfg.max_steps} steps per episode; {pl['eval_placements']} evaluation placements, {pl['demo_placements']} "
         f"demonstration placements, shared: {len(pl['shared'])}.",
+        *([f"- Generalist fine-tuned: the broad generalist trained further on each scale's target demonstrations "
+           f"(`train generalist --init`, {cfg.specialist_steps} steps at batch {cfg.batch_size}, the specialists' "
+           "budget), evaluated alone."] if getattr(cfg, "finetune_generalist", False) else []),
         "- Generalist only is the broad generalist as is (it uses no target data; one generalist seed), so its row "
         "is the same at every scale.",
         "", "## Success rate, % [95% Wilson interval] (successes/episodes, pooled over tasks and training seeds)", "",
@@ -212,6 +215,9 @@ def plan_data_efficiency(cfg: Any) -> list[tuple[str, float]]:
     plan += [("train_specialist", cfg.specialist_steps * cfg.batch_size)] * (3 * len(cfg.demo_scales)
                                                                              * len(cfg.train_seeds))
     evals = 1 + 3 * len(cfg.demo_scales) * len(cfg.train_seeds)
+    if cfg.finetune_generalist:
+        plan += [("train_generalist", cfg.specialist_steps * cfg.batch_size)] * len(cfg.demo_scales)
+        evals += len(cfg.demo_scales)
     plan += [("eval", cfg.eval_episodes * len(cfg.target_tasks) * cfg.max_steps)] * evals
     return plan
 
