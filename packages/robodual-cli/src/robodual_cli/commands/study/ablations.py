@@ -24,8 +24,8 @@ from typing import Any
 from robodual_cli.commands.study import data_efficiency as de
 from robodual_cli.commands.study.common import (
     StudyFolder,
-    eval_work_seconds,
-    has_checkpoint,
+    eval_stage,
+    finetune_stage,
     read_results,
     resume_flag,
     robodual,
@@ -141,7 +141,6 @@ def run(cfg: AblationConfig, base: de.DataEfficiencyConfig, study: StudyFolder) 
     store = root / "data" / f"target_{cfg.scale}.zarr"
     broad_gen = src / "runs" / "generalist"
     embedded = src / "data" / f"target_{base.demo_scales[-1]}.zarr"  # the base study's instruction embeddings
-    targets = ",".join(base.target_tasks)
 
     def copy_store() -> dict[str, Any]:
         tmp = store.with_name(store.name + ".partial")
@@ -167,14 +166,6 @@ def run(cfg: AblationConfig, base: de.DataEfficiencyConfig, study: StudyFolder) 
             work=lambda: training_seconds(run_dir, base.batch_size))
         return run_dir
 
-    def evaluate(name: str, policy: Path, kind: str, out: Path) -> None:
-        study.run(name, robodual(
-            "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", targets, "--episodes",
-            str(base.eval_episodes), "--seed", str(base.eval_seed), "--max-steps", str(base.max_steps),
-            "--workers", str(base.workers), "--out", str(out), "--videos", "0"),
-            units=base.eval_episodes * len(base.target_tasks) * base.max_steps, kind="eval",
-            work=lambda: eval_work_seconds(out / "results.json"))
-
     policies: dict[str, list[tuple[Path, Path]]] = {}  # name -> [(run, eval folder)] per seed
     for name, items in cfg.variants.items():
         variant = name.split("/", 1)[0]
@@ -184,18 +175,9 @@ def run(cfg: AblationConfig, base: de.DataEfficiencyConfig, study: StudyFolder) 
             policies.setdefault(name, []).append((run_dir, evals / name.replace("/", "__") / f"seed{seed}"))
 
     if cfg.finetune_generalist:
-        steps = cfg.finetune_steps or base.specialist_steps
         ft = runs / FINETUNED
-        if ft.exists() and not has_checkpoint(ft):  # interrupted before its first checkpoint: start it again
-            shutil.rmtree(ft)
-        study.run("fine-tune generalist", robodual(
-            "train", "generalist", "--dataset", str(store), "--out", str(ft),
-            *(["--init", str(broad_gen)] if not (ft / "config.json").is_file() else []),
-            "--steps", str(steps), "--set", f"trainer.batch_size={base.batch_size}", "--set", "trainer.num_workers=0",
-            "--set", f"trainer.ckpt_every={min(500, steps)}", "--set", f"data.val_ratio={base.val_ratio}",
-            "--set", f"trainer.seed={base.generalist_seed}", *resume_flag(ft)), threads=base.threads,
-            units=steps * base.batch_size, kind="train_generalist", run_dir=ft,
-            work=lambda: training_seconds(ft, base.batch_size))
+        finetune_stage(study, "fine-tune generalist", broad_gen, store, ft, cfg.finetune_steps or base.specialist_steps,
+                       base)
         study.run("cache fine-tuned generalist", robodual(
             "generalist", "cache", "--policy", str(ft), "--dataset", str(store), "--pooling", "step"),
             threads=base.threads, units=len(base.target_tasks) * cfg.scale, kind="cache")
@@ -207,7 +189,7 @@ def run(cfg: AblationConfig, base: de.DataEfficiencyConfig, study: StudyFolder) 
     for name, items in policies.items():
         kind = {FINETUNED: "generalist", DUAL_FINETUNED: "dual"}.get(name) or de.VARIANTS[name.split("/", 1)[0]][1]
         for run_dir, out in items:
-            evaluate(f"eval {name} {out.name}", run_dir, kind, out)
+            eval_stage(study, f"eval {name} {out.name}", run_dir, kind, out, base.target_tasks, base)
 
     # the base study's policies at this scale, from its own evaluations (same placements)
     rows: dict[str, dict[str, Any]] = {}

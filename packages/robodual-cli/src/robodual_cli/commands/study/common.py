@@ -255,6 +255,34 @@ def specialist_sets(cfg: Any) -> list[str]:
     return out
 
 
+def eval_stage(study: StudyFolder, name: str, policy: Path, kind: str, out: Path, tasks: list[str],
+               cfg: Any) -> dict[str, Any]:
+    """Stage ``name``: ``eval metaworld`` of ``policy`` on the study's fixed placements (``cfg``'s eval_episodes,
+    eval_seed, max_steps, workers); returns its results (:func:`read_results`)."""
+    study.run(name, robodual(
+        "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", ",".join(tasks), "--episodes",
+        str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
+        "--workers", str(cfg.workers), "--out", str(out), "--videos", "0"),
+        units=cfg.eval_episodes * len(tasks) * cfg.max_steps, kind="eval",
+        work=lambda: eval_work_seconds(out / "results.json"))
+    return read_results(out / "results.json")
+
+
+def finetune_stage(study: StudyFolder, name: str, init: Path, store: Path, out: Path, steps: int, cfg: Any) -> None:
+    """Stage ``name``: the generalist in ``init`` fine-tuned on ``store`` (``train generalist --init``) for
+    ``steps`` at ``cfg``'s batch size, seed and thread count; resumable like every training stage."""
+    if out.exists() and not has_checkpoint(out):  # interrupted before its first checkpoint: start it again
+        shutil.rmtree(out)
+    study.run(name, robodual(
+        "train", "generalist", "--dataset", str(store), "--out", str(out),
+        *(["--init", str(init)] if not (out / "config.json").is_file() else []),
+        "--steps", str(steps), "--set", f"trainer.batch_size={cfg.batch_size}", "--set", "trainer.num_workers=0",
+        "--set", f"trainer.ckpt_every={min(500, steps)}", "--set", f"data.val_ratio={cfg.val_ratio}",
+        "--set", f"trainer.seed={cfg.generalist_seed}", *resume_flag(out)), threads=cfg.threads,
+        units=steps * cfg.batch_size, kind="train_generalist", run_dir=out,
+        work=lambda: training_seconds(out, cfg.batch_size))
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     ckpts = run_dir / "checkpoints"
     return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())

@@ -14,16 +14,15 @@ disjoint from every demonstration's placement.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robodual_cli.commands.study.common import (
     StudyFolder,
-    eval_work_seconds,
+    eval_stage,
+    finetune_stage,
     generate_work_seconds,
-    has_checkpoint,
     read_results,
     resolve_tasks,
     resume_flag,
@@ -164,26 +163,12 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
 
     # 3b. the broad generalist fine-tuned on each scale's demonstrations, the specialists' budget
     for n in cfg.demo_scales if cfg.finetune_generalist else []:
-        ft = runs / f"n{n}" / "generalist_finetuned"
-        if ft.exists() and not has_checkpoint(ft):  # interrupted before its first checkpoint: start again
-            shutil.rmtree(ft)
-        study.run(f"fine-tune generalist n={n}", robodual(
-            "train", "generalist", "--dataset", str(data / f"target_{n}.zarr"), "--out", str(ft),
-            *(["--init", str(gen_dir)] if not (ft / "config.json").is_file() else []),
-            "--steps", str(cfg.specialist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
-            "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={min(500, cfg.specialist_steps)}",
-            "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
-            *resume_flag(ft)), threads=cfg.threads, units=cfg.specialist_steps * cfg.batch_size,
-            kind="train_generalist", run_dir=ft, work=lambda ft=ft: training_seconds(ft, cfg.batch_size))
+        finetune_stage(study, f"fine-tune generalist n={n}", gen_dir, data / f"target_{n}.zarr",
+                       runs / f"n{n}" / "generalist_finetuned", cfg.specialist_steps, cfg)
 
     # 4. closed-loop evaluation: the same placements for every policy
     def evaluate(name: str, policy: Path, kind: str, out: Path) -> None:
-        study.run(name, robodual(
-            "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", targets, "--episodes",
-            str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
-            "--workers", str(cfg.workers), "--out", str(out), "--videos", "0"),
-            units=cfg.eval_episodes * len(cfg.target_tasks) * cfg.max_steps, kind="eval",
-            work=lambda: eval_work_seconds(out / "results.json"))
+        eval_stage(study, name, policy, kind, out, cfg.target_tasks, cfg)
 
     evaluate("eval generalist", gen_dir, "generalist", evals / "generalist")
     for n in cfg.demo_scales:

@@ -17,7 +17,7 @@ from typing import Any
 
 from robodual_cli.commands.study.common import (
     StudyFolder,
-    eval_work_seconds,
+    eval_stage,
     generate_work_seconds,
     read_results,
     resolve_tasks,
@@ -114,13 +114,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
     def evaluate(name: str, policy: Path, kind: str, out: Path) -> dict[str, Any]:
-        study.run(name, robodual(
-            "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", tasks, "--episodes",
-            str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
-            "--workers", str(cfg.workers), "--out", str(out), "--videos", "0"),
-            units=cfg.eval_episodes * len(cfg.tasks) * cfg.max_steps, kind="eval",
-            work=lambda: eval_work_seconds(out / "results.json"))
-        return read_results(out / "results.json")
+        return eval_stage(study, name, policy, kind, out, cfg.tasks, cfg)
 
     generalist_points = []
     for step in checkpoints(cfg):
