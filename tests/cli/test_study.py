@@ -75,6 +75,20 @@ def test_key_added_later_at_its_default_keeps_a_study_resumable(tmp_path):
         StudyFolder(tmp_path / "s", "x", {"a": 1, "b": True, "c": 5}, defaults={"c": 4})
 
 
+def test_a_commit_is_named_only_when_it_runs_a_stage(tmp_path, monkeypatch):
+    from robodual_cli.commands.study import common
+
+    monkeypatch.setattr(common, "git_commit", lambda: "aaa")
+    StudyFolder(tmp_path / "s", "x", {"a": 1}).compute("one", lambda: 1)
+    monkeypatch.setattr(common, "git_commit", lambda: "bbb")
+    again = StudyFolder(tmp_path / "s", "x", {"a": 1})
+    assert again.compute("one", lambda: 2) == 1  # done already: only the report would be rewritten
+    assert "resumed" not in json.loads((tmp_path / "s" / "study.json").read_text())
+    again.compute("two", lambda: 2)
+    meta = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert meta["git_commit"] == "aaa" and [r["git_commit"] for r in meta["resumed"]] == ["bbb"]
+
+
 def test_training_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path):
     folder = StudyFolder(tmp_path / "s", "data-efficiency", {"a": 1})
     run_dir = tmp_path / "s" / "runs" / "x"

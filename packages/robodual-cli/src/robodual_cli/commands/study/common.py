@@ -131,12 +131,6 @@ class StudyFolder:
                                     f"{', '.join(changed)}); the config is fixed when a study starts, so its seeds "
                                     "and budgets cannot change after results are seen: use another --out or "
                                     "--overwrite")
-            commit = git_commit()
-            seen = [meta["git_commit"], *(r["git_commit"] for r in meta.get("resumed", []))]
-            if commit != seen[-1]:  # the report names every commit that ran stages of this study
-                meta["resumed"] = [*meta.get("resumed", []), {"git_commit": commit,
-                                                               "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}]
-                atomic_write_json(self.meta_path, meta)
             self.meta = meta
         else:
             if self.root.exists() and any(self.root.iterdir()):
@@ -166,6 +160,16 @@ class StudyFolder:
     def record(self, name: str) -> dict[str, Any]:
         return self.progress[name]
 
+    def _note_commit(self) -> None:
+        """Before a stage runs: the report names every commit that ran stages of this study (a rerun that only
+        rewrites the report names none)."""
+        commit = git_commit()
+        seen = [self.meta["git_commit"], *(r["git_commit"] for r in self.meta.get("resumed", []))]
+        if commit != seen[-1]:
+            self.meta["resumed"] = [*self.meta.get("resumed", []), {"git_commit": commit,
+                                                                     "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}]
+            atomic_write_json(self.meta_path, self.meta)
+
     def mark(self, name: str, **info: Any) -> None:
         self.progress[name] = info
         atomic_write_json(self.progress_path, {"study": self.study, "stages": self.progress})
@@ -184,6 +188,7 @@ class StudyFolder:
             # interrupted before its first checkpoint: nothing to resume, and its metrics would count twice
             shutil.rmtree(run_dir)
             cmd = [c for c in cmd if c != "--resume"]
+        self._note_commit()
         shown = " ".join(shlex.quote(c) for c in ["robodual", *cmd[3:]])
         err.print(f"[bold cyan]▶ {name}[/]\n  $ {shown}")
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -214,6 +219,7 @@ class StudyFolder:
         """An in-process stage (e.g. a check over finished results), recorded like the others."""
         if self.done(name):
             return self.record(name).get("output")
+        self._note_commit()
         t0 = time.perf_counter()
         output = fn()
         self.mark(name, seconds=time.perf_counter() - t0, kind="check", units=None, output=output)

@@ -323,7 +323,7 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
         ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(ys, names, fontsize=7)
     ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel(f"success rate at {result['scale']} demonstrations per task (95% Wilson interval)")
+    ax.set_xlabel(f"success rate at {result['scale']} demonstrations per task\n(95% Wilson interval)")
     fig.tight_layout()
     _save(fig, report / "ablations.png")
 
