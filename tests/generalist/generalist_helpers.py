@@ -9,6 +9,12 @@ import numpy as np
 INSTRUCTIONS = ("open the drawer", "push the red block left", "lift the blue block")
 
 
+# `train generalist` flags for a tiny, fast CPU run
+TINY = ["--set", "trainer.num_workers=0", "--set", "trainer.batch_size=4", "--set", "model.k_g=4",
+        "--set", "model.tiny.image_size=32", "--set", "model.tiny.hidden_size=64", "--set", "model.tiny.num_heads=2",
+        "--set", "model.tiny.intermediate_size=128", "--set", "trainer.ckpt_every=2"]
+
+
 def make_store(path: Path, episodes: int = 3, steps: int = 10, size: int = 32, action_dim: int = 7,
                seed: int = 0) -> Path:
     """Episodes with one instruction and one colour each; actions depend on the episode (learnable)."""

@@ -6,18 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from generalist_helpers import cli, make_store
+from generalist_helpers import TINY, cli, make_store
 
 from robodual_core.data import open_dataset
 from robodual_core.data.generalist_cache import GeneralistCache, checkpoint_hash, list_caches, open_cache_for
 from robodual_core.errors import RobodualError
 from robodual_generalist.caching import build_cache, load_images
 from robodual_generalist.model import VLAGeneralist
-
-TINY = ["--set", "trainer.num_workers=0", "--set", "trainer.batch_size=4", "--set", "model.k_g=4",
-        "--set", "model.tiny.image_size=32", "--set", "model.tiny.hidden_size=64", "--set", "model.tiny.num_heads=2",
-        "--set", "model.tiny.intermediate_size=128", "--set", "trainer.ckpt_every=2"]
-
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,9 @@ import json
 
 import pytest
 import torch
-from generalist_helpers import cli, make_store
+from generalist_helpers import TINY, cli, make_store
 
 from robodual_core.checkpoint import load_model_state, resolve_checkpoint
-
-TINY = ["--set", "trainer.num_workers=0", "--set", "trainer.batch_size=4", "--set", "model.k_g=4",
-        "--set", "model.tiny.image_size=32", "--set", "model.tiny.hidden_size=64", "--set", "model.tiny.num_heads=2",
-        "--set", "model.tiny.intermediate_size=128", "--set", "trainer.ckpt_every=2"]
 
 
 @pytest.fixture(scope="module")
