@@ -64,3 +64,21 @@ def test_init_refuses_contradictions_and_other_models(broad, tmp_path, run):
     code, cap = run("train", "generalist", "--dataset", target, "--out", tmp_path / "e", "--init", root / "broad",
                     "--steps", 1, "--set", "trainer.num_workers=0", "--set", "model.tiny.hidden_size=32")
     assert code != 0 and ("does not fit" in cap.err or "holds another model" in cap.err)
+
+
+@pytest.mark.hostile
+def test_resume_before_the_first_checkpoint_starts_from_the_init_weights_again(broad, tmp_path):
+    """A fine-tuning run killed before its first checkpoint resumes from its --init weights (recorded in its
+    config.json), not from fresh ones."""
+    import shutil
+
+    root, target = broad
+    args = ["train", "generalist", "--dataset", target, "--out", tmp_path / "ft", "--steps", 2,
+            "--set", "trainer.num_workers=0", "--set", "trainer.batch_size=4", "--set", "trainer.lr=1e-12",
+            "--set", "trainer.warmup_steps=0", "--set", "trainer.ckpt_every=2"]
+    cli(*args, "--init", root / "broad")
+    shutil.rmtree(tmp_path / "ft" / "checkpoints")  # as if killed before the first checkpoint was written
+    cli(*args, "--resume")
+    src, ft = load_model_state(root / "broad", ema=False), load_model_state(tmp_path / "ft", ema=False)
+    for k in src:
+        torch.testing.assert_close(ft[k], src[k], msg=k)
