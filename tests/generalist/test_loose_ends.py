@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from generalist_helpers import make_store, tiny_paligemma
 
-from robodual_cli.app import main
 from robodual_core.errors import RobodualError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,15 +29,12 @@ def _one_line(text: str) -> str:
 
 
 @pytest.fixture
-def run(capsys):
-    """``robodual ARGS`` in this process: (exit code, stdout, stderr with its lines joined)."""
+def run(run):
+    """tests/conftest.py's ``run``, returning (exit code, stdout, the last ``error:`` line or all of stderr)."""
     def _run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        cap = capsys.readouterr()
+        code, cap = run(*args)
         errors = [line for line in cap.err.splitlines() if line.startswith("error:")]
-        return exc.value.code, cap.out, errors[-1] if errors else cap.err
+        return code, cap.out, errors[-1] if errors else cap.err
 
     return _run
 

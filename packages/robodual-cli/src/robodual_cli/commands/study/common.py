@@ -90,6 +90,7 @@ class StudyFolder:
         self.meta_path, self.progress_path = root / "study.json", root / "progress.json"
         self.logs = root / "logs"
         self.ran: list[str] = []  # stages run (not skipped) by this invocation
+        self._commit_noted = False
         if overwrite and root.exists():
             self._clear()
         self._open()
@@ -162,7 +163,10 @@ class StudyFolder:
 
     def _note_commit(self) -> None:
         """Before a stage runs: the report names every commit that ran stages of this study (a rerun that only
-        rewrites the report names none)."""
+        rewrites the report names none); asked of git once per invocation."""
+        if self._commit_noted:
+            return
+        self._commit_noted = True
         commit = git_commit()
         seen = [self.meta["git_commit"], *(r["git_commit"] for r in self.meta.get("resumed", []))]
         if commit != seen[-1]:
