@@ -59,6 +59,10 @@ def _cases():
         ("mw-kind", [*mw, "--kind", "both"], "--kind"),
         ("mw-mode", [*mw, "--mode", "fast"], "--mode"),
         ("mw-remote-url", [*mw, "--remote", "http://127.0.0.1:1"], "--remote"),
+        ("mw-batch-0", [*mw, "--batch", "0"], "--batch"),
+        ("mw-batch-remote", [*mw, "--batch", "2", "--remote", "ws://127.0.0.1:1"], "--batch 2"),
+        ("mw-batch-async", [*mw, "--batch", "2", "--mode", "async"], "--mode async"),
+        ("mw-batch-no-sessions", [*mw, "--batch", "2"], "no new_session"),
         ("mw-camera", [*mw, "--cameras", "corner2,nocam"], "nocam"),
         # dataset generate metaworld
         ("gen-episodes-neg", [*gen, "--episodes-per-task", "-1"], "--episodes-per-task"),

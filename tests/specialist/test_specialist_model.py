@@ -453,3 +453,33 @@ def test_generalist_inputs_select_the_conditioning_sources(conditioner):
         model.sampling = type(model.sampling)()
         torch.testing.assert_close(step(batch, gen, noise=noise), model.sample(batch, gen, noise=noise),
                                    atol=1e-4, rtol=1e-3)
+
+
+def test_runner_batches_sessions_like_single_predictions():
+    """Several sessions' steps through one predict_prepared (lockstep evaluation) give each session what its own
+    prediction with the same noise gives, with generalist outputs of other token lengths (padded, masked) and
+    each session's own history frames."""
+    from robodual_core.errors import RobodualError
+    from robodual_specialist.runner import DiTRunner
+
+    cfg = tiny_config(sensors=[SensorConfig("fake_rgb", {"out_dim": 32, "tokens": 2, "history": 1})])
+    model = randomized(DiTSpecialist(cfg, sensors={"fake_rgb": FakeImageSensor(out_dim=32, tokens=2, history=1)}))
+    root = DiTRunner(model)
+    sessions = [root.fork() for _ in range(3)]
+    gens = [fake_generalist(1, nt=nt, seed=i) for i, nt in enumerate((3, 6, 4))]
+    noise = [torch.randn(root.noise_shape, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def obs(i, step):
+        return {"rgb_static": np.full((16, 16, 3), 20 * i + 5 * step, np.uint8),
+                "proprio": np.full(3, 0.1 * i - 0.2, np.float32)}
+
+    for step in range(2):  # the second step sees a history frame
+        prepared = [s.prepare(obs(i, step), f"task {i}", gens[i], tau=i) for i, s in enumerate(sessions)]
+        batched = root.predict_prepared(prepared, noise)
+        for i in range(3):
+            alone = root.predict_prepared([prepared[i]], [noise[i]])[0]
+            np.testing.assert_allclose(batched[i], alone, atol=1e-4, rtol=1e-3)  # batched matmul rounding
+        assert not np.allclose(batched[0], batched[1])
+    mixed = [sessions[0].prepare(obs(0, 2), "a", gens[0], 0), sessions[1].prepare(obs(1, 2), "b", None, 0)]
+    with pytest.raises(RobodualError, match="every prepared step has a generalist output or none"):
+        root.predict_prepared(mixed, noise[:2])

@@ -37,6 +37,31 @@ class GeneralistOutput:
         return GeneralistOutput(*(getattr(self, f).to(device) for f in
                                   ("actions", "task_latents", "action_latents", "task_mask", "action_mask")))
 
+    def row(self, i: int) -> GeneralistOutput:
+        """Row ``i`` of a batch, as a batch of one."""
+        return GeneralistOutput(*(getattr(self, f)[i:i + 1] for f in
+                                  ("actions", "task_latents", "action_latents", "task_mask", "action_mask")))
+
+    @staticmethod
+    def concat(outputs: list[GeneralistOutput]) -> GeneralistOutput:
+        """Batches stacked along B; token lengths that differ (instructions of other lengths) are padded at the
+        end with masked tokens, which attention ignores."""
+        import torch
+
+        def padded(name: str, mask: str) -> tuple[Any, Any]:
+            n = max(getattr(o, name).shape[1] for o in outputs)
+            values, masks = [], []
+            for o in outputs:
+                v, m = getattr(o, name), getattr(o, mask)
+                extra = n - v.shape[1]
+                values.append(torch.nn.functional.pad(v, (0, 0, 0, extra)) if extra else v)
+                masks.append(torch.nn.functional.pad(m, (0, extra), value=False) if extra else m)
+            return torch.cat(values), torch.cat(masks)
+
+        task, task_mask = padded("task_latents", "task_mask")
+        act, act_mask = padded("action_latents", "action_mask")
+        return GeneralistOutput(torch.cat([o.actions for o in outputs]), task, act, task_mask, act_mask)
+
 
 @dataclass
 class StepObservation:

@@ -81,9 +81,19 @@ class DiTRunner:
             kwargs["device"] = self.device
         return torch.as_tensor(enc.preprocess(arr, **kwargs)).to(self.device)
 
-    @torch.no_grad()
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        """The initial diffusion noise of one prediction: ``(1, k_s, action_dim)``."""
+        return (1, self.k_s, self.action_dim)
+
     def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
                 tau: int) -> np.ndarray:
+        return self.predict_prepared([self.prepare(observation, instruction, generalist, tau)])[0]
+
+    def prepare(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
+                tau: int) -> tuple[dict[str, Any], GeneralistOutput | None]:
+        """This step's model input, a batch of one (and the step's frames recorded in this session's history):
+        :meth:`predict_prepared` runs any number of them, from any sessions of this model, as one batch."""
         model = self.model
         self.observe(observation)
         batch: dict[str, Any] = {"obs": {}, "instruction": [instruction], "tau": torch.tensor([int(tau)])}
@@ -101,11 +111,29 @@ class DiTRunner:
                 p = model.normalizer.normalize("proprio", p)
             batch["proprio"] = torch.as_tensor(np.asarray(p, dtype=np.float32), device=self.device)
         gen = generalist.to(self.device) if generalist is not None and model.cfg.generalist_dim > 0 else None
-        actions = self._sample(batch, gen)[0].float().cpu().numpy()
-        if model.normalizer is not None and "action" in model.normalizer.entries:
-            actions = model.normalizer.unnormalize("action", actions)
-        return np.asarray(actions, dtype=np.float32)
+        return batch, gen
 
+    @torch.no_grad()
+    def predict_prepared(self, prepared: list[tuple[dict[str, Any], GeneralistOutput | None]],
+                         noise: list[torch.Tensor] | None = None) -> list[np.ndarray]:
+        """Action chunks ``[k_s, D]`` in dataset units, one per :meth:`prepare` output, from one batched
+        denoising. ``noise``: each one's initial noise (:attr:`noise_shape`); default the global torch RNG."""
+        model = self.model
+        batch = _merge([b for b, _ in prepared])
+        gens = [g for _, g in prepared]
+        if any(g is None for g in gens) and not all(g is None for g in gens):
+            raise RobodualError("predict_prepared: either every prepared step has a generalist output or none has")
+        gen = None if gens[0] is None else gens[0] if len(gens) == 1 else GeneralistOutput.concat(gens)
+        if noise is None or self.static_step_enabled():
+            x = self._sample(batch, gen)
+        else:
+            x = model.sample(batch, gen, noise=torch.cat(noise).to(self.device))
+        out = []
+        for actions in x.float().cpu().numpy():
+            if model.normalizer is not None and "action" in model.normalizer.entries:
+                actions = model.normalizer.unnormalize("action", actions)
+            out.append(np.asarray(actions, dtype=np.float32))
+        return out
 
     def static_step_enabled(self) -> bool:
         """Whether control steps run on static buffers (``model.static_step``; auto = on CUDA)."""
@@ -121,6 +149,18 @@ class DiTRunner:
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         step = self._steps.get(self.model, batch, gen, self.device, precision=precision)
         return step(batch, gen)
+
+
+def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """One-row model inputs (:meth:`DiTRunner.prepare`) stacked along the batch."""
+    if len(batches) == 1:
+        return batches[0]
+    merged: dict[str, Any] = {"obs": {k: torch.cat([b["obs"][k] for b in batches]) for k in batches[0]["obs"]},
+                              "instruction": [i for b in batches for i in b["instruction"]],
+                              "tau": torch.cat([b["tau"] for b in batches])}
+    if "proprio" in batches[0]:
+        merged["proprio"] = torch.cat([b["proprio"] for b in batches])
+    return merged
 
 
 def _history(enc: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,12 @@ from robodual_core.runtime.aggregation import AggregationConfig, TemporalAggrega
 from robodual_core.runtime.protocols import GeneralistRunner, SpecialistRunner
 
 
-def _fork(runner: Any) -> Any:
-    """A runner for a new session: runners with per-episode state provide ``fork()``; others are shared."""
+def _fork(runner: Any, wrap: Callable[[Any], Any] | None = None) -> Any:
+    """A runner for a new session: runners with per-episode state provide ``fork()``; others are shared.
+    ``wrap``: applied to the session's runner (e.g. :meth:`robodual_core.runtime.lockstep.Lockstep.wrapper`)."""
     fork = getattr(runner, "fork", None)
-    return fork() if callable(fork) else runner
+    runner = fork() if callable(fork) else runner
+    return wrap(runner) if wrap is not None else runner
 
 
 def _spec(*runners: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -91,9 +94,13 @@ class DualSystemPolicy(_PolicyInfo):
         self.t = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def new_session(self) -> DualSystemPolicy:
-        """A fresh policy sharing this one's models (one per robot or client connection)."""
-        session = DualSystemPolicy(_fork(self.generalist), _fork(self.specialist), self.mode,
+    def new_session(self, wrap: Callable[[Any], Any] | None = None) -> DualSystemPolicy:
+        """A fresh policy sharing this one's models (one per robot or client connection); ``wrap`` is applied
+        to each of its runners (lockstep evaluation batches sessions' calls this way)."""
+        if wrap is not None and self.mode != "sync":
+            raise RobodualError("a dual-system policy in async mode cannot run in lockstep with other sessions "
+                                "(its generalist runs in the background); use sync mode")
+        session = DualSystemPolicy(_fork(self.generalist, wrap), _fork(self.specialist, wrap), self.mode,
                                    self.generalist_every, self._aggregation, self.specialist_every)
         session._is_session = True
         return session
@@ -207,8 +214,8 @@ class SpecialistOnlyPolicy(_PolicyInfo):
         self.specialist_every = specialist_every
         self.t = 0
 
-    def new_session(self) -> SpecialistOnlyPolicy:
-        return SpecialistOnlyPolicy(_fork(self.specialist), self._aggregation, self.specialist_every)
+    def new_session(self, wrap: Callable[[Any], Any] | None = None) -> SpecialistOnlyPolicy:
+        return SpecialistOnlyPolicy(_fork(self.specialist, wrap), self._aggregation, self.specialist_every)
 
     def reset(self) -> None:
         self.t = 0
@@ -237,8 +244,8 @@ class GeneralistOnlyPolicy(_PolicyInfo):
         self.aggregator = TemporalAggregator(aggregation or AggregationConfig(enabled=False))
         self.t = 0
 
-    def new_session(self) -> GeneralistOnlyPolicy:
-        return GeneralistOnlyPolicy(_fork(self.generalist), self.execute, self._aggregation)
+    def new_session(self, wrap: Callable[[Any], Any] | None = None) -> GeneralistOnlyPolicy:
+        return GeneralistOnlyPolicy(_fork(self.generalist, wrap), self.execute, self._aggregation)
 
     def reset(self) -> None:
         self.t = 0

@@ -50,9 +50,9 @@ class PolicyFactory:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(policy: Any, env_kwargs: dict[str, Any], video_dir: str | None) -> None:
+def _init_worker(policy: Any, env_kwargs: dict[str, Any], video_dir: str | None, batch: int = 1) -> None:
     _WORKER.clear()
-    _WORKER.update(policy_or_factory=policy, env_kwargs=env_kwargs, video_dir=video_dir)
+    _WORKER.update(policy_or_factory=policy, env_kwargs=env_kwargs, video_dir=video_dir, batch=batch)
 
 
 def _policy() -> Policy:
@@ -83,9 +83,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def _run_episode(job: tuple[int, str, int, int, bool]) -> dict[str, Any]:
-    number, task, index, seed, record = job
     policy, env = _policy(), _env()  # the policy first: its imports must not follow EGL set-up (see tests/conftest.py)
-    _seed_everything(seed)
+    _seed_everything(job[3])
+    return _episode(job, policy, env)
+
+
+def _episode(job: tuple[int, str, int, int, bool], policy: Any, env: MetaWorldEnv) -> dict[str, Any]:
+    number, task, index, seed, record = job
     policy.reset()
     obs = env.reset(task, seed)
     frames: list[np.ndarray] = []
@@ -113,6 +117,56 @@ def _run_episode(job: tuple[int, str, int, int, bool]) -> dict[str, Any]:
     return result
 
 
+def _run_lockstep(chunk: list[tuple[int, str, int, int, bool]]) -> list[dict[str, Any]]:
+    """The episodes of ``chunk``, ``batch`` at a time, each in its own thread with its own simulator and policy
+    session, their model calls batched (:mod:`robodual_core.runtime.lockstep`). A session's diffusion noise is
+    seeded from its episode's seed, so its results do not depend on the batch or the chunks."""
+    import threading
+    from collections import deque
+
+    from robodual_core.runtime.lockstep import Lockstep
+
+    root = _policy()
+    if not callable(getattr(root, "new_session", None)):
+        raise RobodualError(f"--batch {_WORKER['batch']}: this policy ({type(root).__name__}) cannot run several "
+                            "sessions at once (it has no new_session()); use --batch 1")
+    lockstep = Lockstep()
+    queue, qlock = deque(chunk), threading.Lock()
+    results: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    slots = min(_WORKER["batch"], len(chunk))
+
+    def slot() -> None:
+        env = None
+        try:
+            while not errors:
+                with qlock:
+                    if not queue:
+                        return
+                    job = queue.popleft()
+                if env is None:  # made in this thread: a renderer's GL context belongs to the thread that made it
+                    env = MetaWorldEnv(**_WORKER["env_kwargs"])
+                session = root.new_session(wrap=lockstep.wrapper(job[3]))
+                results[job[0]] = _episode(job, session, env)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            lockstep.leave()
+            if env is not None:
+                env.close()
+
+    for _ in range(slots):
+        lockstep.enter()
+    threads = [threading.Thread(target=slot, name=f"robodual-episode-{i}", daemon=True) for i in range(slots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [results[job[0]] for job in chunk]
+
+
 def _frame(arrays: dict[str, np.ndarray]) -> np.ndarray:
     """The cameras side by side, static first."""
     images = [arrays[k] for k in ("rgb_static", "rgb_gripper") if k in arrays]
@@ -123,7 +177,7 @@ def _frame(arrays: dict[str, np.ndarray]) -> np.ndarray:
 def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: int = 10, seed: int = 0,
              max_steps: int = DEFAULT_MAX_STEPS, workers: int = 1, video_dir: str | Path | None = None,
              n_videos: int = 3, image_size: int = 128, cameras: tuple[str, ...] | list[str] = ("corner2", "gripperPOV"),
-             depth: bool = False, progress: bool = True) -> dict[str, Any]:
+             depth: bool = False, progress: bool = True, batch: int = 1) -> dict[str, Any]:
     """Closed-loop success of ``policy`` (a Policy, or a picklable zero-argument factory returning one).
 
     A Policy object works with ``workers=1`` only; several workers need a factory (:class:`PolicyFactory`).
@@ -131,12 +185,20 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
     {"success_rate", "successes", "episodes", "mean_episode_length"}}, "episodes": [...], "videos": [...],
     "settings": {...}, "wall_s"}``. ``control_rate_hz`` counts policy plus simulator and rendering time per
     step; ``policy_rate_hz`` the policy alone.
+
+    ``batch`` > 1 runs that many episodes at once in each worker, one thread each, their policy sessions'
+    model calls batched (lockstep; the policy needs ``new_session(wrap=...)``, as robodual's policies have):
+    on a CPU several times the policy throughput. Each episode's diffusion noise then comes from its own
+    generator seeded from the episode's seed instead of the global RNG, so its results do not depend on the
+    batch size or the number of workers either; they differ from ``batch=1``'s as two noise draws do.
     """
     task_list = resolve_tasks(tasks)
     if episodes_per_task < 1:
         raise RobodualError(f"--episodes: expected a positive number of episodes per task, found {episodes_per_task}")
     if workers < 1:
         raise RobodualError(f"--workers: expected a positive number of processes, found {workers}")
+    if batch < 1:
+        raise RobodualError(f"--batch: expected a positive number of episodes run at once, found {batch}")
     check_env_flags(image_size, max_steps)
     if _is_policy(policy) and workers > 1:
         raise RobodualError("evaluate: a policy object cannot be shared by worker processes; pass a picklable "
@@ -161,15 +223,24 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
     start = time.perf_counter()
     with progress_bar(progress) as bar:
         job = bar.add_task("evaluating", total=len(jobs))
-        results = ordered_map(_run_episode, jobs, workers, _init_worker,
-                              (policy, env_kwargs, None if video_dir is None else str(video_dir)),
-                              finalizer=_close_worker)
+        initargs = (policy, env_kwargs, None if video_dir is None else str(video_dir), batch)
+        if batch > 1:
+            # a few chunks per worker, each a slice taken every n_chunks jobs (the same mix of tasks and
+            # episode lengths), so that the workers and the batches inside them run out of work together
+            n_chunks = workers * max(1, min(2, len(jobs) // (batch * workers)))
+            chunks = [jobs[i::n_chunks] for i in range(n_chunks)]
+            results = (r for rs in ordered_map(_run_lockstep, chunks, workers, _init_worker, initargs,
+                                               finalizer=_close_worker) for r in rs)
+        else:
+            results = ordered_map(_run_episode, jobs, workers, _init_worker, initargs, finalizer=_close_worker)
         for result in results:
             episodes.append(result)
             rate = sum(e["success"] for e in episodes) / len(episodes)
             bar.update(job, advance=1, description=f"evaluating (success {rate:.0%})")
+    episodes.sort(key=lambda e: e["episode"])  # chunks interleave the jobs
     settings = {"tasks": task_list, "episodes_per_task": episodes_per_task, "seed": seed, "max_steps": max_steps,
-                "workers": workers, "image_size": image_size, "cameras": list(cameras), "depth": depth}
+                "workers": workers, "image_size": image_size, "cameras": list(cameras), "depth": depth,
+                "batch": batch}
     return summarize(episodes, settings, time.perf_counter() - start)
 
 

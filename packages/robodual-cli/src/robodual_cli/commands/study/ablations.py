@@ -95,7 +95,8 @@ def load_base(folder: Path) -> de.DataEfficiencyConfig:
     if "check placements" not in stages:
         raise RobodualError(f"--from '{folder}': the data-efficiency study is not finished (no 'check placements' "
                             "stage in its progress.json); finish it with the command that started it first")
-    return from_dict(de.DataEfficiencyConfig, config)
+    # a base started before evaluations were batched evaluated one episode at a time: its variants do too
+    return from_dict(de.DataEfficiencyConfig, {"eval_batch": 1, **config})
 
 
 def variant_sets(items: list[str], steps: int, name: str) -> list[str]:

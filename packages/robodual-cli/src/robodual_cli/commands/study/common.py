@@ -268,11 +268,11 @@ def specialist_sets(cfg: Any) -> list[str]:
 def eval_stage(study: StudyFolder, name: str, policy: Path, kind: str, out: Path, tasks: list[str],
                cfg: Any) -> dict[str, Any]:
     """Stage ``name``: ``eval metaworld`` of ``policy`` on the study's fixed placements (``cfg``'s eval_episodes,
-    eval_seed, max_steps, workers); returns its results (:func:`read_results`)."""
+    eval_seed, max_steps, workers, eval_batch); returns its results (:func:`read_results`)."""
     study.run(name, robodual(
         "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", ",".join(tasks), "--episodes",
         str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
-        "--workers", str(cfg.workers), "--out", str(out), "--videos", "0"),
+        "--workers", str(cfg.workers), "--batch", str(cfg.eval_batch), "--out", str(out), "--videos", "0"),
         units=cfg.eval_episodes * len(tasks) * cfg.max_steps, kind="eval",
         work=lambda: eval_work_seconds(out / "results.json"))
     return read_results(out / "results.json")

@@ -54,6 +54,7 @@ class TrainingEfficiencyConfig:
     batch_size: int = ranged(32, ge=1)
     max_steps: int = ranged(150, ge=1)
     workers: int = ranged(2, ge=1)
+    eval_batch: int = ranged(8, ge=1)  # episodes at once per evaluation worker (eval metaworld --batch)
     threads: int = ranged(2, ge=1)
     val_ratio: float = ranged(0.0, ge=0, lt=1)
     encoder_width: int = ranged(64, ge=4)

@@ -1,0 +1,164 @@
+"""Lockstep sessions (robodual_core.runtime.lockstep): which calls share a batch, errors, sessions that leave."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from robodual_core.interfaces import GeneralistOutput
+from robodual_core.runtime.lockstep import GENERALIST_STAGE, SPECIALIST_STAGE, Lockstep
+
+
+def _threads(n: int, lockstep: Lockstep, body) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            body(i)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            lockstep.leave()
+
+    for _ in range(n):
+        lockstep.enter()
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a lockstep session hangs"
+    return errors
+
+
+def test_a_session_that_asks_the_generalist_joins_the_others_specialist_batch():
+    """Sessions out of phase (each asks the generalist on other steps) still share every specialist batch: the
+    generalist stage runs first; results reach the session that asked."""
+    lockstep = Lockstep()
+
+    def gen(requests):
+        return [("g", r) for r in requests]
+
+    def spec(requests):
+        return [r * 10 for r in requests]
+
+    seen: dict[int, list] = {0: [], 1: [], 2: []}
+
+    def body(i: int) -> None:
+        for step in range(6):
+            if (step + i) % 3 == 0:
+                seen[i].append(lockstep.call("g", GENERALIST_STAGE, gen, (i, step)))
+            seen[i].append(lockstep.call("s", SPECIALIST_STAGE, spec, i * 100 + step))
+
+    assert _threads(3, lockstep, body) == []
+    spec_batches = [size for stage, size in lockstep.batches if stage == SPECIALIST_STAGE]
+    assert spec_batches == [3] * 6
+    assert len([s for s, _ in lockstep.batches if s == GENERALIST_STAGE]) == 6  # one session per step asks it
+    for i in range(3):
+        assert [v for v in seen[i] if not isinstance(v, tuple)] == [(i * 100 + s) * 10 for s in range(6)]
+        assert [v[1] for v in seen[i] if isinstance(v, tuple)] == [(i, s) for s in range(6) if (s + i) % 3 == 0]
+
+
+def test_sessions_of_other_lengths_and_a_failing_batch():
+    """A session that ends early leaves the others running; an error in a batch reaches each of its callers and
+    the next batch runs again."""
+    lockstep = Lockstep()
+    calls = {"n": 0}
+
+    def spec(requests):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("model exploded")
+        return [r + 1 for r in requests]
+
+    out: dict[int, list] = {0: [], 1: [], 2: []}
+
+    def body(i: int) -> None:
+        for step in range(2 + i * 2):  # 2, 4 and 6 steps
+            try:
+                out[i].append(lockstep.call("s", SPECIALIST_STAGE, spec, step))
+            except ValueError as exc:
+                out[i].append(str(exc))
+
+    assert _threads(3, lockstep, body) == []
+    assert [size for _, size in lockstep.batches] == [3, 3, 2, 2, 1, 1]
+    for i in range(3):
+        assert out[i][1] == "model exploded"
+        assert out[i][0] == 1 and out[i][2:] == list(range(3, 2 + i * 2 + 1))
+
+
+def test_a_session_that_dies_outside_a_call_does_not_hold_the_others():
+    lockstep = Lockstep()
+
+    def body(i: int) -> None:
+        for step in range(4):
+            if i == 1 and step == 2:
+                raise RuntimeError("simulator crashed")
+            lockstep.call("s", SPECIALIST_STAGE, lambda rs: rs, step)
+
+    errors = _threads(3, lockstep, body)
+    assert [str(e) for e in errors] == ["simulator crashed"]
+    assert [size for _, size in lockstep.batches] == [3, 3, 2, 2]
+
+
+def test_a_batched_runner_returning_too_few_results_is_named():
+    lockstep = Lockstep()
+    errors = _threads(2, lockstep, lambda i: lockstep.call("s", 1, lambda rs: rs[:1], i))
+    assert len(errors) == 2 and all("returned 1 results for 2 calls" in str(e) for e in errors)
+
+
+def test_generalist_outputs_concatenate_with_padding_and_split_back():
+    def out(nt: int, value: float) -> GeneralistOutput:
+        return GeneralistOutput(torch.full((1, 4, 2), value), torch.full((1, nt, 3), value),
+                                torch.full((1, 2, 3), value), torch.ones(1, nt, dtype=torch.bool),
+                                torch.ones(1, 2, dtype=torch.bool))
+
+    both = GeneralistOutput.concat([out(2, 1.0), out(5, 2.0)])
+    assert both.task_latents.shape == (2, 5, 3) and both.actions.shape == (2, 4, 2)
+    assert both.task_mask.tolist() == [[True, True, False, False, False], [True] * 5]
+    assert torch.equal(both.task_latents[0, 2:], torch.zeros(3, 3))  # padding, masked
+    first = both.row(0)
+    assert first.task_latents.shape == (1, 5, 3) and float(first.actions.mean()) == 1.0
+
+
+class _Runner:
+    """A specialist runner with the batched methods: output = mean of the observation + noise."""
+
+    k_s, action_dim = 2, 1
+    noise_shape = (1, 2, 1)
+
+    def __init__(self):
+        self.model = object()
+        self.batches: list[int] = []
+
+    def prepare(self, observation, instruction, generalist, tau):
+        return float(np.mean(observation["x"]))
+
+    def predict_prepared(self, prepared, noise):
+        self.batches.append(len(prepared))
+        return [np.full((2, 1), p) + n[0].numpy() for p, n in zip(prepared, noise, strict=True)]
+
+
+def test_specialist_proxy_noise_is_per_session_and_seeded():
+    """The same session seed gives the same noise whatever shares its batches; another seed, other noise."""
+    runner = _Runner()
+
+    def actions(seeds: list[int]) -> list[np.ndarray]:
+        lockstep = Lockstep()
+        proxies = [lockstep.wrapper(s)(runner) for s in seeds]
+        got: dict[int, np.ndarray] = {}
+
+        def body(i: int) -> None:
+            got[i] = proxies[i].predict({"x": np.zeros(3)}, "go", None, 0)
+
+        assert _threads(len(seeds), lockstep, body) == []
+        return [got[i] for i in range(len(seeds))]
+
+    alone = actions([7])[0]
+    together = actions([3, 7, 9])
+    assert np.array_equal(together[1], alone) and not np.array_equal(together[0], alone)
+    assert runner.batches == [1, 3]
+    plain = object()
+    assert Lockstep().wrapper(0)(plain) is plain  # a runner without batched methods is left as it is
