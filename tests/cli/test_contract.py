@@ -399,9 +399,12 @@ def test_bench_generalist(tmp_path):
 @covers("bench runtime")
 def test_bench_runtime(world, tmp_path):
     cli("bench", "runtime", "--policy", world.spec, "--dataset", world.store, "--steps", "3", "--factors", "1",
-        "--out", tmp_path / "runtime.json")
+        "--sessions", "3", "--out", tmp_path / "runtime.json")
     results = _report(tmp_path / "runtime.json", "runtime")
     assert results["specialist_only_hz"] > 0 and results["factors"]["1"]["async_hz"] > 0
+    lockstep = results["lockstep"]
+    assert lockstep["one"]["mean_batch"] == 1.0 and 1.0 < lockstep["many"]["mean_batch"] <= 3.0
+    assert lockstep["many"]["sessions"] == 3 and lockstep["speedup"] > 0
 
 
 @pytest.mark.slow

@@ -78,6 +78,7 @@ def _cases():
         ("runtime-steps-0", [*rt, "--steps", "0"], "--steps"),
         ("runtime-factors-text", [*rt, "--factors", "a,b"], "--factors"),
         ("runtime-factors-0", [*rt, "--factors", "0,4"], "--factors"),
+        ("runtime-sessions-neg", [*rt, "--sessions", "-1"], "--sessions"),
         ("runtime-missing-policy", ["bench", "runtime", "--policy", "{tmp}/nope", "--dataset", "{junk}"], "nope"),
         ("serve-bench-steps-neg", [*bs, "--steps", "-1"], "--steps"),
         ("serve-bench-mode", [*bs, "--mode", "turbo"], "--mode"),

@@ -165,6 +165,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="With --synthetic: auto, cpu, cuda."),
         steps: int = typer.Option(40, "--steps", help="Control steps per measurement."),
         factors: str = typer.Option("1,4,10", "--factors", help="Generalist slowdowns k (comma separated)."),
+        sessions: int = typer.Option(8, "--sessions", help="Also: this many sync sessions in lockstep, their model "
+                                     "calls batched (eval --batch), vs one (0: skip)."),
         out_file: Path = typer.Option(Path("bench_out/runtime.json"), "--out", help="JSON report path."),
     ) -> None:
         """Async and sync control rate with a generalist k times slower than the specialist, vs the specialist alone."""
@@ -180,8 +182,10 @@ def register(app: typer.Typer) -> None:
             load_runner,
             measure_rate,
         )
+        from robodual_core.runtime.rate import lockstep_rate
 
         check_min("--steps", steps, 1, "a number of control steps")
+        check_min("--sessions", sessions, 0, "a number of lockstep sessions (0: skip)")
         if synthetic is not None:
             if policy is not None or dataset is not None:
                 raise RobodualError("--synthetic builds its own models: give it without --policy and --dataset")
@@ -241,6 +245,14 @@ def register(app: typer.Typer) -> None:
             err.print(f"k={k}: async {row['async_hz']:.1f} Hz ({row['async_vs_specialist_only']:.2f}x), "
                       f"sync {row['sync_hz']:.1f} Hz ({row['sync_vs_specialist_only']:.2f}x)")
         remote.close()
+        if sessions:
+            sync_policy = DualSystemPolicy(generalist, specialist, mode="sync")
+            one, many = (lockstep_rate(sync_policy, obs, instruction, n, steps) for n in (1, sessions))
+            results["lockstep"] = {"one": one, "many": many, "speedup": many["steps_per_s"] / one["steps_per_s"],
+                                   "what": "sync dual-system sessions stepping together, their generalist and "
+                                           "specialist calls batched (eval metaworld --batch), no simulator"}
+            err.print(f"lockstep: {sessions} sessions {many['steps_per_s']:.1f} steps/s vs one "
+                      f"{one['steps_per_s']:.1f} ({results['lockstep']['speedup']:.2f}x)")
         results["target"] = "at k=10 the async rate is at least 0.9x the specialist-only rate"
         results["async"] = "generalist in its own process (as load_policy does); async_thread: in a thread"
         write_report(out_file, "runtime", results)

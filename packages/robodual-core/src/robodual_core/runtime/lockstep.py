@@ -4,10 +4,15 @@ On a CPU a small model at batch 1 spends most of its time in per-call overhead: 
 takes 15 ms for one action chunk and 34 ms for eight, the generalist 52 ms for one and 57 ms for eight.
 An evaluator that runs several episodes at once (one thread per episode, each with its own simulator and
 its own policy session) wraps every session's runners in the proxies below. A proxy's ``predict`` blocks
-until *every* running session is blocked in some proxy; then the calls of the earliest stage (generalists
-before specialists, so a session that asks the generalist this step joins the others' specialist batch)
-run as one batch, and their callers go on. Which calls share a batch therefore depends only on what each
-session does, not on thread timing.
+until *every* running session is blocked in some proxy; then the calls waiting on the model with the most
+callers (the later stage on a tie) run as one batch, and their callers go on. Which calls share a batch
+therefore depends only on what each session does, not on thread timing.
+
+Taking the fullest queue first aligns the sessions' generalist steps: an episode that starts while the others
+are mid-chunk asks the generalist at its first step and waits there, while the others step on (their
+specialist batches one smaller) until they too reach a generalist step; from then on all of them ask the
+generalist on the same steps, in one batch. A session only waits in this, it is never behind in its own
+episode: what it computes does not depend on when.
 
 A specialist session draws its initial diffusion noise from its own generator (seeded per episode), so an
 episode's actions do not depend on which other episodes share its batches (up to float rounding of
@@ -87,10 +92,10 @@ class Lockstep:
     def _flush_if_all_blocked(self) -> None:
         # with the lock held; runs in whichever thread completes the condition (all others are waiting)
         while self._active > 0 and self._blocked >= self._active:
-            waiting = [(q.stage, i, key) for i, (key, q) in enumerate(self._queues.items()) if q.calls]
+            waiting = [(len(q.calls), q.stage, i, key) for i, (key, q) in enumerate(self._queues.items()) if q.calls]
             if not waiting:
                 return
-            key = min(waiting)[2]
+            key = max(waiting)[3]
             queue = self._queues[key]
             calls, queue.calls = queue.calls, []
             self.batches.append((queue.stage, len(calls)))
