@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 
@@ -12,25 +10,7 @@ from robodual_core.runtime.lockstep import GENERALIST_STAGE, SPECIALIST_STAGE, L
 
 
 def _threads(n: int, lockstep: Lockstep, body) -> list[BaseException]:
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            body(i)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            lockstep.leave()
-
-    for _ in range(n):
-        lockstep.enter()
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive(), "a lockstep session hangs"
-    return errors
+    return lockstep.run(n, body)  # a hang is caught by the suite's --timeout
 
 
 def test_sessions_out_of_phase_align_their_generalist_steps():

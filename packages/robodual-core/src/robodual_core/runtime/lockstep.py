@@ -55,8 +55,9 @@ class _Queue:
 class Lockstep:
     """The scheduler shared by the sessions of one evaluation (see the module docstring).
 
-    A thread that runs episodes calls :meth:`enter` before its first and :meth:`leave` after its last (in a
-    ``finally``): a session that stops calling without leaving would hold every other one forever.
+    :meth:`run` starts the sessions' threads. A thread started otherwise calls :meth:`enter` before its first
+    call and :meth:`leave` after its last (in a ``finally``): a session that stops calling without leaving
+    would hold every other one forever.
     """
 
     def __init__(self) -> None:
@@ -65,6 +66,29 @@ class Lockstep:
         self._blocked = 0
         self._queues: dict[Any, _Queue] = {}
         self.batches: list[tuple[int, int]] = []  # (stage, size) of every batch run: what the benches report
+
+    def run(self, sessions: int, body: Callable[[int], None], name: str = "robodual-session") -> list[BaseException]:
+        """``body(i)`` for ``i < sessions``, each in its own thread as a session of this lockstep; returns what
+        the bodies raised (a body that fails leaves, so the others go on)."""
+        errors: list[BaseException] = []
+
+        def session(i: int) -> None:
+            try:
+                body(i)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                self.leave()
+
+        for _ in range(sessions):
+            self.enter()
+        threads = [threading.Thread(target=session, args=(i,), name=f"{name}-{i}", daemon=True)
+                   for i in range(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return errors
 
     def enter(self) -> None:
         with self._cond:

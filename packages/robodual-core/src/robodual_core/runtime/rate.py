@@ -29,50 +29,30 @@ def lockstep_rate(policy: Any, observation: dict[str, np.ndarray], instruction: 
     """Control steps per second of ``sessions`` sessions of ``policy`` (``new_session(wrap=...)``) stepping in
     lockstep, their model calls batched (:mod:`robodual_core.runtime.lockstep`): what a batched evaluation gains
     on this machine, without the simulator. Session ``i`` starts ``i`` steps late, so sessions ask the generalist
-    on different steps, as episodes of other lengths do. Returns ``{"sessions", "steps_per_s", "mean_batch"}`` (the mean size of the timed model calls)."""
-    import threading
-
+    on different steps, as episodes of other lengths do. Returns ``{"sessions", "steps_per_s", "mean_batch"}``
+    (the mean size of the timed model calls)."""
     from robodual_core.runtime.lockstep import Lockstep
 
     lockstep = Lockstep()
-    barrier = threading.Barrier(sessions + 1)
-    errors: list[BaseException] = []
+    runs = [policy.new_session(wrap=lockstep.wrapper(i)) for i in range(sessions)]
+    for run in runs:
+        run.reset()
+    period = max(1, int(getattr(policy, "k_g", 1)))
 
-    def run(i: int) -> None:
-        session = policy.new_session(wrap=lockstep.wrapper(i))
-        session.reset()
-        try:
-            for _ in range(warmup + i % max(1, getattr(policy, "k_g", 1))):
-                session.step(observation, instruction)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            lockstep.leave()
-        barrier.wait()  # every session warmed up: the timed steps start together
-        lockstep.enter()
-        barrier.wait()
-        try:
-            for _ in range(steps):
-                session.step(observation, instruction)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            lockstep.leave()
+    def run_all(count: Any) -> None:
+        def body(i: int) -> None:
+            for _ in range(count(i)):
+                runs[i].step(observation, instruction)
 
-    for _ in range(sessions):
-        lockstep.enter()
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(sessions)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = len(lockstep.batches)  # between the barriers no session is in a call
-    barrier.wait()
+        errors = lockstep.run(sessions, body)
+        if errors:
+            raise errors[0]
+
+    run_all(lambda i: warmup + i % period)  # not timed; leaves the sessions out of phase
+    start = len(lockstep.batches)
     t0 = time.perf_counter()
-    for t in threads:
-        t.join()
+    run_all(lambda i: steps)
     seconds = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
     sizes = [size for _, size in lockstep.batches[start:]]
     return {"sessions": sessions, "steps_per_s": sessions * steps / max(seconds, 1e-9),
             "mean_batch": float(np.mean(sizes)) if sizes else 0.0}

@@ -133,13 +133,12 @@ def _run_lockstep(chunk: list[tuple[int, str, int, int, bool]]) -> list[dict[str
     lockstep = Lockstep()
     queue, qlock = deque(chunk), threading.Lock()
     results: dict[int, dict[str, Any]] = {}
-    errors: list[BaseException] = []
-    slots = min(_WORKER["batch"], len(chunk))
+    stop = threading.Event()
 
-    def slot() -> None:
+    def slot(_: int) -> None:
         env = None
         try:
-            while not errors:
+            while not stop.is_set():
                 with qlock:
                     if not queue:
                         return
@@ -148,20 +147,14 @@ def _run_lockstep(chunk: list[tuple[int, str, int, int, bool]]) -> list[dict[str
                     env = MetaWorldEnv(**_WORKER["env_kwargs"])
                 session = root.new_session(wrap=lockstep.wrapper(job[3]))
                 results[job[0]] = _episode(job, session, env)
-        except BaseException as exc:
-            errors.append(exc)
+        except BaseException:
+            stop.set()  # the other slots finish their episodes and take no new ones
+            raise
         finally:
-            lockstep.leave()
             if env is not None:
                 env.close()
 
-    for _ in range(slots):
-        lockstep.enter()
-    threads = [threading.Thread(target=slot, name=f"robodual-episode-{i}", daemon=True) for i in range(slots)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = lockstep.run(min(_WORKER["batch"], len(chunk)), slot, name="robodual-episode")
     if errors:
         raise errors[0]
     return [results[job[0]] for job in chunk]
