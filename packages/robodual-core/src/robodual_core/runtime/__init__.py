@@ -28,12 +28,17 @@ from robodual_core.runtime.loading import (
 )
 from robodual_core.runtime.policies import DualSystemPolicy, GeneralistOnlyPolicy, SpecialistOnlyPolicy
 from robodual_core.runtime.process import ProcessGeneralist
-from robodual_core.runtime.protocols import GeneralistRunner, SpecialistRunner
+from robodual_core.runtime.protocols import (
+    BatchedGeneralistRunner,
+    BatchedSpecialistRunner,
+    GeneralistRunner,
+    SpecialistRunner,
+)
 from robodual_core.runtime.rate import measure_rate
 from robodual_core.runtime.runners import load_runner
 
 __all__ = [
-    "AggregationConfig", "DualSystemPolicy", "GeneralistOnlyPolicy", "GeneralistRunner", "ProcessGeneralist",
+    "AggregationConfig", "BatchedGeneralistRunner", "BatchedSpecialistRunner", "DualSystemPolicy", "GeneralistOnlyPolicy", "GeneralistRunner", "ProcessGeneralist",
     "SpecialistOnlyPolicy", "SpecialistRunner", "TemporalAggregator", "checkpoint_kind",
     "generalist_for_specialist", "load_policy", "load_runner", "measure_rate", "recorded_generalist",
 ]

@@ -18,9 +18,9 @@ A specialist session draws its initial diffusion noise from its own generator (s
 episode's actions do not depend on which other episodes share its batches (up to float rounding of
 batched matrix products).
 
-Runners opt in: a generalist runner with ``predict_batch(images, instructions)`` and ``image_key``, a
-specialist runner with ``prepare(observation, instruction, generalist, tau)`` and
-``predict_prepared(prepared, noise)``. A runner without them is called directly, one session at a time.
+Runners opt in by implementing :class:`~robodual_core.runtime.protocols.BatchedGeneralistRunner` or
+:class:`~robodual_core.runtime.protocols.BatchedSpecialistRunner` (robodual's generalist and DiT runners do);
+any other runner is called directly, one session at a time.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from robodual_core.interfaces import GeneralistOutput
+from robodual_core.runtime.protocols import BatchedGeneralistRunner, BatchedSpecialistRunner
 
 GENERALIST_STAGE, SPECIALIST_STAGE = 0, 1
 
@@ -142,9 +143,9 @@ class Lockstep:
         session's diffusion noise."""
 
         def wrap(runner: Any) -> Any:
-            if callable(getattr(runner, "predict_prepared", None)) and callable(getattr(runner, "prepare", None)):
+            if isinstance(runner, BatchedSpecialistRunner):
                 return LockstepSpecialist(runner, self, seed)
-            if callable(getattr(runner, "predict_batch", None)) and getattr(runner, "image_key", None):
+            if isinstance(runner, BatchedGeneralistRunner):
                 return LockstepGeneralist(runner, self)
             return runner
 

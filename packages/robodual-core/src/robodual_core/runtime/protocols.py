@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,3 +25,28 @@ class SpecialistRunner(Protocol):
 
     def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
                 tau: int) -> np.ndarray: ...
+
+
+@runtime_checkable
+class BatchedGeneralistRunner(Protocol):
+    """A generalist runner whose calls lockstep sessions can batch (:mod:`robodual_core.runtime.lockstep`):
+    ``predict_batch(images [B, H, W, 3] uint8, instructions)`` returns B rows of outputs; ``image_key`` names the
+    observation key of the images."""
+
+    image_key: str
+
+    def predict_batch(self, images: np.ndarray, instructions: list[str]) -> GeneralistOutput: ...
+
+
+@runtime_checkable
+class BatchedSpecialistRunner(Protocol):
+    """A specialist runner whose calls lockstep sessions can batch: ``prepare`` turns one session's step into a
+    model input (recording its history frames), ``predict_prepared`` runs any number of them, from sessions of
+    the same model, as one batch, each with its initial noise of ``noise_shape``."""
+
+    noise_shape: tuple[int, ...]
+
+    def prepare(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
+                tau: int) -> Any: ...
+
+    def predict_prepared(self, prepared: list[Any], noise: list[Any] | None = None) -> list[np.ndarray]: ...
