@@ -20,6 +20,7 @@ Rendering is the fast setting: no multisampling, shadows, reflections or skybox.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -52,6 +53,12 @@ def _require_metaworld() -> None:
     from robodual_core.errors import require
 
     require("metaworld", "pip install 'robodual-envs[metaworld]'")
+
+
+# Every GL call of this process's renderers (context creation, rendering, release) holds this lock: Mesa's software
+# rasterizer crashed (segfault in swrast_dri.so) when episodes in several threads (eval --batch) created, used and
+# released their contexts at once. Rendering is CPU-bound on one core per process, so serializing it costs nothing.
+GL_LOCK = threading.RLock()
 
 
 class MetaWorldEnv(Environment):
@@ -138,7 +145,8 @@ class MetaWorldEnv(Environment):
         if task not in self._renderers:
             import mujoco
 
-            renderer = mujoco.Renderer(self._envs[task].model, self.image_size, self.image_size)
+            with GL_LOCK:
+                renderer = mujoco.Renderer(self._envs[task].model, self.image_size, self.image_size)
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                          mujoco.mjtRndFlag.mjRND_SKYBOX):
                 renderer.scene.flags[flag] = 0
@@ -149,14 +157,15 @@ class MetaWorldEnv(Environment):
         """One camera of the current state: [H, W, 3] uint8, or [H, W] float32 metres with ``depth``."""
         renderer = self._renderer(self.task)
         renderer.update_scene(self._env.data, camera=camera)
-        if depth:
-            renderer.enable_depth_rendering()
-            try:
-                img = np.minimum(renderer.render(), self.depth_max).astype(np.float32)
-            finally:
-                renderer.disable_depth_rendering()
-        else:
-            img = renderer.render()
+        with GL_LOCK:
+            if depth:
+                renderer.enable_depth_rendering()
+                try:
+                    img = np.minimum(renderer.render(), self.depth_max).astype(np.float32)
+                finally:
+                    renderer.disable_depth_rendering()
+            else:
+                img = renderer.render()
         if camera.startswith("corner"):  # these cameras render rotated by 180 degrees
             img = img[::-1, ::-1]
         return np.ascontiguousarray(img)
@@ -228,11 +237,12 @@ class MetaWorldEnv(Environment):
         return self._state
 
     def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
-        for env in self._envs.values():
-            env.close()
+        with GL_LOCK:
+            for renderer in self._renderers.values():
+                renderer.close()
+            self._renderers.clear()
+            for env in self._envs.values():
+                env.close()
         self._envs.clear()
         self._env = None
 
