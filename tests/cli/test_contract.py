@@ -226,16 +226,17 @@ def test_eval_metaworld_batched_matches_episode_by_episode(world, tmp_path):
         np.testing.assert_allclose(np.stack(together[i]), np.stack(actions([seed], [delay])[0]), atol=1e-4)
     assert not np.allclose(np.stack(together[0]), np.stack(together[1])[:9])
 
-    def episodes(batch: int) -> list[tuple]:
-        out = tmp_path / f"b{batch}"
+    def episodes(batch: int, workers: int) -> list[tuple]:
+        out = tmp_path / f"b{batch}w{workers}"
         cli("eval", "metaworld", "--policy", world.spec, "--tasks", "reach-v3,button-press-topdown-v3",
-            "--episodes", "2", "--workers", "1", "--max-steps", "6", "--videos", "0", "--batch", str(batch),
+            "--episodes", "4", "--workers", str(workers), "--max-steps", "6", "--videos", "0", "--batch", str(batch),
             "--out", out)
         results = json.loads((out / "results.json").read_text())
         assert results["settings"]["batch"] == batch
         return [(e["episode"], e["task"], e["seed"], e["success"], e["length"]) for e in results["episodes"]]
 
-    assert episodes(2) == episodes(3)
+    # 2 workers, each running two chunks of episodes in new threads (where Mesa once crashed), vs one chunk
+    assert episodes(2, 2) == episodes(3, 1)
 
 
 @pytest.mark.slow
