@@ -140,6 +140,7 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
         ax.errorbar(shift, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xticks([], minor=True)  # the log axis' own minor labels (6x10^0, 2x10^1) crowd the scales
     ax.set_xlabel("demonstrations per target task (specialist's data)")
     ax.set_ylabel("success rate (95% Wilson interval)")
     ax.set_ylim(-0.02, 1.02)
