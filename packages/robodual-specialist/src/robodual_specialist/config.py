@@ -54,6 +54,32 @@ class GuidanceConfig:
     scale: float = ranged(3.0, ge=0)  # 1: no guidance
     null_tokens: int = ranged(8, ge=1)  # learned tokens that stand in for the generalist latents when they are dropped
     drop_generalist_actions: bool = False  # also replace the discretized generalist actions when dropping
+    # what the unconditional pass (and the training drop that teaches it) removes: "all" (the paper: the
+    # generalist's latents and proprio, plus its actions with drop_generalist_actions) or "generalist" (the
+    # generalist's latents and actions only; proprio stays in both passes, so guidance amplifies what the
+    # generalist adds and never proprio)
+    target: Literal["all", "generalist"] = "all"
+
+
+@dataclass
+class ConditioningConfig:
+    """How the generalist's outputs enter the specialist beyond the paper's form (all off: the paper's).
+
+    Cached latents are computed on demonstration frames and are off-distribution at control time; these keep
+    the specialist from leaning on them as a shortcut (issue 30).
+    """
+
+    # training: each sample independently loses its generalist latents (null tokens) / its generalist actions
+    # (the null action) with these probabilities, beside the guidance drop
+    latent_dropout: float = ranged(0.0, ge=0, le=1)
+    action_dropout: float = ranged(0.0, ge=0, le=1)
+    # each latent vector is layer-normalised (no affine) before its projection
+    latent_norm: bool = False
+    # > 0: the latents pass through a linear bottleneck of this width before the projection to the hidden width
+    latent_bottleneck: int = ranged(0, ge=0)
+    # training: Gaussian noise added to each latent vector, with this standard deviation relative to the
+    # vector's own (after latent_norm when on), so training sees latents as perturbed as at control time
+    latent_noise: float = ranged(0.0, ge=0)
 
 
 @dataclass
@@ -92,6 +118,7 @@ class SpecialistConfig:
     static_precision: Literal["auto", "bf16", "fp32"] = "auto"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
 
     # rotary position embeddings rotate pairs of each head's channels
     __config_checks__ = (Check("hidden", "a multiple of {prefix}heads ({heads}) with an even width per head",

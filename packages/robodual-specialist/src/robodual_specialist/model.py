@@ -150,7 +150,9 @@ class DiTSpecialist(nn.Module, Specialist):
         if cfg.generalist_dim > 0:
             # one projection for task and action latents (they share the VLA's hidden space); the source
             # embedding tells them apart
-            self.latent_proj = nn.Linear(cfg.generalist_dim, dim)
+            width = cfg.conditioning.latent_bottleneck
+            self.latent_proj = (nn.Sequential(nn.Linear(cfg.generalist_dim, width, bias=False), nn.Linear(width, dim))
+                                if width > 0 else nn.Linear(cfg.generalist_dim, dim))
         self.null_tokens = nn.Parameter(torch.randn(max(1, cfg.guidance.null_tokens), dim) * 0.02)
         self.null_action = nn.Parameter(torch.zeros(cfg.action_dim))
         self.proprio_mlp = (nn.Sequential(nn.Linear(cfg.proprio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -347,11 +349,21 @@ class DiTSpecialist(nn.Module, Specialist):
                 raise RobodualError(f"generalist latents have width {H}; this specialist expects "
                                     f"generalist_dim = {self.cfg.generalist_dim}")
             dtype = obs_tokens.dtype
-            parts += [self.latent_proj(gen.task_latents.to(dtype)) + self.source_embed[0],
-                      self.latent_proj(gen.action_latents.to(dtype)) + self.source_embed[1]]
+            parts += [self.latent_proj(self._latents(gen.task_latents.to(dtype))) + self.source_embed[0],
+                      self.latent_proj(self._latents(gen.action_latents.to(dtype))) + self.source_embed[1]]
         parts.append((self.null_tokens + self.source_embed[2]).unsqueeze(0).expand(B, -1, -1))
         parts.append(obs_tokens)
         return torch.cat(parts, dim=1)
+
+    def _latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Generalist latents ``[B, N, H]`` as the projection sees them (``model.conditioning``): layer-normalised
+        when asked, and perturbed by relative Gaussian noise in training."""
+        c = self.cfg.conditioning
+        if c.latent_norm:
+            x = F.layer_norm(x, x.shape[-1:])
+        if self.training and c.latent_noise > 0:
+            x = x + c.latent_noise * x.std(dim=-1, keepdim=True) * torch.randn_like(x)
+        return x
 
     def condition_mask(self, obs_tokens: torch.Tensor, gen: GeneralistOutput | None,
                        drop: torch.Tensor) -> torch.Tensor:
@@ -369,11 +381,14 @@ class DiTSpecialist(nn.Module, Specialist):
         return torch.cat(masks, dim=1)
 
     def generalist_action_input(self, gen: GeneralistOutput | None, tau: torch.Tensor | None, B: int,
-                                drop: torch.Tensor | None = None) -> torch.Tensor:
+                                drop: torch.Tensor | None = None,
+                                action_drop: torch.Tensor | None = None) -> torch.Tensor:
         """The generalist action paired with each specialist token, ``[B, k_s, D]`` (shifted window).
 
         Token ``i`` gets generalist action ``i + tau``; where that is past the chunk (or the generalist is
-        absent or dropped) it gets the learned ``null_action``.
+        absent or dropped) it gets the learned ``null_action``. ``drop``: the guidance drop (it removes the
+        actions with ``guidance.drop_generalist_actions`` or ``guidance.target: generalist``);
+        ``action_drop``: samples whose actions are dropped regardless (``conditioning.action_dropout``).
         """
         k_s, D = self.cfg.k_s, self.cfg.action_dim
         null = self.null_action.view(1, 1, D).expand(B, k_s, D)
@@ -387,13 +402,18 @@ class DiTSpecialist(nn.Module, Specialist):
         src = torch.arange(k_s, device=acts.device)[None, :] + tau[:, None]  # [B, k_s]
         valid = src < k_g
         gathered = torch.gather(acts, 1, src.clamp(max=k_g - 1)[..., None].expand(B, k_s, D))
-        if drop is not None and self.cfg.guidance.drop_generalist_actions:
+        g = self.cfg.guidance
+        if drop is not None and (g.drop_generalist_actions or g.target == "generalist"):
             valid = valid & ~drop[:, None]
+        if action_drop is not None:
+            valid = valid & ~action_drop[:, None]
         return torch.where(valid[..., None], gathered, null)
 
     def proprio_embedding(self, proprio: torch.Tensor | None, drop: torch.Tensor) -> torch.Tensor:
         B = drop.shape[0]
         null = self.null_proprio.unsqueeze(0).expand(B, -1)
+        if self.cfg.guidance.target == "generalist":
+            drop = torch.zeros_like(drop)  # guidance on the generalist's outputs alone: proprio is never dropped
         if self.proprio_mlp is None or proprio is None or proprio.numel() == 0:
             return null
         return torch.where(drop[:, None], null, self.proprio_mlp(proprio.reshape(B, -1).to(null.dtype)))
@@ -408,9 +428,13 @@ class DiTSpecialist(nn.Module, Specialist):
         B, dev = actions.shape[0], actions.device
         # batch["noise"] / ["timesteps"] / ["drop"] fix the random draws (reproducible loss evaluation, tests)
         drop = batch["drop"] if "drop" in batch else torch.rand(B, device=dev) < self.cfg.guidance.drop_prob
+        c = self.cfg.conditioning
+        # independent drops of the latents and of the actions (no random draw when off: the paper's stream)
+        latent_drop = drop | (torch.rand(B, device=dev) < c.latent_dropout) if c.latent_dropout > 0 else drop
+        action_drop = torch.rand(B, device=dev) < c.action_dropout if c.action_dropout > 0 else None
         obs_tokens = self.encode_observation(batch)
-        cond_tok, cond_mask = self.condition_tokens(obs_tokens, gen, drop)
-        gen_in = self.generalist_action_input(gen, batch.get("tau"), B, drop)
+        cond_tok, cond_mask = self.condition_tokens(obs_tokens, gen, latent_drop)
+        gen_in = self.generalist_action_input(gen, batch.get("tau"), B, drop, action_drop)
         c_obs = self.proprio_embedding(batch.get("proprio"), drop)
         noise = batch["noise"] if "noise" in batch else torch.randn_like(actions)
         t = (batch["timesteps"] if "timesteps" in batch
