@@ -95,7 +95,8 @@ def train_generalist(
     sets: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. trainer.lr=1e-4 (repeatable); "
                                    "model.family=NAME trains any registered generalist family."),
     base: str | None = typer.Option(None, "--base", help="'tiny' (CPU demo model), a local OpenVLA-format folder "
-                                    "or a local Hugging Face VLM folder (AutoModelForImageTextToText)."),
+                                    "or a local Hugging Face VLM folder (AutoModelForImageTextToText), or a Hugging "
+                                    "Face model id org/name[@revision] found in the local Hugging Face cache."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (trainer.steps)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start again."),
@@ -103,6 +104,8 @@ def train_generalist(
     init: Path | None = typer.Option(None, "--init", help="Fine-tune a trained generalist: start from the weights "
                                      "of this run or checkpoint folder (its model config, a fresh optimizer and "
                                      "schedule, the normalization statistics of --dataset)."),
+    revision: str | None = typer.Option(None, "--revision", help="Revision (branch, tag or commit) of a Hugging Face "
+                                        "model id given as --base/model.base (same as org/name@REV)."),
 ) -> None:
     """Train a generalist of any registered family (default: OpenVLA-style action-chunk tokens; LoRA on a base,
     full training on 'tiny').
@@ -135,6 +138,11 @@ def train_generalist(
     init_ckpt = Path(start["checkpoint"]) if isinstance(start, dict) and "checkpoint" in start else None
     if init is not None:
         init_ckpt, prior = init_source(init, base)
+    base_source = prior.pop("base_source", None)
+    hub_base = hub_base_override(config, overrides, prior, revision)
+    if hub_base is not None:  # a Hugging Face id, resolved from the local cache: the run records the snapshot folder
+        overrides.append(f"model.base={hub_base.path}")
+        base_source = hub_base.source()
     name, family = select_family(config, overrides, prior)
     cfg = family.train_config(config, overrides, prior)
     init_distributed()
@@ -150,6 +158,8 @@ def train_generalist(
     n_all = sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
     started = {"init": {"checkpoint": str(init_ckpt)}} if init_ckpt is not None else {}
+    if base_source is not None:
+        started["base_source"] = base_source
     dump_config({"dataset": str(dataset), **started, **resolved_config(to_dict(cfg), name)}, out / "config.json")
     where = f" base={m.base} lora={m.lora}" if name in ("openvla", "hf_vlm") else ""
     _console().print(f"generalist: family={name}{where} params={n_all / 1e6:.2f}M "
@@ -161,6 +171,22 @@ def train_generalist(
     last = trainer.fit(resume=resume)
     _console().print(f"done: {out} " + " ".join(f"{k}={v:.4g}" for k, v in last.items()
                                                    if isinstance(v, float | int)))
+
+
+def hub_base_override(config: Path | None, overrides: list[str], prior: dict[str, Any],
+                      revision: str | None) -> Any:
+    """The cached Hugging Face model (:class:`robodual_core.hub.HubModel`) when ``model.base`` (--base, --set, the
+    config file) is a Hub id (``org/name[@rev]``) and not a local folder; None for 'tiny' or a folder."""
+    from robodual_core.hub import is_hub_ref, resolve_hub_model
+
+    requested = _requested(config, overrides, prior, "base", "tiny")
+    if requested == "tiny" or not is_hub_ref(requested):
+        if revision is not None:
+            raise RobodualError(f"--revision '{revision}' applies to a Hugging Face model id given as --base "
+                                f"(org/name); the base is '{requested}'")
+        return None
+    return resolve_hub_model(requested, revision, what="--base",
+                             folder_form="a local OpenVLA-format or Hugging Face model folder")
 
 
 def init_source(init: Path, base: str | None) -> tuple[Path, dict[str, Any]]:

@@ -72,6 +72,11 @@ def find_dino_weights(pretrained: str | None) -> Path | None:
     """The DINO weights file: ``pretrained`` if given (it must exist), else the first of
     ``dino_weight_locations()`` that exists, else None."""
     if pretrained:
+        from robodual_core.hub import cached_file, is_hub_ref
+
+        if is_hub_ref(pretrained):  # org/name[@rev]: model.safetensors of the cached Hugging Face snapshot
+            return cached_file(pretrained, "model.safetensors", what="config key 'pretrained'",
+                               folder_form=f"a local .safetensors file of {DINO_ARCH}")
         path = Path(pretrained).expanduser()
         if path.is_dir():
             path = path / "model.safetensors"

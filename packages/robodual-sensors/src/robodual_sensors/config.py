@@ -26,7 +26,8 @@ class SensorConfig:
     ``keys``: dataset keys read (``batch["obs"][key]``). ``image_size``: frames are resized to this
     (int = square, or [H, W]) before the ViT. ``backbone``: ``"dino_vits16"`` (the frozen, pretrained DINO
     ViT-S/16) or ``"vit"`` (a ViT built from ``width``/``depth``/``heads``/``head_dim``, trainable).
-    ``pretrained``: for DINO, a local ``.safetensors`` file (default: searched, see ``rgb.find_dino_weights``).
+    ``pretrained``: for DINO, a local ``.safetensors`` file or a cached Hugging Face id ``org/name[@rev]`` holding
+    model.safetensors (default: searched, see ``backbones.find_dino_weights``).
     ``random_init``: allow a randomly initialised DINO when no weights are on disk (a warning says so).
     ``trainable``: None = frozen for DINO, trainable for ``vit``. ``history``: extra past frames per sample;
     tokens of all frames are concatenated. ``cache_features``: at inference, reuse the frozen backbone's
