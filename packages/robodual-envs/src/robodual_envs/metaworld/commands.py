@@ -37,6 +37,8 @@ def generate_command(
     action_noise: float = typer.Option(0.0, "--action-noise",
                                        help="Std of Gaussian noise on executed actions (labels stay clean)."),
     max_attempts: int = typer.Option(5, "--max-attempts", help="New placements tried when the expert fails."),
+    visual: str = typer.Option("default", "--visual", help="Scene appearance: default, random (each episode its "
+                               "own lighting: a broad corpus's variety) or shift (one fixed dim, warm lighting)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store when the new one is done."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (same options)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -48,7 +50,7 @@ def generate_command(
 
     options = GenerateOptions(tasks=tasks.split(","), episodes_per_task=episodes_per_task, image_size=image_size,
                               cameras=_cameras(cameras), depth=depth, seed=seed, max_steps=max_steps,
-                              action_noise=action_noise, max_attempts=max_attempts)
+                              action_noise=action_noise, max_attempts=max_attempts, visual=visual)
     summary = generate_dataset(out, options, workers=workers, overwrite=overwrite, resume=resume)
     console = Console()
     if json_out:
@@ -78,6 +80,10 @@ def eval_command(
                                       "ws://127.0.0.1:8000; replaces --policy."),
     token: str | None = typer.Option(None, "--token", envvar="ROBODUAL_SERVE_TOKEN", help="Token for --remote."),
     kind: str = typer.Option("auto", "--kind", help="auto, dual, specialist or generalist (from a run folder)."),
+    visual: str = typer.Option("default", "--visual", help="Scene appearance: default, random or shift (a "
+                               "lighting change for generalization tests)."),
+    placement_scale: float = typer.Option(1.0, "--placement-scale", help="Widen the tasks' placement ranges by "
+                                          "this factor around their centre (> 1: placements no demo has)."),
     mode: str = typer.Option("sync", "--mode", help="Dual-system runtime mode: sync or async."),
     binarize_gripper: bool = typer.Option(False, "--binarize-gripper/--no-binarize-gripper",
                                           help="Snap the gripper to +-1 (Meta-World's experts use graded efforts)."),
@@ -126,6 +132,7 @@ def eval_command(
         image_size=image_size or defaults.get("image_size", 128),
         cameras=_cameras(cameras) if cameras else defaults.get("cameras", ["corner2", "gripperPOV"]),
         depth=depth if depth is not None else defaults.get("depth", False), batch=batch,
+        visual=visual, placement_scale=placement_scale,
     )
     results["policy"] = remote or policy
     results["kind"] = kind

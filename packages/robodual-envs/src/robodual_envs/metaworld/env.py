@@ -15,6 +15,15 @@ Object placements are drawn from the task's own random reset space with a genera
 the same seed gives the same placement, and unlike ``metaworld.MT10`` (50 fixed placements per task)
 there is no limit on how many distinct placements a dataset or an evaluation sees.
 Rendering is the fast setting: no multisampling, shadows, reflections or skybox.
+
+Two distribution shifts for generalization studies (paper Table 3's spirit), both off by default:
+
+- ``visual``: "default" (Meta-World's scene), "random" (each episode's lights get a brightness in [0.6, 1.4] and
+  a colour cast of [0.8, 1.2] per channel, drawn from the episode seed: the visual variety of a broad corpus) or
+  "shift" (one fixed dim, warm lighting inside the random range: a change a broad corpus covers and plain
+  demonstrations do not);
+- ``placement_scale``: the task's reset space (object and goal placements) widened (> 1) around its centre, so
+  evaluation placements can lie outside every demonstration's range.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ PROPRIO_DIM = 11
 STATE_DIM = 39
 ACTION_DIM = 4
 DEFAULT_MAX_STEPS = 250
+VISUALS = ("default", "random", "shift")
+SHIFT_LIGHT = (0.7 * 1.15, 0.7 * 0.95, 0.7 * 0.82)  # brightness 0.7 x a warm cast, inside the random range
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 
 
@@ -78,8 +89,16 @@ class MetaWorldEnv(Environment):
         max_steps: int = DEFAULT_MAX_STEPS,
         depth_max: float = 3.0,
         terminate_on_success: bool = True,
+        visual: str = "default",
+        placement_scale: float = 1.0,
     ):
         _require_metaworld()
+        if visual not in VISUALS:
+            raise RobodualError(f"visual: expected one of {', '.join(VISUALS)}, found '{visual}'")
+        if not (np.isfinite(placement_scale) and 0 < placement_scale <= 4):
+            raise RobodualError(f"placement_scale: expected a factor in (0, 4] (1 = the task's own placements), "
+                                f"found {placement_scale}")
+        self.visual, self.placement_scale = visual, float(placement_scale)
         cameras = tuple(cameras)
         if not 1 <= len(cameras) <= 2:
             raise RobodualError(f"cameras: expected 1 or 2 Meta-World cameras (static, then gripper), found {cameras}")
@@ -138,6 +157,14 @@ class MetaWorldEnv(Environment):
             env.model.vis.quality.offsamples = 0
             env.model.vis.global_.offwidth = max(env.model.vis.global_.offwidth, self.image_size)
             env.model.vis.global_.offheight = max(env.model.vis.global_.offheight, self.image_size)
+            env._robodual_light = env.model.light_diffuse.copy()
+            space = env._random_reset_space
+            if self.placement_scale != 1.0 and space is not None:
+                from gymnasium.spaces import Box
+
+                centre, half = (space.high + space.low) / 2, (space.high - space.low) / 2
+                env._random_reset_space = Box(centre - self.placement_scale * half,
+                                              centre + self.placement_scale * half, dtype=np.float64)
             self._envs[task] = env
         return self._envs[task]
 
@@ -190,6 +217,7 @@ class MetaWorldEnv(Environment):
         if seed is not None:
             self.seed = int(seed)
         self._env = self._make(self.task)
+        self._apply_visual()
         self._env.seed(self.seed)
         state, _ = self._env.reset()
         # Meta-World's reset runs reset_model twice, the first time from the previous episode's state, and sets
@@ -202,6 +230,19 @@ class MetaWorldEnv(Environment):
         self._steps, self._success, self._done = 0, False, False
         self.instruction = instruction_for(self.task, self.seed)
         return self._observation()
+
+    def light_gain(self) -> np.ndarray:
+        """The RGB gain applied to every light of this episode's scene (``visual``)."""
+        if self.visual == "shift":
+            return np.array(SHIFT_LIGHT)
+        if self.visual == "random":
+            rng = np.random.default_rng([self.seed, 0x715])
+            return rng.uniform(0.6, 1.4) * rng.uniform(0.8, 1.2, size=3)
+        return np.ones(3)
+
+    def _apply_visual(self) -> None:
+        env = self._env
+        env.model.light_diffuse[:] = env._robodual_light * self.light_gain()[None, :]
 
     def step(self, action: np.ndarray) -> tuple[StepObservation, float, bool, dict[str, Any]]:
         if self._done:

@@ -170,7 +170,8 @@ def _frame(arrays: dict[str, np.ndarray]) -> np.ndarray:
 def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: int = 10, seed: int = 0,
              max_steps: int = DEFAULT_MAX_STEPS, workers: int = 1, video_dir: str | Path | None = None,
              n_videos: int = 3, image_size: int = 128, cameras: tuple[str, ...] | list[str] = ("corner2", "gripperPOV"),
-             depth: bool = False, progress: bool = True, batch: int = 1) -> dict[str, Any]:
+             depth: bool = False, progress: bool = True, batch: int = 1, visual: str = "default",
+             placement_scale: float = 1.0) -> dict[str, Any]:
     """Closed-loop success of ``policy`` (a Policy, or a picklable zero-argument factory returning one).
 
     A Policy object works with ``workers=1`` only; several workers need a factory (:class:`PolicyFactory`).
@@ -199,7 +200,7 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
     if not _is_policy(policy) and not callable(policy):
         raise RobodualError(f"evaluate: expected a Policy or a factory returning one, found {type(policy).__name__}")
     env_kwargs = {"task": task_list[0], "image_size": image_size, "cameras": list(cameras), "depth": depth,
-                  "seed": seed, "max_steps": max_steps}
+                  "seed": seed, "max_steps": max_steps, "visual": visual, "placement_scale": placement_scale}
     MetaWorldEnv(**env_kwargs).close()  # bad cameras or sizes fail here, not in a worker
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
@@ -233,7 +234,7 @@ def evaluate(policy: Any, tasks: str | list[str] = "mt10", episodes_per_task: in
     episodes.sort(key=lambda e: e["episode"])  # chunks interleave the jobs
     settings = {"tasks": task_list, "episodes_per_task": episodes_per_task, "seed": seed, "max_steps": max_steps,
                 "workers": workers, "image_size": image_size, "cameras": list(cameras), "depth": depth,
-                "batch": batch}
+                "batch": batch, "visual": visual, "placement_scale": placement_scale}
     return summarize(episodes, settings, time.perf_counter() - start)
 
 

@@ -44,10 +44,11 @@ class GenerateOptions:
     max_steps: int = DEFAULT_MAX_STEPS
     action_noise: float = 0.0
     max_attempts: int = 5
+    visual: str = "default"  # MetaWorldEnv's visual: "random" gives each episode its own lighting
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"task": self.tasks[0], "image_size": self.image_size, "cameras": list(self.cameras),
-                "depth": self.depth, "seed": self.seed, "max_steps": self.max_steps}
+                "depth": self.depth, "seed": self.seed, "max_steps": self.max_steps, "visual": self.visual}
 
 
 def modalities(options: GenerateOptions) -> dict[str, str]:
