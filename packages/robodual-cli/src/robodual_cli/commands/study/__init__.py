@@ -44,11 +44,23 @@ def _flags(tasks: str | None, episodes: int | None, seeds: str | None) -> dict[s
     return flags
 
 
+STUDY_LOG_HELP = ("Experiment trackers for every training and evaluation stage: tensorboard, wandb (repeatable or "
+                  "comma-separated; each stage's run folder holds its own, W&B runs grouped by study).")
+
+
+def _trackers(values: list[str]) -> list[str]:
+    """--log checked when the command line is parsed, before the study folder is touched."""
+    from robodual_core.tracking import parse_log
+
+    return parse_log(values)
+
+
 def register(app: typer.Typer) -> None:
     from robodual_core.cli_groups import group
 
     study = group(app, "study")
     study.info.help = HELP
+    _register_pretrain(study)
 
     @study.command("data-efficiency")
     def data_efficiency(
@@ -60,6 +72,7 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", help="YAML/TOML/JSON file of DataEfficiencyConfig keys."),
         overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set demo_scales=[5,10]."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
+        log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
     ) -> None:
         """Table 4: success vs demonstrations per task for dual, specialist only, generalist only and a
         Diffusion-Policy-style baseline, the generalist pre-trained on a broad corpus."""
@@ -73,6 +86,7 @@ def register(app: typer.Typer) -> None:
         cfg = de.check(_load(de.DataEfficiencyConfig, de.QUICK, quick, config, overrides, flags))
         folder = StudyFolder(out_dir, de.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
                              defaults=to_dict(de.DataEfficiencyConfig()))
+        folder.log = tuple(log)
         t0 = time.perf_counter()
         result = de.run(cfg, folder)
         # a quick run extrapolates its measured rates to the full default study
@@ -92,6 +106,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set",
                                             help="Override a config key, e.g. --set specialist_steps=500."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
+        log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
     ) -> None:
         """Figure 5: success against training seconds, continuing the generalist alone vs adding the
         specialist at several points of its training."""
@@ -104,6 +119,7 @@ def register(app: typer.Typer) -> None:
                              _flags(tasks, episodes, seeds)))
         folder = StudyFolder(out_dir, te.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
                              defaults=to_dict(te.TrainingEfficiencyConfig()))
+        folder.log = tuple(log)
         t0 = time.perf_counter()
         result = te.run(cfg, folder)
         full = te.check(te.TrainingEfficiencyConfig())
@@ -125,6 +141,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. "
                                             "--set 'variants={\"dual/film\": [\"model.conditioner=film\"]}'."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
+        log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
     ) -> None:
         """Where the dual system loses, tested: variants of a data-efficiency study's policies at one scale
         (conditioner, conditioning sources, latency augmentation, guidance, budget) and its generalist fine-tuned
@@ -138,11 +155,41 @@ def register(app: typer.Typer) -> None:
         flags = {k: v for k, v in _flags(None, None, seeds).items() if k == "train_seeds"}
         flags.update({"base_study": str(from_dir), "scale": scale})
         cfg = ab.check(_load(ab.AblationConfig, ab.QUICK, quick, config, overrides, flags), base)
-        folder = StudyFolder(out_dir, ab.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite)
+        folder = StudyFolder(out_dir, ab.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
+                             inputs=(from_dir,))
+        folder.log = tuple(log)
         t0 = time.perf_counter()
         result = ab.run(cfg, base, folder)
         path = report.ablations_report(folder, cfg, base, result, quick)
         _done(folder, path, t0)
+
+
+def _register_pretrain(study: typer.Typer) -> None:
+    @study.command("pretrain")
+    def pretrain(
+        out_dir: Path = typer.Option(Path("study_pretrain"), "--out", help="The study folder (resumable)."),
+        quick: bool = typer.Option(False, "--quick", help="A tiny run that checks the pipeline, not the result."),
+        tasks: str | None = typer.Option(None, "--tasks", help="Broad corpus tasks: mt10, mt50 or names."),
+        episodes: int | None = typer.Option(None, "--episodes", help="Evaluation episodes per task."),
+        config: Path | None = typer.Option(None, "--config", help="YAML/TOML/JSON file of PretrainConfig keys."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set generalist_steps=20000."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
+        log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
+    ) -> None:
+        """A generalist that knows more than the target data: a broad corpus (many tasks, varied lighting,
+        paraphrased instructions) and the tiny generalist trained long on it, evaluated alone; reused by the
+        other studies (--set generalist=FOLDER)."""
+        from robodual_cli.commands.study import pretrain as pt
+        from robodual_cli.commands.study.common import StudyFolder
+        from robodual_core.config import to_dict
+
+        cfg = pt.check(_load(pt.PretrainConfig, pt.QUICK, quick, config, overrides, _flags(tasks, episodes, None)))
+        folder = StudyFolder(out_dir, pt.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
+                             defaults=to_dict(pt.PretrainConfig()))
+        folder.log = tuple(log)
+        t0 = time.perf_counter()
+        result = pt.run(cfg, folder)
+        _done(folder, pt.report(folder, cfg, result, quick), t0)
 
 
 def _done(folder: object, path: Path, t0: float) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from robodual_cli.console import err
 from robodual_core.errors import RobodualError
 from robodual_core.io import atomic_write_json
+from robodual_core.outputs import check_output, remove_output
 
 FORMAT = 1
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -82,8 +83,12 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 class StudyFolder:
     """One study's folder: frozen config, progress of its stages, subprocess stages that are skipped when done."""
 
+    # experiment trackers (--log) passed to every train/eval stage; each stage logs to its own run folder, and the
+    # W&B runs of one study share a group (WANDB_RUN_GROUP); not part of the frozen config
+    log: tuple[str, ...] = ()
+
     def __init__(self, root: Path, study: str, config: dict[str, Any], overwrite: bool = False,
-                 defaults: dict[str, Any] | None = None) -> None:
+                 defaults: dict[str, Any] | None = None, inputs: tuple[Path, ...] = ()) -> None:
         # defaults: the config class's defaults; a key added to it after the folder was started is accepted at
         # its default value (and recorded), so a study started by older code still resumes
         self.root, self.study, self.config, self.defaults = root, study, config, defaults or {}
@@ -91,16 +96,16 @@ class StudyFolder:
         self.logs = root / "logs"
         self.ran: list[str] = []  # stages run (not skipped) by this invocation
         self._commit_noted = False
+        # a folder (not a file), never an input (ablations' --from), inside one or holding one
+        check_output(root, flag="--out", expect="folder", inputs=inputs)
         if overwrite and root.exists():
             self._clear()
         self._open()
 
     # -- folder ------------------------------------------------------------------------------------
     def _clear(self) -> None:
-        if any(self.root.iterdir()) and not self.meta_path.is_file():
-            raise RobodualError(f"--overwrite: '{self.root}' is not a study folder (no study.json); refusing to "
-                                "delete it")
-        shutil.rmtree(self.root)
+        # study.json is the study folder's marker: nothing else is deleted
+        remove_output(self.root, legacy=lambda p: (p / "study.json").is_file(), what="a study folder")
 
     def _read_json(self, path: Path, what: str) -> Any:
         try:
@@ -193,11 +198,15 @@ class StudyFolder:
             shutil.rmtree(run_dir)
             cmd = [c for c in cmd if c != "--resume"]
         self._note_commit()
+        if self.log and len(cmd) > 3 and cmd[3] in ("train", "eval"):
+            cmd = [*cmd, "--log", ",".join(self.log)]
         shown = " ".join(shlex.quote(c) for c in ["robodual", *cmd[3:]])
         err.print(f"[bold cyan]▶ {name}[/]\n  $ {shown}")
         self.logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+        if self.log:
+            env.setdefault("WANDB_RUN_GROUP", f"{self.study}-{self.root.resolve().name}")
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -345,3 +354,18 @@ def store_episode_seeds(store: Path) -> list[int]:
     """The placement seeds of a generated store's episodes (``generation.episode_seeds`` in its attributes)."""
     attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
     return [int(s) for s in (attrs.get("generation") or {}).get("episode_seeds", [])]
+
+
+def episode_rows(results: Path, policy: str, seed: int, **extra: Any) -> list[dict[str, Any]]:
+    """One row per evaluated episode of ``results`` (an ``eval metaworld`` results.json): what a reader needs to
+    recompute every number of a report (policy, training seed, task, placement seed, success, steps)."""
+    data = json.loads(Path(results).read_text())
+    return [{"policy": policy, "seed": seed, "task": e["task"], "placement": int(e["seed"]),
+             "success": bool(e["success"]), "steps": int(e["length"]), **extra} for e in data["episodes"]]
+
+
+def write_episode_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as JSON lines, written atomically (the per-episode results committed beside a report)."""
+    from robodual_core.io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
