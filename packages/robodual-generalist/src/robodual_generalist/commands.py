@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,11 @@ def _progress() -> Any:
     return progress_bar()
 
 
-def _clear_run_dir(out: Path) -> None:
-    if not out.exists():
-        return
-    looks_like_run = (out / "checkpoints").is_dir() or (out / "config.json").is_file() or not any(out.iterdir())
-    if not looks_like_run:
-        raise RobodualError(f"--overwrite refuses to delete '{out}': it is not a run folder (no config.json or "
-                            "checkpoints/); choose another --out")
-    shutil.rmtree(out)
+def _clear_run_dir(out: Path, dataset: Path | None = None, overwrite: bool = True) -> None:
+    """Never the --dataset, inside it or holding it; with ``overwrite``, delete a run robodual wrote (only)."""
+    from robodual_core.outputs import prepare_run_dir
+
+    prepare_run_dir(out, inputs=[dataset], overwrite=overwrite)
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -118,6 +114,8 @@ def train_generalist(
     from robodual_core.data import WindowDataset
     from robodual_core.training import Trainer, init_distributed, seed_everything
     from robodual_generalist.families import train_overrides
+    from robodual_core.outputs import mark_output
+    from robodual_core.tracking import fit_tracked, parse_log
 
     if steps is not None and steps < 1:  # refused at the flag, before a run folder is touched
         from robodual_core.errors import ConfigError
@@ -128,8 +126,7 @@ def train_generalist(
     if resume and init is not None:
         raise RobodualError("--init and --resume contradict each other: --resume continues the run in --out (which "
                             "remembers its --init), --init starts a new run from another run's weights")
-    if overwrite:
-        _clear_run_dir(out)
+    _clear_run_dir(out, dataset, overwrite)
     overrides = train_overrides(sets, base, steps, seed)
     saved = out / "config.json"
     prior = read_config_file(saved) if resume and saved.is_file() else {}
@@ -160,6 +157,7 @@ def train_generalist(
     started = {"init": {"checkpoint": str(init_ckpt)}} if init_ckpt is not None else {}
     if base_source is not None:
         started["base_source"] = base_source
+    mark_output(out, "run")  # a later --overwrite recognises the folder as a run robodual wrote
     dump_config({"dataset": str(dataset), **started, **resolved_config(to_dict(cfg), name)}, out / "config.json")
     where = f" base={m.base} lora={m.lora}" if name in ("openvla", "hf_vlm") else ""
     _console().print(f"generalist: family={name}{where} params={n_all / 1e6:.2f}M "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +137,13 @@ def _generalist_source(record: dict[str, Any] | None) -> str:
     return ("generalist online " if record.get("online") else "generalist cache ") + str(record["hash"])
 
 
-def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, rank: int) -> None:
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, rank: int, dataset: Path | None = None) -> None:
+    from robodual_core.outputs import prepare_run_dir
+
     if resume and overwrite:
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
-    if out.exists() and overwrite and rank == 0:
-        if any(out.iterdir()) and not ((out / "config.json").is_file() or (out / "checkpoints").is_dir()):
-            raise RobodualError(f"--overwrite refuses to delete '{out}': it does not look like a run folder "
-                                "(no config.json or checkpoints/)")
-        shutil.rmtree(out)
+    if rank == 0:  # never the --dataset, inside it or holding it; --overwrite deletes only a run robodual wrote
+        prepare_run_dir(out, inputs=[dataset], overwrite=overwrite)
     if resume and not (out / "checkpoints").is_dir():
         raise RobodualError(f"--resume: run folder '{out}' has no checkpoints/ to continue from")
 
@@ -217,13 +215,14 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     from robodual_core.training import Trainer, init_distributed, seed_everything
 
     if generalist_cache and generalist:
+    from robodual_core.outputs import mark_output
         raise RobodualError("--generalist-cache and --generalist both give generalist outputs; pass one")
     if generalist and generalist_pooling not in POOLINGS:
         raise RobodualError(f"--generalist-pooling is {generalist_pooling!r}; expected one of {', '.join(POOLINGS)}")
     init_distributed()
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     dataset, out = Path(dataset), Path(out)
-    _prepare_run_dir(out, resume, overwrite, rank)
+    _prepare_run_dir(out, resume, overwrite, rank, dataset)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # other ranks must not see a run folder that rank 0 is deleting
     base = None
@@ -285,3 +284,4 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
             f"{_generalist_source(gen_meta)}; "
             f"{len(ds)} training windows")
     return trainer
+        mark_output(out, "run")  # a later --overwrite recognises the folder as a run robodual wrote

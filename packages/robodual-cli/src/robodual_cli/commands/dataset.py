@@ -75,6 +75,11 @@ def _add_generic(convert: typer.Typer, name: str, cls: Any, description: str) ->
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted conversion."),
         sets: list[str] = typer.Option([], "--set", help="Converter option key=value (JSON values), repeatable."),
     ) -> None:
+        from robodual_core.outputs import check_output
+
+        # a third-party converter gets the same guard as the built-in ones: DST is never SRC, inside it or
+        # holding it, and --overwrite replaces only a robodual store
+        check_output(dst, flag="DST", expect="store", inputs=[src], overwrite=overwrite)
         options: dict[str, Any] = {}
         for item in sets:
             key, sep, value = item.partition("=")
@@ -256,7 +261,17 @@ def view(
 
     from robodual_core.data import open_dataset
     from robodual_core.io import atomic_write_bytes
+    from robodual_core.outputs import check_output
 
+    if frames < 1:
+        raise RobodualError(f"--frames: expected a number of frames >= 1, found {frames}")
+    check_output(output, flag="--output", expect="file", inputs=[path])
+    fmt = output.suffix.lstrip(".").lower() or "png"
+    if fmt not in plt.gcf().canvas.get_supported_filetypes():
+        plt.close("all")
+        raise RobodualError(f"--output '{output}': expected an image file ending in .png, .jpg or .pdf, found "
+                            f"'.{fmt}'")
+    plt.close("all")
     ds = open_dataset(path, require_complete=False)
     start, end = ds.episode_bounds(episode)
     length = end - start
@@ -298,7 +313,7 @@ def view(
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format=output.suffix.lstrip(".") or "png", dpi=100)
+    fig.savefig(buf, format=fmt, dpi=100)
     plt.close(fig)
     atomic_write_bytes(output, buf.getvalue())
     out.print(f"wrote {output}")
@@ -313,10 +328,13 @@ def _parse_episodes(spec: str, n: int) -> list[int]:
             lo, hi = int(a), int(b) if sep else int(a)
         except ValueError:
             raise RobodualError(f"--val-episodes item '{part}': expected N or N-M") from None
+        # bounds first: a range is expanded only within the store's episodes (0-999999999999 is refused, not
+        # built in memory)
+        if not (0 <= lo < n and 0 <= hi < n):
+            raise RobodualError(f"--val-episodes item '{part}' reaches outside episodes 0..{n - 1}")
+        if lo > hi:
+            raise RobodualError(f"--val-episodes item '{part}': expected N-M with N <= M")
         ids.extend(range(lo, hi + 1))
-    bad = [i for i in ids if not 0 <= i < n]
-    if bad:
-        raise RobodualError(f"--val-episodes has {bad[:5]} outside 0..{n - 1}")
     return sorted(set(ids))
 
 
@@ -342,6 +360,7 @@ def split(
 
     from robodual_core.data import open_dataset, split_episodes
     from robodual_core.data.ops import copy_episodes
+    from robodual_core.outputs import check_output
 
     ds = open_dataset(src)
     if val_episodes:
@@ -352,9 +371,10 @@ def split(
     if len(train) == 0 or len(val) == 0:
         raise RobodualError(f"split of {ds.num_episodes} episodes gives {len(train)} train and {len(val)} val "
                             "episodes; expected both non-empty (adjust --val-ratio or --val-episodes)")
-    for name in ("train.zarr", "val.zarr"):
+    for name in ("train.zarr", "val.zarr"):  # both checked before either is written
         if (out_dir / name).exists() and not overwrite:
             raise RobodualError(f"'{out_dir / name}' already exists; pass --overwrite to replace it")
+        check_output(out_dir / name, flag="--out", expect="store", inputs=[ds.path], overwrite=overwrite)
     bar, advance = _progress(ds.num_episodes, "splitting")
     with bar:
         paths = [copy_episodes([(ds, ids)], out_dir / name, overwrite=overwrite, progress=advance)
@@ -370,7 +390,9 @@ def merge(
     """Concatenate the episodes of several stores (same keys, shapes, dtypes and fps) into one."""
     from robodual_core.data import open_dataset
     from robodual_core.data.ops import merge_stores
+    from robodual_core.outputs import check_output
 
+    check_output(dst, flag="--out", expect="store", inputs=sources, overwrite=overwrite)
     total = sum(open_dataset(s).num_episodes for s in sources)
     bar, advance = _progress(total, "merging")
     with bar:

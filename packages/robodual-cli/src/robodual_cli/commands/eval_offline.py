@@ -161,6 +161,10 @@ def register(app: typer.Typer) -> None:
         result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target)
         if json_out:
             out.print_json(json.dumps(result))
+        from robodual_core.outputs import check_output
+
+        # a folder apart from the dataset; inside the policy's run folder (the default) but never it or above it
+        check_output(target, flag="--out", expect="folder", inputs=[dataset], hosts=[policy])
             return
         table = Table(title=f"offline action error ({result['steps']} steps, {len(result['episodes'])} episodes)")
         table.add_column("dim", justify="right")

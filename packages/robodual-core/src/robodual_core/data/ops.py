@@ -9,6 +9,7 @@ from typing import Any
 from robodual_core.data.store import ZarrDataset, open_dataset
 from robodual_core.data.writer import DatasetWriter
 from robodual_core.errors import RobodualError
+from robodual_core.outputs import check_output
 
 
 def _layout(ds: ZarrDataset) -> dict[str, tuple[str, tuple[int, ...], str]]:
@@ -31,6 +32,8 @@ def copy_episodes(sources: Sequence[tuple[ZarrDataset, Sequence[int]]], dst: str
             k = diff[0]
             raise RobodualError(f"'{ds.path}' does not match '{first.path}' at key '{k}': {other.get(k, 'missing')} "
                                 f"vs {layout.get(k, 'missing')} (modality, per-step shape, dtype)")
+    # the output is never one of the sources, inside one or holding one (merging a store into itself)
+    check_output(dst, flag="--out", expect="store", inputs=[ds.path for ds, _ in sources], overwrite=overwrite)
     attrs = {"source": {"format": "robodual", "stores": [str(ds.path) for ds, _ in sources]}}
     writer = DatasetWriter(dst, fps=first.fps, modalities=first.modalities, action_space=first.action_space,
                            overwrite=overwrite, attrs=attrs)

@@ -35,6 +35,7 @@ from robodual_core.data.schema import (
 )
 from robodual_core.errors import RobodualError
 from robodual_core.io import replace_dir
+from robodual_core.outputs import check_output
 
 META_CHUNK = 16384
 # Every chunk the writer touches holds real data, so zarr's check of whether a chunk equals the fill value
@@ -42,10 +43,6 @@ META_CHUNK = 16384
 # zarrs pipeline skips chunks equal to the fill value whatever this says; :meth:`DatasetWriter._append`
 # stores those again (a robodual store holds every chunk, so that a missing one is known to be lost).
 WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-def _is_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
 
 
 class DatasetWriter:
@@ -62,12 +59,16 @@ class DatasetWriter:
             interrupted ``<path>.partial``.
         resume: continue an interrupted ``<path>.partial`` after its last whole episode.
         attrs: extra JSON-able root attributes (e.g. ``source``); checked for equality on resume.
+        inputs: the files/folders the store is made from (a converter's source): the store may not be one,
+            lie inside one or hold one (:func:`robodual_core.outputs.check_output`).
     """
 
     def __init__(self, path: str | Path, fps: float, modalities: dict[str, str],
                  action_space: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False,
-                 attrs: dict[str, Any] | None = None):
+                 attrs: dict[str, Any] | None = None, inputs: Sequence[str | Path] = ()):
         self.path = Path(path)
+        # the store is never one of the inputs it is made from, inside one or holding one
+        check_output(self.path, flag="output store", expect="store", inputs=inputs)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.fps = float(fps)
         self.modalities = dict(modalities)
@@ -80,9 +81,8 @@ class DatasetWriter:
             if not overwrite:
                 raise RobodualError(f"'{self.path}' already exists; pass --overwrite to replace it (the old "
                                     "store is kept until the new one is complete) or choose another path")
-            if not _is_store(self.path) and any(self.path.iterdir()):
-                raise RobodualError(f"'{self.path}' exists and is not a zarr store; refusing to overwrite a "
-                                    "folder robodual did not write. Remove it yourself or choose another path")
+            # only a robodual store (its root attributes are the marker) or an empty folder is replaced
+            check_output(self.path, flag="output store", expect="store", overwrite=True)
         if self.partial.exists():
             if resume:
                 self._open_partial()

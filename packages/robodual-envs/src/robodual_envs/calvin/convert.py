@@ -344,7 +344,7 @@ class CalvinConverter(DatasetConverter):
         source = {"format": "calvin", "path": str(split_path.resolve()), "windows": len(windows),
                   "image_size": image_size, "keys": keys}
         writer = DatasetWriter(dst, fps=FPS, modalities=modalities, action_space=ACTION_SPACES[action_key],
-                               overwrite=overwrite, resume=resume, attrs={"source": source})
+                               overwrite=overwrite, resume=resume, attrs={"source": source}, inputs=[src])
         reader = FrameReader(split_path, [IMAGE_KEYS[k][0] for k in keys] + list(RAW_KEYS))
         if image_size:
             import torch  # noqa: F401  (imported before the clock starts: resizing uses it)

@@ -40,6 +40,11 @@ def evaluate(spec: EvalSpec, out: Path, options: EvalOptions) -> dict[str, Any]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RobodualError(f"--out '{out}' is a file; expected a folder for the evaluation's results")
+    from robodual_core.outputs import check_output
+
+    # never the policy's folder itself nor one holding it (--overwrite deletes results and videos in OUT)
+    policy = spec.policy_kwargs.get("path")
+    check_output(out, flag="--out", expect="folder", hosts=[policy] if policy else [])
     log = ChainLog(out / "chains.jsonl")
     if options.overwrite:
         for name in ("chains.jsonl", "results.json", "run.json"):

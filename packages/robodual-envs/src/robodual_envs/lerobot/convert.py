@@ -161,6 +161,7 @@ class LeRobotConverter(DatasetConverter):
             raise RobodualError(f"'{source.root}': no feature left to convert (dropped: {dropped})")
         writer = DatasetWriter(dst, fps=source.fps, modalities={m.key: m.modality for m in plan},
                                action_space=self._action_space(source, plan), overwrite=overwrite, resume=resume,
+                               inputs=[src],
                                attrs={"source": {"format": "lerobot", "path": str(source.root.resolve())},
                                       "lerobot": self._attrs(source, plan, dropped, tolerance_s)})
         done = writer.num_episodes

@@ -172,6 +172,9 @@ def choose_encoders(ds: Any, videos: list[ExportFeature], codec: str | None) -> 
     return encoders, warnings
 
 
+CRF_MAX = {"libx264": 51, "libsvtav1": 63, "libaom-av1": 63}  # the encoders' constant rate factor ranges
+
+
 def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, crf: int | None = None,
                    gop: int = 2, data_file_mb: float = 100, video_file_mb: float = 200, overwrite: bool = False,
                    progress: bool = True) -> dict[str, Any]:
@@ -182,15 +185,28 @@ def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, c
     """
     from robodual_core.data import open_dataset
     from robodual_core.io import atomic_dir
+    from robodual_core.outputs import check_output, mark_output
     from robodual_core.progress import counting
 
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise RobodualError(f"'{dst}' already exists; pass --overwrite to replace it or choose another path")
+    # never the store itself, inside it or holding it; --overwrite replaces only a folder robodual exported
+    check_output(dst, flag="DST", expect="folder", inputs=[src], overwrite=overwrite)
+    if gop < 1:
+        raise RobodualError(f"--gop: expected a keyframe interval >= 1 frame, found {gop}")
+    for flag, mb in (("--data-file-mb", data_file_mb), ("--video-file-mb", video_file_mb)):
+        if not mb > 0 or mb == float("inf"):
+            raise RobodualError(f"{flag}: expected a positive finite size in MB, found {mb}")
     ds = open_dataset(src)
     plan, skipped = plan_export(ds)
     videos = [p for p in plan if p.kind == "video"]
     encoders, warnings = choose_encoders(ds, videos, codec)
+    if crf is not None:
+        for key, encoder in encoders.items():
+            top = CRF_MAX.get(encoder)
+            if top is not None and not 0 <= crf <= top:
+                raise RobodualError(f"--crf: expected 0..{top} for encoder {encoder} (feature '{key}'), found {crf}")
     steps = _step_instructions(ds)
     t0 = time.perf_counter()
     with atomic_dir(dst, overwrite=overwrite) as tmp, \
@@ -200,6 +216,7 @@ def export_lerobot(src: str | Path, dst: str | Path, codec: str | None = None, c
             writer.episode(ep)
             advance(int(ds.episode_ends[ep] - (ds.episode_ends[ep - 1] if ep else 0)))
         writer.close()
+        mark_output(tmp, "lerobot-export")  # lets a later --overwrite recognise the folder as robodual's
         info = _info(ds, plan, writer, encoders, data_file_mb, video_file_mb)
         _write_json(tmp / "meta" / "info.json", info)
         _write_json(tmp / "meta" / "stats.json", writer.dataset_stats())

@@ -138,6 +138,10 @@ def eval_command(
     results["kind"] = kind
     atomic_write_json(out / "results.json", results)
     console = Console()
+    from robodual_core.outputs import check_output
+
+    # a folder, never the policy's folder itself nor one holding it (RUN/eval/metaworld inside it is the default)
+    check_output(out, flag="--out", expect="folder", hosts=[run_dir] if run_dir.is_dir() else [])
     if json_out:
         console.print_json(json.dumps({k: v for k, v in results.items() if k != "episodes"}))
         return
