@@ -112,10 +112,9 @@ def train_generalist(
     """
     from robodual_core.config import dump_config, read_config_file, to_dict
     from robodual_core.data import WindowDataset
+    from robodual_core.outputs import mark_output
     from robodual_core.training import Trainer, init_distributed, seed_everything
     from robodual_generalist.families import train_overrides
-    from robodual_core.outputs import mark_output
-    from robodual_core.tracking import fit_tracked, parse_log
 
     if steps is not None and steps < 1:  # refused at the flag, before a run folder is touched
         from robodual_core.errors import ConfigError
@@ -154,10 +153,10 @@ def train_generalist(
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "run")  # a later --overwrite recognises the folder as a run robodual wrote
     started = {"init": {"checkpoint": str(init_ckpt)}} if init_ckpt is not None else {}
     if base_source is not None:
         started["base_source"] = base_source
-    mark_output(out, "run")  # a later --overwrite recognises the folder as a run robodual wrote
     dump_config({"dataset": str(dataset), **started, **resolved_config(to_dict(cfg), name)}, out / "config.json")
     where = f" base={m.base} lora={m.lora}" if name in ("openvla", "hf_vlm") else ""
     _console().print(f"generalist: family={name}{where} params={n_all / 1e6:.2f}M "

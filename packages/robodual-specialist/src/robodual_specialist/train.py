@@ -211,11 +211,11 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     sets it up (config, sensors fitted to the store, generalist cache or online generalist, run folder
     with config.json), not yet trained."""
     from robodual_core.data import WindowDataset, open_dataset
+    from robodual_core.outputs import mark_output
     from robodual_core.plugins import registry
     from robodual_core.training import Trainer, init_distributed, seed_everything
 
     if generalist_cache and generalist:
-    from robodual_core.outputs import mark_output
         raise RobodualError("--generalist-cache and --generalist both give generalist outputs; pass one")
     if generalist and generalist_pooling not in POOLINGS:
         raise RobodualError(f"--generalist-pooling is {generalist_pooling!r}; expected one of {', '.join(POOLINGS)}")
@@ -274,6 +274,7 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
                       show_progress=show_progress)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        mark_output(out, "run")  # a later --overwrite recognises the folder as a run robodual wrote
         # the store path travels with the run: evaluators read its image size, servers its observation spec
         dump_config({"dataset": str(Path(dataset).resolve()), **to_dict(cfg)}, out / "config.json")
         from rich.console import Console
@@ -284,4 +285,3 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
             f"{_generalist_source(gen_meta)}; "
             f"{len(ds)} training windows")
     return trainer
-        mark_output(out, "run")  # a later --overwrite recognises the folder as a run robodual wrote

@@ -158,13 +158,13 @@ def register(app: typer.Typer) -> None:
                                 f"{val_ratio}")
         check_policy_dir("--policy", policy)
         target = out_dir or Path(policy) / "eval" / "offline"
-        result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target)
-        if json_out:
-            out.print_json(json.dumps(result))
         from robodual_core.outputs import check_output
 
         # a folder apart from the dataset; inside the policy's run folder (the default) but never it or above it
         check_output(target, flag="--out", expect="folder", inputs=[dataset], hosts=[policy])
+        result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target)
+        if json_out:
+            out.print_json(json.dumps(result))
             return
         table = Table(title=f"offline action error ({result['steps']} steps, {len(result['episodes'])} episodes)")
         table.add_column("dim", justify="right")

@@ -126,6 +126,10 @@ def eval_command(
     else:
         raise RobodualError(f"--policy: '{policy}' is not a folder; expected a training run folder (with "
                             f"checkpoints/) or one of {', '.join(BUILTIN_POLICIES)}")
+    from robodual_core.outputs import check_output
+
+    # a folder, never the policy's folder itself nor one holding it (RUN/eval/metaworld inside it is the default)
+    check_output(out, flag="--out", expect="folder", hosts=[run_dir] if run_dir.is_dir() else [])
     results = evaluate(
         factory, tasks=tasks, episodes_per_task=episodes, seed=seed, max_steps=max_steps, workers=workers,
         video_dir=out / "videos" if videos > 0 else None, n_videos=videos,
@@ -138,10 +142,6 @@ def eval_command(
     results["kind"] = kind
     atomic_write_json(out / "results.json", results)
     console = Console()
-    from robodual_core.outputs import check_output
-
-    # a folder, never the policy's folder itself nor one holding it (RUN/eval/metaworld inside it is the default)
-    check_output(out, flag="--out", expect="folder", hosts=[run_dir] if run_dir.is_dir() else [])
     if json_out:
         console.print_json(json.dumps({k: v for k, v in results.items() if k != "episodes"}))
         return
