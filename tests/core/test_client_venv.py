@@ -22,6 +22,7 @@ CLIENT = ROOT / "packages" / "robodual-client"
 # `robodual serve` exactly as the CLI runs it; only loading a checkpoint is replaced by a small stateful policy
 SERVE = textwrap.dedent("""
     import sys
+    import time
     import numpy as np
     import robodual_cli.commands.serve as serve_cmd
 
@@ -34,6 +35,8 @@ SERVE = textwrap.dedent("""
 
         def step(self, observation, instruction):
             self.t += 1
+            if instruction == "slow":  # answers after the client gave up: its reply arrives late
+                time.sleep(1.5)
             return observation["proprio"] * 2 + self.t + len(instruction)
 
     class Policy:
@@ -65,6 +68,15 @@ DRIVE = textwrap.dedent("""
             policy.step(obs, "go")
         except ClientError as exc:
             out["nan"] = str(exc)
+        obs["proprio"][1] = 1.0
+        policy.timeout = 0.5
+        try:
+            policy.step(obs, "slow")
+        except ClientError as exc:
+            out["timeout"] = str(exc)
+        policy.timeout = 30
+        out["after_timeout"] = policy.step(obs, "go").tolist()  # its own action, not the late one
+        out["dropped"] = policy.dropped_replies
     try:
         RemotePolicy(url, token="wrong")
     except ClientError as exc:
@@ -128,4 +140,6 @@ def test_a_clean_venv_with_only_the_client_drives_robodual_serve(tmp_path):
     assert out["actions"] == [[2 * i + t + 2 for i in range(4)] for t in (1, 2, 3)]
     assert "observation['proprio'] contains 1 NaN" in out["nan"]
     assert "HTTP 401" in out["wrong_token"]
+    assert "sent no reply within 0.5 s (its late reply will be dropped)" in out["timeout"]
+    assert out["after_timeout"] == [2 * i + 5 + 2 for i in range(4)] and out["dropped"] == 1
     assert not out["torch"] and not out["core"] and not out["torch_importable"] and not out["robodual_core_importable"]

@@ -95,6 +95,12 @@ BAD_MESSAGES = {
     "protocol-2": (step(protocol=2), "'protocol' is 2"),
     "protocol-string": (step(protocol="1"), "'protocol' is 1, but this side speaks"),
     "protocol-bool": (msgpack.packb({"type": "reset", "protocol": True}), "'protocol' is True"),
+    "id-string": (step(id="7"), "request 'id' must be an integer"),
+    "id-negative": (step(id=-1), "request 'id' must be an integer in 0..9007199254740992, found -1"),
+    "id-huge": (step(id=2**60), "found 1152921504606846976"),
+    "id-bool": (step(id=True), "found True"),
+    "id-float": (step(id=1.5), "found 1.5"),
+    "id-map": (step(id={"a": 1}), "found dict"),
 }
 
 
@@ -120,6 +126,7 @@ def test_a_malformed_message_gets_an_error_reply_and_the_link_keeps_working(serv
     reply = unpack(link.recv(timeout=30))
     assert reply["type"] == "error" and needle in reply["error"], reply
     assert "\n" not in reply["error"] and len(reply["error"]) < 400
+    assert "id" not in reply  # an id that cannot be read is never echoed
     link.send(step())  # the same connection still serves
     good = unpack(link.recv(timeout=30))
     assert good["type"] == "action" and good["action"].tolist() == [0.0, 2.0, 4.0, 6.0]
@@ -304,6 +311,10 @@ BAD_FLAGS = {
     "max-message-nan": (["--max-message-mb", "nan"], "--max-message-mb must be a positive number"),
     "max-message-inf": (["--max-message-mb", "inf"], "--max-message-mb must be a positive number"),
     "max-message-tiny": (["--max-message-mb", "0.0001"], "between 1 KiB and 2 GiB"),
+    "handshake-timeout-0": (["--handshake-timeout", "0"], "--handshake-timeout must be a number of seconds"),
+    "handshake-timeout-nan": (["--handshake-timeout", "nan"], "--handshake-timeout must be a number of seconds"),
+    "message-timeout-negative": (["--message-timeout", "-5"], "--message-timeout must be a number of seconds"),
+    "message-timeout-inf": (["--message-timeout", "inf"], "--message-timeout must be a number of seconds"),
     "empty-token": (["--token", ""], "--token must be a non-empty string"),
     "token-with-space": (["--token", "a b"], "--token must be a non-empty string"),
     "token-with-newline": (["--token", "a\nb"], "--token must be a non-empty string"),
@@ -344,3 +355,289 @@ def test_a_port_in_use_is_one_line(tmp_path, capsys, monkeypatch):
     assert "serving" not in cap.out
     assert cap.err.strip() == f"error: cannot listen on 127.0.0.1:{port}: address already in use" or \
         cap.err.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+
+
+# -- replies matched to requests: a late reply is never the current step's action -----------------------------
+class LatePolicy:
+    """Answers the calls listed in ``slow`` (0-based, resets and steps counted together) after ``delay`` s."""
+
+    def __init__(self, slow, delay=1.5):
+        self.slow, self.delay, self.calls = set(slow), delay, 0
+
+    def _tick(self):
+        import time
+
+        call, self.calls = self.calls, self.calls + 1
+        if call in self.slow:
+            time.sleep(self.delay)
+
+    def reset(self):
+        self._tick()
+
+    def step(self, observation, instruction):
+        self._tick()
+        return observation["proprio"] * 2
+
+
+def proprio_obs(value):
+    return {"rgb_static": np.zeros((8, 8, 3), np.uint8), "proprio": np.full(4, value, np.float32)}
+
+
+# each case: which server calls answer late, and the client's calls; a call that times out is marked "late"
+LATE_SEQUENCES = {
+    "step-late-then-steps": ([0], ["late-step", "step", "step", "step"]),
+    "two-late-steps-in-a-row": ([0, 1], ["late-step", "late-step", "step", "step"]),
+    "late-reset-then-step": ([0], ["late-reset", "step", "step"]),
+    "late-step-then-reset": ([1], ["step", "late-step", "reset", "step"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE_SEQUENCES))
+def test_a_late_reply_is_dropped_and_never_taken_for_a_later_step(case):
+    slow, calls = LATE_SEQUENCES[case]
+    srv = PolicyServer(lambda: LatePolicy(slow), {"observation_spec": SPEC, "action_dim": 4})
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}", timeout=0.5) as remote:
+            late = 0
+            for i, call in enumerate(calls):
+                if call.startswith("late"):
+                    late += 1
+                    remote.timeout = 0.5
+                    with pytest.raises(ClientError, match="sent no reply within 0.5 s .its late reply will be dropped"):
+                        remote.reset() if call == "late-reset" else remote.step(proprio_obs(i), "")
+                elif call == "reset":
+                    remote.timeout = 5.0  # the late replies arrive while this waits
+                    remote.reset()
+                else:
+                    remote.timeout = 5.0
+                    assert remote.step(proprio_obs(i), "").tolist() == [2.0 * i] * 4, (case, i)
+            assert remote.dropped_replies == late
+    finally:
+        srv.stop()
+
+
+class NoIdServer(PolicyServer):
+    """A server of before request ids: it neither announces nor echoes them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.metadata.pop("request_ids")
+
+    async def _answer(self, session, raw):
+        reply, _ = await super()._answer(session, raw)
+        return reply, None
+
+
+def test_after_a_timeout_a_server_without_ids_is_refused_not_trusted():
+    srv = NoIdServer(lambda: LatePolicy([0]), {"observation_spec": SPEC, "action_dim": 4})
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}", timeout=0.5) as remote:
+            with pytest.raises(ClientError, match="does not echo request ids, so the connection cannot be used"):
+                remote.step(proprio_obs(1), "")
+            remote.timeout = 5.0
+            with pytest.raises(ClientError, match="its late reply could be taken for this one; reconnect"):
+                remote.step(proprio_obs(2), "")
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}") as fresh:  # without a timeout it works as before
+            assert fresh.step(proprio_obs(3), "").tolist() == [6.0] * 4
+    finally:
+        srv.stop()
+
+
+def test_the_server_echoes_a_request_id(link):
+    link.send(pack({"type": "step", "id": 41, "observation": good_observation(), "instruction": ""}))
+    reply = unpack(link.recv(timeout=30))
+    assert reply["type"] == "action" and reply["id"] == 41
+    link.send(pack({"type": "launch", "id": 42}))
+    reply = unpack(link.recv(timeout=30))
+    assert reply["type"] == "error" and reply["id"] == 42  # an error for a readable request names it too
+
+
+# -- slow clients: the handshake and every message have a deadline --------------------------------------------
+def _trickle(sock, data, stop, pause=0.2):
+    import time
+
+    for byte in data:
+        if stop.is_set():
+            return
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+        time.sleep(pause)
+
+
+def _masked_frame(opcode, payload, fin=True):
+    import struct
+
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    return head + b"\0\0\0\0" + payload  # mask 0: the payload goes as is
+
+
+def _upgraded_socket(port):
+    """A raw socket after a correct websocket handshake and the server's metadata."""
+    import base64
+    import os
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += sock.recv(4096)
+    assert got.startswith(b"HTTP/1.1 101"), got[:80]
+    return sock
+
+
+STEP = pack({"type": "step", "observation": good_observation(), "instruction": ""})
+SLOW_PEERS = {
+    # bytes of the HTTP request, one every 0.2 s: the handshake deadline
+    "slow-headers": (False, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" * 20),
+    # a whole step frame, one byte every 0.2 s
+    "slow-frame": (True, _masked_frame(0x2, STEP)),
+    # a frame header that declares 200 bytes, then nothing
+    "stalled-payload": (True, _masked_frame(0x2, b"x" * 200)[:12]),
+    # the first fragment of a message in full, its continuation never
+    "unfinished-fragments": (True, _masked_frame(0x2, STEP[:10], fin=False)),
+}
+
+
+@pytest.mark.parametrize("case", list(SLOW_PEERS))
+def test_a_slow_client_is_dropped_within_the_deadline_while_others_are_served(case):
+    import threading
+    import time
+
+    upgraded, data = SLOW_PEERS[case]
+    srv = PolicyServer(EchoPolicy, {"observation_spec": SPEC, "action_dim": 4}, max_connections=3,
+                       handshake_timeout=1.0, message_timeout=1.0)
+    srv.start_in_thread("127.0.0.1", 0)
+    stop = threading.Event()
+    socks, threads = [], []
+    try:
+        for _ in range(2):
+            sock = _upgraded_socket(srv.port) if upgraded else socket.create_connection(("127.0.0.1", srv.port))
+            sock.settimeout(10)
+            socks.append(sock)
+            pause = 0.2 if case != "unfinished-fragments" else 0.0
+            threads.append(threading.Thread(target=_trickle, args=(sock, data, stop, pause), daemon=True))
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}") as ok:  # served while the slow ones trickle
+            for _ in range(3):
+                assert ok.step(good_observation(), "").tolist() == [0.0, 2.0, 4.0, 6.0]
+        for sock in socks:  # each slow peer's connection is closed by the server within the deadline
+            rest = b""
+            while True:
+                try:
+                    chunk = sock.recv(4096)
+                except (ConnectionResetError, TimeoutError):
+                    break
+                if not chunk:
+                    break
+                rest += chunk
+            if upgraded:  # a close frame with 1008 (policy violation) naming the setting
+                assert b"\x03\xf0" in rest and b"--message-timeout" in rest, rest[-120:]
+        elapsed = time.monotonic() - t0
+        assert elapsed < 6.0, elapsed  # the deadline is 1 s; trickling all would take over 10 s
+        for _ in range(100):
+            if srv.active == 0:
+                break
+            time.sleep(0.05)
+        assert srv.active == 0  # every slot is free again
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+        srv.stop()
+
+
+def test_a_big_message_arriving_in_time_is_not_cut():
+    srv = PolicyServer(EchoPolicy, {"observation_spec": SPEC, "action_dim": 4}, message_timeout=2.0)
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}") as remote:
+            for _ in range(3):
+                pad = np.zeros(4 * 2**20, np.uint8)  # 4 MiB: many TCP reads, one message
+                assert remote.step({**good_observation(), "pad": pad}, "").shape == (4,)
+    finally:
+        srv.stop()
+
+
+# -- the opening handshake: whatever the headers hold, a refusal, never a 500 ---------------------------------
+BAD_HANDSHAKES = {
+    "two-authorization-headers": (["Authorization: Bearer s3cret", "Authorization: Bearer s3cret"], 400),
+    "right-and-wrong-authorization": (["Authorization: Bearer s3cret", "Authorization: Bearer nope"], 400),
+    "three-authorization-headers": (["Authorization: x"] * 3, 400),
+    "latin1-authorization": (["Authorization: Bearer s3cr\xe9t"], 401),
+    "empty-authorization": (["Authorization: "], 401),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HANDSHAKES))
+def test_a_malformed_handshake_is_refused_cleanly(token_server, case, caplog):
+    import base64
+    import logging
+    import os
+
+    headers, status = BAD_HANDSHAKES[case]
+    caplog.set_level(logging.DEBUG, logger="websockets")
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n" + "".join(h + "\r\n" for h in headers)
+               + "\r\n")
+    with socket.create_connection(("127.0.0.1", token_server.port), timeout=10) as sock:
+        sock.sendall(request.encode("latin-1"))
+        answer = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head = answer.split(b"\r\n", 1)[0].decode()
+    assert head.startswith(f"HTTP/1.1 {status} "), answer[:200]
+    body = answer.split(b"\r\n\r\n", 1)[1].decode()
+    assert "Traceback" not in body and len(body.strip().splitlines()) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    with RemotePolicy(f"ws://127.0.0.1:{token_server.port}", token="s3cret") as ok:  # still serving
+        assert ok.step(good_observation(), "").shape == (4,)
+
+
+# -- the client's own limits: a reply too big for the client is the client's limit, not the server's fault ----
+class BigPolicy:
+    def reset(self):
+        pass
+
+    def step(self, observation, instruction):
+        return np.zeros((64 * 1024, 4), np.float32)  # 1 MiB
+
+
+@pytest.mark.parametrize("where", ["step-reply", "metadata-on-connect"])
+def test_a_reply_over_the_clients_limit_names_the_clients_setting(where):
+    meta = {"observation_spec": SPEC}
+    if where == "metadata-on-connect":
+        meta["policy"] = "p" * 8192
+    srv = PolicyServer(BigPolicy, meta)
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        with pytest.raises(ClientError) as info:
+            with RemotePolicy(f"ws://127.0.0.1:{srv.port}", max_size=4096) as remote:
+                remote.step(good_observation(), "")
+        line = str(info.value)
+        assert "exceeds this client's limit of 4096 bytes" in line and "RemotePolicy(max_size=...)" in line, line
+        assert "policy server" in line and "closed the connection (" not in line
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"timeout": 0}, "timeout must be a positive number"),
+                                           ({"timeout": float("nan")}, "timeout must be a positive number"),
+                                           ({"max_size": 10}, "max_size must be a number of bytes >= 1024"),
+                                           ({"max_size": True}, "max_size must be a number of bytes")])
+def test_bad_client_settings_are_one_line(kwargs, needle):
+    with pytest.raises(ClientError, match=needle):
+        RemotePolicy("ws://127.0.0.1:9", **kwargs)

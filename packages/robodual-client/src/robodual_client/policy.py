@@ -6,10 +6,16 @@
     action = policy.step({"rgb_static": image, "proprio": state}, "open the drawer")
 
 Evaluation code runs against a local or a remote policy unchanged.
+
+Every request carries an id that the server echoes: after a step that timed out, its late reply is dropped
+when it arrives, so a later ``step()`` always returns the action computed for its own observation
+(``dropped_replies`` counts them). With a server that does not echo ids, the connection is unusable after a
+timeout (an error, not a stale action).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -55,8 +61,18 @@ class RemotePolicy:
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
             raise ClientError(f"policy server URL must start with ws:// or wss://, found {str(url)[:80]!r}")
         _check_token(token)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+            raise ClientError(f"timeout must be a positive number of seconds, found {str(timeout)[:40]}")
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1024):
+            raise ClientError(f"max_size must be a number of bytes >= 1024 (or None: no limit), found "
+                              f"{str(max_size)[:40]}")
         self.url = url
         self.timeout = timeout
+        self.max_size = max_size
+        self.dropped_replies = 0  # late replies of requests that timed out, dropped unread
+        self._next_id = 0
+        self._ids = False  # the server echoes request ids (from its metadata)
+        self._unanswered = False  # a request timed out: its reply may still arrive
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             self._conn = connect(url, additional_headers=headers, open_timeout=timeout, max_size=max_size,
@@ -65,7 +81,7 @@ class RemotePolicy:
             raise ConnectError(_refusal(url, exc)) from None
         self._ws = self._conn.__enter__()  # the sync client wants the context protocol
         self.last_timing: dict[str, float] = {}
-        self.metadata = self._receive()
+        self.metadata = self._receive(time.monotonic() + timeout)
         if self.metadata.get("type") == "error":
             self.close()
             raise ServerError(f"policy server {url}: {self.metadata.get('error')}")
@@ -82,23 +98,31 @@ class RemotePolicy:
         self.max_message_bytes = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
         dim = self.metadata.get("action_dim")
         self.action_dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+        self._ids = self.metadata.get("request_ids") is True
 
     @property
     def protocol(self) -> int:
         return PROTOCOL_VERSION
 
-    def _receive(self) -> dict[str, Any]:
+    def _receive(self, deadline: float) -> dict[str, Any]:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            raw = self._ws.recv(timeout=self.timeout)
+            raw = self._ws.recv(timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            raise ConnectError(f"policy server {self.url} sent no reply within {self.timeout} s") from None
+            self._unanswered = True
+            late = ("its late reply will be dropped" if self._ids else
+                    "this server does not echo request ids, so the connection cannot be used again")
+            raise ConnectError(f"policy server {self.url} sent no reply within {self.timeout} s ({late})") from None
         except ConnectionClosed as exc:
             raise ConnectError(self._closed(exc)) from None
         return unpack(raw)
 
     def _closed(self, exc: Any) -> str:
+        sent = getattr(exc, "sent", None)
+        if sent is not None and sent.code == 1009 and not getattr(exc, "rcvd_then_sent", False):
+            return (f"a message from policy server {self.url} exceeds this client's limit of {self.max_size} bytes "
+                    f"(RemotePolicy(max_size=...)); the client closed the connection")
         rcvd = getattr(exc, "rcvd", None)
         if rcvd is None:
             return f"policy server {self.url} closed the connection without a reason"
@@ -108,6 +132,13 @@ class RemotePolicy:
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         from websockets.exceptions import ConnectionClosed
 
+        request_id = None
+        if self._ids:
+            request_id, self._next_id = self._next_id, self._next_id + 1
+            message = {**message, "id": request_id}
+        elif self._unanswered:
+            raise ConnectError(f"an earlier request to policy server {self.url} timed out and this server does not "
+                               "echo request ids, so its late reply could be taken for this one; reconnect")
         raw = pack(message)
         if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
             raise WireError(f"this {message['type']} message is {len(raw)} bytes; the server accepts at most "
@@ -116,7 +147,17 @@ class RemotePolicy:
             self._ws.send(raw)
         except ConnectionClosed as exc:
             raise ConnectError(self._closed(exc)) from None
-        reply = self._receive()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._receive(deadline)
+            if request_id is None or reply.get("id") == request_id:
+                break
+            if "id" not in reply and reply.get("type") == "error":
+                break  # the server could not read the request, so it could not echo its id
+            if "id" not in reply:
+                raise WireError(f"policy server {self.url} announced request ids but sent a "
+                                f"{str(reply.get('type'))[:40]!r} reply without one")
+            self.dropped_replies += 1  # the late reply of a request that timed out: never this step's
         if reply.get("type") == "error":
             raise ServerError(f"policy server: {reply.get('error')}")
         return reply

@@ -14,6 +14,12 @@ Messages (each a msgpack map with a string ``type``; requests carry ``protocol``
   ``{"type": "action", "action": float32 array, "timing": {"policy_s", "server_s"}}``;
 - ``{"type": "metadata"}`` -> the metadata again;
 - anything wrong -> ``{"type": "error", "error": "..."}``.
+
+Request ids: a request may carry ``"id"`` (an integer in 0..2**53); the server echoes it in its reply (``action``,
+``reset_ok``, ``metadata`` or ``error``) and announces this with ``"request_ids": true`` in its metadata. A
+client that gave up waiting for a reply (a timeout) matches the next replies to their requests and drops the
+late one, so a late action is never taken for the current step's. An ``id`` of another type is refused (an
+error reply without an id). Requests without an id are answered without one, as before.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 from robodual_client.errors import WireError
 
 PROTOCOL_VERSION = 1
+MAX_REQUEST_ID = 2**53  # exact in a double: any client language can count to it
 MAX_DIMS = 8
 MAX_OBSERVATION_KEYS = 64
 NUMERIC_KINDS = "biufc"
@@ -159,6 +166,17 @@ def check_action(action: Any, action_dim: int | None = None, source: str = "the 
     return arr
 
 
+def check_request_id(message: dict[str, Any]) -> int | None:
+    """The request's ``id`` (None when it has none); anything but an integer in 0..2**53 is a WireError."""
+    if "id" not in message:
+        return None
+    rid = message["id"]
+    if isinstance(rid, bool) or not isinstance(rid, int) or not 0 <= rid <= MAX_REQUEST_ID:
+        shown = str(rid)[:40] if isinstance(rid, int | float | str) else type(rid).__name__
+        raise WireError(f"request 'id' must be an integer in 0..{MAX_REQUEST_ID}, found {shown}")
+    return rid
+
+
 def encode_observation(observation: dict[str, Any]) -> dict[str, np.ndarray]:
     """Arrays ready for :func:`step_request` (keys must be strings)."""
     if not isinstance(observation, dict):
@@ -171,15 +189,19 @@ def encode_observation(observation: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def reset_request() -> dict[str, Any]:
-    return {"type": "reset", "protocol": PROTOCOL_VERSION}
+def _with_id(message: dict[str, Any], request_id: int | None) -> dict[str, Any]:
+    return message if request_id is None else {**message, "id": request_id}
 
 
-def step_request(observation: dict[str, Any], instruction: str) -> dict[str, Any]:
+def reset_request(request_id: int | None = None) -> dict[str, Any]:
+    return _with_id({"type": "reset", "protocol": PROTOCOL_VERSION}, request_id)
+
+
+def step_request(observation: dict[str, Any], instruction: str, request_id: int | None = None) -> dict[str, Any]:
     if not isinstance(instruction, str):
         raise WireError(f"the instruction must be a string, found {type(instruction).__name__}")
-    return {"type": "step", "protocol": PROTOCOL_VERSION, "observation": encode_observation(observation),
-            "instruction": instruction}
+    return _with_id({"type": "step", "protocol": PROTOCOL_VERSION, "observation": encode_observation(observation),
+                     "instruction": instruction}, request_id)
 
 
 def action_reply(action: np.ndarray, timing: dict[str, float]) -> dict[str, Any]:

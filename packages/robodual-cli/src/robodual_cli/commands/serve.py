@@ -35,6 +35,12 @@ def register(app: typer.Typer) -> None:
         max_connections: int = typer.Option(8, "--max-connections",
                                             help="Most clients served at once (more get HTTP 503); with "
                                                  "--max-message-mb it bounds the server's memory."),
+        handshake_timeout: float = typer.Option(10.0, "--handshake-timeout",
+                                                help="Seconds a client has to send its connection request "
+                                                     "(slower ones are dropped)."),
+        message_timeout: float = typer.Option(30.0, "--message-timeout",
+                                              help="Seconds from a message's first byte to its last (a slower "
+                                                   "client is disconnected, freeing its slot)."),
     ) -> None:
         """Serve a policy to robots over websockets (msgpack; one runtime session per connection)."""
         from robodual_core.serve import (
@@ -47,7 +53,8 @@ def register(app: typer.Typer) -> None:
 
         # every flag is checked before the policy is loaded or a socket bound
         max_bytes = message_bytes_from_mb(max_message_mb)
-        check_limits(port=port, max_message_bytes=max_bytes, max_connections=max_connections)
+        check_limits(port=port, max_message_bytes=max_bytes, max_connections=max_connections,
+                     handshake_timeout=handshake_timeout, message_timeout=message_timeout)
         check_token(token)
         if mode not in ("async", "sync"):
             raise RobodualError(f"--mode must be async or sync, found '{mode}'")
@@ -56,7 +63,8 @@ def register(app: typer.Typer) -> None:
                       "the robot")
         base = _load(policy, kind, mode)
         server = PolicyServer(base.new_session, policy_metadata(base, mode, str(policy)), token=token,
-                              max_message_bytes=max_bytes, max_connections=max_connections)
+                              max_message_bytes=max_bytes, max_connections=max_connections,
+                              handshake_timeout=handshake_timeout, message_timeout=message_timeout)
         shown = f"[{host}]" if ":" in host else host
 
         def bound(actual: int) -> None:
