@@ -111,6 +111,19 @@ def synthetic_runners(size: str, device: str) -> tuple[object, object, dict, str
     return gen, spec, obs, "open the drawer and push the blue block into it"
 
 
+def latency_rates(generalist, specialist, obs, instruction, steps: int, latency) -> dict:
+    """The sync dual system with deterministic latency (counted in control steps) beside the same without: a model
+    with latency d is asked at most every d steps, so the control rate says what the latency saves in compute."""
+    from robodual_core.runtime import DualSystemPolicy, measure_rate
+
+    row = {"generalist_steps": latency.generalist, "specialist_steps": latency.specialist}
+    for name, lat in (("without", None), ("with", latency)):
+        pol = DualSystemPolicy(generalist, specialist, mode="sync", latency=lat)
+        row[f"sync_{name}_latency_hz"] = measure_rate(pol, obs, instruction, steps)
+        row[f"calls_{name}_latency"] = dict(pol.stats)
+    return row
+
+
 def synthetic_report(size: str, device: str, steps: int, repeats: int = 5) -> dict:
     """Control rates of the dual system with freshly built models: the specialist alone (its generalist
     costing nothing), the generalist's chunk period, and the asynchronous dual system (generalist in a thread
@@ -168,6 +181,8 @@ def register(app: typer.Typer) -> None:
         sessions: int = typer.Option(8, "--sessions", help="Also: this many sync sessions in lockstep, their model "
                                      "calls batched (eval --batch), vs one (0: skip)."),
         out_file: Path = typer.Option(Path("bench_out/runtime.json"), "--out", help="JSON report path."),
+        latency: str = typer.Option("", "--latency", help="Also: the sync dual system with deterministic latency "
+                                    "in control steps, e.g. 'generalist=16,specialist=2', vs none."),
     ) -> None:
         """Async and sync control rate with a generalist k times slower than the specialist, vs the specialist alone."""
         from robodual_cli.commands.eval_offline import check_min, check_policy_dir, observation_keys
@@ -182,14 +197,19 @@ def register(app: typer.Typer) -> None:
             load_runner,
             measure_rate,
         )
+        from robodual_core.runtime.latency import parse_latency
         from robodual_core.runtime.rate import lockstep_rate
 
         check_min("--steps", steps, 1, "a number of control steps")
+        lat = parse_latency(latency)
         check_min("--sessions", sessions, 0, "a number of lockstep sessions (0: skip)")
         if synthetic is not None:
             if policy is not None or dataset is not None:
                 raise RobodualError("--synthetic builds its own models: give it without --policy and --dataset")
             results = synthetic_report(synthetic, device, steps)
+            if not lat.zero:
+                gen, spec, obs, instruction = synthetic_runners(synthetic, device)
+                results["latency"] = latency_rates(gen, spec, obs, instruction, steps, lat)
             write_report(out_file, "runtime", results)
             out.print(f"dual system (async) {results['dual_async_hz']:.1f} Hz, specialist only "
                       f"{results['specialist_only_hz']:.1f} Hz, generalist chunk every "
@@ -253,6 +273,10 @@ def register(app: typer.Typer) -> None:
                                            "specialist calls batched (eval metaworld --batch), no simulator"}
             err.print(f"lockstep: {sessions} sessions {many['steps_per_s']:.1f} steps/s vs one "
                       f"{one['steps_per_s']:.1f} ({results['lockstep']['speedup']:.2f}x)")
+        if not lat.zero:
+            results["latency"] = latency_rates(generalist, specialist, obs, instruction, steps, lat)
+            err.print(f"latency {lat.text()}: sync {results['latency']['sync_with_latency_hz']:.1f} Hz vs "
+                      f"{results['latency']['sync_without_latency_hz']:.1f} Hz without")
         results["target"] = "at k=10 the async rate is at least 0.9x the specialist-only rate"
         results["async"] = "generalist in its own process (as load_policy does); async_thread: in a thread"
         write_report(out_file, "runtime", results)

@@ -44,6 +44,19 @@ class TemporalAggregator:
         preds = [chunk[t - t0] for t0, chunk in self.chunks if 0 <= t - t0 < len(chunk)]  # oldest first
         if not preds:
             raise RobodualError(f"no action chunk covers control step {t}; the policy fell behind")
+        return self._combine(preds)
+
+    def peek(self, t: int) -> np.ndarray | None:
+        """What :meth:`action` would return for step ``t`` (now or later) with the chunks held now, without
+        dropping any; None when none covers ``t``."""
+        preds = [chunk[t - t0] for t0, chunk in self.chunks if 0 <= t - t0 < len(chunk)]
+        return self._combine(preds) if preds else None
+
+    def hold(self) -> np.ndarray | None:
+        """The newest chunk's last action: what the runtime repeats on a step no chunk covers (under latency)."""
+        return self._combine([self.chunks[-1][1][-1]]) if self.chunks else None
+
+    def _combine(self, preds: list[np.ndarray]) -> np.ndarray:
         if self.cfg.enabled:
             idx = np.arange(len(preds)) if self.cfg.oldest_first else np.arange(len(preds))[::-1]
             w = np.exp(-self.cfg.m * idx)

@@ -7,6 +7,7 @@ from typing import Any
 
 from robodual_core.errors import RobodualError
 from robodual_core.runtime.aggregation import AggregationConfig
+from robodual_core.runtime.latency import LatencyConfig, parse_latency
 from robodual_core.runtime.policies import DualSystemPolicy, GeneralistOnlyPolicy, SpecialistOnlyPolicy
 from robodual_core.runtime.process import ProcessGeneralist
 from robodual_core.runtime.runners import load_runner
@@ -65,13 +66,16 @@ def checkpoint_kind(path: str | Path) -> str:
 
 
 def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
-                aggregation: AggregationConfig | None = None) -> Any:
+                aggregation: AggregationConfig | None = None,
+                latency: LatencyConfig | str | dict | None = None) -> Any:
     """One path defines a policy (DESIGN.md section 10).
 
     A specialist checkpoint that records a generalist (``generalist.json``) gives a dual-system policy,
     one without it a specialist-only policy; a generalist checkpoint gives a generalist-only policy.
-    ``kind`` forces one of 'dual', 'specialist', 'generalist'.
+    ``kind`` forces one of 'dual', 'specialist', 'generalist'. ``latency``: deterministic latency in control
+    steps (:mod:`robodual_core.runtime.latency`; ``"generalist=16,specialist=2"`` or a :class:`LatencyConfig`).
     """
+    latency = parse_latency(latency)
     from robodual_core.checkpoint import read_json, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
@@ -79,19 +83,22 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     if found == "generalist":
         if kind not in ("auto", "generalist"):
             raise RobodualError(f"'{path}' is a generalist checkpoint; it cannot make a '{kind}' policy")
-        return GeneralistOnlyPolicy(load_runner("generalist", ckpt), aggregation=aggregation)
+        return GeneralistOnlyPolicy(load_runner("generalist", ckpt), aggregation=aggregation, latency=latency)
     has_generalist = (ckpt / "generalist.json").is_file()
     if kind == "generalist":
         if not has_generalist:
             raise RobodualError(f"specialist checkpoint '{ckpt}' records no generalist")
         return GeneralistOnlyPolicy(load_runner("generalist", recorded_generalist(ckpt, read_json(ckpt, "generalist"))),
-                                    aggregation=aggregation)
+                                    aggregation=aggregation, latency=latency)
     specialist = load_runner("specialist", ckpt)
     if kind == "specialist" or (kind == "auto" and not has_generalist):
-        return SpecialistOnlyPolicy(specialist, aggregation=aggregation)
+        return SpecialistOnlyPolicy(specialist, aggregation=aggregation, latency=latency)
     if not has_generalist:
         raise RobodualError(f"specialist checkpoint '{ckpt}' was trained without a generalist; it cannot make a "
                             "dual-system policy (train it with --generalist-cache)")
     # asynchronous mode puts the generalist in its own process: a thread would share the GIL with the specialist
+    if mode == "async" and not latency.zero:
+        raise RobodualError(f"--latency {latency.text()} is counted in control steps and needs --mode sync; async "
+                            "mode runs on the wall clock")
     return DualSystemPolicy(generalist_for_specialist(ckpt, process=mode == "async"), specialist, mode=mode,
-                            aggregation=aggregation)
+                            aggregation=aggregation, latency=latency)

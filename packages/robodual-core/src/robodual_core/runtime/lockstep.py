@@ -180,10 +180,11 @@ class LockstepSpecialist(_Proxy):
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
-                tau: int) -> np.ndarray:
+                tau: int, prefix: Any = None) -> np.ndarray:
         import torch
 
-        prepared = self.runner.prepare(observation, instruction, generalist, tau)  # this session's history frames
+        kwargs = {} if prefix is None else {"prefix": prefix}  # real-time chunking (runtime.latency)
+        prepared = self.runner.prepare(observation, instruction, generalist, tau, **kwargs)  # this session's history
         noise = torch.randn(self.runner.noise_shape, generator=self.generator)
         # the model, not the per-session runner, decides what can share a batch
         key = ("specialist", id(getattr(self.runner, "model", self.runner)), generalist is None)

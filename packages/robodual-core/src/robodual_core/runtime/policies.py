@@ -12,6 +12,7 @@ import numpy as np
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput
 from robodual_core.runtime.aggregation import AggregationConfig, TemporalAggregator
+from robodual_core.runtime.latency import LatencyConfig, TimedGeneralistOnly, TimedSteps, wants_prefix
 from robodual_core.runtime.protocols import GeneralistRunner, SpecialistRunner
 
 
@@ -72,9 +73,13 @@ class DualSystemPolicy(_PolicyInfo):
 
     def __init__(self, generalist: GeneralistRunner, specialist: SpecialistRunner, mode: str = "sync",
                  generalist_every: int | None = None, aggregation: AggregationConfig | None = None,
-                 specialist_every: int = 1):
+                 specialist_every: int = 1, latency: LatencyConfig | None = None):
         if mode not in ("sync", "async"):
             raise RobodualError(f"runtime mode must be 'sync' or 'async', found {mode!r}")
+        self.latency = latency or LatencyConfig()
+        if mode == "async" and not self.latency.zero:
+            raise RobodualError(f"latency {self.latency.text()} is counted in control steps (sync mode); async "
+                                "mode runs on the wall clock: use --mode sync with --latency")
         self.generalist, self.specialist, self.mode = generalist, specialist, mode
         self.runners = (generalist, specialist)
         self._aggregation = aggregation
@@ -92,6 +97,9 @@ class DualSystemPolicy(_PolicyInfo):
         self._error: BaseException | None = None
         self._is_session = False
         self.t = 0
+        # deterministic latency (robodual_core.runtime.latency); also real-time chunking at zero latency
+        self._timed = (TimedSteps(self.latency, self.generalist_every, specialist_every)
+                       if mode == "sync" and (not self.latency.zero or wants_prefix(specialist)) else None)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def new_session(self, wrap: Callable[[Any], Any] | None = None) -> DualSystemPolicy:
@@ -101,7 +109,7 @@ class DualSystemPolicy(_PolicyInfo):
             raise RobodualError("a dual-system policy in async mode cannot run in lockstep with other sessions "
                                 "(its generalist runs in the background); use sync mode")
         session = DualSystemPolicy(_fork(self.generalist, wrap), _fork(self.specialist, wrap), self.mode,
-                                   self.generalist_every, self._aggregation, self.specialist_every)
+                                   self.generalist_every, self._aggregation, self.specialist_every, self.latency)
         session._is_session = True
         return session
 
@@ -114,6 +122,8 @@ class DualSystemPolicy(_PolicyInfo):
         self.aggregator.reset()
         self._reset_runners()
         self.stats = {"generalist_calls": 0, "specialist_calls": 0}
+        if self._timed is not None:
+            self._timed.reset()
 
     def close(self) -> None:
         """Stop the background worker; a generalist process is stopped too (sessions share it: close the
@@ -168,6 +178,11 @@ class DualSystemPolicy(_PolicyInfo):
     def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         if self._error is not None:
             raise RobodualError(f"the generalist worker failed: {self._error}") from self._error
+        if self._timed is not None:
+            action = self._timed.step(self.t, observation, instruction, self.generalist, self.specialist,
+                                      self.aggregator, self.stats, self.k_g)
+            self.t += 1
+            return action
         if self.mode == "sync":
             if self.t % self.generalist_every == 0:
                 self._run_generalist(observation, instruction, self.t)
@@ -206,23 +221,35 @@ class SpecialistOnlyPolicy(_PolicyInfo):
     """The specialist alone (its language sensor, if any, tells tasks apart)."""
 
     def __init__(self, specialist: SpecialistRunner, aggregation: AggregationConfig | None = None,
-                 specialist_every: int = 1):
+                 specialist_every: int = 1, latency: LatencyConfig | None = None):
         self.specialist = specialist
         self.runners = (specialist,)
         self._aggregation = aggregation
         self.aggregator = TemporalAggregator(aggregation)
         self.specialist_every = specialist_every
         self.t = 0
+        self.latency = latency or LatencyConfig()  # only its specialist part applies
+        self.stats = {"specialist_calls": 0}
+        self._timed = (TimedSteps(self.latency, 1, specialist_every)
+                       if self.latency.specialist or wants_prefix(specialist) else None)
 
     def new_session(self, wrap: Callable[[Any], Any] | None = None) -> SpecialistOnlyPolicy:
-        return SpecialistOnlyPolicy(_fork(self.specialist, wrap), self._aggregation, self.specialist_every)
+        return SpecialistOnlyPolicy(_fork(self.specialist, wrap), self._aggregation, self.specialist_every,
+                                    self.latency)
 
     def reset(self) -> None:
         self.t = 0
         self.aggregator.reset()
         self._reset_runners()
+        if self._timed is not None:
+            self._timed.reset()
 
     def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        if self._timed is not None:
+            action = self._timed.step(self.t, observation, instruction, None, self.specialist, self.aggregator,
+                                      self.stats)
+            self.t += 1
+            return action
         if self.t % self.specialist_every == 0 or not self.aggregator.chunks:
             self.aggregator.add(self.t, self.specialist.predict(observation, instruction, None, 0))
         else:
@@ -236,23 +263,31 @@ class GeneralistOnlyPolicy(_PolicyInfo):
     """The generalist alone: a new chunk every ``execute`` steps, executed open loop (or aggregated)."""
 
     def __init__(self, generalist: GeneralistRunner, execute: int | None = None,
-                 aggregation: AggregationConfig | None = None):
+                 aggregation: AggregationConfig | None = None, latency: LatencyConfig | None = None):
         self.generalist = generalist
         self.runners = (generalist,)
         self._aggregation = aggregation
         self.execute = execute or generalist.k_g
         self.aggregator = TemporalAggregator(aggregation or AggregationConfig(enabled=False))
         self.t = 0
+        self.latency = latency or LatencyConfig()  # only its generalist part applies
+        self._timed = TimedGeneralistOnly(self.latency.generalist, self.execute) if self.latency.generalist else None
 
     def new_session(self, wrap: Callable[[Any], Any] | None = None) -> GeneralistOnlyPolicy:
-        return GeneralistOnlyPolicy(_fork(self.generalist, wrap), self.execute, self._aggregation)
+        return GeneralistOnlyPolicy(_fork(self.generalist, wrap), self.execute, self._aggregation, self.latency)
 
     def reset(self) -> None:
         self.t = 0
         self.aggregator.reset()
         self._reset_runners()
+        if self._timed is not None:
+            self._timed.reset()
 
     def step(self, observation: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        if self._timed is not None:
+            action = self._timed.step(self.t, observation, instruction, self.generalist, self.aggregator)
+            self.t += 1
+            return action
         if self.t % self.execute == 0:
             out = self.generalist.predict(observation, instruction)
             self.aggregator.add(self.t, self.generalist.actions_to_env(out.actions[0]))

@@ -50,3 +50,12 @@ class BatchedSpecialistRunner(Protocol):
                 tau: int) -> Any: ...
 
     def predict_prepared(self, prepared: list[Any], noise: list[Any] | None = None) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class PrefixSpecialistRunner(Protocol):
+    """A specialist runner that can take the committed prefix (real-time chunking): ``predict`` and ``prepare``
+    accept ``prefix=`` (a :class:`robodual_core.runtime.latency.CommittedPrefix`); ``wants_prefix`` says whether
+    its model uses it (the policies pass it only then)."""
+
+    wants_prefix: bool

@@ -58,6 +58,8 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Seeds the choice among paraphrases and the simulator."),
     kind: str = typer.Option("auto", "--kind", help="auto | dual | specialist | generalist."),
     mode: str = typer.Option("sync", "--mode", help="Dual-system runtime: sync (paper) | async."),
+    latency: str = typer.Option("", "--latency", help="Deterministic latency in control steps, e.g. "
+                                "'generalist=16,specialist=2' (sync mode; default none)."),
     max_steps: int = typer.Option(360, "--max-steps", help="Steps per subtask (official: 360)."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds without a step before a worker counts as hung."),
     simulator: str = typer.Option("calvin", "--simulator",
@@ -77,6 +79,11 @@ def eval_command(
     _check_choice("--renderer", renderer, ("egl", "tiny"))
     _check_choice("--kind", kind, KINDS)
     _check_choice("--mode", mode, MODES)
+    from robodual_core.runtime.latency import parse_latency
+
+    lat = parse_latency(latency)
+    if not lat.zero and mode != "sync":
+        raise RobodualError(f"--latency {latency}: latency in control steps needs --mode sync, found --mode {mode}")
     if max_steps < 1:
         raise RobodualError(f"--max-steps is {max_steps}; expected at least 1 (official: 360)")
     if image_size < 0:
@@ -107,7 +114,10 @@ def eval_command(
         env_kwargs = {"simulator": "standin", "tactile": tactile}
     if image_size:
         env_kwargs["image_size"] = image_size
-    spec = EvalSpec(policy_kwargs={"path": str(policy.resolve()), "kind": kind, "mode": mode}, env_kwargs=env_kwargs,
+    policy_kwargs: dict[str, Any] = {"path": str(policy.resolve()), "kind": kind, "mode": mode}
+    if not lat.zero:  # absent at zero: earlier runs resume with the same identity
+        policy_kwargs["latency"] = lat.text()
+    spec = EvalSpec(policy_kwargs=policy_kwargs, env_kwargs=env_kwargs,
                     instructions=str(instructions.resolve()) if instructions else None, seed=seed, max_steps=max_steps)
     out = out or policy / "eval" / "calvin"
     if json_out:

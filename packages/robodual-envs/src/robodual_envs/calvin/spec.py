@@ -60,10 +60,10 @@ class EvalOptions:
                 raise RobodualError(f"{flag} is {value!r}; expected a number of seconds > 0")
 
 
-def load_run_policy(path: str, kind: str = "auto", mode: str = "sync") -> Any:
+def load_run_policy(path: str, kind: str = "auto", mode: str = "sync", latency: str | None = None) -> Any:
     from robodual_core.runtime import load_policy
 
-    return load_policy(path, kind=kind, mode=mode)
+    return load_policy(path, kind=kind, mode=mode, latency=latency)
 
 
 def target(spec: str) -> Any:

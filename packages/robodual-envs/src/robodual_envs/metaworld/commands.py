@@ -85,6 +85,9 @@ def eval_command(
     placement_scale: float = typer.Option(1.0, "--placement-scale", help="Widen the tasks' placement ranges by "
                                           "this factor around their centre (> 1: placements no demo has)."),
     mode: str = typer.Option("sync", "--mode", help="Dual-system runtime mode: sync or async."),
+    latency: str = typer.Option("", "--latency", help="Deterministic latency in control steps, e.g. "
+                                "'generalist=16,specialist=2' (sync mode; default none). A 7B generalist at 41 "
+                                "ms/token costs ~184 steps at Meta-World's 80 Hz (robodual_core.runtime.latency)."),
     binarize_gripper: bool = typer.Option(False, "--binarize-gripper/--no-binarize-gripper",
                                           help="Snap the gripper to +-1 (Meta-World's experts use graded efforts)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -93,8 +96,10 @@ def eval_command(
     from rich.console import Console
 
     from robodual_core.io import atomic_write_json
-    from robodual_core.runtime import AggregationConfig
+    from robodual_core.runtime import AggregationConfig, parse_latency
     from robodual_envs.metaworld.evaluate import PolicyFactory, evaluate, results_table
+
+    lat = parse_latency(latency)
 
     if not policy and remote is None:
         raise RobodualError("eval metaworld needs --policy RUN_DIR (or expert/random) or --remote URL")
@@ -107,6 +112,9 @@ def eval_command(
     if batch > 1 and (remote is not None or mode != "sync"):
         raise RobodualError(f"--batch {batch}: batched episodes need a local policy in sync mode (found "
                             f"{'--remote' if remote is not None else '--mode ' + mode}); use --batch 1")
+    if not lat.zero and (mode != "sync" or remote is not None or not Path(policy).is_dir()):
+        raise RobodualError(f"--latency {latency}: latency in control steps needs a local policy run in sync mode "
+                            f"(found {'--remote' if remote is not None else '--mode ' + mode if mode != 'sync' else '--policy ' + policy})")
     if remote is not None and not remote.startswith(("ws://", "wss://")):
         raise RobodualError(f"--remote: expected a websocket URL like ws://HOST:PORT, found '{remote}'")
     run_dir = Path(policy)
@@ -116,7 +124,8 @@ def eval_command(
         out = out or Path("eval_metaworld_remote")
     elif run_dir.is_dir():
         factory = PolicyFactory("robodual_core.runtime:load_policy", (str(run_dir),), {
-            "kind": kind, "mode": mode, "aggregation": AggregationConfig(binarize_gripper=binarize_gripper)})
+            "kind": kind, "mode": mode, "aggregation": AggregationConfig(binarize_gripper=binarize_gripper),
+            **({"latency": lat} if not lat.zero else {})})
         defaults = dataset_settings_of_run(run_dir)
         out = out or run_dir / "eval" / "metaworld"
     elif policy in BUILTIN_POLICIES:
@@ -140,6 +149,7 @@ def eval_command(
     )
     results["policy"] = remote or policy
     results["kind"] = kind
+    results["latency"] = {"generalist": lat.generalist, "specialist": lat.specialist}
     atomic_write_json(out / "results.json", results)
     console = Console()
     if json_out:

@@ -281,10 +281,19 @@ def eval_stage(study: StudyFolder, name: str, policy: Path, kind: str, out: Path
     study.run(name, robodual(
         "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", ",".join(tasks), "--episodes",
         str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
-        "--workers", str(cfg.workers), "--batch", str(cfg.eval_batch), "--out", str(out), "--videos", "0"),
+        "--workers", str(cfg.workers), "--batch", str(cfg.eval_batch), "--out", str(out), "--videos", "0",
+        *latency_flags(cfg)),
         units=cfg.eval_episodes * len(tasks) * cfg.max_steps, kind="eval",
         work=lambda: eval_work_seconds(out / "results.json"))
     return read_results(out / "results.json")
+
+
+def latency_flags(cfg: Any) -> list[str]:
+    """``--latency`` of a study's evaluations (config key ``latency``; none at zero, as before the key existed)."""
+    latency = getattr(cfg, "latency", None)
+    if latency is None or (latency.generalist == 0 and latency.specialist == 0):
+        return []
+    return ["--latency", f"generalist={latency.generalist},specialist={latency.specialist}"]
 
 
 def finetune_stage(study: StudyFolder, name: str, init: Path, store: Path, out: Path, steps: int, cfg: Any) -> None:

@@ -35,6 +35,7 @@ from robodual_cli.commands.study.common import (
 from robodual_core.config import ranged
 from robodual_core.errors import RobodualError
 from robodual_core.io import atomic_write_json
+from robodual_core.runtime.latency import LatencyConfig
 
 STUDY = "data-efficiency"
 VARIANTS = {  # label, eval --kind, conditioning
@@ -68,6 +69,8 @@ class DataEfficiencyConfig:
     # episodes run at once per evaluation worker, their model calls batched (eval metaworld --batch): the same
     # policies and placements, several times faster on a CPU; 1 is the one-episode-at-a-time evaluation
     eval_batch: int = ranged(8, ge=1)
+    # deterministic latency of every evaluation, in control steps (eval metaworld --latency); zero: none
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     threads: int = ranged(2, ge=1)
     val_ratio: float = ranged(0.0, ge=0, lt=1)  # 0: every demonstration trains (5 means 5)
     encoder_width: int = ranged(64, ge=4)

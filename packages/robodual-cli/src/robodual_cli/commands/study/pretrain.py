@@ -31,6 +31,7 @@ from robodual_cli.commands.study.common import (
 )
 from robodual_core.config import ranged
 from robodual_core.errors import RobodualError
+from robodual_core.runtime.latency import LatencyConfig
 
 STUDY = "pretrain"
 
@@ -51,6 +52,8 @@ class PretrainConfig:
     max_steps: int = ranged(150, ge=1)
     workers: int = ranged(2, ge=1)
     eval_batch: int = ranged(8, ge=1)
+    # deterministic latency of every evaluation, in control steps (eval metaworld --latency); zero: none
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     threads: int = ranged(2, ge=1)
     val_ratio: float = ranged(0.0, ge=0, lt=1)
 

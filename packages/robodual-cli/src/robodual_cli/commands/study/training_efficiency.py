@@ -32,6 +32,7 @@ from robodual_cli.commands.study.common import (
 from robodual_core.config import ranged
 from robodual_core.errors import RobodualError
 from robodual_core.io import atomic_write_json
+from robodual_core.runtime.latency import LatencyConfig
 
 STUDY = "training-efficiency"
 
@@ -55,6 +56,8 @@ class TrainingEfficiencyConfig:
     max_steps: int = ranged(150, ge=1)
     workers: int = ranged(2, ge=1)
     eval_batch: int = ranged(8, ge=1)  # episodes at once per evaluation worker (eval metaworld --batch)
+    # deterministic latency of every evaluation, in control steps (eval metaworld --latency); zero: none
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     threads: int = ranged(2, ge=1)
     val_ratio: float = ranged(0.0, ge=0, lt=1)
     encoder_width: int = ranged(64, ge=4)
