@@ -15,6 +15,8 @@ import typer
 from robodual_cli.console import err, out
 from robodual_core.cli_groups import group
 
+MAX_SESSIONS = 256  # lockstep sessions of bench runtime: each is a thread with its own policy session
+
 
 class InstantGeneralist:
     """Returns one precomputed chunk at no cost: the specialist's own control rate, conditioning included."""
@@ -203,6 +205,9 @@ def register(app: typer.Typer) -> None:
         check_min("--steps", steps, 1, "a number of control steps")
         lat = parse_latency(latency)
         check_min("--sessions", sessions, 0, "a number of lockstep sessions (0: skip)")
+        if sessions > MAX_SESSIONS:
+            raise RobodualError(f"--sessions: expected at most {MAX_SESSIONS} lockstep sessions (one thread and one "
+                                f"policy session each), found {sessions}")
         if synthetic is not None:
             if policy is not None or dataset is not None:
                 raise RobodualError("--synthetic builds its own models: give it without --policy and --dataset")
