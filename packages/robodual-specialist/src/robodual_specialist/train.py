@@ -151,12 +151,15 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool, rank: int, datase
 def train(dataset: Path, out: Path, config: Path | None = None, overrides: list[str] | None = None,
           generalist_cache: str | None = None, resume: bool = False, overwrite: bool = False,
           show_progress: bool = True, generalist: str | Path | None = None,
-          generalist_pooling: str = "none") -> dict[str, float]:
-    """``robodual train specialist``: build the run (:func:`build_trainer`) and train it to the end."""
+          generalist_pooling: str = "none", log: list[str] | None = None) -> dict[str, float]:
+    """``robodual train specialist``: build the run (:func:`build_trainer`) and train it to the end (``log``: the
+    experiment trackers fed its metrics, robodual_core.tracking)."""
+    from robodual_core.tracking import fit_tracked
+
     trainer = build_trainer(dataset, out, config, overrides, generalist_cache=generalist_cache, resume=resume,
                             overwrite=overwrite, show_progress=show_progress, generalist=generalist,
                             generalist_pooling=generalist_pooling)
-    return trainer.fit(resume=resume)
+    return fit_tracked(trainer, list(log or []), "train specialist", resume=resume)
 
 
 def _device_images(cfg: Any) -> bool:

@@ -17,6 +17,7 @@ from rich.table import Table
 from robodual_cli.console import err, out
 from robodual_core.cli_groups import group
 from robodual_core.errors import RobodualError
+from robodual_core.tracking import LOG_HELP, log_eval, parse_log, tell
 
 KINDS = ("auto", "dual", "specialist", "generalist")
 MODES = ("sync", "async")
@@ -148,8 +149,10 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the train/val split (as in training)."),
         out_dir: Path | None = typer.Option(None, "--out", help="Result folder (default RUN/eval/offline)."),
         json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+        log: list[str] = typer.Option([], "--log", help=LOG_HELP),
     ) -> None:
         """Action error (L1/MSE per dimension, gripper accuracy) on held-out episodes, with a plot."""
+        trackers = parse_log(log)
         check_choice("--split", split, ("train", "val", "all"))
         check_choice("--kind", kind, KINDS)
         check_min("--max-episodes", max_episodes, 1, "a number of episodes")
@@ -163,6 +166,9 @@ def register(app: typer.Typer) -> None:
         # a folder apart from the dataset; inside the policy's run folder (the default) but never it or above it
         check_output(target, flag="--out", expect="folder", inputs=[dataset], hosts=[policy])
         result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target)
+        # validation: the held-out action error, logged in the policy's run at its checkpoint's step
+        tell(log_eval(trackers, policy, target, {k: v for k, v in result.items() if k not in ("policy", "dataset")},
+                      f"offline_{split}"))
         if json_out:
             out.print_json(json.dumps(result))
             return

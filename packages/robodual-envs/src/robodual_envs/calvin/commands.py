@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from robodual_core.errors import RobodualError
+from robodual_core.tracking import LOG_HELP, log_eval, parse_log, tell
 from robodual_envs.calvin.spec import KINDS, MODES, EvalOptions, EvalSpec
 
 
@@ -67,10 +68,12 @@ def eval_command(
     resume: bool = typer.Option(False, "--resume", help="Skip the chains already in OUT/chains.jsonl."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier results in OUT."),
     json_out: bool = typer.Option(False, "--json", help="Print results JSON on stdout (and nothing else there)."),
+    log: list[str] = typer.Option([], "--log", help=LOG_HELP),
 ) -> None:
     """Evaluate a policy with the official CALVIN long-horizon protocol (1000 chains of 5 tasks)."""
     from robodual_envs.calvin import protocol
 
+    trackers = parse_log(log)
     options = EvalOptions(start=start, chains=chains, workers=workers, threads=threads, videos=videos,
                           timeout=timeout, resume=resume, overwrite=overwrite, progress=not json_out)
     options.check()
@@ -121,15 +124,24 @@ def eval_command(
                     instructions=str(instructions.resolve()) if instructions else None, seed=seed, max_steps=max_steps)
     out = out or policy / "eval" / "calvin"
     if json_out:
-        _evaluate_json(spec, out, options)
+        _track(trackers, policy, out, _evaluate_json(spec, out, options))
         return
     from robodual_envs.calvin.evaluate import evaluate
     from robodual_envs.calvin.report import print_results
 
-    print_results(evaluate(spec, out, options), out)
+    report = evaluate(spec, out, options)
+    print_results(report, out)
+    _track(trackers, policy, out, report)
 
 
-def _evaluate_json(spec: EvalSpec, out: Path, options: EvalOptions) -> None:
+def _track(trackers: list[str], policy: Path, out: Path, report: dict[str, Any]) -> None:
+    """The results and videos to the trackers of the policy's run (robodual_core.tracking.log_eval)."""
+    videos = sorted((out / "videos").glob("*.mp4")) + sorted((out / "videos").glob("*.gif"))
+    tell(log_eval(trackers, policy, out, {k: v for k, v in report.items() if k not in ("policy", "simulator")},
+                  "calvin", videos=videos))
+
+
+def _evaluate_json(spec: EvalSpec, out: Path, options: EvalOptions) -> dict[str, Any]:
     """stdout carries the results JSON and nothing else: everything written to fd 1 until this process
     exits (pybullet prints again when its client is garbage-collected) goes to stderr."""
     from robodual_envs.calvin.evaluate import evaluate
@@ -138,3 +150,4 @@ def _evaluate_json(spec: EvalSpec, out: Path, options: EvalOptions) -> None:
     results_fd = redirect_stdout_fd(2)
     report = evaluate(spec, out, options)
     write_fd(results_fd, json.dumps(report) + "\n")
+    return report

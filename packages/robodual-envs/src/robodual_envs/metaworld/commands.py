@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from robodual_core.errors import RobodualError
+from robodual_core.tracking import LOG_HELP, log_eval, parse_log, tell
 
 BUILTIN_POLICIES = {
     "expert": "robodual_envs.metaworld.expert:scripted_expert_factory",
@@ -91,6 +92,7 @@ def eval_command(
     binarize_gripper: bool = typer.Option(False, "--binarize-gripper/--no-binarize-gripper",
                                           help="Snap the gripper to +-1 (Meta-World's experts use graded efforts)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    log: list[str] = typer.Option([], "--log", help=LOG_HELP),
 ) -> None:
     """Closed-loop success rate of a policy on Meta-World tasks: results.json, a table and videos."""
     from rich.console import Console
@@ -101,6 +103,7 @@ def eval_command(
 
     lat = parse_latency(latency)
 
+    trackers = parse_log(log)
     if not policy and remote is None:
         raise RobodualError("eval metaworld needs --policy RUN_DIR (or expert/random) or --remote URL")
     for flag, value, choices in (("--kind", kind, ("auto", "dual", "specialist", "generalist")),
@@ -151,6 +154,9 @@ def eval_command(
     results["kind"] = kind
     results["latency"] = {"generalist": lat.generalist, "specialist": lat.specialist}
     atomic_write_json(out / "results.json", results)
+    # trackers: the policy's run (same W&B run / TensorBoard folder as its training) at its checkpoint's step
+    tell(log_eval(trackers, policy if remote is None and run_dir.is_dir() else None, out, results, "metaworld",
+                  videos=[Path(v) for v in results.get("videos", [])]))
     console = Console()
     if json_out:
         console.print_json(json.dumps({k: v for k, v in results.items() if k != "episodes"}))
