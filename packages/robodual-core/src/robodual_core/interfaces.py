@@ -74,8 +74,12 @@ class StepObservation:
 class SensorEncoder(ABC):
     """Turns one modality into tokens for the specialist.
 
-    ``keys``: the dataset keys it reads. ``preprocess``: numpy [B, H, W, C] (or [B, T, H, W, C] with
-    history) -> float tensor [B, C, H, W] (or [B, T, C, H, W]). ``forward``: tensor -> tokens [B, N, C].
+    ``keys``: the dataset keys it reads. ``forward``: what the loader serves for them (float [B, C, H, W], or
+    [B, T, C, H, W] with history) -> tokens [B, N, C]. The kernel preprocesses every frame before ``forward`` sees
+    it, the same way in training and at control time (``robodual_core.data.preprocess.prepare_observation``:
+    resize to ``data.image_size``, dataset-statistics normalization, dtype and layout); an encoder does nothing
+    of its own for that, and whatever else it needs happens in ``forward``. ``preprocess`` is optional, for
+    standalone use outside a policy: the runtime never calls it.
     Implementations are ``torch.nn.Module`` subclasses as well; frozen ones report no trainable parameters.
 
     ``width_option``: the name of the constructor option that sets ``out_dim``, if there is one; a
@@ -89,8 +93,13 @@ class SensorEncoder(ABC):
     trainable: bool
     width_option: str | None = None
 
-    @abstractmethod
-    def preprocess(self, arrays: dict[str, np.ndarray]) -> Any: ...
+    def preprocess(self, arrays: dict[str, np.ndarray]) -> Any:
+        """Standalone use only (the runtime applies the kernel's preprocessing itself)."""
+        from robodual_core.errors import RobodualError
+
+        raise RobodualError(f"sensor '{getattr(self, 'name', type(self).__name__)}' has no standalone preprocess; "
+                            "use robodual_core.data.preprocess.prepare_observation (what the loader and the "
+                            "runtime apply)")
 
     @abstractmethod
     def forward(self, x: Any) -> Any: ...

@@ -165,6 +165,8 @@ class DiTSpecialist(nn.Module, Specialist):
                                        prediction_type=d.prediction_type, clip_sample=d.clip_sample,
                                        timestep_spacing=d.timestep_spacing)
         self.normalizer: Any = None  # robodual_core.data.Normalizer, set by from_checkpoint / the trainer
+        # robodual_core.data.preprocess.Preprocessing (the loader's modalities and image size), set likewise
+        self.preprocessing: Any = None
         self._low_precision: dict[str, tuple[tuple[tuple[int, int], ...], dict[str, torch.Tensor]]] = {}
         self._backbone_groups: tuple[tuple[tuple[int, int], ...], list[list[str]]] | None = None
         self._ddim_chains: dict[tuple[int, str], DDIMChain] = {}
@@ -194,7 +196,8 @@ class DiTSpecialist(nn.Module, Specialist):
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> DiTSpecialist:
-        """Rebuild from ``model_config.json`` and load the (EMA) weights strictly, plus ``normalizer.json``."""
+        """Rebuild from ``model_config.json`` and load the (EMA) weights strictly, plus ``normalizer.json`` and
+        ``preprocessing.json`` (how the loader prepared each observation key; the runtime does the same)."""
         from robodual_core.checkpoint import (
             load_model_state,
             load_state_checked,
@@ -213,6 +216,9 @@ class DiTSpecialist(nn.Module, Specialist):
             from robodual_core.data import Normalizer
 
             model.normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
+        from robodual_core.data.preprocess import Preprocessing
+
+        model.preprocessing = Preprocessing.from_checkpoint(ckpt, model.obs_keys)
         return model.to(device).eval()
 
     # -- conditioning ----------------------------------------------------------------------------
@@ -549,7 +555,9 @@ class DiTSpecialist(nn.Module, Specialist):
     def as_runner(self, device: str | torch.device | None = None,
                   observation_spec: dict[str, tuple[tuple[int, ...], str]] | None = None) -> Any:
         """This model as the runtime drives it (``load_runner`` without a checkpoint: benches of freshly built
-        models). Depth sensors need ``self.normalizer`` (an empty ``Normalizer`` passes raw values through)."""
+        models). Frames go through the kernel's preprocessing (``self.preprocessing`` when a trainer or a checkpoint
+        set it; else each sensor's ``modality``, or one guessed from the frame, at the frame's own size). Depth
+        needs ``self.normalizer`` (an empty ``Normalizer`` passes raw values through)."""
         from robodual_specialist.runner import DiTRunner
 
         return DiTRunner(self, device=device, observation_spec=observation_spec)

@@ -4,11 +4,14 @@
 images, HW depth, ``proprio`` vector), keeps the history frames the sensors need (the first step of an
 episode repeats its frame, as the training windows do), runs the encoders once, denoises with guidance
 and returns the action chunk ``[k_s, D]`` in dataset units.
+
+Every frame goes through the kernel's preprocessing before an encoder sees it
+(``robodual_core.data.preprocess.prepare_observation`` with the run's ``Preprocessing`` and normalizer): the
+tensor the training loader served for the same stored frame, whatever the sensor plugin does or does not do.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from typing import Any
 
@@ -70,16 +73,28 @@ class DiTRunner:
                                 f"observation has {', '.join(sorted(observation))}")
         history = _history(enc)
         if history:
-            arr = np.stack(list(self._frames[key]))[None]  # [1, history + 1, ...], oldest first
+            arr, lead = np.stack(list(self._frames[key]))[None], 2  # [1, history + 1, ...], oldest first
         else:
-            arr = np.asarray(observation[key])
-        kwargs: dict[str, Any] = {}
-        params = inspect.signature(enc.preprocess).parameters
-        if "normalizer" in params:
-            kwargs["normalizer"] = self.model.normalizer
-        if "device" in params:
-            kwargs["device"] = self.device
-        return torch.as_tensor(enc.preprocess(arr, **kwargs)).to(self.device)
+            arr, lead = np.asarray(observation[key])[None], 1
+        return self._preprocess(enc, key, arr, lead).to(self.device)
+
+    def _preprocess(self, enc: Any, key: str, arr: np.ndarray, lead: int) -> torch.Tensor:
+        """The kernel's preprocessing of ``key`` (the loader's: modality, ``data.image_size``, normalizer). A model
+        that no trainer or checkpoint gave a ``Preprocessing`` (a freshly built one) uses the sensor's declared
+        ``modality``, or one guessed from the frame, at the frame's own size."""
+        from robodual_core.data.preprocess import guess_modality, prepare_observation
+
+        spec = self.model.preprocessing
+        if spec is not None and key in spec.modalities:
+            modality, size = spec.modalities[key], spec.image_size
+        else:
+            modality = getattr(enc, "modality", None) or guess_modality(arr[(0,) * lead])
+            size = None
+        normalizer = self.model.normalizer
+        if modality == "depth" and normalizer is None:
+            raise RobodualError(f"sensor '{getattr(enc, 'name', key)}': depth '{key}' needs the dataset normalizer "
+                                "(the checkpoint's normalizer.json); this model has none")
+        return prepare_observation(arr, key, modality, normalizer, size, lead=lead)
 
     @property
     def noise_shape(self) -> tuple[int, int, int]:

@@ -119,15 +119,16 @@ def _fit_default_sensors(cfg: SpecialistTrainConfig, keys: list[str], dataset: P
 
 
 def _check_image_sizes(model: Any, image_size: int | None) -> None:
-    """The loader resizes every image to ``data.image_size``; an image sensor of another size would resize
-    again, while at control time its ``preprocess`` resizes the raw frame once: other pixels than in training."""
+    """The loader (and the runtime, through the same kernel preprocessing) resizes every image to
+    ``data.image_size``; an image sensor of another size would resize it again: two interpolations where one
+    would do, detail lost for nothing."""
     if image_size is None:
         return
     for name, enc in model.sensors.items():
         hw = getattr(getattr(enc, "cfg", None), "hw", None)
         if hw is not None and tuple(hw) != (image_size, image_size):
             raise RobodualError(f"sensor '{name}' encodes {hw[0]}x{hw[1]} frames but data.image_size is {image_size}: "
-                                "training would resize twice, control time once; set data.image_size to null (each "
+                                "every frame would be resized twice; set data.image_size to null (each "
                                 "sensor resizes its own frames) or to the sensors' size")
 
 
@@ -270,7 +271,13 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     if ds.raw_images:  # stored frames travel (pinned, uint8) and are converted on the device, then conditioned
         transform = _chain(ds.prepare_batch_images, transform)
     model.normalizer = ds.normalizer
-    extra_json: dict[str, Any] = {"normalizer": ds.normalizer.to_dict()}
+    # how the loader prepares each observation key: the runtime applies the same (robodual_core.data.preprocess)
+    from robodual_core.data.preprocess import PREPROCESSING_FILE, Preprocessing
+
+    model.preprocessing = Preprocessing({k: ds.modalities[k] for k in image_keys if k in ds.modalities},
+                                        cfg.data.image_size)
+    extra_json: dict[str, Any] = {"normalizer": ds.normalizer.to_dict(),
+                                  PREPROCESSING_FILE: model.preprocessing.to_dict()}
     if gen_meta is not None:
         extra_json["generalist"] = gen_meta
     trainer = Trainer(model, ds, cfg.trainer, out, extra_json=extra_json, batch_transform=transform,

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from robodual_core.data.normalize import Normalizer
-from robodual_core.data.preprocess import IMAGE_MODALITIES, prepare_images, prepare_lowdim
+from robodual_core.data.preprocess import IMAGE_MODALITIES, prepare_lowdim, prepare_observation
 from robodual_core.data.store import open_dataset
 from robodual_core.errors import RobodualError
 
@@ -186,15 +186,12 @@ class WindowDataset(Dataset):
 
     def _images(self, key: str, starts: np.ndarray, ts: np.ndarray) -> torch.Tensor:
         """Images ``[B, C, H, W]`` (``[B, history + 1, C, H, W]`` with history) of steps ``ts``, through the one
-        preprocessing path sensors use at control time (:mod:`robodual_core.data.preprocess`)."""
+        preprocessing path the runtime applies at control time (``prepare_observation``)."""
         x = self._frames(key, starts, ts)
-        B, h = x.shape[:2]
         if self.raw_images:
             raw = torch.from_numpy(np.ascontiguousarray(x))
             return raw if self.history else raw[:, 0]
-        size = (self.image_size, self.image_size) if self.image_size else None
-        out = prepare_images(x.reshape(B * h, *x.shape[2:]), key, self.modalities[key], self.normalizer, size)
-        out = out.reshape(B, h, *out.shape[1:])
+        out = prepare_observation(x, key, self.modalities[key], self.normalizer, self.image_size, lead=2)
         return out if self.history else out[:, 0]
 
     def prepare_batch_images(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -202,16 +199,12 @@ class WindowDataset(Dataset):
         trainer calls this on the device after the transfer): the same tensors the default path serves."""
         if not self.raw_images:
             return batch
-        size = (self.image_size, self.image_size) if self.image_size else None
         obs = dict(batch["obs"])
         for key in self.obs_keys:
             if self.modalities.get(key) not in IMAGE_MODALITIES:
                 continue
-            x = obs[key]
-            lead = x.shape[:2] if self.history else x.shape[:1]
-            flat = x.reshape(-1, *x.shape[len(lead):])
-            out = prepare_images(flat, key, self.modalities[key], self.normalizer, size)
-            obs[key] = out.reshape(*lead, *out.shape[1:])
+            obs[key] = prepare_observation(obs[key], key, self.modalities[key], self.normalizer, self.image_size,
+                                           lead=2 if self.history else 1)
         return {**batch, "obs": obs}
 
     def _lowdim(self, key: str, steps: np.ndarray) -> torch.Tensor:
