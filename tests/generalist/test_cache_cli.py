@@ -216,3 +216,38 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n])
+
+
+def test_merged_folder_unnormalizes_with_the_run_statistics_and_mask(trained, tmp_path):
+    """A fine-tuned generalist keeps OpenVLA's mask semantics for its own statistics: the run's normalizer (here
+    with the last dimension masked, as OpenVLA masks the gripper) becomes the merged folder's norm_stats, and the
+    run, the merged folder and the merged folder's norm_stats under its unnorm_key give the same actions."""
+    import json
+    import shutil
+
+    from robodual_core.checkpoint import latest_checkpoint
+    from robodual_core.runtime import load_runner
+
+    store, run = trained
+    src = tmp_path / "run"
+    shutil.copytree(run, src)
+    ckpt = latest_checkpoint(src)
+    normalizer = json.loads((ckpt / "normalizer.json").read_text())
+    normalizer["action"]["mask"] = [True, True, False]
+    (ckpt / "normalizer.json").write_text(json.dumps(normalizer))
+    cli("generalist", "merge", ckpt, "--out", tmp_path / "merged")
+    stats = json.loads((tmp_path / "merged" / "config.json").read_text())["norm_stats"]
+    assert stats == {"robodual": {"action": {k: normalizer["action"][k] for k in ("q01", "q99", "mask")}}}
+    image = open_dataset(store).array("rgb_static")[3]
+    instruction = open_dataset(store).instructions[0]
+    got = []
+    for path, key in ((ckpt, None), (tmp_path / "merged", None), (tmp_path / "merged", "robodual")):
+        runner = load_runner("generalist", path, **({"unnorm_key": key} if key else {}))
+        out = runner.predict({"rgb_static": np.asarray(image)}, instruction)
+        got.append(runner.actions_to_env(out.actions[0]))
+        normalized = runner.model.action_tokenizer.exact_centres(out.actions[0].numpy())
+        assert np.array_equal(got[-1][:, 2], normalized[:, 2])  # the masked dimension stays normalized
+        assert not np.array_equal(got[-1][:, 0], normalized[:, 0])
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[1], got[2])
+    with pytest.raises(RobodualError, match="unnorm_key.*'robodual'.*robodual run or checkpoint"):
+        load_runner("generalist", ckpt, unnorm_key="robodual")

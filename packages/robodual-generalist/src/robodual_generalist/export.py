@@ -53,6 +53,7 @@ def merge_hf_vlm(run: str | Path, out: str | Path) -> Path:
 def merge_openvla(run: str | Path, out: str | Path) -> Path:
     """An ``openvla`` run -> an OpenVLA-format folder (LoRA merged)."""
     from robodual_generalist.model import VLAGeneralist
+    from robodual_generalist.norm_stats import norm_stats_of
     from robodual_generalist.prismatic import save_openvla
 
     run, out = Path(run), Path(out)
@@ -66,12 +67,9 @@ def merge_openvla(run: str | Path, out: str | Path) -> Path:
                           "action_vocab_size": model.meta["action_vocab_size"],
                           "separator_id": model.meta["separator_id"],
                           "text_tokenizer": model.meta.get("text_tokenizer", "hf")}
-    if normalizer and "action" in normalizer:
-        a = normalizer["action"]
-        stats = {k: a[k] for k in ("q01", "q99") if k in a}
-        if stats:  # OpenVLA's norm_stats layout: {dataset: {action: {q01, q99, mask}}}
-            stats["mask"] = [True] * len(stats["q01"])
-            config["norm_stats"] = {"robodual": {"action": stats}}
+    stats = norm_stats_of(normalizer)
+    if stats:  # OpenVLA's norm_stats layout, {dataset: {action: {q01, q99, mask}}}, with the run's own mask
+        config["norm_stats"] = {"robodual": stats}
     extra = {"normalizer.json": json.dumps(normalizer, indent=2)} if normalizer else {}
     base = Path(model.cfg.base)
     tokenizer = ([base / name for name in TOKENIZER_FILES if (base / name).is_file()]

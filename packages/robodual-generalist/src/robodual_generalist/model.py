@@ -309,11 +309,14 @@ class VLAGeneralist(nn.Module, Generalist):
         return VLARunner.load(path, model_cls=cls, **options)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> VLAGeneralist:
-        """Rebuild from a run folder, a checkpoint folder, or an OpenVLA-format folder written by merge."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True,
+                        unnorm_key: str | None = None) -> VLAGeneralist:
+        """Rebuild from a run folder, a checkpoint folder, an OpenVLA-format folder written by merge, or a stock
+        OpenVLA checkpoint (one action per call, its dimension from ``norm_stats``: ``unnorm_key`` picks the
+        dataset when they differ)."""
         path = Path(path)
         if is_openvla_dir(path):
-            return load_merged(path).to(device).eval()
+            return load_merged(path, unnorm_key=unnorm_key).to(device).eval()
         from robodual_core.checkpoint import (
             load_model_state,
             load_state_checked,
@@ -358,10 +361,46 @@ def build_base(cfg: GeneralistConfig) -> tuple[PrismaticVLA, Any, dict[str, Any]
                                      "text_tokenizer": t.tokenizer}
     path = Path(cfg.base)
     config = read_openvla_config(path)
+    check_tokenizer_files(path, config)  # before a 7B model is read
     vla = load_openvla(path, dtype=dtype)
     text, meta = text_tokenizer_for(path, config)
     meta["base_hash"] = folder_hash(path)
     return vla, text, meta
+
+
+# the files any one of which lets transformers' AutoTokenizer build a tokenizer from a folder
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def check_tokenizer_files(path: Path, config: dict[str, Any]) -> None:
+    """A folder that needs a Hugging Face tokenizer and holds none is one line naming the folder and the files
+    (checked before transformers is asked: it would print warnings and a multi-line error)."""
+    if (config.get("robodual") or {}).get("text_tokenizer") in TEXT_TOKENIZERS:
+        return
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise RobodualError(f"'{path}' has no text tokenizer: none of {', '.join(TOKENIZER_VOCAB_FILES)} is there "
+                            "(an OpenVLA checkpoint folder holds tokenizer.json / tokenizer.model and "
+                            "tokenizer_config.json beside config.json; copy them from the model it came from)")
+
+
+def _quiet_transformers() -> Any:
+    """transformers' own log lines (warnings about the folder's config) silenced while a tokenizer loads."""
+    from contextlib import contextmanager
+
+    from transformers.utils import logging as hf_logging
+
+    @contextmanager
+    def quiet() -> Any:
+        before = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            hf_logging.set_verbosity(before)
+
+    return quiet()
 
 
 def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -372,40 +411,63 @@ def text_tokenizer_for(path: Path, config: dict[str, Any]) -> tuple[Any, dict[st
         meta = {"action_vocab_size": extra["action_vocab_size"], "separator_id": extra["separator_id"], "pad_id": 0,
                 "text_tokenizer": extra["text_tokenizer"]}
         return text, meta
+    check_tokenizer_files(path, config)
     from transformers import AutoTokenizer
 
     try:  # remote code off: an OpenVLA folder's auto_map must not make transformers prompt
-        tok = from_local(AutoTokenizer, path)
+        with _quiet_transformers():
+            tok = from_local(AutoTokenizer, path)
     except Exception as exc:
-        raise RobodualError(f"cannot load the text tokenizer from '{path}' ({exc}); an OpenVLA folder holds "
-                            "tokenizer.json / tokenizer.model beside config.json") from None
+        reason = " ".join(str(exc).split())
+        raise RobodualError(f"cannot load the text tokenizer of '{path}': {type(exc).__name__}: "
+                            f"{reason[:300]}{'...' if len(reason) > 300 else ''}") from None
     text = HFTextTokenizer(tok)
     # actions take the last ids of the tokenizer's base vocabulary, as OpenVLA's ActionTokenizer does
-    # (tokenizer.vocab_size: 32000 for LLaMA-2; added tokens such as <PAD> come after it)
-    vocab = int(tok.vocab_size)
+    # (tokenizer.vocab_size: 32000 for LLaMA-2; added tokens such as <PAD> come after it). An OpenVLA config
+    # names it too: predict_action decodes with text_config.vocab_size - pad_to_multiple_of (32064 - 64).
     rows = int(config["text_config"]["vocab_size"])
+    vocab = rows - int(config["pad_to_multiple_of"]) if "pad_to_multiple_of" in config else int(tok.vocab_size)
     pad = int(config.get("pad_token_id", text.pad_id))
     # OpenVLA pads the embedding to a multiple of 64: a row past the tokenizer is free for the separator; without
     # one, the id just before the action range (a rarely used token, as the action ids are)
     free = [i for i in range(len(tok), rows) if i != pad]
-    n_bins = int(extra.get("n_action_bins", 256))
+    n_bins = int(extra.get("n_action_bins", config.get("n_action_bins", 256)))
     separator = int(extra.get("separator_id", free[0] if free else vocab - n_bins - 1))
     return text, {"action_vocab_size": int(extra.get("action_vocab_size", vocab)), "separator_id": separator,
                   "pad_id": pad, "text_tokenizer": "hf"}
 
 
-def load_merged(path: Path) -> VLAGeneralist:
-    """A generalist from a folder written by ``robodual generalist merge`` (OpenVLA format + robodual fields)."""
+def load_merged(path: Path, unnorm_key: str | None = None) -> VLAGeneralist:
+    """A generalist from a folder written by ``robodual generalist merge`` (OpenVLA format + robodual fields),
+    or from a stock OpenVLA checkpoint (:func:`load_stock`)."""
     config = read_openvla_config(path)
     extra = config.get("robodual") or {}
     if "generalist" not in extra:
-        raise RobodualError(f"'{path}/config.json' has no robodual.generalist section: it is a base OpenVLA "
-                            "checkpoint, not a trained generalist; pass it as --base to `robodual train generalist`")
+        return load_stock(path, config, unnorm_key)
     cfg = load_config(GeneralistConfig, base=stored_model_config(extra["generalist"]))
     cfg.base, cfg.lora = str(path), False
+    check_tokenizer_files(path, config)
     vla = load_openvla(path, dtype=_dtype(cfg.dtype))
     text, meta = text_tokenizer_for(path, config)
     meta["base_hash"] = folder_hash(path)
     return VLAGeneralist(cfg, action_dim=int(extra["action_dim"]), vla=vla, text_tokenizer=text, meta=meta)
 
 
+
+
+def load_stock(path: Path, config: dict[str, Any], unnorm_key: str | None = None) -> VLAGeneralist:
+    """A stock OpenVLA checkpoint as a generalist, as OpenVLA's ``predict_action`` runs it: one action per call
+    (``k_g = 1``) of ``len(norm_stats[unnorm_key]["action"]["q01"])`` dimensions, greedy, in the folder's
+    ``torch_dtype`` (float32 when it names none); no LoRA, nothing trained."""
+    from robodual_generalist.norm_stats import action_dim
+
+    dim = action_dim(config, unnorm_key, path)
+    dtype = str(config.get("torch_dtype") or "float32")
+    cfg = GeneralistConfig(base=str(path), lora=False, k_g=1, dtype=dtype if dtype in DTYPES else "float32",
+                           freeze_vision=True, train_projector=False)
+    check_tokenizer_files(path, config)
+    vla = load_openvla(path, dtype=_dtype(cfg.dtype))
+    text, meta = text_tokenizer_for(path, config)
+    meta["base_hash"] = folder_hash(path)
+    meta["n_action_bins"] = int(config.get("n_action_bins", 256))
+    return VLAGeneralist(cfg, action_dim=dim, vla=vla, text_tokenizer=text, meta=meta)

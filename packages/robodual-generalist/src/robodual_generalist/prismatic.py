@@ -12,8 +12,15 @@ fields of OpenVLA's ``OpenVLAConfig``), sharded ``model-0000i-of-0000n.safetenso
 OpenVLA renames timm's LayerScale ``gamma`` to ``scale_factor`` (old transformers rewrote any key named
 ``gamma``); here the modules stay stock timm and the rename happens when reading and writing files.
 Features are the patch tokens of the second-to-last ViT block, as OpenVLA's ``get_intermediate_layers``
-monkey-patch returns. Extension fields (tiny configurations): ``timm_model_kwargs`` (per-backbone
-overrides of the timm architecture) and ``image_means`` / ``image_stds``.
+monkey-patch returns.
+
+Backbones are built as OpenVLA builds them: ``timm.create_model(timm_model_ids[i], pretrained=False,
+num_classes=0, img_size=image_sizes[i], act_layer=timm_override_act_layers[i])``. An id that the installed
+timm does not register (a newer timm's model, a custom one, an unknown pretrained tag) is rebuilt from the
+keyword arguments the checkpoint records for it in ``timm_model_args[i]`` (a timm ``VisionTransformer``; a
+dict keyed by id is read too); for ids timm knows those arguments are ignored, as OpenVLA ignores them.
+Extension fields (tiny configurations): ``timm_model_kwargs`` (per-backbone overrides of the timm
+architecture, applied to every id) and ``image_means`` / ``image_stds``.
 """
 
 from __future__ import annotations
@@ -43,25 +50,77 @@ def _default_norm(timm_id: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def _per_backbone(cfg: dict[str, Any], field: str, ids: list[str], default: Any) -> list[Any]:
+    """``cfg[field]`` as one entry per backbone: a list (None entries allowed), or a dict keyed by timm id."""
+    value = cfg.get(field)
+    if value is None:
+        return [default] * len(ids)
+    if isinstance(value, dict):
+        return [value.get(i, default) for i in ids]
+    if not isinstance(value, list | tuple) or len(value) != len(ids):
+        raise RobodualError(f"config.json '{field}' is {json.dumps(value)[:80]}; expected a list of {len(ids)} "
+                            "entries (one per timm_model_ids entry) or an object keyed by timm id")
+    return [default if v is None else v for v in value]
+
+
+def timm_knows(timm_id: str) -> bool:
+    """Whether the installed timm builds ``timm_id`` (its architecture registered, its pretrained tag known)."""
+    import timm
+
+    if not timm.is_model(timm_id):
+        return False
+    return "." not in timm_id or timm_id in timm.list_pretrained(timm_id)
+
+
+def build_timm_vit(timm_id: str, img_size: int, act_layer: str | None, args: dict[str, Any] | None,
+                   overrides: dict[str, Any], field: str) -> nn.Module:
+    """One OpenVLA vision backbone: timm's own model for an id it knows (``args`` ignored), otherwise a timm
+    ``VisionTransformer`` from the checkpoint's recorded keyword arguments ``args`` (``field`` names them)."""
+    import timm
+
+    extra = {"act_layer": act_layer} if act_layer else {}
+    if timm_knows(timm_id):
+        return timm.create_model(timm_id, pretrained=False, num_classes=0, img_size=img_size, **extra, **overrides)
+    arch = timm_id.split(".", 1)[0]
+    if not args:
+        if "." in timm_id and timm.is_model(arch):  # an unknown pretrained tag: the architecture is timm's
+            return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, **extra, **overrides)
+        raise RobodualError(f"config.json timm_model_ids entry '{timm_id}' is not a model of the installed timm "
+                            f"({timm.__version__}) and {field} records no keyword arguments to rebuild it from")
+    if not isinstance(args, dict):
+        raise RobodualError(f"config.json {field} is {json.dumps(args)[:80]}; expected an object of timm "
+                            "VisionTransformer keyword arguments")
+    from timm.models.vision_transformer import VisionTransformer
+
+    kwargs = {k: v for k, v in args.items() if k not in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay")}
+    kwargs.update(img_size=img_size, num_classes=0, **extra, **overrides)
+    try:
+        return VisionTransformer(**kwargs)
+    except TypeError as exc:
+        raise RobodualError(f"config.json {field} cannot build a timm VisionTransformer for '{timm_id}': "
+                            f"{' '.join(str(exc).split())}") from None
+
+
 class VisionBackbone(nn.Module):
     """One or two timm ViTs; patch features of each are concatenated along channels ``[B, P, C1 + C2]``."""
 
     def __init__(self, cfg: dict[str, Any]):
-        import timm
-
         super().__init__()
         ids = list(cfg["timm_model_ids"])
-        acts = list(cfg.get("timm_override_act_layers") or [None] * len(ids))
-        kwargs = list(cfg.get("timm_model_kwargs") or [{}] * len(ids))
+        acts = _per_backbone(cfg, "timm_override_act_layers", ids, None)
+        kwargs = _per_backbone(cfg, "timm_model_kwargs", ids, {})
+        args = _per_backbone(cfg, "timm_model_args", ids, None)
         sizes = list(cfg["image_sizes"])
         self.fused = bool(cfg.get("use_fused_vision_backbone", len(ids) == 2))
         if len(ids) != (2 if self.fused else 1):
             raise RobodualError(f"config timm_model_ids has {len(ids)} entries; expected "
                                 f"{2 if self.fused else 1} (use_fused_vision_backbone={self.fused})")
+        if len(sizes) != len(ids):
+            raise RobodualError(f"config.json image_sizes has {len(sizes)} entries; expected {len(ids)} (one per "
+                                "timm_model_ids entry)")
 
         def make(i: int) -> nn.Module:
-            extra = {"act_layer": acts[i]} if acts[i] else {}
-            return timm.create_model(ids[i], pretrained=False, num_classes=0, img_size=sizes[i], **extra, **kwargs[i])
+            return build_timm_vit(ids[i], int(sizes[i]), acts[i], args[i], dict(kwargs[i]), f"timm_model_args[{i}]")
 
         self.featurizer = make(0)
         self.embed_dim = self.featurizer.embed_dim

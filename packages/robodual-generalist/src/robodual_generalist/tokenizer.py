@@ -40,7 +40,10 @@ class ActionTokenizer:
 
     def __post_init__(self) -> None:
         self.bins = np.linspace(-1.0, 1.0, self.n_bins)
-        self.bin_centers = torch.tensor((self.bins[:-1] + self.bins[1:]) / 2.0, dtype=torch.float32)
+        # OpenVLA's centres are float64; decoding hands out their float32 roundings (the GeneralistOutput is float32),
+        # and exact_centres maps those back where actions leave for the robot
+        self.bin_centers_f64 = (self.bins[:-1] + self.bins[1:]) / 2.0
+        self.bin_centers = torch.tensor(self.bin_centers_f64, dtype=torch.float32)
         self.first_action_id = self.vocab_size - self.n_bins
         if self.first_action_id <= self.separator_id < self.vocab_size:
             raise RobodualError(f"separator id {self.separator_id} lies inside the action id range "
@@ -67,6 +70,14 @@ class ActionTokenizer:
         """Action ids (any shape) -> bin centres in [-1, 1]; ids outside the action range clip to the ends."""
         d = (self.vocab_size - ids.long() - 1).clamp(0, self.n_bins - 2)
         return self.bin_centers.to(ids.device)[d]
+
+    def exact_centres(self, values: Any) -> np.ndarray:
+        """Normalized actions as float64, values that are (float32 roundings of) bin centres replaced by the exact
+        float64 centres OpenVLA's ``predict_action`` uses; any other value is kept as it is."""
+        a = np.asarray(values, dtype=np.float64)
+        idx = np.clip(np.rint((a + 1.0) * (self.n_bins - 1) / 2.0 - 0.5), 0, self.n_bins - 2).astype(np.int64)
+        centres = self.bin_centers_f64[idx]
+        return np.where(np.abs(a - centres) <= 1e-6, centres, a)
 
     def encode(self, chunk: torch.Tensor) -> torch.Tensor:
         """``[B, k_g, D]`` normalized actions -> ``[B, chunk_len]`` ids with separators."""
