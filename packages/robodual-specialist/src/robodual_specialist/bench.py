@@ -234,6 +234,40 @@ def time_static_step(model: DiTSpecialist, loop: ControlLoop, repeats: int, prec
     return out
 
 
+def time_rtc(model: DiTSpecialist, loop: ControlLoop, repeats: int) -> dict[str, Any]:
+    """The extra work per control step of inference-time real-time chunking (robodual_specialist.rtc): the eager
+    ``optimized`` step without a prefix and with one (normalizing the committed prefix of ``d = 2`` rows planned
+    over 6, building its weights, one blend per denoising step), in interleaved rounds."""
+    import numpy as np
+
+    from robodual_core.runtime.latency import CommittedPrefix
+    from robodual_specialist.rtc import prepare_prefix
+
+    _apply(model, VARIANTS["optimized"], None)
+    cfg = model.cfg
+    saved = cfg.rtc.inference
+    prefix = CommittedPrefix(np.zeros((min(6, cfg.k_s), cfg.action_dim), np.float32), delay=2)
+
+    def step(rtc_on: bool) -> None:
+        b = loop.batch()
+        if rtc_on:
+            rows = [prepare_prefix(prefix, cfg.k_s, cfg.action_dim, model.normalizer, loop.device)
+                    for _ in range(loop.B)]  # per session, as the runner prepares it
+            b.update({k: torch.cat([r[k] for r in rows]) for k in rows[0]})
+        model.sample(b, obs_tokens=model.encode_observation(b))
+        _sync(loop.device)
+
+    try:
+        cfg.rtc.inference = True
+        with torch.inference_mode():
+            samples = interleaved({"off": lambda: step(False), "inference_rtc": lambda: step(True)}, repeats)
+    finally:
+        cfg.rtc.inference = saved
+    off, on = (statistics.median(samples[k]["total"]) for k in ("off", "inference_rtc"))
+    return {"control_step_ms": 1e3 * off, "with_inference_rtc_ms": 1e3 * on, "rtc_extra_ms": 1e3 * (on - off),
+            "rtc_extra_ratio": on / off, "n": repeats, "prefix": "d = 2 committed rows of 6 planned"}
+
+
 def denoise_flops(model: DiTSpecialist, loop: ControlLoop, opts: dict[str, Any], obs_fn: Any) -> float:
     """GFLOP of the denoising loop alone (encoders excluded)."""
     kw = _apply(model, opts, obs_fn)
@@ -330,6 +364,10 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
         for name, opts in variants.items():
             per_b[name]["denoising_gflop"] = denoise_flops(model, loop, opts, obs_fn)
         results["latency"][f"batch_{B}"] = per_b
+        console.print(f"[bold]bench specialist[/]: batch {B}, inference-time real-time chunking beside none")
+        rtc_row = time_rtc(model, ControlLoop(model, B, gen), reps if B == 1 else max(3, reps // 2))
+        results.setdefault("rtc", {})[f"batch_{B}"] = rtc_row
+        per_b["optimized"]["rtc_extra_ms"] = rtc_row["rtc_extra_ms"]  # the column: what RTC adds per control step
         precisions = ("fp32", "bf16") if dev.type == "cuda" else ("fp32",)
         console.print(f"[bold]bench specialist[/]: batch {B}, the static (CUDA-graph) step beside eager")
         results.setdefault("static_step", {})[f"batch_{B}"] = time_static_step(
@@ -378,5 +416,8 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
     same = results["vs_reference_structure_same_run"]
     console.print(f"side by side with the reference structure (all_off, fp32) in this run: control step "
                   f"{same['control_step_ratio']:.2f}x, denoising {same['denoising_ratio']:.2f}x")
+    rtc1 = results["rtc"]["batch_1"]
+    console.print(f"inference-time real-time chunking adds {rtc1['rtc_extra_ms']:.2f} ms per control step at batch 1 "
+                  f"({rtc1['rtc_extra_ratio']:.3f}x)")
     console.print(f"report: {out}")
     return report

@@ -83,6 +83,18 @@ class ConditioningConfig:
 
 
 @dataclass
+class RTCConfig:
+    """Real-time chunking (robodual_specialist.rtc), both forms off by default: ``inference`` blends each denoising
+    step's x0 prediction toward the committed prefix with RTC's soft weights (``strength`` scales them);
+    ``training`` gives the first ``d ~ U{0..max_delay}`` action tokens clean, flagged and out of the loss."""
+
+    inference: bool = False
+    strength: float = ranged(1.0, ge=0, le=1)
+    training: bool = False
+    max_delay: int = ranged(4, ge=0)
+
+
+@dataclass
 class SpecialistConfig:
     family: str = "dit"
     action_dim: int = ranged(7, ge=1)  # D; set from the dataset by `robodual train specialist`
@@ -118,6 +130,7 @@ class SpecialistConfig:
     static_precision: Literal["auto", "bf16", "fp32"] = "auto"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    rtc: RTCConfig = field(default_factory=RTCConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
 
     # rotary position embeddings rotate pairs of each head's channels

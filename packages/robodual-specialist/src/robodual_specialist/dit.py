@@ -118,10 +118,14 @@ class DiT(nn.Module):
         return [[m[i] for m in per_layer] for i in range(S)]
 
     def forward(self, x: torch.Tensor, gen_actions: torch.Tensor, t: torch.Tensor, c_obs: torch.Tensor,
-                pre: list[Any], mods: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """``mods``: this step's entry of :meth:`modulations` (then ``t`` and ``c_obs`` are not used)."""
+                pre: list[Any], mods: list[torch.Tensor] | None = None,
+                token_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``mods``: this step's entry of :meth:`modulations` (then ``t`` and ``c_obs`` are not used).
+        ``token_bias [B, T, dim]``: added to the action tokens (training-time real-time chunking's prefix flag)."""
         T = x.shape[1]
         h = self.x_in(torch.cat([x, gen_actions], dim=-1))
+        if token_bias is not None:
+            h = h + token_bias.to(h.dtype)
         c = None if mods is not None else self.t_emb(self.t_proj(t.expand(x.shape[0])).to(h.dtype)) + c_obs
         rope = rotary(T, self.dim // self.heads, h.device)
         mask = causal_mask(T, h.device) if self.causal else None

@@ -36,6 +36,7 @@ from torch.func import functional_call
 from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput, Specialist
+from robodual_specialist import rtc
 from robodual_specialist.config import SensorConfig, SpecialistConfig
 from robodual_specialist.ddim import DDIMChain
 from robodual_specialist.dit import DiT
@@ -158,6 +159,8 @@ class DiTSpecialist(nn.Module, Specialist):
         self.proprio_mlp = (nn.Sequential(nn.Linear(cfg.proprio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
                             if cfg.proprio_dim > 0 else None)
         self.null_proprio = nn.Parameter(torch.zeros(dim))
+        if cfg.rtc.training:  # training-time real-time chunking: flags the clean prefix tokens (robodual_specialist.rtc)
+            self.rtc_flag = nn.Parameter(torch.randn(dim) * 0.02)
         self.dit = DiT(cfg.action_dim, dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.causal,
                        conditioner_class(cfg.conditioner))
         d = cfg.diffusion
@@ -446,22 +449,26 @@ class DiTSpecialist(nn.Module, Specialist):
         t = (batch["timesteps"] if "timesteps" in batch
              else torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), device=dev))
         noisy = self.scheduler.add_noise(actions, noise, t)
-        pred = self.dit(noisy, gen_in, t, c_obs, self.dit.precompute(cond_tok, cond_mask))
+        noisy, token_bias, keep = rtc.training_prefix(self, actions, noisy, batch)  # off unless model.rtc.training
+        pred = self.dit(noisy, gen_in, t, c_obs, self.dit.precompute(cond_tok, cond_mask), token_bias=token_bias)
         target = actions if self.cfg.diffusion.prediction_type == "sample" else noise
         # padded steps repeat the episode's last action: a valid "hold still" target, kept in the loss
-        loss = F.mse_loss(pred, target)
+        loss = F.mse_loss(pred, target) if keep is None else rtc.masked_mse(pred, target, keep)
         return loss, {"mse": float(loss.detach())}
 
     # -- inference -------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], cond: GeneralistOutput | None = None, steps: int | None = None,
                guidance_scale: float | None = None, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None, obs_tokens: torch.Tensor | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, obs_tokens: torch.Tensor | None = None,
+               prefix: rtc.PrefixGuidance | None = None) -> torch.Tensor:
         """Denoise an action chunk: normalized actions ``[B, k_s, D]``.
 
         ``guidance_scale``: default ``cfg.guidance.scale``; 0 turns guidance off (conditional pass only).
         ``obs_tokens``: precomputed ``encode_observation(batch)``. How the loop is organised (caches, batched
         guidance) is ``self.sampling`` (:class:`SamplingPath`), which benches switch; it never changes the result.
+        ``prefix``: real-time chunking of the committed prefix (default: from the batch's ``rtc_*`` keys when
+        ``cfg.rtc`` turns a form on; :mod:`robodual_specialist.rtc`).
         """
         path = self.sampling
         cache_kv, batch_cfg, cache_adapters = path.cache_kv, path.batch_cfg, path.cache_adapters
@@ -474,6 +481,7 @@ class DiTSpecialist(nn.Module, Specialist):
         shape = (B, self.cfg.k_s, self.cfg.action_dim)
         x = torch.randn(shape, generator=generator, device=dev) if noise is None else noise.to(dev)
         tau = batch.get("tau")
+        prefix = prefix if prefix is not None else rtc.guidance_for(self, batch)
         no_drop = torch.zeros(B, dtype=torch.bool, device=dev)
         guided = scale > 0  # scale 1 still runs both passes: equal to the conditional output (tested)
 
@@ -509,15 +517,19 @@ class DiTSpecialist(nn.Module, Specialist):
                 passes, _ = build_passes()
                 pres = None
             outs = []
+            x_in, bias = prefix.before(x) if prefix is not None else (x, None)
             for j, (cond_tok, cond_mask, gen_in, c_obs) in enumerate(passes):
                 pre = pres[j] if pres is not None else self.dit.precompute(cond_tok, cond_mask)
                 reps = gen_in.shape[0] // B
-                outs.append(self.dit(x.repeat(reps, 1, 1), gen_in, t.to(dev), c_obs, pre,
-                                     mods=mods[j][i] if mods is not None else None))
+                outs.append(self.dit(x_in.repeat(reps, 1, 1), gen_in, t.to(dev), c_obs, pre,
+                                     mods=mods[j][i] if mods is not None else None,
+                                     token_bias=None if bias is None else bias.repeat(reps, 1, 1)))
             out = torch.cat(outs, dim=0)
             if guided:
                 c, u = out.chunk(2, dim=0)
                 out = u + scale * (c - u)
+            if prefix is not None:
+                out = prefix.after(out)
             x = chain.step(i, out, x)
         return x
 

@@ -101,12 +101,19 @@ class DiTRunner:
         """The initial diffusion noise of one prediction: ``(1, k_s, action_dim)``."""
         return (1, self.k_s, self.action_dim)
 
+    @property
+    def wants_prefix(self) -> bool:
+        """Whether the model does real-time chunking (``model.rtc``): the runtime then passes the committed prefix
+        (:class:`robodual_core.runtime.PrefixSpecialistRunner`)."""
+        cfg = getattr(self.model.cfg, "rtc", None)
+        return bool(cfg is not None and (cfg.inference or cfg.training))
+
     def predict(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
-                tau: int) -> np.ndarray:
-        return self.predict_prepared([self.prepare(observation, instruction, generalist, tau)])[0]
+                tau: int, prefix: Any = None) -> np.ndarray:
+        return self.predict_prepared([self.prepare(observation, instruction, generalist, tau, prefix=prefix)])[0]
 
     def prepare(self, observation: dict[str, np.ndarray], instruction: str, generalist: GeneralistOutput | None,
-                tau: int) -> tuple[dict[str, Any], GeneralistOutput | None]:
+                tau: int, prefix: Any = None) -> tuple[dict[str, Any], GeneralistOutput | None]:
         """This step's model input, a batch of one (and the step's frames recorded in this session's history):
         :meth:`predict_prepared` runs any number of them, from any sessions of this model, as one batch."""
         model = self.model
@@ -125,6 +132,10 @@ class DiTRunner:
             if model.normalizer is not None and "proprio" in model.normalizer.entries:
                 p = model.normalizer.normalize("proprio", p)
             batch["proprio"] = torch.as_tensor(np.asarray(p, dtype=np.float32), device=self.device)
+        if self.wants_prefix:  # real-time chunking: the committed prefix, normalized, with its weights
+            from robodual_specialist.rtc import prepare_prefix
+
+            batch.update(prepare_prefix(prefix, self.k_s, self.action_dim, model.normalizer, self.device))
         gen = generalist.to(self.device) if generalist is not None and model.cfg.generalist_dim > 0 else None
         return batch, gen
 
@@ -139,7 +150,9 @@ class DiTRunner:
         if any(g is None for g in gens) and not all(g is None for g in gens):
             raise RobodualError("predict_prepared: either every prepared step has a generalist output or none has")
         gen = None if gens[0] is None else gens[0] if len(gens) == 1 else GeneralistOutput.concat(gens)
-        if noise is None or self.static_step_enabled():
+        if "rtc_target" in batch:  # real-time chunking runs in the eager loop (the static step has no prefix)
+            x = model.sample(batch, gen, noise=None if noise is None else torch.cat(noise).to(self.device))
+        elif noise is None or self.static_step_enabled():
             x = self._sample(batch, gen)
         else:
             x = model.sample(batch, gen, noise=torch.cat(noise).to(self.device))
@@ -175,6 +188,9 @@ def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
                               "tau": torch.cat([b["tau"] for b in batches])}
     if "proprio" in batches[0]:
         merged["proprio"] = torch.cat([b["proprio"] for b in batches])
+    for key in ("rtc_target", "rtc_weights", "rtc_hard"):  # real-time chunking's prefix (robodual_specialist.rtc)
+        if key in batches[0]:
+            merged[key] = torch.cat([b[key] for b in batches])
     return merged
 
 
