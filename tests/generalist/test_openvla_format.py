@@ -413,3 +413,43 @@ def test_normalizer_mask_numpy_torch_and_json():
                                  {"action": "q99"}).mask("action") is None
     with pytest.raises(RobodualError, match="'mask' has shape"):
         Normalizer.from_stats({"action": {**stats["action"], "mask": [True]}}, {"action": "q99"})
+
+
+def test_load_policy_takes_a_stock_folder_and_its_unnorm_key(stock):
+    """Where a user picks a policy (load_policy: eval offline, serve): a stock OpenVLA folder is a generalist-only
+    policy, its unnorm_key chosen there."""
+    import numpy as np
+
+    from robodual_core.runtime import AggregationConfig, GeneralistOnlyPolicy, load_policy
+
+    path, parts, tok = stock
+    policy = load_policy(path, unnorm_key="bridge_orig",
+                         aggregation=AggregationConfig(enabled=False, binarize_gripper=False))
+    assert isinstance(policy, GeneralistOnlyPolicy)
+    policy.reset()
+    image = stock_image(5)
+    want, _, _ = openvla_predict_action(parts, tok, image, INSTRUCTION, "bridge_orig")
+    assert np.array_equal(policy.step({"rgb_static": image}, INSTRUCTION), want.astype(np.float32))
+    with pytest.raises(RobodualError, match="2 datasets.*bridge_orig, fractal"):
+        load_policy(path)
+    with pytest.raises(RobodualError, match="generalist model folder; it cannot make a 'dual' policy"):
+        load_policy(path, kind="dual", unnorm_key="fractal")
+
+
+@pytest.mark.slow
+def test_eval_offline_and_serve_take_unnorm_key(stock, tmp_path, run):
+    from generalist_helpers import make_store
+
+    path, _, _ = stock
+    store = make_store(tmp_path / "store.zarr", episodes=2, steps=3, action_dim=ACTION_DIM)
+    code, cap = run("eval", "offline", "--policy", path, "--dataset", store, "--split", "all", "--max-episodes", 1,
+                    "--unnorm-key", "fractal", "--out", tmp_path / "eval", "--json")
+    assert code == 0, cap.err
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert result["steps"] == 3 and len(result["l1_per_dim"]) == ACTION_DIM
+    code, cap = run("eval", "offline", "--policy", path, "--dataset", store, "--split", "all", "--unnorm-key",
+                    "libero", "--out", tmp_path / "eval2")
+    errors = [line for line in cap.err.splitlines() if line.strip()]
+    assert code != 0 and len(errors) == 1 and "'libero'" in errors[0] and "bridge_orig, fractal" in errors[0]
+    code, cap = run("serve", "--help")
+    assert code == 0 and "--unnorm-key" in cap.out

@@ -63,7 +63,7 @@ def observation_keys(ds, policy=None) -> list[str]:
 
 
 def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_episodes: int, val_ratio: float,
-                 seed: int, out_dir: Path) -> dict:
+                 seed: int, out_dir: Path, unnorm_key: str | None = None) -> dict:
     import numpy as np
     from rich.progress import Progress
 
@@ -78,7 +78,7 @@ def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_ep
     episodes = split_episodes(ds.num_episodes, split, val_ratio, seed)[:max_episodes]
     if len(episodes) == 0:
         raise RobodualError(f"split '{split}' of '{dataset}' has no episodes (val_ratio={val_ratio})")
-    policy = load_policy(policy_path, kind=kind)
+    policy = load_policy(policy_path, kind=kind, unnorm_key=unnorm_key)
     obs_keys = observation_keys(ds, policy)
     preds, truths, first = [], [], None
     t0 = time.perf_counter()
@@ -144,6 +144,10 @@ def register(app: typer.Typer) -> None:
         dataset: Path = typer.Option(..., "--dataset", help="Zarr store with the episodes to compare against."),
         split: str = typer.Option("val", "--split", help="train, val or all (split by episode, as in training)."),
         kind: str = typer.Option("auto", "--kind", help="auto, dual, specialist or generalist."),
+        unnorm_key: str | None = typer.Option(None, "--unnorm-key",
+                                              help="Dataset of an OpenVLA checkpoint's norm_stats whose statistics "
+                                                   "turn its actions into robot units (predict_action's unnorm_key; "
+                                                   "needed when it holds several)."),
         max_episodes: int = typer.Option(20, "--max-episodes", help="At most this many episodes."),
         val_ratio: float = typer.Option(0.1, "--val-ratio", help="Share of episodes held out (as in training)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the train/val split (as in training)."),
@@ -165,7 +169,7 @@ def register(app: typer.Typer) -> None:
 
         # a folder apart from the dataset; inside the policy's run folder (the default) but never it or above it
         check_output(target, flag="--out", expect="folder", inputs=[dataset], hosts=[policy])
-        result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target)
+        result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target, unnorm_key)
         # validation: the held-out action error, logged in the policy's run at its checkpoint's step
         tell(log_eval(trackers, policy, target, {k: v for k, v in result.items() if k not in ("policy", "dataset")},
                       f"offline_{split}"))

@@ -13,10 +13,10 @@ from robodual_core.cli_groups import group
 from robodual_core.errors import RobodualError
 
 
-def _load(policy: Path, kind: str, mode: str):
+def _load(policy: Path, kind: str, mode: str, unnorm_key: str | None = None):
     from robodual_core.runtime import load_policy
 
-    return load_policy(policy, kind=kind, mode=mode)
+    return load_policy(policy, kind=kind, mode=mode, unnorm_key=unnorm_key)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
                                          help="Require 'Authorization: Bearer TOKEN' on every connection."),
         mode: str = typer.Option("async", "--mode", help="async (real robots) or sync."),
         kind: str = typer.Option("auto", "--kind", help="auto, dual, specialist or generalist."),
+        unnorm_key: str | None = typer.Option(None, "--unnorm-key",
+                                              help="Dataset of an OpenVLA checkpoint's norm_stats whose statistics "
+                                                   "turn its actions into robot units (predict_action's unnorm_key; "
+                                                   "needed when it holds several)."),
         max_message_mb: float = typer.Option(16.0, "--max-message-mb",
                                              help="Largest accepted request in MiB (larger ones close their "
                                                   "connection unread)."),
@@ -61,7 +65,7 @@ def register(app: typer.Typer) -> None:
         if host not in ("127.0.0.1", "localhost", "::1") and token is None:
             err.print(f"[yellow]warning[/]: serving on {host} without --token: anyone who can reach it can drive "
                       "the robot")
-        base = _load(policy, kind, mode)
+        base = _load(policy, kind, mode, unnorm_key)
         server = PolicyServer(base.new_session, policy_metadata(base, mode, str(policy)), token=token,
                               max_message_bytes=max_bytes, max_connections=max_connections,
                               handshake_timeout=handshake_timeout, message_timeout=message_timeout)

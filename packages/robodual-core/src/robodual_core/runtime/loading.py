@@ -51,6 +51,22 @@ def recorded_generalist(ckpt: Path, record: dict[str, Any]) -> str:
     return path
 
 
+def standalone_generalist(path: str | Path) -> Path | None:
+    """``path`` when it is a model folder (not a robodual run or checkpoint) that a registered generalist family
+    recognizes: an OpenVLA-format checkpoint or a merged generalist; else None."""
+    from robodual_core.checkpoint import latest_checkpoint
+    from robodual_core.families import generalist_family_of
+
+    p = Path(path)
+    if not (p / "config.json").is_file() or (p / "model_config.json").is_file() or latest_checkpoint(p) is not None:
+        return None
+    try:
+        generalist_family_of(p)
+    except RobodualError:
+        return None
+    return p
+
+
 def checkpoint_kind(path: str | Path) -> str:
     """'generalist' or 'specialist', from the checkpoint's model_config.json."""
     from robodual_core.checkpoint import read_checkpoint_meta
@@ -67,17 +83,30 @@ def checkpoint_kind(path: str | Path) -> str:
 
 def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
                 aggregation: AggregationConfig | None = None,
-                latency: LatencyConfig | str | dict | None = None) -> Any:
+                latency: LatencyConfig | str | dict | None = None, unnorm_key: str | None = None) -> Any:
     """One path defines a policy (DESIGN.md section 10).
 
     A specialist checkpoint that records a generalist (``generalist.json``) gives a dual-system policy,
     one without it a specialist-only policy; a generalist checkpoint gives a generalist-only policy.
     ``kind`` forces one of 'dual', 'specialist', 'generalist'. ``latency``: deterministic latency in control
     steps (:mod:`robodual_core.runtime.latency`; ``"generalist=16,specialist=2"`` or a :class:`LatencyConfig`).
+    A model folder that a generalist family recognizes (an OpenVLA checkpoint, a merged generalist) gives a
+    generalist-only policy; ``unnorm_key`` picks the dataset of its ``norm_stats`` that unnormalizes actions.
     """
     latency = parse_latency(latency)
     from robodual_core.checkpoint import read_json, resolve_checkpoint
 
+    folder = standalone_generalist(path)
+    if folder is not None:
+        if kind not in ("auto", "generalist"):
+            raise RobodualError(f"'{path}' is a generalist model folder; it cannot make a '{kind}' policy")
+        options = {"unnorm_key": unnorm_key} if unnorm_key is not None else {}
+        return GeneralistOnlyPolicy(load_runner("generalist", folder, **options), aggregation=aggregation,
+                                    latency=latency)
+    if unnorm_key is not None:
+        raise RobodualError(f"--unnorm-key '{unnorm_key}' picks a dataset of an OpenVLA-format model folder's "
+                            f"norm_stats; '{path}' is a robodual run or checkpoint, whose actions are unnormalized "
+                            "with its own normalizer.json (leave --unnorm-key out)")
     ckpt = resolve_checkpoint(path)
     found = checkpoint_kind(ckpt)
     if found == "generalist":
