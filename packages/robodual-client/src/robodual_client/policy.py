@@ -173,6 +173,22 @@ class RemotePolicy:
         self.last_timing = timing if isinstance(timing, dict) else {}
         return check_action(reply.get("action"), self.action_dim, source=f"policy server {self.url}")
 
+    def chunk(self, observation: dict[str, np.ndarray], instruction: str, executed: Any = None, prefix: Any = None,
+              delay: int = 0) -> np.ndarray:
+        """A whole action chunk ``[k, D]`` for ``observation`` (row ``i``: ``i`` steps after it), telling the server
+        the actions executed since the previous request and the committed ``prefix`` (the first ``delay`` rows run
+        while this chunk is computed); :class:`robodual_client.chunks.ChunkExecutor` drives it in a robot loop."""
+        from robodual_client.chunks import check_chunk, chunk_request
+
+        if self.metadata.get("chunks") is not True:
+            raise WireError(f"policy server {self.url} does not serve action chunks (an older robodual serve)")
+        reply = self._request(chunk_request(observation, instruction, executed, prefix, delay))
+        if reply.get("type") != "chunk":
+            raise WireError(f"policy server answered a chunk request with {str(reply.get('type'))[:40]!r}")
+        timing = reply.get("timing")
+        self.last_timing = timing if isinstance(timing, dict) else {}
+        return check_chunk(reply.get("actions"), self.action_dim, source=f"policy server {self.url}")
+
     def close(self) -> None:
         self._conn.close()
 

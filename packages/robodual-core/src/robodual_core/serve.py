@@ -28,6 +28,7 @@ import hmac
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -98,7 +99,7 @@ class PolicyServer:
                      handshake_timeout=handshake_timeout, message_timeout=message_timeout)
         self.make_session = make_session
         self.metadata = {"type": "metadata", "protocol": PROTOCOL_VERSION, **metadata,
-                         "max_message_bytes": max_message_bytes, "request_ids": True}
+                         "max_message_bytes": max_message_bytes, "request_ids": True, "chunks": True}
         self.spec = metadata.get("observation_spec") or {}
         dim = metadata.get("action_dim")
         self.action_dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else None
@@ -109,6 +110,7 @@ class PolicyServer:
         self.message_timeout = float(message_timeout)
         self.active = 0  # open connections (touched on the event loop only)
         self._infer_lock = threading.Lock()  # one inference at a time: stable latency, no oversubscribed cores
+        self._chunkers: Any = weakref.WeakKeyDictionary()  # session -> runtime.chunks.ChunkSession (chunk requests)
         self._server: Any = None
         self.port: int | None = None
 
@@ -190,11 +192,14 @@ class PolicyServer:
             kind = message["type"]
             if kind == "reset":
                 await asyncio.to_thread(self._locked, session.reset)
+                self._chunkers.pop(session, None)
                 return {"type": "reset_ok"}
             if kind == "metadata":
                 return self.metadata
+            if kind == "chunk":  # a whole chunk for a robot that executes it itself (robodual_client.chunks)
+                return await self._chunk(session, message, t0)
             if kind != "step":
-                raise WireError(f"unknown message type '{kind[:40]}'; expected reset, step or metadata")
+                raise WireError(f"unknown message type '{kind[:40]}'; expected reset, step, chunk or metadata")
             if "observation" not in message:
                 raise WireError("a step message needs 'observation' (a map of key -> array)")
             observation = check_observation(message["observation"], self.spec)
@@ -212,6 +217,27 @@ class PolicyServer:
             return error_reply(str(exc))
         except Exception as exc:
             return error_reply(f"the policy failed: {type(exc).__name__}: {exc}")
+
+    async def _chunk(self, session: Any, message: dict[str, Any], t0: float) -> dict[str, Any]:
+        """A ``chunk`` request: the observation, the actions executed since the previous one and the committed
+        prefix in, the whole chunk out (:mod:`robodual_core.runtime.chunks`)."""
+        from robodual_client.chunks import check_chunk, chunk_reply, read_chunk_request
+        from robodual_core.runtime.chunks import ChunkSession
+
+        observation = check_observation(message.get("observation"), self.spec)
+        instruction = message.get("instruction", "")
+        if not isinstance(instruction, str) or len(instruction) > MAX_INSTRUCTION:
+            raise WireError(f"'instruction' must be a string of at most {MAX_INSTRUCTION} characters")
+        executed, prefix, delay = read_chunk_request(message, self.action_dim)
+        chunker = self._chunkers.get(session)
+        if chunker is None:
+            chunker = self._chunkers[session] = ChunkSession(session)
+        t1 = time.perf_counter()
+        actions = await asyncio.to_thread(self._locked, chunker.chunk, observation, instruction, executed, prefix,
+                                          delay)
+        t2 = time.perf_counter()
+        return chunk_reply(check_chunk(actions, self.action_dim), {"policy_s": t2 - t1,
+                                                                  "server_s": time.perf_counter() - t0})
 
     def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._infer_lock:
