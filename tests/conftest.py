@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP spin-waiting makes
 # two threads several times slower than one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Third-party plugins' import probes are cached (robodual_core.plugins); tests keep theirs out of ~/.cache.
+os.environ.setdefault("ROBODUAL_PLUGIN_CACHE", os.path.join(__import__("tempfile").gettempdir(),
+                                                            f"robodual-test-plugin-probes-{os.getpid()}.json"))
 
 # torch._dynamo imports triton, which segfaults when it is first imported after MuJoCo has initialised EGL in the
 # same process (seen with the Meta-World tests followed by the Trainer's diffusers imports). Importing it up front

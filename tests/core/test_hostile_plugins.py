@@ -51,6 +51,7 @@ def site(tmp_path, monkeypatch):
     root = tmp_path / "site"
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("ROBODUAL_PLUGIN_CACHE", str(tmp_path / "plugin-probes.json"))
     s = Site(root)
     reset_plugin_manager()
     yield s
@@ -285,10 +286,188 @@ def test_sys_exit_on_import_in_a_real_process(site):
     assert "exiting" in proc.stdout and "SystemExit: 3" in " ".join(proc.stdout.split())
 
 
-def test_keyboard_interrupt_on_import_is_not_swallowed(site):
-    site.dist("interrupting-plugin", "interrupting", "raise KeyboardInterrupt\n")
-    with pytest.raises(KeyboardInterrupt):
+# -- a plugin can never end the process or stop every command --------------------------------------------------
+def run_cli(site, *args, env=None, pre=""):
+    """``robodual ARGS`` in a fresh process that sees the fake site (an exit there cannot take pytest down)."""
+    env = {**os.environ, "PYTHONPATH": str(site.root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "COLUMNS": "250", "ROBODUAL_PLUGIN_CACHE": str(site.root.parent / "plugin-probes.json"), **(env or {})}
+    code = f"{pre}\nfrom robodual_cli.app import main\nmain({list(args)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    return proc.returncode, " ".join(proc.stdout.replace("│", " ").split()), proc.stderr
+
+
+# how a plugin ends its process on import, and what the report says
+PROCESS_ENDERS = {
+    "os-exit-0": ("import os\nos._exit(0)\n", "ended the process with exit status 0"),
+    "os-exit-3": ("import os\nos._exit(3)\n", "ended the process with exit status 3"),
+    "from-os-import-exit": ("from os import _exit\n_exit(0)\n", "ended the process with exit status 0"),
+    "posix-exit": ("import posix\nposix._exit(0)\n", "ended the process with exit status 0"),
+    "sigkill-itself": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", "killed the process with SIGKILL"),
+    "segfault": ("import ctypes\nctypes.string_at(0)\n", "killed the process with SIGSEGV"),
+    "abort": ("import os\nos.abort()\n", "killed the process with SIGABRT"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROCESS_ENDERS))
+def test_a_plugin_ending_its_process_on_import_cannot_end_the_cli(site, case):
+    source, needle = PROCESS_ENDERS[case]
+    site.dist("ender-plugin", "ender", source)
+    code, out, err = run_cli(site, "--help")
+    assert code == 0 and "Usage" in out, (code, out, err)
+    assert "'ender' (ender-plugin 1.0)" in out and needle in out, out
+
+
+@pytest.mark.parametrize("args,expect", [(["--help"], "Usage"), (["version"], "robodual 0.1.0"),
+                                         (["plugins", "list"], "robodual plugins")])
+def test_os_exit_0_on_import_leaves_every_command_working(site, args, expect):
+    site.dist("exit-zero-plugin", "exit_zero", "import os\nos._exit(0)\n")
+    code, out, err = run_cli(site, *args)
+    assert code == 0 and expect in out, (code, out, err)
+    if args[0] == "plugins":
+        assert "exit_zero" in out and "ended the process with exit status 0" in out
+
+
+def test_a_probe_that_passed_is_cached_and_repeated_when_the_plugin_changes(site):
+    import robodual_core.plugins as plugins_mod
+
+    module = site.dist("steady-plugin", "steady", HOOKIMPL + """
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("steady_sensor", object)
+    """)
+    calls = []
+    real = plugins_mod._probe_batch
+
+    def spy(batch):
+        calls.append([name for name, _ in batch])
+        return real(batch)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plugins_mod, "_probe_batch", spy)
+        assert "steady_sensor" in get_plugin_manager().sensors()
+        reset_plugin_manager()
+        assert "steady_sensor" in get_plugin_manager().sensors()
+        assert calls == [["steady"]]  # probed once, then cached
+        path = site.root / f"{module}.py"
+        path.write_text(path.read_text() + "\n# changed\n")
+        os.utime(path, ns=(1, 1))
+        reset_plugin_manager()
         get_plugin_manager().load()
+        assert calls == [["steady"], ["steady"]]  # a changed plugin is probed again
+        cache = site.root.parent / "plugin-probes.json"
+        cache.write_text("{not json")  # a corrupt cache is probed again, never trusted
+        reset_plugin_manager()
+        assert "steady_sensor" in get_plugin_manager().sensors()
+        assert len(calls) == 3 and json.loads(cache.read_text())["version"] == 1
+
+
+def test_a_plugin_hanging_on_import_is_reported_after_the_probe_timeout(site, monkeypatch):
+    import robodual_core.plugins as plugins_mod
+
+    monkeypatch.setattr(plugins_mod, "PROBE_TIMEOUT", 1.0)
+    site.dist("hanging-plugin", "hanging", "import time\ntime.sleep(600)\n")
+    site.dist("zz-fine-plugin", "zz_fine", HOOKIMPL + """
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("fine_after_hang", object)
+    """)
+    assert "fine_after_hang" in get_plugin_manager().sensors()  # the next plugin of the batch is probed anew
+    error = infos()["hanging"].error
+    assert "did not finish within 1 s" in error and infos()["zz_fine"].status == "ok"
+
+
+INTERRUPTS = {
+    "on-import": "raise KeyboardInterrupt\n",
+    "in-a-registry-hook": HOOKIMPL + "@hookimpl\ndef robodual_register_sensors(registry):\n"
+                          "    registry.register('kb_sensor', object)\n    raise KeyboardInterrupt\n",
+    "in-the-command-hook": HOOKIMPL + "@hookimpl\ndef robodual_register_commands(app):\n"
+                           "    raise KeyboardInterrupt\n",
+}
+
+
+@pytest.mark.parametrize("where", list(INTERRUPTS))
+def test_a_keyboard_interrupt_raised_by_a_plugin_is_its_failure_not_the_clis(site, capsys, where):
+    site.dist("interrupting-plugin", "interrupting", INTERRUPTS[where])
+    for args in (["version"], ["plugins", "list", "--json"]):
+        code, out, err = cli(capsys, *args)
+        assert code == 0, (args, out, err)
+    assert infos()["interrupting"].status == "error" and "KeyboardInterrupt" in infos()["interrupting"].error
+    assert "kb_sensor" not in get_plugin_manager().sensors() and "rgb_static" in get_plugin_manager().sensors()
+
+
+def test_a_real_ctrl_c_still_stops_robodual(site):
+    import signal
+
+    site.dist("slowhook-plugin", "slowhook", HOOKIMPL + """
+        import signal
+
+        @hookimpl
+        def robodual_register_sensors(registry):
+            signal.raise_signal(signal.SIGINT)  # as a Ctrl-C arriving while the hook runs
+    """)
+    with pytest.raises(KeyboardInterrupt):
+        get_plugin_manager().sensors()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+OS_EXIT_IN_PROCESS = {
+    # passes the probe (the marker module is only imported by the real process), exits there on import
+    "on-import-after-the-probe": "import os, sys\nif 'hostile_marker_xyz' in sys.modules:\n    os._exit(0)\n",
+    "in-a-registry-hook": HOOKIMPL + "import os\n@hookimpl\ndef robodual_register_sensors(registry):\n"
+                          "    os._exit(0)\n",
+    "in-the-command-hook": HOOKIMPL + "import os\n@hookimpl\ndef robodual_register_commands(app):\n"
+                           "    os._exit(7)\n",
+}
+
+
+@pytest.mark.parametrize("where", list(OS_EXIT_IN_PROCESS))
+def test_os_exit_in_the_cli_process_is_intercepted(site, where):
+    site.dist("late-exit-plugin", "late_exit", OS_EXIT_IN_PROCESS[where])
+    (site.root / "hostile_marker_xyz.py").write_text("")
+    code, out, err = run_cli(site, "plugins", "list", "--json", pre="import hostile_marker_xyz")
+    assert code == 0, (code, out, err)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["late_exit"]["status"] == "error" and "PluginExit: os._exit(" in rows["late_exit"]["error"]
+    assert rows["sensors"]["status"] == "ok"
+
+
+# -- first party is a distribution installed with the running robodual-core, not a name ------------------------
+IMPOSTOR_NAMES = ["robodual_sensors", "robodual-sensors", "Robodual.Sensors", "robodual-core", "robodual-cli"]
+
+
+@pytest.mark.parametrize("entry", ["aaa_first", "sensors"])
+@pytest.mark.parametrize("dist", IMPOSTOR_NAMES)
+def test_a_distribution_named_like_a_first_party_one_is_refused(site, dist, entry):
+    site.dist(dist, entry, HOOKIMPL + """
+        class Impostor:
+            pass
+
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("rgb_static", Impostor, "the impostor's camera")
+            registry.register("impostor_extra", Impostor)
+    """, module="hostile_impostor_plugin")
+    reg = get_plugin_manager().sensors()
+    assert reg.entry("rgb_static").plugin == "sensors" and reg.entry("rgb_static").target.startswith(
+        "robodual_sensors.")  # training builds the real camera encoder
+    assert "impostor_extra" not in reg
+    all_infos = infos()
+    real = all_infos["sensors"]
+    assert real.status == "ok" and real.distribution == "robodual-sensors" and real.builtin
+    impostor = [i for i in all_infos.values() if i.location == str(site.root.resolve())]
+    assert len(impostor) == 1 and impostor[0].status == "error" and not impostor[0].builtin
+    assert f"is named like robodual's own '{dist.lower().replace('_', '-').replace('.', '-')}'" in impostor[0].error
+    assert str(site.root.resolve()) in impostor[0].error and impostor[0].distribution == dist
+
+
+def test_first_party_home_is_where_the_running_kernel_is_installed():
+    from robodual_core.plugins import first_party_home
+
+    home = first_party_home()
+    assert home is not None and Path(home).is_dir()
+    assert {i.location for i in infos().values() if i.builtin} == {home}
 
 
 def test_a_plugin_printing_on_import_does_not_break_json(site, capsys):
@@ -374,3 +553,122 @@ def test_a_class_that_fails_at_use_time_is_a_clear_error(site, case):
     assert "\n" not in message and message.startswith(f"sensor 'thermal' of plugin 'thermal' cannot be loaded "
                                                       f"from '{target}': ")
     assert needle in message
+
+
+# -- robodual plugins install: a plugin that does not load is not a success ------------------------------------
+INSTALLED_BROKEN = {
+    "raises-on-import": ("raise RuntimeError('no driver')\n", "RuntimeError: no driver"),
+    "exits-on-import": ("import os\nos._exit(0)\n", "ended the process with exit status 0"),
+    "takes-a-builtin-name": (HOOKIMPL + "@hookimpl\ndef robodual_register_sensors(registry):\n"
+                             "    registry.register('rgb_static', object)\n", "is already registered by plugin"),
+}
+
+
+@pytest.mark.parametrize("case", list(INSTALLED_BROKEN))
+def test_plugins_install_of_a_plugin_that_does_not_load_fails_and_says_why(site, capsys, monkeypatch, case):
+    from robodual_cli.commands import plugins as plugins_cmd
+
+    source, needle = INSTALLED_BROKEN[case]
+    monkeypatch.setattr(plugins_cmd, "_pip", lambda *args: site.dist("broken-robodual", "broken", source))
+    code, out, err = cli(capsys, "plugins", "install", "broken-robodual")
+    assert code == 1, (out, err)
+    assert "installed plugin broken (broken-robodual 1.0)" in out and "[error: " in out and needle in out, out
+    line = one_line(err)
+    assert line.startswith("error: 'broken-robodual' was installed, but plugin 'broken' (broken-robodual 1.0) does "
+                           "not load: ") and needle in line and "robodual plugins uninstall broken-robodual" in line
+
+
+def test_plugins_install_of_a_working_plugin_reports_ok(site, capsys, monkeypatch):
+    from robodual_cli.commands import plugins as plugins_cmd
+
+    monkeypatch.setattr(plugins_cmd, "_pip", lambda *args: site.dist("good-robodual", "good", HOOKIMPL + """
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("good_sensor", object)
+    """))
+    code, out, err = cli(capsys, "plugins", "install", "good-robodual")
+    assert code == 0 and "installed plugin good (good-robodual 1.0): sensors: good_sensor [ok]" in out, (out, err)
+
+
+PIP_CONFLICTS = {
+    "torch": ("    conflictplug 1.0 depends on torch==2.0.0\n    The user requested (constraint) torch==2.14.1\n",
+              "conflictplug 1.0 depends on torch==2.0.0, which conflicts with the pinned torch==2.14.1"),
+    "torchvision-range": ("    visionplug 2.1 depends on torchvision<0.20\n"
+                          "    The user requested (constraint) torchvision==0.29.1\n",
+                          "visionplug 2.1 depends on torchvision<0.20, which conflicts with the pinned "
+                          "torchvision==0.29.1"),
+    "torch-extra": ("    xplug 1.0 depends on torch[opt-einsum]>=3\n    The user requested (constraint) torch==2.14.1\n",
+                    "xplug 1.0 depends on torch[opt-einsum]>=3, which conflicts with the pinned torch==2.14.1"),
+    "other-packages": ("    aplug 1.0 depends on numpy<1\n    bplug 1.0 depends on numpy>=2\n",
+                       "conflicting dependencies: aplug 1.0 depends on numpy<1; bplug 1.0 depends on numpy>=2"),
+}
+
+
+@pytest.mark.parametrize("case", list(PIP_CONFLICTS))
+def test_a_pip_conflict_names_the_conflicting_requirement(capsys, monkeypatch, case):
+    from robodual_cli.commands import plugins as plugins_cmd
+
+    causes, needle = PIP_CONFLICTS[case]
+    stdout = ("ERROR: Cannot install plug because these package versions have conflicting dependencies.\n\n"
+              f"The conflict is caused by:\n{causes}\nTo fix this you could try to:\n1. loosen the range\n\n")
+    stderr = "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/\n"
+    monkeypatch.setattr(plugins_cmd.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, stdout=stdout, stderr=stderr))
+    code, _, err = cli(capsys, "plugins", "install", "plug")
+    line = err[err.index("error: "):]  # after pip's command line (dim, on stderr)
+    assert code == 1 and needle in line and "ResolutionImpossible" not in line, line
+
+
+@pytest.mark.slow
+def test_a_real_pip_torch_conflict_is_named(tmp_path, capsys, monkeypatch):
+    import zipfile
+
+    wheel = tmp_path / "torchpinned_robodual-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("torchpinned_robodual/__init__.py", "")
+        zf.writestr("torchpinned_robodual-1.0.dist-info/METADATA", "Metadata-Version: 2.1\n"
+                    "Name: torchpinned-robodual\nVersion: 1.0\nRequires-Dist: torch==2.0.0\n")
+        zf.writestr("torchpinned_robodual-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("torchpinned_robodual-1.0.dist-info/RECORD", "")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # nothing is downloaded: the conflict is found from the pins
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    code, _, err = cli(capsys, "plugins", "install", str(wheel))
+    line = err[err.index("error: "):]
+    assert code == 1 and "torchpinned-robodual 1.0 depends on torch==2.0.0, which conflicts with the pinned " \
+        "torch==2.14.1" in line, err
+
+
+# -- robodual plugins show: what a plugin's describe() does stays in one line ----------------------------------
+DESCRIBE_FAILURES = {
+    "raises": ("raise RuntimeError('no weights\\nsecond line')", "RuntimeError: no weights"),
+    "sys-exit": ("import sys; sys.exit(2)", "SystemExit: 2"),
+    "keyboard-interrupt": ("raise KeyboardInterrupt", "KeyboardInterrupt"),
+    "os-exit": ("import os; os._exit(0)", "PluginExit: os._exit(0) called by the plugin"),
+    "str-raises": ("return type('Bad', (), {'__str__': lambda self: 1 / 0})()", "ZeroDivisionError"),
+}
+
+
+@pytest.mark.parametrize("case", list(DESCRIBE_FAILURES))
+def test_plugins_show_of_a_describe_that_fails_is_one_line(site, capsys, case):
+    body, needle = DESCRIBE_FAILURES[case]
+    site.dist("describing-robodual", "describing", HOOKIMPL + f"""
+        class Cam:
+            @staticmethod
+            def describe():
+                {body}
+
+        class Fine:
+            @staticmethod
+            def describe():
+                return "[red]fine[/] camera"
+
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("broken_cam", Cam, "a camera")
+            registry.register("fine_cam", Fine, "another")
+    """)
+    code, out, err = cli(capsys, "plugins", "show", "describing")
+    assert code == 0 and "Traceback" not in out + err, (out, err)
+    assert f"error: sensor 'broken_cam'.describe() failed: {needle}" in out and "second line" not in out, out
+    assert "[red]fine[/] camera" in out  # the next entry is shown, its text not taken as markup

@@ -3,21 +3,40 @@
 First-party packages register through the same entry points as third-party ones, but they come first and
 their names win: a third-party plugin that takes a built-in's entry-point name, registers a name already
 registered (a sensor, a generalist, ...) or adds a CLI command that exists is refused, naming both plugins,
-and the built-in keeps working. A plugin that fails to import (an exception, ``sys.exit``, any
-``BaseException`` but ``KeyboardInterrupt``), whose hook raises or returns something, is recorded with its
-error; everything else keeps working. Set ``ROBODUAL_DISABLE_PLUGINS=a,b`` to block plugins by name.
+and the built-in keeps working. Set ``ROBODUAL_DISABLE_PLUGINS=a,b`` to block plugins by name.
+
+First party is a distribution, not a name: one of :data:`FIRST_PARTY` installed in the same place as the
+``robodual-core`` that is running (its site directory). A distribution named like one of them but found
+elsewhere (``robodual_sensors`` earlier on ``sys.path``) is refused and loads nothing; every distribution on
+the path is seen, so it cannot hide the real one either.
+
+A plugin can never end or take over the process: a failure on import or in a hook (an exception,
+``sys.exit``, ``KeyboardInterrupt``, any ``BaseException``, a Python-level ``os._exit``) is recorded with its
+error and everything else keeps working. A ``KeyboardInterrupt`` is the plugin's unless SIGINT arrived (a
+real Ctrl-C still stops robodual). Third-party entry points are first imported in a subprocess (a *probe*,
+one per batch of plugins not seen before), so one that ends its process in any way (``os._exit``, a crash in
+native code, a signal) or hangs is reported without being imported here. A probe that passed is cached by
+distribution, version, location, entry point and the module files' size and mtime (``ROBODUAL_PLUGIN_CACHE``,
+default ``~/.cache/robodual/plugin-probes.json``), so a plugin is probed again when it changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -32,6 +51,8 @@ DISABLE_ENV = "ROBODUAL_DISABLE_PLUGINS"
 FIRST_PARTY = frozenset({"robodual-core", "robodual-cli", "robodual-client", "robodual-sensors",
                          "robodual-specialist", "robodual-generalist", "robodual-envs"})
 BUILTIN_COMMANDS = "robodual-cli (built-in)"
+CACHE_ENV = "ROBODUAL_PLUGIN_CACHE"
+PROBE_TIMEOUT = 60.0  # seconds for a probe to import one plugin
 
 
 @dataclass
@@ -45,6 +66,7 @@ class PluginInfo:
     registers: dict[str, list[str]] = field(default_factory=dict)
     commands: bool = False
     builtin: bool = False
+    location: str = ""  # the site directory of the distribution
 
     def fail(self, message: str) -> None:
         self.status = "error"
@@ -80,32 +102,37 @@ class PluginManager:
             return
         self._loaded = True
         disabled = _disabled_names()
-        found = []
-        for ep in metadata.entry_points(group=GROUP):
-            dist = ep.dist.name if ep.dist is not None else "?"
-            version = ep.dist.version if ep.dist is not None else "?"
-            found.append((_normalize(dist) not in FIRST_PARTY, ep.name, dist, version, ep))
-        for third_party, name, dist, version, ep in sorted(found, key=lambda f: f[:3]):
-            info = PluginInfo(name, dist, version, ep.value, builtin=not third_party)
+        pending: list[tuple[PluginInfo, Any]] = []
+        for found in discover():
+            ep, name = found.ep, found.ep.name
+            info = PluginInfo(name, found.dist, found.version, ep.value, builtin=found.first_party,
+                              location=found.location)
             if name in self.infos:  # the first keeps the name: a built-in, else the first distribution by name
                 first = self.infos[name]
-                info.fail(f"entry-point name '{name}' is taken by plugin {first.label()}; {dist} cannot replace "
-                          "it (rename its entry point)")
-                info.name = f"{name} ({dist})"
+                info.fail(found.refusal or f"entry-point name '{name}' is taken by plugin {first.label()}; "
+                          f"{found.dist} cannot replace it (rename its entry point)")
+                info.name = f"{name} ({found.dist})"
                 self.infos[info.name] = info
                 continue
             self.infos[name] = info
-            if name in disabled:
+            if found.refusal:
+                info.fail(found.refusal)
+            elif name in disabled:
                 info.status = "disabled"
                 self.pm.set_blocked(name)
+            else:
+                pending.append((info, ep))
+        probed = probe([(info, ep) for info, ep in pending if not info.builtin])
+        for info, ep in pending:
+            if not info.builtin and probed.get(info.name):
+                info.fail(f"import failed: {probed[info.name]}")
                 continue
             try:
-                with contextlib.redirect_stdout(sys.stderr):  # stdout is for results (--json)
+                with plugin_code(), contextlib.redirect_stdout(sys.stderr):  # stdout is for results (--json)
                     module = ep.load()
-                self.pm.register(module, name=name)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # a broken plugin, even one calling sys.exit, must not take the CLI down
+                    self.pm.register(module, name=info.name)
+            except BaseException as exc:  # a broken plugin, even one exiting or interrupting, must not end the CLI
+                reraise_real_interrupt(exc)
                 info.fail(f"import failed: {_describe(exc)}")
         self.check_pending()
 
@@ -146,7 +173,7 @@ class PluginManager:
         return sorted(getattr(self.pm.hook, hook_name).get_hookimpls(), key=order)
 
     def _call(self, impl: Any, hook_name: str, kwargs: dict[str, Any]) -> None:
-        with contextlib.redirect_stdout(sys.stderr):
+        with plugin_code(), contextlib.redirect_stdout(sys.stderr):
             result = impl.function(*[kwargs[a] for a in impl.argnames])
         if result is not None:
             raise RobodualError(f"{hook_name} returned a {type(result).__name__}; a robodual hook registers "
@@ -172,9 +199,8 @@ class PluginManager:
                     refused = reg.refused_for(impl.plugin_name)
                     if refused:  # a clash the plugin caught and ignored is still a clash
                         raise RegistryError(refused[0])
-                except KeyboardInterrupt:
-                    raise
                 except BaseException as exc:
+                    reraise_real_interrupt(exc)
                     reg.drop(impl.plugin_name)  # all or nothing: the hook's other entries go too
                     msg = str(exc) if isinstance(exc, RobodualError) else _describe(exc)
                     self._fail(impl.plugin_name, f"{hook_name}: {msg}")
@@ -215,9 +241,8 @@ class PluginManager:
             try:
                 self._call(impl, "robodual_register_commands", {"app": app})
                 _check_commands(app, before, owners, impl.plugin_name, self.describe_plugin)
-            except KeyboardInterrupt:
-                raise
             except BaseException as exc:
+                reraise_real_interrupt(exc)
                 _restore(before)
                 msg = str(exc) if isinstance(exc, RobodualError) else _describe(exc)
                 self._fail(impl.plugin_name, f"robodual_register_commands: {msg}")
@@ -365,6 +390,355 @@ def _describe(exc: BaseException) -> str:
     where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}{where}"
+
+
+# -- a plugin cannot end the process: os._exit and KeyboardInterrupt -------------------------------------------
+class PluginExit(BaseException):
+    """Raised in place of ``os._exit`` called by a plugin while it is imported or its hook runs."""
+
+    def __init__(self, code: Any):
+        super().__init__(f"os._exit({code!r}) called by the plugin")
+        self.code = code
+
+
+_interrupts = threading.local()
+_guard_lock = threading.Lock()
+_guarded_threads: dict[int, int] = {}  # thread id -> nesting depth of plugin_code()
+_saved_exit: list[Any] = []
+
+
+def _plugin_exit(code: Any = 0) -> None:
+    """``os._exit`` while plugin code runs: raises in the guarded thread, exits as usual in any other."""
+    if _guarded_threads.get(threading.get_ident()):
+        raise PluginExit(code)
+    _saved_exit[0](code)  # set when this function was installed; a plugin may keep a reference to it
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[None]:
+    """While a plugin's code runs: ``os._exit`` raises :class:`PluginExit` in this thread, and SIGINT is
+    noted, so a real Ctrl-C can be told from a ``KeyboardInterrupt`` the plugin raised itself."""
+    owner = threading.get_ident()
+    previous = None
+    main = threading.current_thread() is threading.main_thread()
+    _interrupts.real = False
+    if main:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if previous == signal.SIG_IGN:
+                return
+            _interrupts.real = True
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except (ValueError, OSError):  # not settable here (an embedded interpreter): every interrupt is real
+            main, _interrupts.real = False, True
+    with _guard_lock:
+        if not _guarded_threads:
+            _saved_exit[:] = [os._exit]
+            os._exit = _plugin_exit
+        _guarded_threads[owner] = _guarded_threads.get(owner, 0) + 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guarded_threads[owner] -= 1
+            if not _guarded_threads[owner]:
+                del _guarded_threads[owner]
+            if not _guarded_threads and os._exit is _plugin_exit:
+                os._exit = _saved_exit[0]
+        if main:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def reraise_real_interrupt(exc: BaseException) -> None:
+    """A KeyboardInterrupt from a real Ctrl-C (SIGINT) stops robodual; one a plugin raised is its failure."""
+    if isinstance(exc, KeyboardInterrupt) and getattr(_interrupts, "real", False):
+        raise exc
+
+
+# -- which distributions are first party -----------------------------------------------------------------------
+@dataclass
+class Found:
+    """One entry point of group ``robodual`` and the distribution that declares it."""
+
+    ep: Any
+    dist: str
+    version: str
+    location: str
+    first_party: bool
+    refusal: str = ""
+
+
+def _dist_name(dist: Any) -> str:
+    try:
+        return str(dist.metadata["Name"] or "?")
+    except Exception:
+        return "?"
+
+
+def _location(dist: Any) -> str:
+    try:
+        return str(Path(dist.locate_file("")).resolve())
+    except Exception:
+        return "?"
+
+
+def _owns_kernel(dist: Any, kernel: Path) -> bool:
+    """Whether ``dist`` is the installed robodual-core whose code is running (a wheel or an editable install)."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        if Path(dist.locate_file("robodual_core/__init__.py")).resolve().parent == kernel:
+            return True
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        if isinstance(url, str) and url.startswith("file://"):
+            return kernel.is_relative_to(Path(unquote(urlparse(url).path)).resolve())
+    except Exception:
+        pass
+    return False
+
+
+def _kernel_distribution() -> Any:
+    """The installed robodual-core distribution whose code is running, or None (a bare source tree)."""
+    import robodual_core
+
+    kernel = Path(robodual_core.__file__).resolve().parent
+    owners = [d for d in metadata.distributions(name="robodual-core") if _owns_kernel(d, kernel)]
+    owners.sort(key=lambda d: not (d.read_text("INSTALLER") or "").strip())  # installed first, build leftovers last
+    return owners[0] if owners else None
+
+
+def first_party_home() -> str | None:
+    """The site directory of the running robodual-core's distribution (None: not installed, e.g. a bare
+    source tree; then first party falls back to the name and the first distribution on sys.path)."""
+    kernel = _kernel_distribution()
+    return _location(kernel) if kernel is not None else None
+
+
+def discover() -> list[Found]:
+    """Every ``robodual`` entry point of every distribution on sys.path, first party first, then by name.
+
+    Unlike ``importlib.metadata.entry_points()`` nothing is hidden: a distribution named like a first-party one
+    but installed elsewhere is found (and refused) instead of shadowing the real one. Third-party duplicates
+    (one name at two places) keep the first on sys.path, as Python does.
+    """
+    kernel = _kernel_distribution()
+    home = _location(kernel) if kernel is not None else None
+    kernel_version = kernel.version if kernel is not None else ""
+    first: dict[str, list[tuple[Any, str]]] = {}
+    others: list[tuple[Any, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for dist in metadata.distributions():
+        try:
+            text = dist.read_text("entry_points.txt")  # cheap: most distributions have none of robodual's
+            eps = [ep for ep in dist.entry_points if ep.group == GROUP] if text and GROUP in text else []
+        except Exception:
+            eps = []
+        if not eps:
+            continue
+        name, location = _dist_name(dist), _location(dist)
+        norm = _normalize(name)
+        key = (norm, location, str(dist.version))
+        if key in seen:
+            continue
+        seen.add(key)
+        (first.setdefault(norm, []) if norm in FIRST_PARTY else others).append((dist, location))
+    found: list[Found] = []
+    for norm, dists in first.items():
+        if home is not None:
+            at_home = [d for d in dists if d[1] == home]
+            at_home.sort(key=lambda d: d[0].version != kernel_version)  # two at home: the kernel's version wins
+            real = at_home[0] if at_home else None
+        else:
+            real = dists[0]
+        for dist, location in dists:
+            is_real = real is not None and dist is real[0]
+            refusal = "" if is_real else (
+                f"distribution '{_dist_name(dist)}' {dist.version} at {location} is named like robodual's own "
+                f"'{norm}', which is installed at {home if home is not None else real[1]}; it is not loaded "
+                "(uninstall or rename it)")
+            found += [Found(ep, _dist_name(dist), dist.version, location, is_real, refusal)
+                      for ep in dist.entry_points if ep.group == GROUP]
+    third: set[str] = set()
+    for dist, location in others:
+        norm = _normalize(_dist_name(dist))
+        if norm in third:
+            continue
+        third.add(norm)
+        found += [Found(ep, _dist_name(dist), dist.version, location, False)
+                  for ep in dist.entry_points if ep.group == GROUP]
+    return sorted(found, key=lambda f: (not f.first_party, f.ep.name, f.dist, f.location))
+
+
+# -- probing third-party entry points in a subprocess ----------------------------------------------------------
+def cache_path() -> Path:
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robodual" / "plugin-probes.json"
+
+
+def _read_cache() -> dict[str, str]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except Exception:  # missing, unreadable or corrupt: probe again
+        return {}
+    passed = data.get("passed") if isinstance(data, dict) and data.get("version") == 1 else None
+    if not isinstance(passed, dict):
+        return {}
+    return {k: v for k, v in passed.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _write_cache(passed: dict[str, str]) -> None:
+    from robodual_core.io import atomic_write_json
+
+    try:
+        atomic_write_json(cache_path(), {"version": 1, "passed": passed})
+    except Exception:  # a read-only home: probe again next time
+        pass
+
+
+def _module_files(value: str) -> list[str]:
+    """The files of an entry point's module, found without running any of its code."""
+    import importlib.util
+
+    parts = value.split(":")[0].strip().split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])  # a top-level name: no package __init__ is executed
+    except Exception:
+        return []
+    if spec is None:
+        return []
+    files = [spec.origin] if spec.origin else []
+    locations = list(spec.submodule_search_locations or [])
+    if len(parts) > 1 and locations:
+        base = Path(locations[0]).joinpath(*parts[1:])
+        files += [str(base) + ".py", str(base / "__init__.py")]
+    return files
+
+
+def _fingerprint(info: PluginInfo) -> tuple[str, str]:
+    key = json.dumps([info.distribution, info.version, info.location, info.name, info.value])
+    stats = []
+    for path in _module_files(info.value):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        stats.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return key, "|".join(stats)
+
+
+def probe(entries: list[tuple[PluginInfo, Any]]) -> dict[str, str]:
+    """Import third-party entry points not seen before in a subprocess; returns {plugin name: error} for those
+    that failed (a plugin absent from the answer passed or was cached as passing)."""
+    cache = _read_cache()
+    todo = []
+    for info, ep in entries:
+        key, fingerprint = _fingerprint(info)
+        if cache.get(key) != fingerprint or not fingerprint:
+            todo.append((info, ep, key, fingerprint))
+    if not todo:
+        return {}
+    errors: dict[str, str] = {}
+    left = todo
+    while left:
+        results, died = _probe_batch([(info.name, ep.value) for info, ep, _, _ in left])
+        for (info, _, key, fingerprint), (ok, error) in zip(left, results, strict=False):
+            if ok:
+                cache[key] = fingerprint
+            else:
+                errors[info.name] = error
+        if died is None:
+            break
+        crashed = left[len(results)]
+        errors[crashed[0].name] = died
+        left = left[len(results) + 1:]
+    _write_cache(cache)
+    return errors
+
+
+PROBE_CODE = "from robodual_core.plugins import _probe_child; _probe_child()"
+
+
+def _probe_batch(batch: list[tuple[str, str]]) -> tuple[list[tuple[bool, str]], str | None]:
+    """Import ``batch`` (name, value) in order in one subprocess. Returns the results of those it finished and,
+    when it ended before the rest, why (for the first unfinished one). Each import has PROBE_TIMEOUT s."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="robodual-probe-") as tmp:
+        out, err = Path(tmp) / "results.jsonl", Path(tmp) / "stderr.txt"
+        out.touch()
+        request = Path(tmp) / "request.json"
+        request.write_text(json.dumps({"path": sys.path, "entries": batch, "out": str(out)}))
+        with open(err, "wb") as err_file:
+            proc = subprocess.Popen([sys.executable, "-c", PROBE_CODE, str(request)], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err_file)
+            done, progress, code = -1, time.monotonic(), None
+            try:
+                while True:
+                    try:
+                        code = proc.wait(timeout=0.05)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    lines = out.read_bytes().count(b"\n")
+                    if lines != done:
+                        done, progress = lines, time.monotonic()
+                    elif time.monotonic() - progress > PROBE_TIMEOUT:
+                        break
+            finally:
+                if code is None:
+                    proc.kill()
+                    proc.wait()
+        results = []
+        for line in out.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                results.append((bool(row["ok"]), str(row.get("error", ""))))
+            except Exception:
+                break
+        tail = err.read_text(errors="replace")[-4000:]
+    if len(results) >= len(batch):
+        return results[:len(batch)], None
+    last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")[:200]
+    if code is None:
+        why = f"its import did not finish within {PROBE_TIMEOUT:g} s (probed in a subprocess)"
+    elif code < 0:
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        why = f"its import killed the process with {sig} (probed in a subprocess)"
+    else:
+        why = f"its import ended the process with exit status {code} (os._exit or native code; probed in a subprocess)"
+    return results, why + (f"; last words: {last}" if last else "")
+
+
+def _probe_child() -> None:
+    """The probe's side: import each entry point, write one JSON line per result, then end without atexit."""
+    request = json.loads(Path(sys.argv[1]).read_text())
+    sys.path[:] = [p for p in request["path"] if isinstance(p, str)]
+    with open(request["out"], "a", encoding="utf-8") as out:
+        for name, value in request["entries"]:
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    metadata.EntryPoint(name=name, value=value, group=GROUP).load()
+                row = {"ok": True}
+            except BaseException as exc:
+                row = {"ok": False, "error": _describe(exc)}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # a plugin's atexit handlers or threads cannot change the answer
 
 
 _manager: PluginManager | None = None

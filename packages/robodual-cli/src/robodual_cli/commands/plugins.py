@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,12 @@ from rich.table import Table
 
 from robodual_cli.console import err, out
 from robodual_core.errors import RobodualError
-from robodual_core.plugins import get_plugin_manager, reset_plugin_manager
+from robodual_core.plugins import (
+    get_plugin_manager,
+    plugin_code,
+    reraise_real_interrupt,
+    reset_plugin_manager,
+)
 from robodual_core.registry import KINDS
 
 app = typer.Typer(help="List, show, install and uninstall robodual plugins.", no_args_is_help=True)
@@ -58,23 +64,36 @@ def show(name: str = typer.Argument(..., help="Plugin name (see `robodual plugin
     if name not in infos:
         raise RobodualError(f"unknown plugin '{name}'; installed plugins: {', '.join(sorted(infos)) or '(none)'}")
     info = infos[name]
-    out.print(f"[bold]{info.name}[/]  {info.distribution} {info.version}  ({info.value})  status: {info.status}")
+    out.print(f"[bold]{escape(info.name)}[/]  {escape(info.distribution)} {escape(info.version)}  "
+              f"({escape(info.value)})  status: {info.status}")
     if info.error:
         out.print(f"[red]{escape(info.error)}[/]")
     for kind in KINDS:
         for entry in pm.registry(kind).entries():
             if entry.plugin != name:
                 continue
-            out.print(f"  {kind[:-1] if kind.endswith('s') else kind} [cyan]{entry.name}[/]: "
+            out.print(f"  {kind[:-1] if kind.endswith('s') else kind} [cyan]{escape(entry.name)}[/]: "
                       f"{escape(entry.description)}")
             try:
-                target = entry.load()
-            except RobodualError as exc:  # one broken entry does not hide the others
-                out.print(f"    [red]error[/]: {escape(str(exc))}")
+                with plugin_code():
+                    target = entry.load()
+            except BaseException as exc:  # one broken entry does not hide the others, nor ends the command
+                reraise_real_interrupt(exc)
+                text = str(exc) if isinstance(exc, RobodualError) else f"{type(exc).__name__}: {exc}"
+                out.print(f"    [red]error[/]: {escape((text.strip().splitlines() or [''])[0][:300])}")
                 continue
-            describe = getattr(target, "describe", None)
-            if callable(describe):
-                out.print("    " + str(describe()).replace("\n", "\n    "))
+            try:
+                with plugin_code():
+                    describe = getattr(target, "describe", None)
+                    text = str(describe()) if callable(describe) else None
+            except BaseException as exc:  # a plugin's describe() cannot end the command or print a traceback
+                reraise_real_interrupt(exc)
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                out.print(f"    [red]error[/]: {kind[:-1] if kind.endswith('s') else kind} '{escape(entry.name)}'"
+                          f".describe() failed: {type(exc).__name__}{': ' + escape(first) if first else ''}")
+                continue
+            if text is not None:
+                out.print("    " + escape(text).replace("\n", "\n    "))
 
 
 def _pip(*args: str) -> None:
@@ -87,9 +106,33 @@ def _pip(*args: str) -> None:
         err.print(f"$ {' '.join(cmd)}", markup=False, highlight=False, style="dim")
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
+        conflict = _conflict(f"{proc.stdout or ''}\n{proc.stderr or ''}")
+        if conflict:
+            raise RobodualError(f"pip {args[0]} failed (exit {proc.returncode}): {conflict}")
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         last = next((line for line in reversed(tail) if line.strip()), "no output")
         raise RobodualError(f"pip {args[0]} failed (exit {proc.returncode}): {last.strip()}")
+
+
+def _conflict(text: str) -> str:
+    """pip's 'ResolutionImpossible' in one line: which requirement conflicts (with the torch pins, named)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "The conflict is caused by:"), None)
+    if start is None:
+        return ""
+    causes = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        causes.append(line.strip())
+    pinned = {c.split("==")[0]: c for c in TORCH_CONSTRAINTS}
+    wants = [c for c in causes if " depends on " in c]
+    for cause in wants:
+        required = re.split(r"[\s<>=!~;\[]", cause.split(" depends on ", 1)[1].strip(), maxsplit=1)[0].lower()
+        if required in pinned:
+            return (f"{cause}, which conflicts with the pinned {pinned[required]} (this set-up's {required}; "
+                    f"robodual installs plugins against it: use a plugin release that accepts {pinned[required]})")
+    return "conflicting dependencies: " + "; ".join(causes) if causes else ""
 
 
 def _snapshot() -> dict[str, object]:
@@ -114,14 +157,25 @@ def install(
         args = ["install", spec]
     _pip(*args)
     after = _snapshot()
-    new = [i for n, i in after.items() if n not in before]
+
+    def state(i) -> tuple:
+        return (i.distribution, i.version, i.location, i.value, i.status, i.error)
+
+    new = [i for n, i in after.items() if n not in before or state(before[n]) != state(i)]
     if not new:
         out.print(f"installed '{spec}', but it registers nothing in the 'robodual' entry-point group "
                   "(add [project.entry-points.robodual] to its pyproject.toml)")
         return
     for i in new:
-        state = "ok" if i.status == "ok" else f"{i.status}: {i.error}"
-        out.print(f"installed plugin [bold]{i.name}[/] ({i.distribution} {i.version}): {_registers(i)} [{state}]")
+        status = "ok" if i.status == "ok" else f"{i.status}: {i.error}"
+        out.print(f"installed plugin [bold]{escape(i.name)}[/] ({escape(i.distribution)} {escape(i.version)}): "
+                  f"{escape(_registers(i))} \\[{escape(status)}]")
+    broken = [i for i in new if i.status == "error"]
+    if broken:  # pip succeeded, but what it installed does not load: not a success
+        first = broken[0]
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise RobodualError(f"'{spec}' was installed, but plugin {first.label()} does not load{more}: {first.error} "
+                            f"(robodual plugins uninstall {first.distribution})")
 
 
 @app.command("uninstall")
