@@ -423,13 +423,15 @@ def test_load_policy_takes_a_stock_folder_and_its_unnorm_key(stock):
     from robodual_core.runtime import AggregationConfig, GeneralistOnlyPolicy, load_policy
 
     path, parts, tok = stock
-    policy = load_policy(path, unnorm_key="bridge_orig",
-                         aggregation=AggregationConfig(enabled=False, binarize_gripper=False))
-    assert isinstance(policy, GeneralistOnlyPolicy)
-    policy.reset()
     image = stock_image(5)
     want, _, _ = openvla_predict_action(parts, tok, image, INSTRUCTION, "bridge_orig")
+    policy = load_policy(path, unnorm_key="bridge_orig")  # by default the actions as predicted (not thresholded)
+    assert isinstance(policy, GeneralistOnlyPolicy)
+    policy.reset()
     assert np.array_equal(policy.step({"rgb_static": image}, INSTRUCTION), want.astype(np.float32))
+    policy = load_policy(path, unnorm_key="bridge_orig", aggregation=AggregationConfig(enabled=False))
+    policy.reset()
+    assert policy.step({"rgb_static": image}, INSTRUCTION)[-1] == (1.0 if want[-1] > 0 else -1.0) != want[-1]
     with pytest.raises(RobodualError, match="2 datasets.*bridge_orig, fractal"):
         load_policy(path)
     with pytest.raises(RobodualError, match="generalist model folder; it cannot make a 'dual' policy"):

@@ -38,7 +38,8 @@ class VLARunner(GeneralistModelRunner):
                 model_cls = VLAGeneralist
             config = read_openvla_config(path)
             normalizer = policy_normalizer(path, config, unnorm_key)  # a wrong key fails before the weights load
-            model = model_cls.from_checkpoint(path, device=device, unnorm_key=unnorm_key)
+            options = {"unnorm_key": unnorm_key} if unnorm_key is not None else {}
+            model = model_cls.from_checkpoint(path, device=device, **options)
             return cls(model, normalizer, {}, pooling=pooling, latent_dtype=latent_dtype)
         if unnorm_key is not None:
             raise RobodualError(f"unnorm_key (--unnorm-key) '{unnorm_key}' names a dataset of an OpenVLA checkpoint's "

@@ -91,7 +91,8 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     ``kind`` forces one of 'dual', 'specialist', 'generalist'. ``latency``: deterministic latency in control
     steps (:mod:`robodual_core.runtime.latency`; ``"generalist=16,specialist=2"`` or a :class:`LatencyConfig`).
     A model folder that a generalist family recognizes (an OpenVLA checkpoint, a merged generalist) gives a
-    generalist-only policy; ``unnorm_key`` picks the dataset of its ``norm_stats`` that unnormalizes actions.
+    generalist-only policy (by default each action as predicted: no aggregation, no gripper threshold);
+    ``unnorm_key`` picks the dataset of its ``norm_stats`` that unnormalizes actions.
     """
     latency = parse_latency(latency)
     from robodual_core.checkpoint import read_json, resolve_checkpoint
@@ -101,8 +102,11 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
         if kind not in ("auto", "generalist"):
             raise RobodualError(f"'{path}' is a generalist model folder; it cannot make a '{kind}' policy")
         options = {"unnorm_key": unnorm_key} if unnorm_key is not None else {}
-        return GeneralistOnlyPolicy(load_runner("generalist", folder, **options), aggregation=aggregation,
-                                    latency=latency)
+        # actions as the model gives them: OpenVLA's predict_action leaves the gripper unthresholded (in [0, 1]
+        # for most of its datasets, where the default threshold at 0 would open it always)
+        raw = AggregationConfig(enabled=False, binarize_gripper=False)
+        return GeneralistOnlyPolicy(load_runner("generalist", folder, **options),
+                                    aggregation=aggregation if aggregation is not None else raw, latency=latency)
     if unnorm_key is not None:
         raise RobodualError(f"--unnorm-key '{unnorm_key}' picks a dataset of an OpenVLA-format model folder's "
                             f"norm_stats; '{path}' is a robodual run or checkpoint, whose actions are unnormalized "
