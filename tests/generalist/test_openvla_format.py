@@ -455,3 +455,31 @@ def test_eval_offline_and_serve_take_unnorm_key(stock, tmp_path, run):
     assert code != 0 and len(errors) == 1 and "'libero'" in errors[0] and "bridge_orig, fractal" in errors[0]
     code, cap = run("serve", "--help")
     assert code == 0 and "--unnorm-key" in cap.out
+
+
+def test_image_normalization_comes_from_preprocessor_config(stock, tmp_path):
+    """OpenVLA normalizes each backbone's input with the means/stds its preprocessor_config.json records (an id
+    timm does not know has no defaults): the loaded model does too."""
+    path, parts, _ = stock
+    folder = tmp_path / "with-processor"
+    write_openvla_dir(folder, json.loads((path / "config.json").read_text()), openvla_state(*parts))
+    means, stds = [[0.3, 0.4, 0.5], [0.6, 0.5, 0.4]], [[0.2, 0.25, 0.3], [0.35, 0.4, 0.45]]
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
+         "input_sizes": [[3, 32, 32], [3, 32, 32]], "means": means, "stds": stds}))
+    vla = load_openvla(folder).eval()
+    vits, proj, _ = parts
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    feats = []
+    with torch.no_grad():
+        for vit, m, s in zip(vits, means, stds, strict=True):
+            vit.eval()
+            x = (images - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)
+            feats.append(vit.get_intermediate_layers(x, n={len(vit.blocks) - 2})[0])
+        gelu = torch.nn.functional.gelu
+        want = proj["fc3"](gelu(proj["fc2"](gelu(proj["fc1"](torch.cat(feats, dim=2))))))
+        torch.testing.assert_close(vla.embed_images(images), want, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(load_openvla(path).eval().embed_images(images), want, atol=1e-3)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"means": [[0.5, 0.5, 0.5]], "stds": stds}))
+    with pytest.raises(RobodualError, match="preprocessor_config.json' means/stds"):
+        load_openvla(folder)

@@ -278,9 +278,34 @@ def load_openvla_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def image_norms(path: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``image_means`` / ``image_stds`` from the folder's ``preprocessor_config.json`` (OpenVLA's
+    PrismaticImageProcessor records each backbone's ``means`` and ``stds``) when config.json names none: an id
+    timm does not know has no defaults to look up, and the recorded ones are what OpenVLA normalizes with."""
+    file = Path(path) / "preprocessor_config.json"
+    if "image_means" in cfg or not file.is_file():
+        return {}
+    try:
+        proc = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise RobodualError(f"'{file}' is not valid JSON: {exc}") from None
+    means, stds = proc.get("means"), proc.get("stds")
+    n = len(cfg["timm_model_ids"])
+    if means is None or stds is None:
+        return {}
+    ok = all(isinstance(v, list) and len(v) == n and all(isinstance(c, list) and len(c) == 3 for c in v)
+             for v in (means, stds))
+    if not ok:
+        raise RobodualError(f"'{file}' means/stds are {json.dumps(means)[:60]} / {json.dumps(stds)[:60]}; expected "
+                            f"{n} lists of 3 channel values each (one per vision backbone)")
+    return {"image_means": means, "image_stds": stds}
+
+
 def load_openvla(path: str | Path, dtype: torch.dtype = torch.float32) -> PrismaticVLA:
-    """Build the network from ``path/config.json`` and load its safetensors (strictly)."""
+    """Build the network from ``path/config.json`` (image normalization from ``preprocessor_config.json`` when
+    it records it) and load its safetensors (strictly)."""
     cfg = read_openvla_config(path)
+    cfg.update(image_norms(path, cfg))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build in the target dtype: a 7B model never exists in float32
     try:
