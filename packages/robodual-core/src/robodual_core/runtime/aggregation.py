@@ -26,6 +26,7 @@ class TemporalAggregator:
     def __init__(self, cfg: AggregationConfig | None = None):
         self.cfg = cfg or AggregationConfig()
         self.chunks: deque[tuple[int, np.ndarray]] = deque()
+        self.added = 0  # chunks ever added (not reset): a step that adds one switches to it (runtime.motion)
 
     def reset(self) -> None:
         self.chunks.clear()
@@ -33,6 +34,7 @@ class TemporalAggregator:
     def add(self, t: int, chunk: np.ndarray) -> None:
         """Record a chunk ``[k, D]`` predicted at step ``t`` (its row 0 is the action for step ``t``)."""
         self.chunks.append((t, np.asarray(chunk, dtype=np.float64)))
+        self.added += 1
         if not self.cfg.enabled:
             while len(self.chunks) > 1:
                 self.chunks.popleft()

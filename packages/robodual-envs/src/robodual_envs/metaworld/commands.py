@@ -89,6 +89,9 @@ def eval_command(
     latency: str = typer.Option("", "--latency", help="Deterministic latency in control steps, e.g. "
                                 "'generalist=16,specialist=2' (sync mode; default none). A 7B generalist at 41 "
                                 "ms/token costs ~184 steps at Meta-World's 80 Hz (robodual_core.runtime.latency)."),
+    aggregation: bool = typer.Option(True, "--aggregation/--no-aggregation",
+                                     help="Temporal aggregation of overlapping chunks (paper); off: each new chunk "
+                                          "replaces the last (naive chunk switching, as real-time chunking assumes)."),
     binarize_gripper: bool = typer.Option(False, "--binarize-gripper/--no-binarize-gripper",
                                           help="Snap the gripper to +-1 (Meta-World's experts use graded efforts)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -127,7 +130,8 @@ def eval_command(
         out = out or Path("eval_metaworld_remote")
     elif run_dir.is_dir():
         factory = PolicyFactory("robodual_core.runtime:load_policy", (str(run_dir),), {
-            "kind": kind, "mode": mode, "aggregation": AggregationConfig(binarize_gripper=binarize_gripper),
+            "kind": kind, "mode": mode,
+            "aggregation": AggregationConfig(enabled=aggregation, binarize_gripper=binarize_gripper),
             **({"latency": lat} if not lat.zero else {})})
         defaults = dataset_settings_of_run(run_dir)
         out = out or run_dir / "eval" / "metaworld"
@@ -153,6 +157,7 @@ def eval_command(
     results["policy"] = remote or policy
     results["kind"] = kind
     results["latency"] = {"generalist": lat.generalist, "specialist": lat.specialist}
+    results["aggregation"] = aggregation
     atomic_write_json(out / "results.json", results)
     # trackers: the policy's run (same W&B run / TensorBoard folder as its training) at its checkpoint's step
     tell(log_eval(trackers, policy if remote is None and run_dir.is_dir() else None, out, results, "metaworld",

@@ -21,6 +21,7 @@ import numpy as np
 
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import Policy
+from robodual_core.runtime.motion import motion_metrics, summarize_motion
 from robodual_envs.metaworld.env import DEFAULT_MAX_STEPS, MetaWorldEnv, check_env_flags
 from robodual_envs.metaworld.parallel import ordered_map
 from robodual_envs.metaworld.tasks import episode_seed, resolve_tasks
@@ -96,17 +97,24 @@ def _episode(job: tuple[int, str, int, int, bool], policy: Any, env: MetaWorldEn
     policy_s = env_s = 0.0
     done = False
     info: dict[str, Any] = {"success": False}
+    aggregator = getattr(policy, "aggregator", None)  # its count of added chunks marks chunk switches
+    actions: list[np.ndarray] = []
+    switches: list[bool] = []
     while not done:
         if record:
             frames.append(_frame(obs.arrays))
+        added = getattr(aggregator, "added", 0)
         t0 = time.perf_counter()
         action = np.asarray(policy.step(obs.arrays, obs.instruction), dtype=np.float32).reshape(-1)
         t1 = time.perf_counter()
+        actions.append(action)
+        switches.append(getattr(aggregator, "added", 0) > added)
         obs, _, done, info = env.step(action)
         policy_s += t1 - t0
         env_s += time.perf_counter() - t1
     result = {"episode": number, "task": task, "index": index, "seed": seed, "instruction": env.instruction,
-              "success": bool(info["success"]), "length": env.steps, "policy_s": policy_s, "env_s": env_s}
+              "success": bool(info["success"]), "length": env.steps, "policy_s": policy_s, "env_s": env_s,
+              "motion": motion_metrics(np.stack(actions), switches)}
     if record:
         from robodual_envs.common.video import write_video
 
@@ -265,6 +273,7 @@ def summarize(episodes: list[dict[str, Any]], settings: dict[str, Any], wall_s: 
         "tasks": per_task,
         "episodes": episodes,
         "videos": [e["video"] for e in episodes if "video" in e],
+        "motion": summarize_motion(episodes),  # chunk-boundary discontinuity and jerk (robodual_core.runtime.motion)
         "settings": settings,
         "wall_s": wall_s,
     }
