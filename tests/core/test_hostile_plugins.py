@@ -672,3 +672,21 @@ def test_plugins_show_of_a_describe_that_fails_is_one_line(site, capsys, case):
     assert code == 0 and "Traceback" not in out + err, (out, err)
     assert f"error: sensor 'broken_cam'.describe() failed: {needle}" in out and "second line" not in out, out
     assert "[red]fine[/] camera" in out  # the next entry is shown, its text not taken as markup
+
+
+def test_uninstalling_an_impostor_never_reaches_roboduals_own(site, capsys, monkeypatch):
+    from robodual_cli.commands import plugins as plugins_cmd
+
+    site.dist("robodual_sensors", "fake_sensors", "")
+    ran = []
+    monkeypatch.setattr(plugins_cmd, "_pip", lambda *args: ran.append(args))
+    code, _, err = cli(capsys, "plugins", "uninstall", "fake_sensors")
+    assert code == 1 and not ran  # pip would have uninstalled robodual-sensors itself
+    assert "named like robodual's own 'robodual-sensors', so pip would uninstall robodual's" in one_line(err)
+
+
+@pytest.mark.parametrize("command", [["info"], ["plugins", "list"], ["--help"], ["plugins", "show", "marked"]])
+def test_a_plugin_error_holding_markup_is_printed_as_text(site, capsys, command):
+    site.dist("marked-plugin", "marked", "raise RuntimeError('[/closing] [bold]loud')\n")
+    code, out, err = cli(capsys, *command)
+    assert code == 0 and "MarkupError" not in err and "[/closing] [bold]loud" in out, (out, err)

@@ -71,7 +71,7 @@ def build_app() -> typer.Typer:
             if key == "plugins":
                 out.print("[bold]plugins[/]")
                 for name, status in value.items():  # type: ignore[union-attr]
-                    out.print(f"  {name}: {status}")
+                    out.print(f"  {name}: {status}", markup=False, highlight=False)  # a plugin's text, not markup
             else:
                 out.print(f"[bold]{key}[/]: {value}")
 

@@ -81,7 +81,7 @@ def _disabled_names() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
 
-def _normalize(dist: str) -> str:
+def normalize_name(dist: str) -> str:
     return re.sub(r"[-_.]+", "-", dist).lower()
 
 
@@ -543,7 +543,7 @@ def discover() -> list[Found]:
         if not eps:
             continue
         name, location = _dist_name(dist), _location(dist)
-        norm = _normalize(name)
+        norm = normalize_name(name)
         key = (norm, location, str(dist.version))
         if key in seen:
             continue
@@ -567,7 +567,7 @@ def discover() -> list[Found]:
                       for ep in dist.entry_points if ep.group == GROUP]
     third: set[str] = set()
     for dist, location in others:
-        norm = _normalize(_dist_name(dist))
+        norm = normalize_name(_dist_name(dist))
         if norm in third:
             continue
         third.add(norm)

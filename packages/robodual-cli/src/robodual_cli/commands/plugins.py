@@ -17,7 +17,9 @@ from rich.table import Table
 from robodual_cli.console import err, out
 from robodual_core.errors import RobodualError
 from robodual_core.plugins import (
+    FIRST_PARTY,
     get_plugin_manager,
+    normalize_name,
     plugin_code,
     reraise_real_interrupt,
     reset_plugin_manager,
@@ -189,7 +191,11 @@ def uninstall(name: str = typer.Argument(..., help="Plugin name or distribution 
         dist = name
     else:
         raise RobodualError(f"unknown plugin '{name}'; installed plugins: {', '.join(sorted(infos)) or '(none)'}")
-    if dist in PROTECTED:
+    owner = next((i for i in infos.values() if i.distribution == dist), None)
+    if owner is not None and not owner.builtin and normalize_name(dist) in FIRST_PARTY:  # pip would pick robodual's own
+        raise RobodualError(f"'{dist}' at {owner.location} is named like robodual's own '{normalize_name(dist)}', so pip "
+                            f"would uninstall robodual's; remove it from {owner.location} by hand")
+    if normalize_name(dist) in PROTECTED:
         raise RobodualError(f"'{dist}' is part of robodual itself and cannot be uninstalled as a plugin")
     _pip("uninstall", "-y", dist)
     gone = [n for n, i in infos.items() if i.distribution == dist]
