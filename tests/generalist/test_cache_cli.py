@@ -249,5 +249,5 @@ def test_merged_folder_unnormalizes_with_the_run_statistics_and_mask(trained, tm
         assert np.array_equal(got[-1][:, 2], normalized[:, 2])  # the masked dimension stays normalized
         assert not np.array_equal(got[-1][:, 0], normalized[:, 0])
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[1], got[2])
-    with pytest.raises(RobodualError, match="unnorm_key.*'robodual'.*robodual run or checkpoint"):
+    with pytest.raises(RobodualError, match="unnorm_key.*'robodual'.*not an OpenVLA-format folder"):
         load_runner("generalist", ckpt, unnorm_key="robodual")

@@ -92,6 +92,7 @@ def test_from_checkpoint_and_runner(base, tmp_path):
     from safetensors.torch import save_file
 
     from robodual_core.data import Normalizer
+    from robodual_core.errors import RobodualError
 
     model = _model(base).eval()
     with torch.no_grad():
@@ -111,6 +112,8 @@ def test_from_checkpoint_and_runner(base, tmp_path):
     out = runner.predict(obs, "open the drawer")
     assert out.actions.shape == (1, K_G, D)
     assert runner.actions_to_env(out.actions[0]).shape == (K_G, D)
+    with pytest.raises(RobodualError, match="unnorm_key.*'bridge_orig'.*not an OpenVLA-format folder"):
+        HFVLMGeneralist.load_runner(ckpt, unnorm_key="bridge_orig")  # one line, not a TypeError
 
 
 def test_lora_trains_only_adapters_and_overfits(base):

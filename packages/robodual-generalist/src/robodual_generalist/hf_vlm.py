@@ -426,8 +426,10 @@ class HFVLMGeneralist(nn.Module, Generalist):
 
     @classmethod
     def load_runner(cls, path: str | Path, device: str = "cpu", pooling: str = "none",
-                    latent_dtype: str = "float32") -> Any:
-        """The runtime adapter (:class:`robodual_generalist.runner.VLARunner`) for a checkpoint."""
+                    latent_dtype: str = "float32", unnorm_key: str | None = None) -> Any:
+        """The runtime adapter (:class:`robodual_generalist.runner.VLARunner`) for a checkpoint (``unnorm_key``:
+        refused in one line, its actions are unnormalized with its own normalizer.json)."""
         from robodual_generalist.runner import VLARunner
 
-        return VLARunner.load(path, device=device, pooling=pooling, latent_dtype=latent_dtype, model_cls=cls)
+        return VLARunner.load(path, device=device, pooling=pooling, latent_dtype=latent_dtype, model_cls=cls,
+                              unnorm_key=unnorm_key)

@@ -43,8 +43,9 @@ class VLARunner(GeneralistModelRunner):
             return cls(model, normalizer, {}, pooling=pooling, latent_dtype=latent_dtype)
         if unnorm_key is not None:
             raise RobodualError(f"unnorm_key (--unnorm-key) '{unnorm_key}' names a dataset of an OpenVLA checkpoint's "
-                                f"norm_stats; '{path}' is a robodual run or checkpoint, whose actions are unnormalized "
-                                "with its own normalizer.json (leave the key out)")
+                                f"norm_stats; '{path}' is not an OpenVLA-format folder (a robodual run, checkpoint or "
+                                "Hugging Face VLM folder), whose actions are unnormalized with its own normalizer.json "
+                                "(leave the key out)")
         loader = model_cls.from_checkpoint if model_cls is not None else None
         return super().load(path, loader, device=device, pooling=pooling, latent_dtype=latent_dtype)
 
