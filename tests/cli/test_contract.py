@@ -33,6 +33,7 @@ CALVIN_SAMPLE = ROOT / "tests" / "data" / "calvin_sample"
 ELSEWHERE = {
     "eval calvin": "tests/envs/test_calvin_eval_real.py (the real calvin_env) and tests/envs/test_calvin_eval.py",
     "demo": "tests/cli/test_demo.py (robodual demo --quick end to end, slow)",
+    "policy export": "tests/cli/test_policy_export.py (export, load, eval offline and serve the folder, slow)",
     "plugins install": "tests/cli/test_cli_foundation.py::test_install_third_party_plugin_and_uninstall (pip)",
     "plugins uninstall": "tests/cli/test_cli_foundation.py::test_install_third_party_plugin_and_uninstall (pip)",
     "study data-efficiency": "tests/cli/test_study.py::test_data_efficiency_quick_runs_and_resumes (--quick, slow)",

@@ -53,8 +53,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint folder or a run folder (takes its latest checkpoint)."""
+    """Accept a checkpoint folder, a run folder (takes its latest checkpoint) or a policy folder (``robodual policy
+    export``: its specialist, or its only generalist)."""
     path = Path(path)
+    if (path / "policy.json").is_file() and not (path / "model.safetensors").is_file():
+        from robodual_core.policy_manifest import policy_checkpoint
+
+        return policy_checkpoint(path)
     if (path / "model.safetensors").is_file():
         return path
     latest = latest_checkpoint(path)
@@ -90,6 +95,8 @@ def pin_checkpoint(path: str | Path) -> Path:
     later (a generalist cache, a specialist's generalist.json) is then the same fixed folder, not whatever
     checkpoint a run folder holds last when it is read again."""
     p = Path(path)
+    if (p / "policy.json").is_file() and not (p / "model.safetensors").is_file():
+        return resolve_checkpoint(p).resolve()  # a policy folder: the checkpoint in it
     latest = None if (p / "model.safetensors").is_file() else latest_checkpoint(p)
     return (latest or p).resolve()
 
@@ -320,6 +327,13 @@ def run_dataset_spec(ckpt_dir: str | Path, keys: list[str]) -> dict[str, tuple[t
     client what to send.
     """
     ckpt = Path(ckpt_dir)
+    recorded = ckpt / "observation_spec.json"  # a policy folder's checkpoint carries the spec of its dataset
+    if recorded.is_file():
+        try:
+            spec = json.loads(recorded.read_text())
+            return {k: (tuple(int(n) for n in spec[k][0]), str(spec[k][1])) for k in keys if k in spec}
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            raise RobodualError(f"'{recorded}' is damaged: expected {{key: [shape, dtype]}}") from None
     for run in (ckpt, ckpt.parent.parent):
         cfg_path = run / "config.json"
         if cfg_path.is_file():

@@ -8,7 +8,8 @@ import typer
 
 # Modules with a ``register(app)`` function; each is owned by one feature area.
 MODULES = ("robodual_cli.commands.dataset", "robodual_cli.commands.demo", "robodual_cli.commands.eval_offline",
-           "robodual_cli.commands.bench_runtime", "robodual_cli.commands.serve", "robodual_cli.commands.study")
+           "robodual_cli.commands.bench_runtime", "robodual_cli.commands.serve", "robodual_cli.commands.study",
+           "robodual_cli.commands.policy")
 
 
 def register(app: typer.Typer) -> None:

@@ -42,6 +42,8 @@ def recorded_generalist(ckpt: Path, record: dict[str, Any]) -> str:
     if not record.get("checkpoint"):
         raise RobodualError(f"'{where}' names no generalist checkpoint")
     path = str(record["checkpoint"])
+    if not Path(path).is_absolute():  # a policy folder names its generalist relative to the specialist checkpoint
+        path = str((ckpt / path).resolve())
     if record.get("hash"):
         found = checkpoint_hash(path)
         if found != record["hash"]:
@@ -96,8 +98,14 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     """
     latency = parse_latency(latency)
     from robodual_core.checkpoint import read_json, resolve_checkpoint
+    from robodual_core.hub import is_hub_ref, resolve_model_path
+    from robodual_core.policy_manifest import is_policy_folder, verify_policy_folder
 
-    folder = standalone_generalist(path)
+    if is_hub_ref(path):  # org/name[@rev]: a policy folder (or run) in the local Hugging Face cache
+        path = resolve_model_path(path, what="--policy", folder_form="a policy, run or checkpoint folder")
+    if is_policy_folder(path):
+        verify_policy_folder(path)  # every file as exported (sha256), before any weight is read
+    folder = None if is_policy_folder(path) else standalone_generalist(path)
     if folder is not None:
         if kind not in ("auto", "generalist"):
             raise RobodualError(f"'{path}' is a generalist model folder; it cannot make a '{kind}' policy")
