@@ -5,8 +5,9 @@ Layout of ``run_dir/checkpoints/<step>/``::
     model.safetensors          model weights
     ema.safetensors            EMA weights (when EMA is on)
     optimizer.safetensors      optimizer tensors; its non-tensor structure is in training_state.json
-    rng.safetensors            torch CPU (and CUDA) RNG states
-    training_state.json        step, epoch position, scheduler, optimizer groups, numpy/python RNG, EMA scalars
+    rng.safetensors            torch CPU (and CUDA) RNG states: rank 0's, and each other rank's as rank<r>.*
+    training_state.json        step, epoch position, scheduler, optimizer groups, numpy/python RNG (rank 0's;
+                               every other rank's in ranks_rng), EMA scalars
     model_config.json          what the model needs to rebuild itself (``model.robodual_config()``)
     <name>.json                extra JSON files (normalizer.json, generalist.json, ...)
 

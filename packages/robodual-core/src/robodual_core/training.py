@@ -296,20 +296,49 @@ class Trainer:
         state = self.optimizer.state_dict()
         return self._flat.param_state(state) if self._flat is not None else state
 
-    def save(self) -> Path:
+    def rng_states(self) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """Every rank's RNG states, indexed by rank: (torch and CUDA state tensors, numpy and Python states as
+        JSON). In a distributed run this is a collective: every rank calls it at the same step (``fit`` does, at
+        each checkpoint), and each gets all of them; no object is pickled on the way."""
+        local = _local_rng_state()
+        if not self.distributed or self.world_size == 1:
+            return [local]
+        tensors, js = local
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if torch.distributed.get_backend() == "nccl" else torch.device("cpu"))
+        payload = torch.frombuffer(bytearray(json.dumps(js).encode()), dtype=torch.uint8)
+        gathered = {name: _all_gather_bytes(t, device) for name, t in
+                    (("json", payload), *((k, tensors[k]) for k in ("torch", "cuda") if k in tensors))}
+        out = []
+        for r in range(self.world_size):
+            rank_tensors = {k: v[r] for k, v in gathered.items() if k != "json"}
+            out.append((rank_tensors, json.loads(gathered["json"][r].numpy().tobytes().decode())))
+        return out
+
+    def save(self, rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None) -> Path:
+        """Write a checkpoint of this step (rank 0). ``rng_states``: every rank's (:meth:`rng_states`, which a
+        distributed run gathers on every rank first); rank 0's go where a single-process run keeps its own, each
+        other rank's under ``rank<r>.`` in rng.safetensors and ``ranks_rng`` in training_state.json."""
+        if rng_states is None:
+            if self.world_size > 1:
+                raise RobodualError("Trainer.save in a run of world size >1 needs every rank's RNG states: call "
+                                    "Trainer.rng_states() on every rank and pass them (fit does)")
+            rng_states = self.rng_states()
+        if len(rng_states) != self.world_size:
+            raise RobodualError(f"Trainer.save: expected the RNG states of {self.world_size} ranks, found "
+                                f"{len(rng_states)}")
         opt_tensors, opt_meta = flatten_optimizer(self._optimizer_state())
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        np_state = np.random.get_state()
+        rng = dict(rng_states[0][0])
+        for r, (tensors, _) in enumerate(rng_states[1:], start=1):
+            rng.update({f"rank{r}.{k}": v for k, v in tensors.items()})
         state = {
             "step": self.step,
             "epoch": self.sampler.epoch,
             "batch_offset": self.sampler.offset,
             "scheduler": self.scheduler.state_dict(),
             "optimizer": opt_meta,
-            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python_rng": _py_rng_to_json(random.getstate()),
+            **rng_states[0][1],  # numpy_rng, python_rng (rank 0's)
+            "ranks_rng": {str(r): js for r, (_, js) in enumerate(rng_states[1:], start=1)},
             "ema": ({"optimization_step": int(self.ema.optimization_step), "decay": float(self.ema.cur_decay_value or 0)}
                     if self.ema is not None else None),
             "world_size": self.world_size,
@@ -397,13 +426,14 @@ class Trainer:
         model = load_tensors(ckpt / "model.safetensors")
         check_state_fits(model_now, model, ckpt / "model.safetensors", saved_cfg, current_cfg)
         state_file = ckpt / "training_state.json"
+        rank_js = self._rank_rng_json(state, ckpt, state_file)
         try:
             out: dict[str, Any] = {
                 "model": model,
                 "step": int(state["step"]), "epoch": int(state["epoch"]), "offset": int(state["batch_offset"]),
                 "scheduler": dict(state["scheduler"]),
-                "numpy_rng": _np_rng_from_json(state["numpy_rng"]),
-                "python_rng": _py_rng_from_json(state["python_rng"]),
+                "numpy_rng": _np_rng_from_json(rank_js["numpy_rng"]),
+                "python_rng": _py_rng_from_json(rank_js["python_rng"]),
                 "ema_step": int(state["ema"]["optimization_step"]) if self.ema is not None and state.get("ema") else None,
                 "optimizer_meta": state["optimizer"],
             }
@@ -429,12 +459,31 @@ class Trainer:
                                              "ema.safetensors", state_file)
             out["ema"] = ema
         rng_path = ckpt / "rng.safetensors"
-        rng = load_tensors(rng_path, dtypes={"torch": torch.uint8, "cuda": torch.uint8})
-        if "torch" not in rng or rng["torch"].shape != torch.get_rng_state().shape:
+        # this rank's states: rank 0's at the top level, another rank's under rank<r>. (a checkpoint written
+        # before every rank's were saved holds rank 0's only: _rank_rng_json said so, and they serve)
+        prefix = f"rank{self.rank}." if self.rank and rank_js is not state else ""
+        rng = load_tensors(rng_path, dtypes={f"{prefix}torch": torch.uint8, f"{prefix}cuda": torch.uint8})
+        if f"{prefix}torch" not in rng or rng[f"{prefix}torch"].shape != torch.get_rng_state().shape:
             raise DamagedCheckpointError(f"checkpoint file '{rng_path}' is damaged: no torch RNG state of "
-                                         f"{torch.get_rng_state().numel()} bytes", rng_path)
-        out["rng"] = rng
+                                         f"{torch.get_rng_state().numel()} bytes for rank {self.rank}", rng_path)
+        out["rng"] = {k: rng[f"{prefix}{k}"] for k in ("torch", "cuda") if f"{prefix}{k}" in rng}
         return out
+
+    def _rank_rng_json(self, state: dict[str, Any], ckpt: Path, state_file: Path) -> dict[str, Any]:
+        """This rank's numpy and Python RNG states in ``training_state.json`` (rank 0's: the file itself)."""
+        if self.rank == 0:
+            return state
+        ranks = state.get("ranks_rng")
+        if ranks is None:  # written before every rank's states were saved
+            import warnings
+
+            warnings.warn(f"checkpoint '{ckpt}' holds rank 0's RNG states only (written before every rank's were "
+                          f"saved): rank {self.rank} resumes with them, so this resume is not exact", stacklevel=3)
+            return state
+        if not isinstance(ranks, dict) or not isinstance(ranks.get(str(self.rank)), dict):
+            raise DamagedCheckpointError(f"checkpoint file '{state_file}' is damaged: 'ranks_rng' has no RNG state "
+                                         f"for rank {self.rank} of {self.world_size}", state_file)
+        return ranks[str(self.rank)]
 
     def _check_optimizer(self, opt_state: dict[str, Any], opt_path: Path, state_file: Path) -> dict[str, Any]:
         """The per-parameter optimizer state of a checkpoint, checked against this model's parameters (a
@@ -507,6 +556,10 @@ class Trainer:
         elif checkpoint_steps(self.run_dir):
             raise RobodualError(f"run folder '{self.run_dir}' already has checkpoints; pass --resume to continue "
                                 "it or --overwrite to start again")
+        # the RNG states training starts from (seeded, or a checkpoint's): what start-up does next (lazy imports
+        # such as rich's, which draws from Python's RNG, metric sinks, the loader) must not shift them, or a
+        # resumed run would draw differently from the uninterrupted one
+        start_rng = _local_rng_state()
         self.model.train()
         sinks = self.metric_sinks if self.rank == 0 else []
         for sink in sinks:
@@ -517,6 +570,7 @@ class Trainer:
         task = progress.add_task("training", total=cfg.steps, completed=self.step)
         t_last, samples = time.perf_counter(), 0
         with progress, open(self.run_dir / "metrics.jsonl", "a") as log:
+            _set_local_rng_state(*start_rng)
             while self.step < cfg.steps:
                 metrics_acc, grad_norm, n = self.train_step(batches)
                 samples += n
@@ -532,8 +586,10 @@ class Trainer:
                     for sink in sinks:
                         sink.write(last)
                     t_last, samples = now, 0
-                if self.rank == 0 and (self.step % cfg.ckpt_every == 0 or self.step == cfg.steps):
-                    self.save()
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    rng_states = self.rng_states()  # every rank takes part: each rank's RNG goes in the checkpoint
+                    if self.rank == 0:
+                        self.save(rng_states)
         return last
 
     def amp_enabled(self) -> bool:
@@ -628,6 +684,39 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _local_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: torch (and CUDA, when present) as uint8 tensors, numpy and Python as JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    np_state = np.random.get_state()
+    return tensors, {"numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                     "python_rng": _py_rng_to_json(random.getstate())}
+
+
+def _set_local_rng_state(tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    np.random.set_state(_np_rng_from_json(js["numpy_rng"]))
+    random.setstate(_py_rng_from_json(js["python_rng"]))
+
+
+def _all_gather_bytes(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's 1-D uint8 tensor ``t`` (lengths may differ), on the CPU, indexed by rank."""
+    t = t.reshape(-1).to(device)
+    world = torch.distributed.get_world_size()
+    n = torch.tensor([t.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    torch.distributed.all_gather(sizes, n)
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: t.numel()] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return [p[: int(s)].cpu() for p, s in zip(parts, sizes, strict=True)]
 
 
 def _py_rng_to_json(state: tuple) -> list:
