@@ -477,12 +477,16 @@ def _masked_frame(opcode, payload, fin=True):
     return head + b"\0\0\0\0" + payload  # mask 0: the payload goes as is
 
 
-def _upgraded_socket(port):
-    """A raw socket after a correct websocket handshake and the server's metadata."""
+def _upgraded_socket(port, rcvbuf=None):
+    """A raw socket after a correct websocket handshake (the server's metadata is left unread)."""
     import base64
     import os
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
@@ -553,6 +557,56 @@ def test_a_slow_client_is_dropped_within_the_deadline_while_others_are_served(ca
         stop.set()
         for sock in socks:
             sock.close()
+        srv.stop()
+
+
+class HugeReplyPolicy:
+    def reset(self):
+        pass
+
+    def step(self, observation, instruction):
+        return np.zeros(4 * 2**20, np.float32)  # a 16 MiB reply
+
+
+def test_a_client_that_does_not_read_its_replies_is_cut_off():
+    import time
+
+    srv = PolicyServer(HugeReplyPolicy, {"observation_spec": SPEC}, message_timeout=1.0)
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        sock = _upgraded_socket(srv.port, rcvbuf=4096)
+        for _ in range(3):  # three steps, no reply read: the server's send waits on a full socket buffer
+            sock.sendall(_masked_frame(0x2, STEP))
+        t0 = time.monotonic()
+        while not srv.active and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        assert srv.active == 1
+        while srv.active and time.monotonic() - t0 < 15:
+            time.sleep(0.05)
+        assert srv.active == 0, "the slot of a client that reads nothing is never freed"
+        assert time.monotonic() - t0 < 8
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}", max_size=None) as ok:
+            assert ok.step(good_observation(), "").shape == (4 * 2**20,)
+        sock.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("pad", [0, 200, 70000], ids=["7-bit-length", "16-bit-length", "64-bit-length"])
+def test_a_client_idle_between_messages_is_not_cut(pad):
+    import time
+
+    srv = PolicyServer(EchoPolicy, {"observation_spec": SPEC, "action_dim": 4}, message_timeout=0.5)
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}") as remote:
+            obs = {**good_observation(), "pad": np.zeros(pad, np.uint8)}
+            for _ in range(2):
+                assert remote.step(obs, "").shape == (4,)
+                remote._ws.ping()  # control frames between messages count as whole frames too
+                time.sleep(1.2)  # idle for over twice the message deadline: nothing is under way
+            assert remote.step(obs, "").shape == (4,)
+    finally:
         srv.stop()
 
 

@@ -17,7 +17,8 @@ cannot read is a 400, never a 500.
 Deadlines, so that slow or stalled peers cannot hold the connection slots: the opening handshake (the HTTP
 request headers) must arrive within ``handshake_timeout`` seconds, and each message, once its first byte has
 arrived, must arrive in full within ``message_timeout`` seconds (else the connection is closed with 1008 and
-its slot freed). The time a message waits because this server is busy (reading paused) does not count.
+its slot freed). The time a message waits because this server is busy (reading paused) does not count. A
+reply must be sent within ``message_timeout`` too: a client that stops reading is cut off.
 Replies echo the request's ``id`` (see :mod:`robodual_client.wire`), so a client matches them to requests.
 """
 
@@ -159,14 +160,14 @@ class PolicyServer:
                                                f"{exc}")))
                 await ws.close(1011, "no session")
                 return
-            await ws.send(pack(self.metadata))
+            await self._send(ws, pack(self.metadata))
             async for raw in ws:
                 reply, request_id = await self._answer(session, raw)
                 try:
                     data = pack(_echo(reply, request_id))
                 except ClientError as exc:
                     data = pack(_echo(error_reply(f"the reply could not be encoded: {exc}"), request_id))
-                await ws.send(data)
+                await self._send(ws, data)
         except Exception:  # a dropped client ends its own session only
             pass
         finally:
@@ -174,6 +175,16 @@ class PolicyServer:
             close = getattr(session, "close", None)
             if callable(close):
                 await asyncio.to_thread(close)
+
+    async def _send(self, ws: Any, data: bytes) -> None:
+        """Send within ``message_timeout``: a peer that does not read its replies (the send waits on a full
+        socket buffer) is cut off and its slot freed."""
+        try:
+            async with asyncio.timeout(self.message_timeout):
+                await ws.send(data)
+        except TimeoutError:
+            ws.transport.abort()  # no close handshake: the peer is not reading
+            raise
 
     async def _answer(self, session: Any, raw: bytes | str) -> tuple[dict[str, Any], int | None]:
         """The reply and the request's id (None: the request had none or it could not be read)."""
@@ -332,7 +343,7 @@ def _deadline_connection(message_timeout: float) -> type:
             if not isinstance(event, Frame):
                 return
             n = len(event.data)
-            self._parsed += 2 + (0 if n < 126 else 2 if n < 65536 else 8) + 4
+            self._parsed += 2 + (0 if n < 126 else 2 if n < 65536 else 8) + 4 + n  # header, mask key, payload
             if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 self._fragmented = not event.fin
                 if event.fin:  # a whole message: the next one gets its own deadline
