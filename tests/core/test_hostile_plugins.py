@@ -690,3 +690,20 @@ def test_a_plugin_error_holding_markup_is_printed_as_text(site, capsys, command)
     site.dist("marked-plugin", "marked", "raise RuntimeError('[/closing] [bold]loud')\n")
     code, out, err = cli(capsys, *command)
     assert code == 0 and "MarkupError" not in err and "[/closing] [bold]loud" in out, (out, err)
+
+
+def test_without_a_subprocess_plugins_load_in_process_guarded(site, monkeypatch):
+    import robodual_core.plugins as plugins_mod
+
+    def no_subprocess(*args, **kwargs):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(plugins_mod.subprocess, "Popen", no_subprocess)
+    site.dist("ok-robodual", "fine", HOOKIMPL + """
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("fine_sensor", object)
+    """)
+    site.dist("raising-robodual", "raising", "raise RuntimeError('kaput')\n")
+    assert "fine_sensor" in get_plugin_manager().sensors()
+    assert "RuntimeError: kaput" in infos()["raising"].error and infos()["fine"].status == "ok"

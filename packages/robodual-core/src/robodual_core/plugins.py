@@ -53,6 +53,7 @@ FIRST_PARTY = frozenset({"robodual-core", "robodual-cli", "robodual-client", "ro
 BUILTIN_COMMANDS = "robodual-cli (built-in)"
 CACHE_ENV = "ROBODUAL_PLUGIN_CACHE"
 PROBE_TIMEOUT = 60.0  # seconds for a probe to import one plugin
+CACHE_ENTRIES = 500
 
 
 @dataclass
@@ -122,7 +123,10 @@ class PluginManager:
                 self.pm.set_blocked(name)
             else:
                 pending.append((info, ep))
-        probed = probe([(info, ep) for info, ep in pending if not info.builtin])
+        try:
+            probed = probe([(info, ep) for info, ep in pending if not info.builtin])
+        except Exception:  # no subprocess here (no sys.executable, no temp dir): import in-process, guarded
+            probed = {}
         for info, ep in pending:
             if not info.builtin and probed.get(info.name):
                 info.fail(f"import failed: {probed[info.name]}")
@@ -599,8 +603,9 @@ def _read_cache() -> dict[str, str]:
 def _write_cache(passed: dict[str, str]) -> None:
     from robodual_core.io import atomic_write_json
 
+    keep = dict(list(passed.items())[-CACHE_ENTRIES:])  # the newest: old versions' entries age out
     try:
-        atomic_write_json(cache_path(), {"version": 1, "passed": passed})
+        atomic_write_json(cache_path(), {"version": 1, "passed": keep})
     except Exception:  # a read-only home: probe again next time
         pass
 
@@ -653,7 +658,8 @@ def probe(entries: list[tuple[PluginInfo, Any]]) -> dict[str, str]:
         results, died = _probe_batch([(info.name, ep.value) for info, ep, _, _ in left])
         for (info, _, key, fingerprint), (ok, error) in zip(left, results, strict=False):
             if ok:
-                cache[key] = fingerprint
+                cache.pop(key, None)
+                cache[key] = fingerprint  # last: the newest entry
             else:
                 errors[info.name] = error
         if died is None:
