@@ -378,11 +378,11 @@ def pad_tokens(x: Any, n: int, where: str = "") -> Any:
 
 
 def load_images(arr: Any, start: int, end: int) -> Any:
-    """``data/<key>[start:end]`` uint8 HWC -> float ``[n, 3, H, W]`` in [0, 1] (as WindowDataset gives)."""
-    import torch
+    """``data/<key>[start:end]`` uint8 HWC -> float ``[n, 3, H, W]`` in [0, 1]: the kernel's preprocessing, so the
+    tensor WindowDataset serves (and the runtime gives the generalist), bit for bit."""
+    from robodual_core.data.preprocess import prepare_images
 
-    x = torch.from_numpy(np.ascontiguousarray(arr[start:end]))
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
+    return prepare_images(np.asarray(arr[start:end]), "", "rgb")
 
 
 def _check_output(out: Any, n: int, k_g: int, d: int, hidden: int, where: str) -> None:

@@ -104,10 +104,11 @@ class GeneralistModelRunner:
         import torch
 
         from robodual_core.data.generalist_cache import pool_output
+        from robodual_core.data.preprocess import prepare_images
 
         device = next(iter(self.model.parameters()), torch.empty(0)).device
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        x = x.permute(0, 3, 1, 2).float() / 255.0  # BHWC uint8 -> [B, 3, H, W] in [0, 1], as the loader gives
+        # BHWC uint8 -> [B, 3, H, W] in [0, 1] through the kernel's preprocessing: the loader's tensor, bit for bit
+        x = prepare_images(torch.from_numpy(np.ascontiguousarray(images)).to(device), self.image_key, "rgb")
         with torch.no_grad():  # not inference_mode: online training feeds these outputs into autograd
             out = self.model.generate({"obs": {self.image_key: x}, "instruction": list(instructions)})
         out = pool_output(out, self.pooling, self.k_g)
