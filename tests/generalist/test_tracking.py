@@ -9,7 +9,6 @@ import shutil
 import struct
 
 import pytest
-
 from generalist_helpers import TINY, make_store
 
 pytestmark = pytest.mark.slow
@@ -159,3 +158,33 @@ def test_log_flag_is_checked_before_anything_runs(tmp_path, run):
     code, cap = run("study", "ablations", "--from", tmp_path / "nowhere", "--out", tmp_path / "study",
                     "--log", "neptune")
     assert code == 1 and "'neptune'" in cap.err and not (tmp_path / "study").exists()
+
+
+def test_a_study_passes_log_to_its_train_and_eval_stages(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from robodual_cli.commands.study import common
+
+    seen = []
+
+    real = subprocess.run
+
+    def fake_run(cmd, env=None, **kwargs):
+        if "robodual_cli.app" not in cmd:  # git, asked for the commit a stage runs at
+            return real(cmd, env=env, **kwargs)
+        seen.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(common.subprocess, "run", fake_run)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    folder = common.StudyFolder(tmp_path / "study", "data-efficiency", {"quick": True})
+    folder.log = ("tensorboard", "wandb")
+    robodual = [sys.executable, "-m", "robodual_cli.app"]
+    folder.run("train a", [*robodual, "train", "specialist", "--out", "x"])
+    folder.run("generate", [*robodual, "dataset", "generate", "metaworld", "y"])
+    folder.run("eval a", [*robodual, "eval", "metaworld", "--policy", "x"])
+    (train, env), (generate, _), (evaluate, _) = seen
+    assert train[-2:] == ["--log", "tensorboard,wandb"] and evaluate[-2:] == ["--log", "tensorboard,wandb"]
+    assert "--log" not in generate
+    assert env["WANDB_RUN_GROUP"] == "data-efficiency-study"
