@@ -188,3 +188,19 @@ def test_a_study_passes_log_to_its_train_and_eval_stages(tmp_path, monkeypatch):
     assert train[-2:] == ["--log", "tensorboard,wandb"] and evaluate[-2:] == ["--log", "tensorboard,wandb"]
     assert "--log" not in generate
     assert env["WANDB_RUN_GROUP"] == "data-efficiency-study"
+
+
+def test_train_specialist_logs_to_tensorboard(tmp_path, run):
+    store = make_store(tmp_path / "s.zarr", episodes=2, steps=6, action_dim=3)
+    config = tmp_path / "spec.yaml"
+    config.write_text("model: {hidden: 32, depth: 1, heads: 2, k_s: 2, sensors: []}\n"
+                      "trainer: {batch_size: 4, num_workers: 0, warmup_steps: 1, ckpt_every: 2, log_every: 1}\n")
+    code, cap = run("train", "specialist", "--dataset", store, "--out", tmp_path / "spec", "--config", config,
+                    "--steps", 3, "--log", "tensorboard")
+    assert code == 0, cap.err
+    lines = [json.loads(line) for line in (tmp_path / "spec" / "metrics.jsonl").read_text().splitlines()]
+    scalars = tensorboard_scalars(tmp_path / "spec" / "tensorboard")
+    assert TRAIN_KEYS <= set(scalars)
+    assert [s for s, _ in scalars["train/grad_norm"]] == [m["step"] for m in lines] == [1, 2, 3]
+    assert [v for _, v in scalars["train/grad_norm"]] == pytest.approx([m["grad_norm"] for m in lines], rel=1e-6)
+    assert not (tmp_path / "spec" / "wandb").exists()
