@@ -42,6 +42,21 @@ class RawDepthCNN(nn.Module, SensorEncoder):
         return self.proj(pooled).unflatten(-1, (2, self.out_dim))
 
 
+class RawWrenchMLP(nn.Module, SensorEncoder):
+    """A third-party low-dimensional sensor (a force/torque reading) without preprocessing of its own."""
+
+    def __init__(self, out_dim: int = 16, **_):
+        super().__init__()
+        self.name, self.keys, self.out_dim, self.trainable = "raw_wrench_mlp", ("force_torque",), out_dim, True
+        self.mlp = nn.Linear(6, 2 * out_dim)
+
+    def forward(self, x):
+        return self.mlp(x).unflatten(-1, (2, self.out_dim))
+
+
+PLUGIN_SENSORS = ("raw_depth_cnn", "raw_wrench_mlp")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _third_party_sensor():
     """Registered exactly as an installed plugin's entry point would register it."""
@@ -52,6 +67,7 @@ def _third_party_sensor():
         @hookimpl
         def robodual_register_sensors(registry):
             registry.register("raw_depth_cnn", RawDepthCNN, "a third-party depth CNN without preprocessing")
+            registry.register("raw_wrench_mlp", RawWrenchMLP, "a third-party wrench MLP without preprocessing")
 
         mod.robodual_register_sensors = robodual_register_sensors
         sys.modules[mod.__name__] = mod
@@ -64,7 +80,7 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("kernel_pre") / "s.zarr"
     mods = {"rgb_static": "rgb", "rgb_gripper": "rgb", "depth_static": "depth", "depth_gripper": "depth",
-            "tactile": "tactile", "proprio": "proprio", "action": "action"}
+            "tactile": "tactile", "force_torque": "lowdim", "proprio": "proprio", "action": "action"}
     with DatasetWriter(path, fps=10, modalities=mods, action_space={"type": "test", "dim": 4}) as w:
         for e in range(EPISODES):
             w.add_episode({
@@ -74,6 +90,7 @@ def store(tmp_path_factory):
                 "depth_static": rng.uniform(1.0, 4.0, (T, H, W)).astype(np.float32),
                 "depth_gripper": rng.uniform(0.2, 1.5, (T, H, W)).astype(np.float32),
                 "tactile": rng.integers(0, 256, (T, 20, 16, 6), dtype=np.uint8),
+                "force_torque": rng.normal(5.0, 3.0, (T, 6)).astype(np.float32),  # newtons: far from N(0, 1)
                 "proprio": rng.normal(size=(T, 3)).astype(np.float32),
                 "action": rng.uniform(-1, 1, (T, 4)).astype(np.float32),
             }, instruction=f"task {e}", task=f"t{e}")
@@ -81,11 +98,12 @@ def store(tmp_path_factory):
 
 
 def _config(tmp_path, sensor: str, image_size) -> object:
-    spec = f"{{name: {sensor}, options: {SMALL_VIT}}}" if sensor != "raw_depth_cnn" else "raw_depth_cnn"
+    spec = sensor if sensor in PLUGIN_SENSORS else f"{{name: {sensor}, options: {SMALL_VIT}}}"
     path = tmp_path / "cfg.yaml"
     path.write_text(f"""
 model: {{hidden: 32, depth: 1, heads: 4, k_s: 4, k_g: 4, sensors: [{spec}], guidance: {{null_tokens: 2}}}}
-data: {{image_size: {'null' if image_size is None else image_size}, val_ratio: 0.0}}
+data: {{image_size: {'null' if image_size is None else image_size}, val_ratio: 0.0,
+        normalization: {{force_torque: mean_std}}}}
 trainer: {{batch_size: {EPISODES * T}, num_workers: 0, warmup_steps: 1, steps: 1, ckpt_every: 1, log_every: 1}}
 """)
     return path
@@ -100,7 +118,7 @@ def _first_party_image_sensors():
 
 
 CASES = [(n, size) for n in _first_party_image_sensors() for size in (16, None)] + [
-    ("raw_depth_cnn", 16), ("raw_depth_cnn", None)]
+    ("raw_depth_cnn", 16), ("raw_depth_cnn", None), ("raw_wrench_mlp", 16)]
 
 
 @pytest.mark.parametrize(("sensor", "image_size"), CASES)
@@ -150,9 +168,10 @@ def test_an_encoder_sees_the_same_tensor_in_training_and_in_a_policy_step(sensor
         assert got.dtype == served.dtype == torch.float32
         assert got.shape == served.shape, (row, tuple(got.shape), tuple(served.shape))
         assert torch.equal(got, served), (row, float((got - served).abs().max()))
-    if sensor.startswith("depth") or sensor == "raw_depth_cnn":  # normalized, never metres
+    if sensor.startswith("depth") or sensor in PLUGIN_SENSORS:  # normalized, never metres or newtons
         assert abs(float(trained[0].mean())) < 0.5
-    assert tuple(trained[0].shape[-2:]) == ((image_size,) * 2 if image_size else tuple(frames.shape[1:3]))
+    if frames.ndim >= 3:  # images
+        assert tuple(trained[0].shape[-2:]) == ((image_size,) * 2 if image_size else tuple(frames.shape[1:3]))
 
 
 @pytest.mark.hostile
