@@ -14,7 +14,8 @@ Build one through the registry (other plugins must not import this package)::
     from robodual_core.plugins import registry
     enc = registry("sensors").get("depth_static")(image_size=128, history=1, out_dim=256)
     tokens = enc(batch["obs"]["depth_static"])          # [B, (history + 1) * 8, out_dim]
-    x = enc.preprocess(obs, normalizer=normalizer)       # control time: numpy -> the same tensor
+    x = enc.preprocess(obs, normalizer=normalizer)       # standalone: numpy -> the loader's tensor (a policy
+                                                         # uses the kernel's prepare_observation instead)
     enc.config_dict()                                    # JSON-able; get(d["name"])(**d) rebuilds it
 
 or, inside this package, :func:`robodual_sensors.build_sensor`. Keyword arguments are fields of
