@@ -695,3 +695,39 @@ def test_a_reply_over_the_clients_limit_names_the_clients_setting(where):
 def test_bad_client_settings_are_one_line(kwargs, needle):
     with pytest.raises(ClientError, match=needle):
         RemotePolicy("ws://127.0.0.1:9", **kwargs)
+
+
+@pytest.mark.timeout(120)  # without a send timeout the client blocks forever: fail, do not hang
+def test_a_server_that_stops_reading_fails_the_clients_send_within_its_timeout():
+    import threading
+    import time
+
+    release = threading.Event()
+
+    class Stuck:
+        def reset(self):
+            pass
+
+        def step(self, observation, instruction):
+            release.wait(60)  # the server is stuck: it reads no more than its queue holds
+            return observation["proprio"]
+
+    srv = PolicyServer(Stuck, {"observation_spec": SPEC}, max_message_bytes=2**30, message_timeout=600)
+    srv.start_in_thread("127.0.0.1", 0)
+    try:
+        with RemotePolicy(f"ws://127.0.0.1:{srv.port}", timeout=0.5) as remote:
+            obs = {**good_observation(), "pad": np.zeros(16 * 2**20, np.uint8)}
+            for _ in range(12):
+                t0 = time.monotonic()
+                with pytest.raises(ClientError) as info:
+                    remote.step(obs, "")
+                assert time.monotonic() - t0 < 10
+                if "did not take this step request within 0.5 s" in str(info.value):
+                    break
+                assert "sent no reply within 0.5 s" in str(info.value)
+            else:
+                pytest.fail("every step was sent: the server never stopped reading, the test proves nothing")
+            assert "it is not reading" in str(info.value)
+    finally:
+        release.set()
+        srv.stop()

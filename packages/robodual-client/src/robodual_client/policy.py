@@ -10,7 +10,8 @@ Evaluation code runs against a local or a remote policy unchanged.
 Every request carries an id that the server echoes: after a step that timed out, its late reply is dropped
 when it arrives, so a later ``step()`` always returns the action computed for its own observation
 (``dropped_replies`` counts them). With a server that does not echo ids, the connection is unusable after a
-timeout (an error, not a stale action).
+timeout (an error, not a stale action). Sending has the same ``timeout``: a server that stops reading (stuck
+or overloaded) fails the request instead of blocking the robot's loop forever.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class RemotePolicy:
         except Exception as exc:
             raise ConnectError(_refusal(url, exc)) from None
         self._ws = self._conn.__enter__()  # the sync client wants the context protocol
+        self._send_timeout: float | None = None
+        self._set_send_timeout()
         self.last_timing: dict[str, float] = {}
         self.metadata = self._receive(time.monotonic() + timeout)
         if self.metadata.get("type") == "error":
@@ -99,6 +102,24 @@ class RemotePolicy:
         dim = self.metadata.get("action_dim")
         self.action_dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else None
         self._ids = self.metadata.get("request_ids") is True
+
+    def _set_send_timeout(self) -> None:
+        """``timeout`` as the socket's send timeout (SO_SNDTIMEO: sends only; the client's reader thread is not
+        affected), so ``send`` cannot block forever on a server that does not read."""
+        import socket
+        import struct
+        import sys
+
+        if self._send_timeout == self.timeout or not sys.platform.startswith(("linux", "darwin")):
+            return
+        sock = getattr(self._ws, "socket", None)
+        seconds = int(self.timeout)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", seconds, int((self.timeout - seconds) * 1e6)))
+            self._send_timeout = self.timeout
+        except (AttributeError, OSError, OverflowError, struct.error):
+            pass  # without it, a send waits as long as the server does not read
 
     @property
     def protocol(self) -> int:
@@ -143,9 +164,14 @@ class RemotePolicy:
         if self.max_message_bytes is not None and len(raw) > self.max_message_bytes:
             raise WireError(f"this {message['type']} message is {len(raw)} bytes; the server accepts at most "
                             f"{self.max_message_bytes} (robodual serve --max-message-mb)")
+        self._set_send_timeout()
         try:
             self._ws.send(raw)
         except ConnectionClosed as exc:
+            if isinstance(getattr(self._ws, "connection_exc", None), BlockingIOError | TimeoutError):
+                raise ConnectError(f"policy server {self.url} did not take this {message['type']} request within "
+                                   f"{self.timeout} s (it is not reading: stuck or overloaded); the connection is "
+                                   "closed") from None
             raise ConnectError(self._closed(exc)) from None
         deadline = time.monotonic() + self.timeout
         while True:
