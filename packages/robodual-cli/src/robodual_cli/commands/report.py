@@ -17,6 +17,23 @@ from robodual_core.io import atomic_write_json, atomic_write_text
 RUNS = {"generalist": "generalist", "specialist (dual)": "specialist", "specialist only": "specialist_only"}
 
 
+def interval(res: dict[str, Any], task: str | None = None) -> tuple[float, float]:
+    """95% Wilson interval of a success rate (overall, or of ``task``), from the episodes counted in ``res``."""
+    from robodual_cli.commands.study.common import wilson_interval
+
+    if task is None:
+        n = int(res.get("episodes_total") or sum(t["episodes"] for t in res["tasks"].values()))
+        k = round(res["success_rate"] * n)
+    else:
+        t = res["tasks"][task]
+        n, k = int(t["episodes"]), int(t["successes"])
+    return wilson_interval(k, n)
+
+
+def _with_interval(rate: float, ci: tuple[float, float]) -> str:
+    return f"{rate:.0%} [{ci[0]:.0%}, {ci[1]:.0%}]"
+
+
 def comparison_table(rows: dict[str, dict[str, Any]]) -> Table:
     tasks = list(next(iter(rows.values()))["tasks"]) if rows else []
     table = Table(title="Meta-World closed-loop success (same tasks, seeds and step budget)")
@@ -28,20 +45,20 @@ def comparison_table(rows: dict[str, dict[str, Any]]) -> Table:
     table.add_column("policy steps/s", justify="right")
     for label, res in rows.items():
         table.add_row(label, *[f"{res['tasks'][t]['success_rate']:.0%}" for t in tasks],
-                      f"[bold]{res['success_rate']:.0%}[/]", f"{res['mean_episode_length']:.0f}",
+                      f"[bold]{_with_interval(res['success_rate'], interval(res))}[/]", f"{res['mean_episode_length']:.0f}",
                       f"{res['policy_rate_hz']:.1f}")
     return table
 
 
 def _markdown(rows: dict[str, dict[str, Any]]) -> str:
     tasks = list(next(iter(rows.values()))["tasks"]) if rows else []
-    head = "| policy | " + " | ".join(tasks) + " | overall | mean length | policy steps/s |"
+    head = ("| policy | " + " | ".join(tasks) + " | overall [95% Wilson interval] | mean length | policy steps/s |")
     sep = "|" + "---|" * (len(tasks) + 4)
     lines = [head, sep]
     for label, res in rows.items():
-        cells = [f"{res['tasks'][t]['success_rate']:.0%}" for t in tasks]
+        cells = [_with_interval(res["tasks"][t]["success_rate"], interval(res, t)) for t in tasks]
         lines.append(f"| {label} | " + " | ".join(cells) +
-                     f" | **{res['success_rate']:.0%}** | {res['mean_episode_length']:.0f} | {res['policy_rate_hz']:.1f} |")
+                     f" | **{_with_interval(res['success_rate'], interval(res))}** | {res['mean_episode_length']:.0f} | {res['policy_rate_hz']:.1f} |")
     return "\n".join(lines)
 
 
@@ -53,17 +70,22 @@ def _plots(out_dir: Path, report: Path, rows: dict[str, dict[str, Any]]) -> list
     import numpy as np
 
     made = []
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     tasks = list(next(iter(rows.values()))["tasks"]) + ["overall"]
     width = 0.8 / max(len(rows), 1)
     for i, (label, res) in enumerate(rows.items()):
         vals = [res["tasks"][t]["success_rate"] for t in tasks[:-1]] + [res["success_rate"]]
-        ax.bar(np.arange(len(tasks)) + i * width, vals, width, label=label)
+        cis = [interval(res, t) for t in tasks[:-1]] + [interval(res)]
+        err = [[max(v - lo, 0.0) for v, (lo, _) in zip(vals, cis, strict=True)],
+               [max(hi - v, 0.0) for v, (_, hi) in zip(vals, cis, strict=True)]]
+        ax.bar(np.arange(len(tasks)) + i * width, vals, width, label=label, yerr=err, capsize=3,
+               error_kw={"elinewidth": 1})
     ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2, [t.removesuffix("-v3") for t in tasks],
                   rotation=15)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate")
-    ax.legend()
+    ax.set_ylabel("success rate (95% Wilson interval)")
+    # below the axes: a legend inside covered the bars
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(len(rows), 3), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(report / "success.png", dpi=120)
     plt.close(fig)
@@ -80,7 +102,8 @@ def _plots(out_dir: Path, report: Path, rows: dict[str, dict[str, Any]]) -> list
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(report / "training_curves.png", dpi=120)
     plt.close(fig)
