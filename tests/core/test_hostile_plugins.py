@@ -707,3 +707,23 @@ def test_without_a_subprocess_plugins_load_in_process_guarded(site, monkeypatch)
     site.dist("raising-robodual", "raising", "raise RuntimeError('kaput')\n")
     assert "fine_sensor" in get_plugin_manager().sensors()
     assert "RuntimeError: kaput" in infos()["raising"].error and infos()["fine"].status == "ok"
+
+
+@pytest.mark.parametrize("layout", ["wheel", "editable", "elsewhere"])
+def test_the_kernels_own_distribution_is_recognised_in_both_install_layouts(tmp_path, layout):
+    from importlib import metadata
+
+    from robodual_core.plugins import _owns_kernel
+
+    site_dir, src = tmp_path / "site-packages", tmp_path / "repo" / "packages" / "robodual-core"
+    kernel = (site_dir if layout == "wheel" else src / "src") / "robodual_core"
+    kernel.mkdir(parents=True)
+    (kernel / "__init__.py").write_text("")
+    info = site_dir / "robodual_core-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: robodual-core\nVersion: 0.1.0\n")
+    if layout != "wheel":
+        (info / "direct_url.json").write_text(json.dumps({"url": (src if layout == "editable" else tmp_path / "x")
+                                                          .as_uri(), "dir_info": {"editable": True}}))
+    dist = metadata.PathDistribution(info)
+    assert _owns_kernel(dist, kernel.resolve()) is (layout != "elsewhere")
