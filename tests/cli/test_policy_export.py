@@ -219,3 +219,30 @@ def test_a_policy_folder_in_the_hugging_face_cache_loads_by_id(runs, tmp_path, m
     assert type(load_policy("acme/tiny-policy")).__name__ == "DualSystemPolicy"
     with pytest.raises(RobodualError, match="--policy 'acme/other'.*models--acme--other"):
         load_policy("acme/other")
+
+
+def test_commands_take_a_cached_id_as_policy(runs, tmp_path, monkeypatch, run):
+    from test_hub_cache import cache_repo
+
+    from robodual_core.data.generalist_cache import list_caches
+    from robodual_core.policy_folder import export_policy
+
+    root, store = runs
+    export_policy(root / "spec", tmp_path / "policy")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = cache_repo(tmp_path / "hub", "acme/tiny-policy", tmp_path / "policy")
+    code, cap = run("eval", "offline", "--policy", "acme/tiny-policy", "--dataset", store, "--split", "all",
+                    "--max-episodes", 1, "--out", tmp_path / "ev")
+    assert code == 0, cap.err
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["steps"] == 6
+    assert not (snapshot / "eval" / "offline" / "actions.png").exists()  # nothing is written into the cache
+    code, cap = run("eval", "offline", "--policy", "acme/tiny-policy", "--dataset", store)
+    assert code == 1 and "pass --out" in cap.err and len(cap.err.strip().splitlines()) == 1
+    # a generalist run in the cache, for `generalist cache`
+    cache_repo(tmp_path / "hub", "acme/tiny-gen", root / "gen")
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(store, copy)
+    code, cap = run("generalist", "cache", "--policy", "acme/tiny-gen", "--dataset", copy, "--batch-size", 8,
+                    "--overwrite")
+    assert code == 0, cap.err
+    assert [c["source"] for c in list_caches(copy).values() if "models--acme--tiny-gen" in c["source"]]

@@ -143,3 +143,16 @@ def _cached_revisions(cache: Path, repo_id: str) -> list[str]:
                 refs = sorted(rev.refs)
                 names.append(f"{rev.commit_hash[:12]}" + (f" ({', '.join(refs)})" if refs else ""))
     return names
+
+
+def cached_policy(policy: str | Path, out: Path | None, flag: str = "--policy", needs_out: bool = True) -> Path | None:
+    """The cached snapshot folder when ``policy`` is an ``org/name[@rev]`` id (a policy folder, run or model folder
+    in the local Hugging Face cache), else None (a local path: the command's own checks apply). Results are never
+    written into the cache: with ``needs_out`` an id needs ``--out``."""
+    if not is_hub_ref(str(policy)):
+        return None
+    path = resolve_hub_model(str(policy), what=flag, folder_form="a local run, checkpoint or policy folder").path
+    if needs_out and out is None:
+        raise RobodualError(f"{flag} '{policy}' is a Hugging Face id (the cached snapshot '{path}'); pass --out: "
+                            "results are not written into the Hugging Face cache")
+    return path

@@ -262,7 +262,9 @@ def cache(
     """Run the generalist (free-running, any registered family) on every step of a store and cache its outputs
     in the store."""
     from robodual_core.data.generalist_cache import build_cache
+    from robodual_core.hub import cached_policy
 
+    policy = cached_policy(policy, None, needs_out=False) or policy  # org/name[@rev]: from the Hugging Face cache
     summary = build_cache(policy, dataset, batch_size=batch_size, dtype=dtype, pooling=pooling, device=device,
                           overwrite=overwrite)
     if json_out:

@@ -163,6 +163,10 @@ def register(app: typer.Typer) -> None:
         if not 0.0 <= val_ratio < 1.0:
             raise RobodualError(f"--val-ratio: expected a share of episodes in [0, 1) (as in training), found "
                                 f"{val_ratio}")
+        from robodual_core.hub import cached_policy
+
+        snapshot = cached_policy(policy, out_dir)  # org/name[@rev]: a policy in the local Hugging Face cache
+        policy = snapshot or policy
         check_policy_dir("--policy", policy)
         target = out_dir or Path(policy) / "eval" / "offline"
         from robodual_core.outputs import check_output
@@ -171,7 +175,7 @@ def register(app: typer.Typer) -> None:
         check_output(target, flag="--out", expect="folder", inputs=[dataset], hosts=[policy])
         result = offline_eval(policy, dataset, split, kind, max_episodes, val_ratio, seed, target, unnorm_key)
         # validation: the held-out action error, logged in the policy's run at its checkpoint's step
-        tell(log_eval(trackers, policy, target, {k: v for k, v in result.items() if k not in ("policy", "dataset")},
+        tell(log_eval(trackers, None if snapshot else policy, target, {k: v for k, v in result.items() if k not in ("policy", "dataset")},
                       f"offline_{split}"))
         if json_out:
             out.print_json(json.dumps(result))

@@ -123,6 +123,11 @@ def eval_command(
                             f"(found {'--remote' if remote is not None else '--mode ' + mode if mode != 'sync' else '--policy ' + policy})")
     if remote is not None and not remote.startswith(("ws://", "wss://")):
         raise RobodualError(f"--remote: expected a websocket URL like ws://HOST:PORT, found '{remote}'")
+    from robodual_core.hub import cached_policy
+
+    # org/name[@rev]: a policy in the local Hugging Face cache (results go to --out, never into the cache)
+    snapshot = cached_policy(policy, out) if remote is None and policy not in BUILTIN_POLICIES else None
+    policy = str(snapshot) if snapshot else policy
     run_dir = Path(policy)
     if remote is not None:
         factory: Any = PolicyFactory("robodual_client:RemotePolicy", (remote,), {"token": token})
@@ -160,7 +165,7 @@ def eval_command(
     results["aggregation"] = aggregation
     atomic_write_json(out / "results.json", results)
     # trackers: the policy's run (same W&B run / TensorBoard folder as its training) at its checkpoint's step
-    tell(log_eval(trackers, policy if remote is None and run_dir.is_dir() else None, out, results, "metaworld",
+    tell(log_eval(trackers, policy if remote is None and run_dir.is_dir() and not snapshot else None, out, results, "metaworld",
                   videos=[Path(v) for v in results.get("videos", [])]))
     console = Console()
     if json_out:
