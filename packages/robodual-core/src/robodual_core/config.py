@@ -81,6 +81,30 @@ class Check:
     ok: Callable[[Any], bool]
 
 
+def memory_bytes() -> int:
+    """Memory available to this process now (MemAvailable; the physical total where /proc is not readable)."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return 1 << 62
+
+
+def fits_in_memory(parameters: float, bytes_per_parameter: int = 4) -> bool:
+    """Whether a model of about ``parameters`` float32 parameters can be built here: for a ``Check`` on width and
+    depth keys, so that ``model.hidden=1048576`` is refused at the config, not by the allocator (or the OOM
+    killer) while the model is built."""
+    return parameters * bytes_per_parameter < memory_bytes()
+
+
 def check_config(cfg: Any, prefix: str = "", recursive: bool = True) -> None:
     """Check the declared ranges, the finiteness of float keys and the ``__config_checks__`` of config
     dataclass ``cfg`` (and of the configs nested in it): the first violation is a one-line
@@ -160,9 +184,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         elif path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = safe_yaml(text, f"config file '{path}'")
+    except ConfigError:
+        raise
     except Exception as exc:
         detail = " ".join(str(exc).split())  # YAML's messages span lines; the CLI prints one
         kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix, "YAML")
@@ -211,6 +235,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{key}' expects a list, found {value!r}")
         args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed-length tuple: betas (b1, b2)
+            if len(value) != len(args):
+                raise ConfigError(f"config key '{key}' expects {len(args)} values "
+                                  f"({', '.join(_type_name(a) for a in args)}), found {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -253,12 +282,59 @@ def _type_name(tp: Any) -> str:
 
 
 def _parse_scalar(text: str) -> Any:
-    import yaml
-
     try:
-        return yaml.safe_load(text)
+        return safe_yaml(text, "--set value")
+    except ConfigError as exc:
+        if "aliases" in str(exc):
+            raise
+        return text
     except Exception:
         return text
+
+
+# A YAML alias repeats a node without copying it, so a few lines of nested aliases stand for billions of nodes
+# (the "billion laughs"): whatever walks the parsed config (merging, checking, dumping) then never finishes.
+# Aliases are allowed while the document they expand to stays this small.
+YAML_MAX_NODES = 100_000
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, refusing (ConfigError naming ``where``) a document whose aliases expand to more
+    than :data:`YAML_MAX_NODES` nodes; YAMLError passes through for the caller to report."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_document(self):  # type: ignore[no-untyped-def]
+            node = super().compose_document()
+            sizes: dict[int, int] = {}
+            active: set[int] = set()
+
+            def size(n: Any) -> int:
+                got = sizes.get(id(n))
+                if got is not None:
+                    return got
+                if id(n) in active:
+                    raise ConfigError(f"{where}: a YAML alias refers to a node that holds it (a recursive "
+                                      "structure); expected a config without recursive aliases")
+                active.add(id(n))
+                if isinstance(n, yaml.MappingNode):
+                    total = 1 + sum(size(k) + size(v) for k, v in n.value)
+                elif isinstance(n, yaml.SequenceNode):
+                    total = 1 + sum(size(v) for v in n.value)
+                else:
+                    total = 1
+                sizes[id(n)] = total
+                active.discard(id(n))
+                if total > YAML_MAX_NODES:
+                    raise ConfigError(f"{where}: its YAML aliases expand to more than {YAML_MAX_NODES} nodes; "
+                                      "expected a config without alias bombs (write the values out)")
+                return total
+
+            if node is not None:
+                size(node)
+            return node
+
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from robodual_core.config import Check, ranged
+from robodual_core.config import Check, fits_in_memory, ranged
 from robodual_core.training import SEED_MAX, TrainerConfig
 
 
@@ -32,6 +32,10 @@ class TinyConfig:
         # the language model's rotary embeddings rotate pairs of each head's channels
         Check("hidden_size", "a multiple of {prefix}num_heads ({num_heads}) with an even width per head",
               lambda c: c.hidden_size % c.num_heads == 0 and (c.hidden_size // c.num_heads) % 2 == 0),
+        Check("hidden_size", "small enough that {num_layers} layers of about 4 x hidden^2 + 3 x hidden x "
+                             "{prefix}intermediate_size float32 weights fit in this machine's free memory",
+              lambda c: fits_in_memory(c.num_layers * (4.0 * c.hidden_size ** 2
+                                                       + 3.0 * c.hidden_size * c.intermediate_size))),
     )
 
 
@@ -79,7 +83,7 @@ class DataConfig:
 
 def _generalist_trainer() -> TrainerConfig:
     # paper App. B / OpenVLA: AdamW, constant lr 2e-5, weight decay 0.01, no EMA
-    return TrainerConfig(steps=2000, batch_size=16, num_workers=2, lr=2e-5, weight_decay=0.01, warmup_steps=0,
+    return TrainerConfig(steps=2000, batch_size=16, num_workers="auto", lr=2e-5, weight_decay=0.01, warmup_steps=0,
                          scheduler="constant", grad_clip=1.0, ema=False, ckpt_every=500)
 
 

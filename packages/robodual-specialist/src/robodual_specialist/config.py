@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from robodual_core.config import Check, ranged
+from robodual_core.config import Check, fits_in_memory, ranged
 from robodual_core.training import TrainerConfig
 
 
@@ -135,7 +135,11 @@ class SpecialistConfig:
 
     # rotary position embeddings rotate pairs of each head's channels
     __config_checks__ = (Check("hidden", "a multiple of {prefix}heads ({heads}) with an even width per head",
-                               lambda c: c.hidden % c.heads == 0 and (c.hidden // c.heads) % 2 == 0),)
+                               lambda c: c.hidden % c.heads == 0 and (c.hidden // c.heads) % 2 == 0),
+                         # each block holds about (4 + 2 mlp_ratio) hidden^2 weights (attention, cross-attention, MLP)
+                         Check("hidden", "small enough that {depth} blocks of about (4 + 2 x {prefix}mlp_ratio) x "
+                                         "hidden^2 float32 weights fit in this machine's free memory",
+                               lambda c: fits_in_memory(c.depth * (4 + 2 * c.mlp_ratio) * float(c.hidden) ** 2)))
 
 
 @dataclass
@@ -158,7 +162,9 @@ class DataConfig:
     # checks always run, and every read refuses a missing or damaged chunk anyway
     full_check: bool = False
     feature_dtype: Literal["float16", "float32"] = "float16"
-    normalization: dict[str, str] = field(default_factory=lambda: {"action": "q99", "proprio": "min_max"})
+    # {store key: mode}; keys must be the store's (checked when training starts), modes these
+    normalization: dict[str, Literal["min_max", "mean_std", "q99", "none"]] = field(
+        default_factory=lambda: {"action": "q99", "proprio": "min_max"})
 
 
 @dataclass

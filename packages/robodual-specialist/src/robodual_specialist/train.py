@@ -10,7 +10,7 @@ import torch
 
 from robodual_core.config import dump_config, load_config, read_config_file, to_dict
 from robodual_core.data.generalist_cache import POOLINGS
-from robodual_core.errors import RobodualError
+from robodual_core.errors import ConfigError, RobodualError
 from robodual_core.interfaces import GeneralistOutput
 from robodual_specialist.config import SpecialistTrainConfig
 
@@ -237,6 +237,11 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     store = open_dataset(dataset)
     if "action" not in store.keys:
         raise RobodualError(f"dataset '{dataset}' has no 'action' key; keys: {', '.join(store.keys)}")
+    # data.normalization is keyed by the store's keys: a typo would otherwise leave its key at the default mode
+    unknown = sorted(set(cfg.data.normalization) - set(store.keys))
+    if unknown:
+        raise ConfigError(f"unknown config key 'data.normalization.{unknown[0]}'; accepted keys under "
+                          f"data.normalization (the keys of '{dataset}'): {', '.join(sorted(store.keys))}")
     cfg = _fit_default_sensors(cfg, store.keys, dataset, rank)
     model_cfg = dataclasses.replace(cfg.model, action_dim=int(store.array("action").shape[-1]),
                                     proprio_dim=int(store.array("proprio").shape[-1]) if "proprio" in store.keys else 0)
