@@ -561,6 +561,10 @@ class DiTSpecialist(nn.Module, Specialist):
         if model.normalizer is None:
             raise RobodualError(f"checkpoint '{ckpt}' has no normalizer.json: the policy cannot scale proprio or "
                                 "actions to dataset units; copy it from the run's checkpoints (training writes it)")
+        if "action" not in model.normalizer.entries:  # the actions would leave the policy in normalized units
+            raise RobodualError(f"checkpoint '{ckpt}' normalizer.json has no 'action' entry (it has: "
+                                f"{', '.join(model.normalizer.keys) or 'none'}); expected the one training writes, "
+                                "which turns the policy's actions into dataset units")
         keys = [*model.obs_keys, "proprio"] if model.cfg.proprio_dim > 0 else list(model.obs_keys)
         return DiTRunner(model, observation_spec=run_dataset_spec(ckpt, keys))
 

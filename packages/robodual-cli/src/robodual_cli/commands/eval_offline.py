@@ -86,10 +86,12 @@ def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_ep
         task = bar.add_task("offline evaluation", total=len(episodes))
         for ep in episodes:
             data = ds.episode(int(ep), obs_keys + ["action"])
+            _check_finite(data, dataset, int(ep))
             instruction = ds.instructions[int(ep)]
             policy.reset()
             ep_pred = np.stack([policy.step({k: data[k][t] for k in obs_keys}, instruction)
                                 for t in range(len(data["action"]))])
+            _check_finite({"the policy's actions": ep_pred}, dataset, int(ep))
             preds.append(ep_pred)
             truths.append(np.asarray(data["action"], dtype=np.float32))
             if first is None:
@@ -112,6 +114,21 @@ def offline_eval(policy_path: Path, dataset: Path, split: str, kind: str, max_ep
     atomic_write_json(out_dir / "results.json", result)
     _plot(out_dir / "actions.png", *first)
     return result
+
+
+def _check_finite(arrays: dict, dataset: Path, episode: int) -> None:
+    """An error over a NaN or Inf is not a result: refuse, naming the key, episode and step (a store damaged after
+    it was validated, or a policy that diverges)."""
+    import numpy as np
+
+    for key, values in arrays.items():
+        x = np.asarray(values)
+        if x.dtype.kind not in "fc" or np.isfinite(x).all():
+            continue
+        step = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+        what = key if key.startswith("the policy") else f"data/{key} of '{dataset}'"
+        raise RobodualError(f"{what} holds NaN or Inf at episode {episode}, step {step}; expected finite values "
+                            f"(run `robodual dataset validate {dataset}`)")
 
 
 def _plot(path: Path, episode: int, pred, truth) -> None:

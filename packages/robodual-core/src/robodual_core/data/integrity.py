@@ -28,6 +28,10 @@ import numpy as np
 from robodual_core.errors import RobodualError
 
 EMPTY = np.uint64(2**64 - 1)
+# A layout of more files than this is checked against the files on disk before its chunks are visited one by one;
+# a store written before every chunk was stored may lack all-zero chunks, but not SPARSE_RATIO times its files
+SCAN_FILES = 100_000
+SPARSE_RATIO = 1000
 
 
 def _local_root(arr: Any) -> Path | None:
@@ -77,6 +81,38 @@ class ChunkLayout:
         if not self.grid or self.grid[0] == 0 or hi <= lo:
             return range(0)
         return range(max(0, lo) // self.steps_per_file, min(self.grid[0], -(-hi // self.steps_per_file)))
+
+    @property
+    def num_files(self) -> int:
+        """Storage chunk files the declared shape implies (a Python int: no overflow)."""
+        n = 1
+        for g in self.grid:
+            n *= int(g)
+        return n
+
+    def files_on_disk(self, stop: int) -> int:
+        """Files in the array's folder other than its metadata, counted up to ``stop``."""
+        if self.folder is None:
+            return stop
+        count = 0
+        for _, _, files in os.walk(self.folder):
+            count += sum(1 for f in files if f != "zarr.json")
+            if count >= stop:
+                break
+        return count
+
+    def size_problem(self, strict: bool = True) -> str | None:
+        """A declared shape far beyond what is stored (a hostile or damaged ``zarr.json``: ``[10**13, 3]``, or
+        frames of 100000 x 100000), reported without visiting its chunks one by one, which would take hours or
+        exhaust memory; None when the files on disk can account for it."""
+        n = self.num_files
+        if n <= SCAN_FILES:
+            return None
+        on_disk = self.files_on_disk(n if strict else n // SPARSE_RATIO + 1)
+        if (strict and on_disk >= n) or (not strict and on_disk * SPARSE_RATIO >= n):
+            return None
+        return (f"{self.name}: its metadata declares shape {list(self.shape)}, {n} chunk files, but {on_disk} are on "
+                "disk; expected the shape the store was written with (a damaged or hostile zarr.json)")
 
     def all_coords(self) -> list[tuple[int, ...]]:
         if any(g == 0 for g in self.grid):
@@ -191,6 +227,9 @@ def missing_files(arr: Any, name: str, limit: int = 3, strict: bool = True) -> l
     layout = layout_of(arr, name)
     if layout is None or layout.folder is None:
         return []
+    too_big = layout.size_problem(strict)
+    if too_big:
+        return [too_big]
     problems = []
     for coords in layout.all_coords():
         path = layout.folder / layout.key(coords)
@@ -221,6 +260,9 @@ def scan_array(arr: Any, name: str, strict: bool = True, limit: int = 5) -> list
         except Exception as exc:
             problems.append(f"{name}: cannot be decoded ({type(exc).__name__}: {exc})")
         return problems
+    too_big = layout.size_problem(strict)
+    if too_big:
+        return [too_big]
     for coords in layout.all_coords():
         problem = layout.check_file(coords, strict=strict)
         if problem is None:

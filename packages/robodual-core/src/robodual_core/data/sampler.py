@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from robodual_core.data.normalize import Normalizer
 from robodual_core.data.preprocess import IMAGE_MODALITIES, prepare_lowdim, prepare_observation
-from robodual_core.data.store import open_dataset
+from robodual_core.data.store import open_dataset, refuse_untrainable
 from robodual_core.errors import RobodualError
 
 DEFAULT_NORMALIZATION = {"action": "q99", "proprio": "min_max"}
@@ -106,6 +106,7 @@ class WindowDataset(Dataset):
         modes.update({k: "mean_std" for k in self.obs_keys if self.modalities.get(k) == "depth"})
         modes.update(normalization or {})
         self.normalizer = Normalizer.from_stats(self.stats, {k: m for k, m in modes.items() if k in ds.keys})
+        refuse_untrainable(ds, {k: m for k, m in modes.items() if k in ds.keys})  # lost chunks, collapsed dims
         self.episode_ids = split_episodes(ds.num_episodes, split, val_ratio, seed)
         self.episode_ends = ds.episode_ends
         self.episode_starts = ds.episode_starts

@@ -62,6 +62,8 @@ STEP_INSTRUCTIONS = "step_instruction_index"  # meta/<this>: optional per-step i
 
 def frame_shape_ok(modality: str, frame_shape: tuple[int, ...]) -> str | None:
     """None when a per-step shape fits the modality, else what was expected."""
+    if any(int(d) <= 0 for d in frame_shape):  # an action of width 0 would reach the model as a 0-wide layer
+        return "no zero-sized dimension per step"
     if modality in ("rgb", "tactile"):
         return None if len(frame_shape) == 3 else "HWC (3 dims per step)"
     if modality == "depth":

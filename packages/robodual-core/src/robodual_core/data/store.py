@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from robodual_core.config import memory_bytes
 from robodual_core.data.schema import (
     ALL_CHUNKS_ATTR,
     MODALITIES,
@@ -207,6 +208,16 @@ def _attr_problems(attrs: dict[str, Any], meta_attrs: dict[str, Any]) -> list[st
     return problems
 
 
+MAX_STEP_BYTES = 1 << 30  # one step of one key (a 4K RGB frame is 25 MB): beyond, a shape is not believed
+
+
+def _declared_bytes(shape: Any, dtype: Any) -> int:
+    n = np.dtype(dtype).itemsize
+    for s in shape:
+        n *= int(s)
+    return n
+
+
 def structure_problems(ds: ZarrDataset) -> list[str]:
     """See :meth:`ZarrDataset.structure_problems`."""
     from robodual_core.data.integrity import missing_files
@@ -225,6 +236,9 @@ def structure_problems(ds: ZarrDataset) -> list[str]:
             usable[name] = False
             continue
         missing = missing_files(arr, f"meta/{name}", strict=ds.all_chunks_stored)
+        if not missing and _declared_bytes(arr.shape, arr.dtype) > memory_bytes() // 4:  # read whole when opened
+            missing = [f"meta/{name} declares {arr.shape[0]} entries, more than this machine can read; expected "
+                       "one per episode (a damaged or hostile zarr.json)"]
         problems.extend(missing)
         usable[name] = not missing
     if not usable["episode_ends"]:
@@ -273,8 +287,52 @@ def structure_problems(ds: ZarrDataset) -> list[str]:
         problem = frame_shape_ok(modality, frame) or dtype_ok(modality, dtype)
         if problem:
             problems.append(f"data/{key} ({modality}): expected {problem}; found per-step shape {frame}, dtype {dtype}")
+        elif _declared_bytes(frame, dtype) > MAX_STEP_BYTES:
+            problems.append(f"data/{key} ({modality}) declares {_declared_bytes(frame, dtype)} bytes per step (shape "
+                            f"{list(frame)}); expected at most {MAX_STEP_BYTES} (a damaged or hostile zarr.json)")
+            continue  # its chunks are not visited either
+        elif key == "action" and isinstance(ds.action_space.get("dim"), int) and not isinstance(
+                ds.action_space.get("dim"), bool) and int(np.prod(frame, dtype=np.int64)) != ds.action_space["dim"]:
+            problems.append(f"data/{key} has {int(np.prod(frame, dtype=np.int64))} values per step but attrs "
+                            f"'action_space' says dim {ds.action_space['dim']}; expected them to agree")
         problems.extend(missing_files(arr, f"data/{key}", strict=ds.all_chunks_stored))
     return problems
+
+
+def refuse_untrainable(ds: ZarrDataset, modes: dict[str, str]) -> None:
+    """Refuse (one line) to train on a store whose numbers would be wrong without a word:
+
+    - a store written before ``all_chunks_stored`` with a chunk that is not on disk: zarr would serve it as zeros,
+      and such a store cannot tell lost data from an all-zero chunk it skipped;
+    - a key normalized by ``q99`` with a dimension whose q01 equals its q99 while its values vary (min < max):
+      every value of that dimension would map to one end of [-1, 1] and every output back to q01.
+    """
+    from robodual_core.data.integrity import missing_files
+
+    if not ds.all_chunks_stored:
+        for name in sorted(f"data/{k}" for k in ds.keys):
+            lost = missing_files(ds.root[name], name, limit=1, strict=True)
+            if lost:
+                raise RobodualError(f"dataset '{ds.path}' was written before robodual stored every chunk (no attrs "
+                                    f"'{ALL_CHUNKS_ATTR}') and {lost[0]}: lost data cannot be told from an all-zero "
+                                    "chunk; if it is meant to be zeros, copy the store with `robodual dataset merge "
+                                    "OLD --out NEW` (the copy stores every chunk) and train on the copy")
+    for key, mode in sorted(modes.items()):
+        entry = ds.stats.get(key)
+        if mode != "q99" or not isinstance(entry, dict):
+            continue
+        try:
+            lo, hi, q01, q99 = (np.asarray(entry[f], dtype=np.float64).reshape(-1) for f in ("min", "max", "q01", "q99"))
+        except (KeyError, TypeError, ValueError):
+            continue  # the normalizer names missing fields
+        collapsed = np.flatnonzero((q99 - q01 <= 1e-8) & (hi - lo > 1e-8))
+        if collapsed.size:
+            d = int(collapsed[0])
+            raise RobodualError(f"dataset '{ds.path}': statistics of '{key}' dim {d} have q01 = q99 = {q01[d]:.6g} "
+                                f"while its values span [{lo[d]:.6g}, {hi[d]:.6g}]: q99 normalization would map that "
+                                f"dimension to one end of [-1, 1] and every output back to {q01[d]:.6g}; set "
+                                f"data.normalization.{key}=min_max, or recompute the statistics (`robodual dataset "
+                                "stats PATH --recompute`) if they are wrong")
 
 
 def open_dataset(path: str | Path, require_complete: bool = True, check: bool = True,

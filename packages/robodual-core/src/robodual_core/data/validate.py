@@ -28,6 +28,40 @@ def _scan_finite(arr, key: str, problems: list[str]) -> None:
             return
 
 
+def _stats_order(key: str, entry: dict) -> list[str]:
+    """Statistics that cannot be true of any data: min <= q01 <= q99 <= max, min <= mean <= max, std >= 0."""
+    v = {f: np.asarray(entry[f], dtype=np.float64) for f in STAT_FIELDS}
+    for d in range(v["min"].size):
+        chain = [v[f][d] for f in ("min", "q01", "q99", "max")]
+        tol = 1e-6 * max(1.0, abs(chain[0]), abs(chain[3]))  # a mean of equal floats may round past them
+        if (not all(a <= b for a, b in zip(chain, chain[1:], strict=False))
+                or not v["min"][d] - tol <= v["mean"][d] <= v["max"][d] + tol or v["std"][d] < 0):
+            return [f"attrs stats['{key}'] dim {d}: min {chain[0]:.6g}, q01 {chain[1]:.6g}, q99 {chain[2]:.6g}, max "
+                    f"{chain[3]:.6g}, mean {v['mean'][d]:.6g}, std {v['std'][d]:.6g}; expected min <= q01 <= q99 <= max, "
+                    "min <= mean <= max and std >= 0 (run `robodual dataset stats PATH --recompute`)"]
+    return []
+
+
+def _stats_match(arr, key: str, entry: dict) -> list[str]:
+    """Stored statistics of a low-dim key against the data (exact and streamed: see robodual_core.data.stats); a
+    normalizer built from stale or edited statistics would train on wrong numbers without a word."""
+    from robodual_core.data.stats import lowdim_stats
+
+    try:
+        fresh = lowdim_stats(arr, key)
+    except RobodualError as exc:
+        return [str(exc)]
+    for field in STAT_FIELDS:
+        got, want = np.asarray(entry[field], np.float64), np.asarray(fresh[field], np.float64)
+        scale = np.maximum(1.0, np.abs(np.asarray(fresh["max"]) - np.asarray(fresh["min"])))
+        bad = np.flatnonzero(np.abs(got - want) > 1e-4 * scale + 1e-5 * np.abs(want))
+        if bad.size:
+            d = int(bad[0])
+            return [f"attrs stats['{key}']['{field}'] dim {d} is {got[d]:.6g} but the data give {want[d]:.6g}; expected "
+                    "statistics of this store's data (run `robodual dataset stats PATH --recompute`)"]
+    return []
+
+
 def validate_store(path: str | Path, scan_values: bool = True, full: bool = True) -> list[str]:
     """Check a store against the schema; ``full`` decodes every chunk of every array, ``scan_values``
     also checks float arrays for NaN/Inf (both read the whole store)."""
@@ -69,6 +103,11 @@ def validate_store(path: str | Path, scan_values: bool = True, full: bool = True
                         problems.append(f"attrs stats['{key}']['{field}'] has {n} values; expected {dims}")
                     elif not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
                         problems.append(f"attrs stats['{key}']['{field}'] holds a value that is not a finite number")
+                if not any(p.startswith(f"attrs stats['{key}']") for p in problems):
+                    problems.extend(_stats_order(key, entry))
+                    if (scan_values and full and modality in STAT_MODALITIES and f"data/{key}" not in damaged
+                            and not any(p.startswith(f"attrs stats['{key}']") for p in problems)):
+                        problems.extend(_stats_match(arr, key, entry))
         if scan_values and full and dtype.kind == "f" and f"data/{key}" not in damaged:
             try:
                 _scan_finite(arr, key, problems)

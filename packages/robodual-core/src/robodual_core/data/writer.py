@@ -212,6 +212,11 @@ class DatasetWriter:
             if problem:
                 raise RobodualError(f"{where} ({modality}): expected {problem}; found shape {x.shape[1:]} per "
                                     f"step, dtype {x.dtype}")
+            dim = self.action_space.get("dim")
+            if key == "action" and isinstance(dim, int) and not isinstance(dim, bool) and \
+                    int(np.prod(x.shape[1:], dtype=np.int64)) != dim:
+                raise RobodualError(f"{where}: has {int(np.prod(x.shape[1:], dtype=np.int64))} values per step but "
+                                    f"action_space says dim {dim}; expected them to agree")
             target = storage_dtype(modality, x.dtype)
             if key in data:
                 arr = data[key]
