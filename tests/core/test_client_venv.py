@@ -46,7 +46,7 @@ SERVE = textwrap.dedent("""
         def new_session(self):
             return Session()
 
-    serve_cmd._load = lambda path, kind, mode: Policy()
+    serve_cmd._load = lambda *args: Policy()  # (path, kind, mode, unnorm_key)
     from robodual_cli.app import main
     main(sys.argv[1:])
 """)
