@@ -246,3 +246,20 @@ def test_commands_take_a_cached_id_as_policy(runs, tmp_path, monkeypatch, run):
                     "--overwrite")
     assert code == 0, cap.err
     assert [c["source"] for c in list_caches(copy).values() if "models--acme--tiny-gen" in c["source"]]
+
+
+@pytest.mark.hostile
+def test_a_damaged_manifest_is_one_line(tmp_path, run):
+    from robodual_core.runtime import load_policy
+
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (folder / "policy.json").write_text("{cut")
+    with pytest.raises(RobodualError, match="policy manifest .* is unreadable"):
+        load_policy(folder)
+    (folder / "policy.json").write_text(json.dumps({"format": 99, "checkpoint": "specialist"}))
+    with pytest.raises(RobodualError, match="expected format 1"):
+        load_policy(folder)
+    (folder / "policy.json").write_text(json.dumps({"format": 1, "checkpoint": "specialist", "files": {}}))
+    code, cap = run("serve", "--policy", folder, "--port", 0)
+    assert code == 1 and cap.err.startswith("error:") and len(cap.err.strip().splitlines()) == 1

@@ -204,3 +204,39 @@ def test_train_specialist_logs_to_tensorboard(tmp_path, run):
     assert [s for s, _ in scalars["train/grad_norm"]] == [m["step"] for m in lines] == [1, 2, 3]
     assert [v for _, v in scalars["train/grad_norm"]] == pytest.approx([m["grad_norm"] for m in lines], rel=1e-6)
     assert not (tmp_path / "spec" / "wandb").exists()
+
+
+def test_calvin_results_and_videos_reach_the_trackers(tmp_path, offline_wandb):
+    """eval calvin's glue (the simulator is not needed): the report's numbers and the chain videos."""
+    import numpy as np
+    from PIL import Image
+
+    from robodual_envs.calvin.commands import _track
+
+    out = tmp_path / "eval"
+    (out / "videos").mkdir(parents=True)
+    frames = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(out / "videos" / "chain_0000.gif", save_all=True, append_images=frames[1:], duration=100)
+    report = {"policy": {"path": "x"}, "simulator": {"simulator": "standin"}, "avg_len": 1.5,
+              "success_rates": [0.5, 0.25, 0.0, 0.0, 0.0], "performance": {"steps_per_s": 12.0}}
+    _track(["tensorboard", "wandb"], tmp_path / "not-a-run", out, report)
+    scalars = tensorboard_scalars(out / "tensorboard")
+    assert scalars["eval/calvin/avg_len"] == [(0, 1.5)]
+    assert scalars["eval/calvin/performance/steps_per_s"] == [(0, 12.0)]
+    (tag, events), = tensorboard_images(out / "tensorboard").items()
+    assert tag == "eval/calvin/video/chain_0000" and events[0].width == 16
+    _, rows = wandb_history(out)
+    assert any(row.get("eval/calvin/avg_len") == 1.5 for row in rows)
+
+
+@pytest.mark.hostile
+def test_damaged_tracker_state_is_one_line(tmp_path, run):
+    store = make_store(tmp_path / "s.zarr", episodes=2, steps=6, action_dim=3)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tracking.json").write_text("{not json")
+    code, cap = run("train", "generalist", "--dataset", store, "--out", out, "--base", "tiny", "--steps", 1, *TINY,
+                    "--log", "wandb")
+    errors = [line for line in cap.err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "tracking.json' is not valid JSON" in errors[0]
+    assert "Traceback" not in cap.err
