@@ -47,15 +47,36 @@ def list_feature_caches(store_path: str | Path) -> dict[str, dict[str, Any]]:
     return {name: dict(group[name].attrs) for name in sorted(group.group_keys())}
 
 
+def _damaged(store_path: Path, fingerprint: str, what: str) -> RobodualError:
+    return RobodualError(f"feature cache '{store_path / GROUP / fingerprint}' is damaged: {what}; delete that folder "
+                         "and training builds it again")
+
+
 def open_feature_cache(store_path: str | Path, fingerprint: str) -> Any | None:
-    """The ``tokens`` array of a complete cache, or None."""
-    root = _root(Path(store_path), "r")
-    if GROUP not in root or fingerprint not in root[GROUP]:
-        return None
-    group = root[GROUP][fingerprint]
-    if not group.attrs.get("complete"):
-        return None
-    return group["tokens"]
+    """The ``tokens`` array of a complete cache (reads refuse an undecodable chunk in one line), or None."""
+    from robodual_core.data.integrity import CheckedArray
+
+    store_path = Path(store_path)
+    root = _root(store_path, "r")
+    try:
+        if GROUP not in root or fingerprint not in root[GROUP]:
+            return None
+        group = root[GROUP][fingerprint]
+        if group.attrs.get("complete") is not True:
+            return None
+        tokens = group["tokens"]
+        shape, num_steps = tuple(tokens.shape), group.attrs.get("num_steps")
+    except RobodualError:
+        raise
+    except Exception as exc:  # zarr raises many types for unreadable metadata
+        raise _damaged(store_path, fingerprint, f"its metadata cannot be read ({type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:160]})") from None
+    steps = int(root["meta/episode_ends"][-1]) if root["meta/episode_ends"].shape[0] else 0
+    if len(shape) != 3 or shape[0] != steps or num_steps != steps:
+        raise _damaged(store_path, fingerprint, f"tokens have shape {list(shape)} (attrs num_steps {num_steps!r}); "
+                       f"expected [{steps}, N, W], one row per stored step")
+    # chunks the writer skipped as all zeros are legitimately absent (strict=False); a damaged one is named
+    return CheckedArray(tokens, f"{GROUP}/{fingerprint}/tokens", strict=False, store=store_path)
 
 
 def build_feature_cache(store_path: str | Path, key: str, modality: str, fingerprint: str,
@@ -79,9 +100,11 @@ def build_feature_cache(store_path: str | Path, key: str, modality: str, fingerp
     root = _root(store_path, "r+")
     parent = root.require_group(GROUP)
     if fingerprint in parent and parent[fingerprint].attrs.get("complete"):
-        return parent[fingerprint]["tokens"]
+        return open_feature_cache(store_path, fingerprint)
     group = parent[fingerprint] if fingerprint in parent else None
-    done = int(group.attrs.get("done_until", 0)) if group is not None else 0
+    done = group.attrs.get("done_until", 0) if group is not None else 0
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= total:
+        raise _damaged(store_path, fingerprint, f"attrs done_until is {done!r}; expected a step in 0..{total}")
     first = prepare_images(np.asarray(frames[0:1]), key, modality, normalizer, size)
     with torch.no_grad():
         probe = encode(first)

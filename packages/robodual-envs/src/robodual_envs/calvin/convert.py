@@ -35,6 +35,7 @@ import numpy as np
 
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import DatasetConverter
+from robodual_core.outputs import describe_path
 from robodual_envs.calvin.pickle_safe import load_npy
 
 FPS = 30.0
@@ -50,6 +51,7 @@ IMAGE_KEYS = {
 RAW_KEYS = ("robot_obs", "scene_obs", "actions", "rel_actions")
 RESIZABLE = ("rgb_static", "rgb_gripper", "depth_static", "depth_gripper")
 PROPRIO_INDEX = [0, 1, 2, 3, 4, 5, 14]  # tcp xyz, tcp euler xyz, gripper action
+RAW_SHAPES = {"robot_obs": (15,), "scene_obs": (24,), "actions": (7,), "rel_actions": (7,)}  # per frame
 ACTION_SPACES = {
     "rel_actions": {"type": "relative_ee", "source": "rel_actions", "dim": 7, "range": [-1.0, 1.0],
                     "components": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
@@ -238,8 +240,11 @@ class FrameReader:
 
     def read(self, frame: int) -> dict[str, np.ndarray]:
         path = self.path(frame)
-        if not path.is_file():
-            raise RobodualError(f"frame file '{path}' does not exist; an annotation window refers to frame {frame}")
+        found = describe_path(path)  # a FIFO would block the read, /dev/zero never end it
+        if found != "a file":
+            found = "does not exist" if not os.path.lexists(path) else f"is {found}"
+            raise RobodualError(f"frame file '{path}' {found}; expected a regular npz file (an annotation window "
+                                f"refers to frame {frame})")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 missing = [k for k in self.source_keys if k not in npz.files]
@@ -254,6 +259,10 @@ class FrameReader:
                                 f"{type(exc).__name__}: {exc}") from None
         ref = self.reference
         if ref is None:
+            for key, want in RAW_SHAPES.items():  # indexed by position (proprio = robot_obs[PROPRIO_INDEX])
+                if key in out and out[key].shape != want:
+                    raise RobodualError(f"'{path}' key '{key}' has shape {out[key].shape}; expected {want} as in "
+                                        "CALVIN's frames")
             self.reference = ref = {k: (v.shape, v.dtype) for k, v in out.items()}
         for key, value in out.items():
             shape, dtype = ref[key]

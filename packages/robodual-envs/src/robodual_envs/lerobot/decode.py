@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from robodual_core.errors import RobodualError
-from robodual_envs.lerobot.layout import EpisodeRef
+from robodual_envs.lerobot.layout import EpisodeRef, parquet
 
 TASK_INDEX = "__task_index__"  # the episode's task_index column in load_episode's result
 
@@ -41,7 +41,7 @@ def load_episode(job: EpisodeJob) -> dict[str, Any]:
 
     ep = job.episode
     columns = list(dict.fromkeys(["timestamp", *job.numeric, *job.images]))
-    schema = pq.read_schema(ep.data_file)
+    schema = parquet(pq.read_schema, ep.data_file)
     extra = [c for c in ("episode_index", "frame_index", "task_index") if c in schema.names and c not in columns]
     missing = [c for c in columns if c not in schema.names]
     if missing:

@@ -67,6 +67,16 @@ class LeRobotSource:
         return sum(ep.length for ep in self.episodes)
 
 
+def parquet(read: Any, path: Path, **kwargs: Any) -> Any:
+    """``read(path, **kwargs)`` (a pyarrow.parquet reader); a truncated or corrupt file is one line naming it."""
+    try:
+        return read(path, **kwargs)
+    except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for a damaged file
+        detail = " ".join(str(exc).split())[:200]
+        raise RobodualError(f"parquet file '{path}' cannot be read (truncated or corrupt?): {type(exc).__name__}: "
+                            f"{detail}") from None
+
+
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise RobodualError(f"'{path}' does not exist; expected a LeRobot dataset folder holding meta/info.json, "
@@ -143,7 +153,7 @@ def _tasks_v3(root: Path) -> dict[int, str]:
     path = root / "meta" / "tasks.parquet"
     if not path.is_file():
         raise RobodualError(f"'{path}' does not exist; a LeRobot v3.0 dataset keeps its task strings there")
-    table = pq.read_table(path)
+    table = parquet(pq.read_table, path)
     if "task_index" not in table.column_names:
         raise RobodualError(f"'{path}' has no column 'task_index'; found {table.column_names}")
     # LeRobot writes the task strings as the pandas index: a column named 'task' or '__index_level_0__'
@@ -169,20 +179,20 @@ def _episodes_v3(root: Path, info: dict[str, Any], video_keys: list[str]) -> lis
         wanted += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
     episodes = []
     for path in files:
-        schema = pq.read_schema(path)
+        schema = parquet(pq.read_schema, path)
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise RobodualError(f"'{path}' has no column(s) {missing}; expected the episode table of a LeRobot "
                                 "v3.0 dataset")
-        for row in pq.read_table(path, columns=wanted).to_pylist():
+        for row in parquet(pq.read_table, path, columns=wanted).to_pylist():
             where = f"'{path}' episode {row.get('episode_index')}"
-            data_file = root / info["data_path"].format(chunk_index=int(_field(row, "data/chunk_index", where)),
-                                                        file_index=int(_field(row, "data/file_index", where)))
+            data_file = root / _template(info, "data_path", chunk_index=int(_field(row, "data/chunk_index", where)),
+                                         file_index=int(_field(row, "data/file_index", where)))
             videos = {}
             for key in video_keys:
-                rel = info["video_path"].format(video_key=key,
-                                                chunk_index=int(_field(row, f"videos/{key}/chunk_index", where)),
-                                                file_index=int(_field(row, f"videos/{key}/file_index", where)))
+                rel = _template(info, "video_path", video_key=key,
+                                chunk_index=int(_field(row, f"videos/{key}/chunk_index", where)),
+                                file_index=int(_field(row, f"videos/{key}/file_index", where)))
                 videos[key] = (root / rel, float(_field(row, f"videos/{key}/from_timestamp", where)))
             episodes.append(EpisodeRef(index=int(row["episode_index"]), length=int(_field(row, "length", where)),
                                        tasks=[str(t) for t in (row.get("tasks") or [])], data_file=data_file,
@@ -197,9 +207,9 @@ def _episodes_v2(root: Path, info: dict[str, Any], video_keys: list[str]) -> lis
         index = int(_field(row, "episode_index", "meta/episodes.jsonl"))
         where = f"meta/episodes.jsonl episode {index}"
         chunk = index // chunks_size
-        data_file = root / info["data_path"].format(episode_chunk=chunk, episode_index=index)
-        videos = {key: (root / info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=index), 0.0)
-                  for key in video_keys}
+        data_file = root / _template(info, "data_path", episode_chunk=chunk, episode_index=index)
+        videos = {key: (root / _template(info, "video_path", episode_chunk=chunk, video_key=key, episode_index=index),
+                        0.0) for key in video_keys}
         tasks = row.get("tasks") or []
         episodes.append(EpisodeRef(index=index, length=int(_field(row, "length", where)),
                                    tasks=[str(t) for t in (tasks if isinstance(tasks, list) else [tasks])],
@@ -207,16 +217,38 @@ def _episodes_v2(root: Path, info: dict[str, Any], video_keys: list[str]) -> lis
     return sorted(episodes, key=lambda e: e.index)
 
 
+def _template(info: dict[str, Any], name: str, **fields: Any) -> str:
+    """``info[name]`` (a path template such as data_path) filled in, or a one-line error naming it."""
+    template = info[name]
+    try:
+        if not isinstance(template, str):
+            raise TypeError(f"a {type(template).__name__}")
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise RobodualError(f"meta/info.json '{name}' is {str(template)[:120]!r}; expected a path template using "
+                            f"only {{{'}, {'.join(fields)}}} ({type(exc).__name__}: {exc})") from None
+
+
 def _check_files(source: LeRobotSource) -> None:
-    """Fail before any decoding when a data or video file is missing."""
+    """Fail before any decoding when a data or video file is missing, is not a regular file, or lies outside
+    the dataset folder (a template holding '..' or an absolute path must not make the converter read elsewhere)."""
+    from robodual_core.outputs import describe_path
+
+    root = source.root.resolve()
+    info = source.root / "meta" / "info.json"
+
+    def check(path: Path, what: str, template: str) -> None:
+        if root not in path.resolve().parents:
+            raise RobodualError(f"{what} '{path}' lies outside the dataset folder '{source.root}'; expected the "
+                                f"{template} template of '{info}' to name a file inside it")
+        found = describe_path(path)
+        if found != "a file":
+            raise RobodualError(f"{what} '{path}' is {found}; expected a regular file per the {template} template "
+                                f"of '{info}'")
+
     for ep in source.episodes:
         if ep.length <= 0:
             raise RobodualError(f"'{source.root}' episode {ep.index} has length {ep.length}; expected at least 1 frame")
-        if not ep.data_file.is_file():
-            raise RobodualError(f"data file '{ep.data_file}' of episode {ep.index} does not exist; expected it "
-                                f"per the data_path template of '{source.root / 'meta' / 'info.json'}'")
+        check(ep.data_file, f"data file of episode {ep.index}", "data_path")
         for key, (path, _) in ep.videos.items():
-            if not path.is_file():
-                raise RobodualError(f"video file '{path}' of feature '{key}' (episode {ep.index}) does not exist; "
-                                    f"expected it per the video_path template of "
-                                    f"'{source.root / 'meta' / 'info.json'}'")
+            check(path, f"video file of feature '{key}' (episode {ep.index})", "video_path")
