@@ -263,3 +263,19 @@ def test_a_damaged_manifest_is_one_line(tmp_path, run):
     (folder / "policy.json").write_text(json.dumps({"format": 1, "checkpoint": "specialist", "files": {}}))
     code, cap = run("serve", "--policy", folder, "--port", 0)
     assert code == 1 and cap.err.startswith("error:") and len(cap.err.strip().splitlines()) == 1
+
+
+def test_eval_metaworld_reads_the_generation_settings_from_the_manifest(runs, tmp_path):
+    """Without its dataset, an exported Meta-World policy still renders at its training image size and cameras."""
+    from robodual_core.policy_folder import export_policy
+    from robodual_envs.metaworld.commands import dataset_settings_of_run
+
+    root, _ = runs
+    manifest = export_policy(root / "gen", tmp_path / "policy")
+    assert manifest["dataset"]["path"] and "generator" in manifest["dataset"]
+    assert dataset_settings_of_run(tmp_path / "policy") == {}  # not a Meta-World store
+    data = json.loads((tmp_path / "policy" / "policy.json").read_text())
+    data["dataset"] = {"source": "metaworld", "generator": {"image_size": 64, "cameras": ["corner2"], "depth": False,
+                                                            "seed": 3}}
+    (tmp_path / "policy" / "policy.json").write_text(json.dumps(data))
+    assert dataset_settings_of_run(tmp_path / "policy") == {"image_size": 64, "cameras": ["corner2"], "depth": False}

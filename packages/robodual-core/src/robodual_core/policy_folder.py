@@ -104,6 +104,9 @@ def export_policy(run: str | Path, out: str | Path, overwrite: bool = False) -> 
             "requires_base": _required_base(tmp / ("generalist" if gen_dir is not None else kind)),
             "source": {"run": str(run_dir or run), "checkpoint": str(ckpt),
                        "generalist": str(gen_src) if gen_src else None},
+            # what an evaluator rebuilds the training setting from (e.g. Meta-World's image size and cameras)
+            "dataset": {k: v for k, v in (_dataset_info(ckpt) or {}).items()
+                        if k in ("path", "source", "generator", "fps", "modalities")},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
             "robodual_version": _version(),
             "files": {str(f.relative_to(tmp)): {"sha256": _sha256(f), "bytes": f.stat().st_size}
@@ -154,7 +157,7 @@ def _dataset_info(ckpt: Path | None) -> dict[str, Any] | None:
         return {"path": str(dataset), "episodes": int(ds.num_episodes), "steps": int(ds.num_steps),
                 "fps": float(ds.fps), "keys": list(ds.keys), "modalities": dict(ds.modalities),
                 "tasks": tasks, "instructions": sorted(set(ds.instructions)), "action_space": dict(ds.action_space),
-                "source": ds.attrs.get("source")}
+                "source": ds.attrs.get("source"), "generator": ds.attrs.get("generator")}
     except Exception:  # a moved or unreadable dataset: the card says what the config names, no more
         return {"path": str(dataset)}
 
@@ -263,8 +266,8 @@ def model_card(folder: Path, kind: str, ckpt: Path, gen_src: Path | None, config
     if kind != "generalist":
         robodual["action_space"]["chunk"] = (meta.get("specialist") or {}).get("k_s")
     if data:
-        robodual["training_data"] = {k: data[k] for k in ("path", "source", "episodes", "steps", "fps", "tasks")
-                                     if data.get(k) not in (None, [], "")}
+        robodual["training_data"] = {k: data[k] for k in ("path", "source", "episodes", "steps", "fps", "tasks",
+                                                          "generator") if data.get(k) not in (None, [], "", {})}
         if data.get("instructions"):
             robodual["training_data"]["instructions"] = len(data["instructions"])
     if evaluations:

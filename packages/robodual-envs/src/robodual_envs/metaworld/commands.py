@@ -179,8 +179,12 @@ def dataset_settings_of_run(run_dir: Path) -> dict[str, Any]:
     """Image size, cameras and depth of the Meta-World dataset a run was trained on, when its config names one.
 
     Best effort: looks for a ``dataset`` path in ``config.json`` (at any depth) whose store was written by
-    ``robodual dataset generate metaworld``; returns ``{}`` otherwise.
+    ``robodual dataset generate metaworld``; returns ``{}`` otherwise. A policy folder (``robodual policy
+    export``) carries the settings in its policy.json, read when its dataset is not at hand.
     """
+    exported = _exported_settings(run_dir)
+    if exported:
+        return exported
     config = run_dir / "config.json"
     if not config.is_file():
         return {}
@@ -203,6 +207,16 @@ def dataset_settings_of_run(run_dir: Path) -> dict[str, Any]:
         if attrs.get("source") == "metaworld" and gen:
             return {k: gen[k] for k in ("image_size", "cameras", "depth") if k in gen}
     return {}
+
+
+def _exported_settings(folder: Path) -> dict[str, Any]:
+    """The Meta-World generation settings a policy folder's policy.json records (``dataset.generator``), or {}."""
+    try:
+        data = json.loads((folder / "policy.json").read_text()).get("dataset") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    gen = data.get("generator") if isinstance(data, dict) and data.get("source") == "metaworld" else None
+    return {k: gen[k] for k in ("image_size", "cameras", "depth") if k in gen} if isinstance(gen, dict) else {}
 
 
 def _dataset_paths(obj: Any):
