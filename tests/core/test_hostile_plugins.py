@@ -727,3 +727,27 @@ def test_the_kernels_own_distribution_is_recognised_in_both_install_layouts(tmp_
                                                           .as_uri(), "dir_info": {"editable": True}}))
     dist = metadata.PathDistribution(info)
     assert _owns_kernel(dist, kernel.resolve()) is (layout != "elsewhere")
+
+
+@pytest.mark.parametrize("version,loaded", [("0.1.0", True), ("9.9", False)])
+def test_a_first_party_name_at_home_loads_only_at_the_kernels_version(site, monkeypatch, version, loaded):
+    from importlib import metadata
+
+    import robodual_core.plugins as plugins_mod
+
+    core_info = site.root / "robodual_core-0.1.0.dist-info"  # make the fake site robodual-core's home
+    core_info.mkdir()
+    (core_info / "METADATA").write_text("Metadata-Version: 2.1\nName: robodual-core\nVersion: 0.1.0\n")
+    monkeypatch.setattr(plugins_mod, "_kernel_distribution", lambda: metadata.PathDistribution(core_info))
+    site.dist("robodual-sensors", "home_sensors", HOOKIMPL + """
+        @hookimpl
+        def robodual_register_sensors(registry):
+            registry.register("home_sensor", object)
+    """)
+    info = site.root / "robodual_sensors-1.0.dist-info"
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: robodual-sensors\nVersion: {version}\n")
+    assert ("home_sensor" in get_plugin_manager().sensors()) is loaded
+    home = infos()["home_sensors"]
+    assert home.builtin is loaded and (home.status == "ok") is loaded
+    if not loaded:
+        assert "robodual-core there is 0.1.0 (robodual's packages share one version)" in home.error

@@ -6,9 +6,10 @@ registered (a sensor, a generalist, ...) or adds a CLI command that exists is re
 and the built-in keeps working. Set ``ROBODUAL_DISABLE_PLUGINS=a,b`` to block plugins by name.
 
 First party is a distribution, not a name: one of :data:`FIRST_PARTY` installed in the same place as the
-``robodual-core`` that is running (its site directory). A distribution named like one of them but found
-elsewhere (``robodual_sensors`` earlier on ``sys.path``) is refused and loads nothing; every distribution on
-the path is seen, so it cannot hide the real one either.
+``robodual-core`` that is running (its site directory), at robodual-core's version (they are released
+together). A distribution named like one of them but found elsewhere (``robodual_sensors`` earlier on
+``sys.path``) or at another version (a squatter that replaced one) is refused and loads nothing; every
+distribution on the path is seen, so one cannot hide the real one either.
 
 A plugin can never end or take over the process: a failure on import or in a hook (an exception,
 ``sys.exit``, ``KeyboardInterrupt``, any ``BaseException``, a Python-level ``os._exit``) is recorded with its
@@ -563,10 +564,17 @@ def discover() -> list[Found]:
             real = dists[0]
         for dist, location in dists:
             is_real = real is not None and dist is real[0]
-            refusal = "" if is_real else (
-                f"distribution '{_dist_name(dist)}' {dist.version} at {location} is named like robodual's own "
-                f"'{norm}', which is installed at {home if home is not None else real[1]}; it is not loaded "
-                "(uninstall or rename it)")
+            if not is_real:
+                refusal = (f"distribution '{_dist_name(dist)}' {dist.version} at {location} is named like robodual's "
+                           f"own '{norm}', which is installed at {home if home is not None else real[1]}; it is not "
+                           "loaded (uninstall or rename it)")
+            elif kernel_version and dist.version != kernel_version:  # robodual's packages are released together
+                is_real = False
+                refusal = (f"distribution '{_dist_name(dist)}' {dist.version} at {location} is named like robodual's "
+                           f"own '{norm}' but robodual-core there is {kernel_version} (robodual's packages share one "
+                           "version); it is not loaded (reinstall robodual or uninstall it)")
+            else:
+                refusal = ""
             found += [Found(ep, _dist_name(dist), dist.version, location, is_real, refusal)
                       for ep in dist.entry_points if ep.group == GROUP]
     third: set[str] = set()
