@@ -77,3 +77,60 @@ def test_pretrained_checkpoint_refuses_other_folders(tmp_path):
         pretrained_checkpoint(other)
     with pytest.raises(RobodualError, match="study pretrain"):
         pretrained_checkpoint(tmp_path / "missing")
+
+
+# -- the data-efficiency study with issue 30's arms, on a pretrained generalist ------------------------------------
+@pytest.mark.slow
+def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_path):
+    pt = tmp_path / "pt"
+    assert run(["study", "pretrain", "--quick", "--out", str(pt)]).returncode == 0
+    out = tmp_path / "de"
+    res = run(["study", "data-efficiency", "--quick", "--out", str(out), "--set", f"generalist={pt}",
+               "--set", "arms=[dual,specialist_same,union_specialist,diffusion_policy_2f]",
+               "--set", "dual_set=[model.conditioning.latent_dropout=0.5,model.guidance.target=generalist]",
+               "--set", "generalization=true", "--set", "finetune_generalist=false", "--set", "demo_scales=[1]",
+               "--set", "comparisons=[dual - specialist_same,dual - generalist]", "--set", "bootstrap_draws=200"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (out / "runs" / "generalist").exists()  # the pretrained one is used, not trained again
+    dual_cfg = json.loads((out / "runs" / "n1" / "dual" / "seed0" / "config.json").read_text())
+    assert dual_cfg["model"]["conditioning"]["latent_dropout"] == 0.5
+    assert dual_cfg["model"]["guidance"]["target"] == "generalist"
+    dp = json.loads((out / "runs" / "n1" / "diffusion_policy_2f" / "seed0" / "config.json").read_text())
+    assert dp["model"]["k_s"] == 16 and dp["model"]["generalist_dim"] == 0
+    same = json.loads((out / "runs" / "n1" / "specialist_same" / "seed0" / "config.json").read_text())
+    assert [s["name"] for s in same["model"]["sensors"]] == [s["name"] for s in dual_cfg["model"]["sensors"]]
+    union = json.loads((out / "data" / "union_1.zarr" / "zarr.json").read_text())
+    target = json.loads((out / "data" / "target_1.zarr" / "zarr.json").read_text())
+    assert union["attributes"]["stats"] != target["attributes"]["stats"]  # the broad corpus is in it
+    rows = [json.loads(line) for line in (out / "report" / "episodes.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"seen", "generalization"}
+    assert {r["policy"] for r in rows} == {"dual", "specialist_same", "union_specialist", "diffusion_policy_2f",
+                                           "generalist"}
+    gen = json.loads((out / "eval" / "n1" / "dual" / "seed0" / "generalization" / "results.json").read_text())
+    assert gen["settings"]["visual"] == "shift" and gen["settings"]["placement_scale"] == 1.3
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert [(c["a"], c["b"], c["where"]["split"]) for c in summary["comparisons"]] == [
+        ("dual", "specialist_same", "seen"), ("dual", "specialist_same", "generalization"),
+        ("dual", "generalist", "seen"), ("dual", "generalist", "generalization")]
+    readme = (out / "report" / "README.md").read_text()
+    assert "Pre-registered comparisons (seed-paired)" in readme and "episodes.jsonl" in readme
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("sets, needle", [
+    (["arms=[dual,nonsense]"], "arms"),
+    (["arms=[]"], "arms"),
+    (["arms=[union_specialist]"], "union_specialist"),
+    (["comparisons=[dual - specialist_same]"], "specialist_same"),
+    (["comparisons=[dual-specialist_only]"], "comparisons"),
+    (["dual_set=[nonsense]"], "dual_set"),
+    (["generalization_visual=dark"], "generalization_visual"),
+    (["generalist=/no/such/folder"], "generalist"),
+])
+def test_bad_study_arms_are_refused_before_anything_runs(tmp_path, sets, needle):
+    args = ["study", "data-efficiency", "--quick", "--out", str(tmp_path / "de")]
+    for s in sets:
+        args += ["--set", s]
+    res = run(args)
+    assert res.returncode != 0 and needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "de" / "data").exists()

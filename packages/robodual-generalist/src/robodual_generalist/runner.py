@@ -32,10 +32,9 @@ class VLARunner(GeneralistModelRunner):
 
         path = Path(path)
         if is_openvla_dir(path):
-            if model_cls is None:
-                from robodual_generalist.model import VLAGeneralist
-
-                model_cls = VLAGeneralist
+            if model_cls is None:  # the family's load_runner passes its class (no import back into model.py)
+                raise RobodualError(f"VLARunner.load('{path}'): an OpenVLA-format folder needs model_cls, the "
+                                    "generalist family's class; load it through the family's load_runner")
             config = read_openvla_config(path)
             normalizer = policy_normalizer(path, config, unnorm_key)  # a wrong key fails before the weights load
             options = {"unnorm_key": unnorm_key} if unnorm_key is not None else {}

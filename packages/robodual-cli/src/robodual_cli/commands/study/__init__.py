@@ -189,7 +189,9 @@ def _register_pretrain(study: typer.Typer) -> None:
         folder.log = tuple(log)
         t0 = time.perf_counter()
         result = pt.run(cfg, folder)
-        _done(folder, pt.report(folder, cfg, result, quick), t0)
+        from robodual_cli.commands.study import report
+
+        _done(folder, report.pretrain_report(folder, cfg, result, quick), t0)
 
 
 def _done(folder: object, path: Path, t0: float) -> None:

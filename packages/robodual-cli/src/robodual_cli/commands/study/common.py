@@ -263,26 +263,27 @@ def specialist_config(cfg: Any, store: Path | None, steps: int, seed: int) -> di
     }
 
 
-def specialist_sets(cfg: Any) -> list[str]:
-    """``--set`` options for ``train specialist`` from the study's ``specialist_set`` list (ablations)."""
+def specialist_sets(cfg: Any, key: str = "specialist_set") -> list[str]:
+    """``--set`` options for ``train specialist`` from the study's ``specialist_set`` list (ablations), or
+    another list key of the config (``dual_set``)."""
     out: list[str] = []
-    for item in cfg.specialist_set:
+    for item in getattr(cfg, key):
         if "=" not in item:
-            raise RobodualError(f"config key 'specialist_set': expected items like 'model.conditioner=film', "
+            raise RobodualError(f"config key '{key}': expected items like 'model.conditioner=film', "
                                 f"found '{item}'")
         out += ["--set", item]
     return out
 
 
 def eval_stage(study: StudyFolder, name: str, policy: Path, kind: str, out: Path, tasks: list[str],
-               cfg: Any) -> dict[str, Any]:
+               cfg: Any, extra: list[str] | None = None) -> dict[str, Any]:
     """Stage ``name``: ``eval metaworld`` of ``policy`` on the study's fixed placements (``cfg``'s eval_episodes,
     eval_seed, max_steps, workers, eval_batch); returns its results (:func:`read_results`)."""
     study.run(name, robodual(
         "eval", "metaworld", "--policy", str(policy), "--kind", kind, "--tasks", ",".join(tasks), "--episodes",
         str(cfg.eval_episodes), "--seed", str(cfg.eval_seed), "--max-steps", str(cfg.max_steps),
         "--workers", str(cfg.workers), "--batch", str(cfg.eval_batch), "--out", str(out), "--videos", "0",
-        *latency_flags(cfg)),
+        *latency_flags(cfg), *(extra or [])),
         units=cfg.eval_episodes * len(tasks) * cfg.max_steps, kind="eval",
         work=lambda: eval_work_seconds(out / "results.json"))
     return read_results(out / "results.json")

