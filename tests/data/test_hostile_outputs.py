@@ -88,6 +88,10 @@ def _cases():
                                       "--overwrite"], ["refuses to delete", "not a run folder"]),
         ("train-generalist-overwrites-foreign", ["train", "generalist", "--dataset", "{store}", "--out", "{mine}",
                                                  "--overwrite", "--base", "tiny"], ["refuses to delete"]),
+        ("generalist-merge-overwrites-foreign", ["generalist", "merge", "{data}", "--out", "{mine}", "--overwrite"],
+         ["refuses to delete", "not a merged generalist folder"]),
+        ("generalist-merge-into-run", ["generalist", "merge", "{mine}", "--out", "{mine}/merged"],
+         ["lies inside the input"]),
         ("study-overwrites-foreign", ["study", "data-efficiency", "--quick", "--out", "{mine}", "--overwrite"],
          ["not a study folder"]),
         # a file where a folder goes, a folder where a file goes
@@ -152,6 +156,15 @@ def test_paths_are_compared_as_the_filesystem_sees_them(world):
     check_output(world["mine"] / "eval" / "offline", hosts=[world["mine"]])
     with pytest.raises(RobodualError, match="is the input"):
         check_output(world["mine"], hosts=[world["mine"]])
+
+
+def test_a_bench_report_path_must_be_a_file(world):
+    from robodual_core.bench import write_report
+
+    with pytest.raises(RobodualError, match="is a folder"):
+        write_report(world["mine"], "x", {})
+    assert (world["mine"] / "thesis.tex").read_text() == "keep me"
+    assert write_report(world["tmp"] / "r.json", "x", {"a": 1})["results"] == {"a": 1}
 
 
 def test_special_files_are_named_for_what_they_are(world):

@@ -132,6 +132,9 @@ def compute_floor_ms(flop: float, limits: dict[str, Any] | None) -> float | None
 
 def write_report(path: str | Path, name: str, results: dict[str, Any]) -> dict[str, Any]:
     """Write ``{"bench": name, "environment": ..., "results": ...}`` atomically and return it."""
+    from robodual_core.outputs import check_output
+
+    check_output(path, flag="--out", expect="file")  # a folder or a FIFO as the report path: one line, not raw text
     report = {"bench": name, "environment": environment(), "results": results}
     atomic_write_json(path, report)
     return report

@@ -230,6 +230,11 @@ def load_init_weights(model: Any, family: str, ckpt: Path, action_dim: int) -> N
 
 
 # -- merge -----------------------------------------------------------------------------------------
+def _is_merged_folder(path: Path) -> bool:
+    """A merged folder written before the output marker: weights and the normalizer.json merge writes."""
+    return (path / "normalizer.json").is_file() and any(path.glob("*.safetensors"))
+
+
 def merge(
     run: Path = typer.Argument(..., help="Generalist run folder or checkpoint folder."),
     out: Path = typer.Option(..., "--out", help="Output folder: the family's standalone format (OpenVLA format "
@@ -238,11 +243,16 @@ def merge(
 ) -> None:
     """Merge LoRA adapters into the base weights and write a standalone folder in the run's family's format
     (OpenVLA format for openvla, the Hugging Face layout for hf_vlm; a family without merge says so)."""
+    from robodual_core.outputs import check_output, mark_output
     from robodual_generalist.export import export_merged
 
     if out.exists() and not overwrite:
         raise RobodualError(f"'{out}' exists; pass --overwrite to replace it")
+    # never the run itself, inside it or holding it; --overwrite replaces only a merged folder robodual wrote
+    check_output(out, flag="--out", expect="folder", inputs=[run], overwrite=overwrite, legacy=_is_merged_folder,
+                 what="a merged generalist folder")
     path = export_merged(run, out)
+    mark_output(path, "merged-generalist")
     _console().print(f"merged generalist written to {path}")
 
 
