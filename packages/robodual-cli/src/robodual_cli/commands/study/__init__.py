@@ -61,6 +61,9 @@ def register(app: typer.Typer) -> None:
     study = group(app, "study")
     study.info.help = HELP
     _register_pretrain(study)
+    from robodual_cli.commands.study.latency_command import register as register_latency
+
+    register_latency(study)
 
     @study.command("data-efficiency")
     def data_efficiency(

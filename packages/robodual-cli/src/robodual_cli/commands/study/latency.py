@@ -1,0 +1,208 @@
+"""``robodual study latency``: success and smoothness under deterministic latency (control steps), with and
+without real-time chunking.
+
+It reuses a finished ``study data-efficiency`` folder (``--from``, only read), as the ablations do: its broad
+generalist, target demonstrations at one scale, its dual specialists and its evaluation placements. Each arm is
+evaluated at every ``L_g`` in ``generalist_latencies`` and ``d`` in ``specialist_latencies``
+(``eval metaworld --latency generalist=L_g,specialist=d``):
+
+- ``paper``: the base study's dual system, the paper's runtime (temporal aggregation, tau augmentation);
+- ``no_tau_augmentation``: a dual specialist trained here without the tau augmentation (``data.augment_tau=false``);
+- ``naive``: the paper's specialist, each new chunk replacing the last (``--no-aggregation``): naive switching;
+- ``rtc_inference``: the same weights with inference-time real-time chunking (a copy of the run whose checkpoints
+  set ``model.rtc.inference=true``; the weights are the paper arm's), switching naively otherwise;
+- ``rtc_training``: a dual specialist trained here with training-time real-time chunking
+  (``model.rtc.training=true``, ``max_delay = rtc_max_delay``), switching naively otherwise;
+- ``generalist``: the base study's generalist alone (only ``L_g`` applies to it).
+
+Every evaluation reports success and, from ``results.json``'s ``motion``, the chunk-boundary discontinuity (mean
+``|a_t - a_{t-1}|`` at chunk switches vs within chunks) and jerk (:mod:`robodual_core.runtime.motion`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robodual_cli.commands.study import data_efficiency as de
+from robodual_cli.commands.study.common import (
+    StudyFolder,
+    eval_work_seconds,
+    read_results,
+    resume_flag,
+    robodual,
+    specialist_config,
+    specialist_sets,
+    training_seconds,
+)
+from robodual_core.config import ranged
+from robodual_core.errors import RobodualError
+from robodual_core.io import atomic_write_json
+
+STUDY = "latency"
+ARMS = {  # label, eval --kind, --aggregation
+    "paper": ("dual system, the paper's runtime (aggregation, tau augmentation)", "dual", True),
+    "no_tau_augmentation": ("dual system trained without tau augmentation", "dual", True),
+    "naive": ("dual system, naive chunk switching", "dual", False),
+    "rtc_inference": ("dual system, inference-time real-time chunking", "dual", False),
+    "rtc_training": ("dual system, training-time real-time chunking", "dual", False),
+    "generalist": ("generalist alone", "generalist", True),
+}
+
+
+@dataclass
+class LatencyStudyConfig:
+    base_study: str = ""  # a finished `study data-efficiency` folder (--from)
+    scale: int = ranged(0, ge=0)  # demonstrations per task: one of the base study's scales; 0 = its smallest
+    train_seeds: list[int] = ranged(default_factory=lambda: [0], ge=0)  # of the base study's dual runs
+    generalist_latencies: list[int] = ranged(default_factory=lambda: [0, 8, 16, 32], ge=0)
+    specialist_latencies: list[int] = ranged(default_factory=lambda: [0, 1, 2, 4], ge=0)
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    rtc_max_delay: int = ranged(4, ge=1)  # training-time RTC's d_max
+    rtc_strength: float = ranged(1.0, ge=0, le=1)  # inference-time RTC's weight scale
+
+
+QUICK = {"generalist_latencies": [0, 8], "specialist_latencies": [2]}
+
+
+def check(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig) -> LatencyStudyConfig:
+    if cfg.scale == 0:
+        cfg.scale = base.demo_scales[0]
+    if cfg.scale not in base.demo_scales:
+        raise RobodualError(f"--scale {cfg.scale}: expected one of the base study's scales {base.demo_scales}")
+    missing = [s for s in cfg.train_seeds if s not in base.train_seeds]
+    if missing or len(set(cfg.train_seeds)) != len(cfg.train_seeds) or not cfg.train_seeds:
+        raise RobodualError(f"--seeds: expected distinct training seeds of the base study ({base.train_seeds}), "
+                            f"found {cfg.train_seeds}")
+    unknown = [a for a in cfg.arms if a not in ARMS]
+    if unknown or not cfg.arms or len(set(cfg.arms)) != len(cfg.arms):
+        raise RobodualError(f"config key 'arms': expected distinct names among {', '.join(ARMS)}, found {cfg.arms}")
+    for key in ("generalist_latencies", "specialist_latencies"):
+        values = getattr(cfg, key)
+        if not values or len(set(values)) != len(values):
+            raise RobodualError(f"config key '{key}': expected distinct control-step counts, found {values}")
+    return cfg
+
+
+def with_inference_rtc(src: Path, dst: Path, strength: float) -> dict[str, Any]:
+    """A copy of training run ``src`` whose checkpoints turn on inference-time RTC (the weights are untouched)."""
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    changed = []
+    for meta in sorted(tmp.glob("checkpoints/*/model_config.json")):
+        data = json.loads(meta.read_text())
+        rtc = data.setdefault("specialist", {}).setdefault("rtc", {})
+        rtc.update({"inference": True, "strength": strength})
+        atomic_write_json(meta, data)
+        changed.append(meta.parent.name)
+    if not changed:
+        raise RobodualError(f"'{src}' has no checkpoints/<step>/model_config.json to switch real-time chunking on")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return {"from": str(src), "checkpoints": changed}
+
+
+def run(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
+    src = Path(cfg.base_study)
+    root = study.root
+    runs, evals, configs = root / "runs", root / "eval", root / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    store = src / "data" / f"target_{cfg.scale}.zarr"  # read only
+    broad_gen = src / "runs" / "generalist"
+    n = cfg.scale
+
+    def train(name: str, seed: int, sets: list[str]) -> Path:
+        run_dir = runs / name / f"seed{seed}"
+        conf = configs / f"{name}_seed{seed}.json"
+        atomic_write_json(conf, specialist_config(base, None, base.specialist_steps, seed))
+        study.run(f"train {name} seed={seed}", robodual(
+            "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
+            "--generalist-cache", str(broad_gen), *specialist_sets(base), *sets, *resume_flag(run_dir)),
+            threads=base.threads, units=base.specialist_steps * base.batch_size, run_dir=run_dir,
+            kind="train_specialist", work=lambda: training_seconds(run_dir, base.batch_size))
+        return run_dir
+
+    policies: dict[str, list[tuple[int, Path]]] = {}
+    for seed in cfg.train_seeds:
+        paper = src / "runs" / f"n{n}" / "dual" / f"seed{seed}"
+        for arm in cfg.arms:
+            if arm in ("paper", "naive"):
+                policy = paper
+            elif arm == "no_tau_augmentation":
+                policy = train(arm, seed, ["--set", "data.augment_tau=false"])
+            elif arm == "rtc_training":
+                policy = train(arm, seed, ["--set", "model.rtc.training=true",
+                                           "--set", f"model.rtc.max_delay={cfg.rtc_max_delay}"])
+            elif arm == "rtc_inference":
+                policy = runs / arm / f"seed{seed}"
+                study.compute(f"derive {arm} seed={seed}",
+                              lambda policy=policy, paper=paper: with_inference_rtc(paper, policy, cfg.rtc_strength))
+            else:
+                continue
+            policies.setdefault(arm, []).append((seed, policy))
+    if "generalist" in cfg.arms:
+        policies["generalist"] = [(-1, broad_gen)]
+
+    cells: dict[str, dict[str, Any]] = {}
+    for arm, items in policies.items():
+        _, kind, aggregation = ARMS[arm]
+        for lg in cfg.generalist_latencies:
+            for d in cfg.specialist_latencies if arm != "generalist" else [0]:
+                per_seed = []
+                for seed, policy in items:
+                    out = evals / arm / f"g{lg}_s{d}" / (f"seed{seed}" if seed >= 0 else "all")
+                    study.run(f"eval {arm} L_g={lg} d={d} {out.name}", robodual(
+                        "eval", "metaworld", "--policy", str(policy), "--kind", kind,
+                        "--tasks", ",".join(base.target_tasks), "--episodes", str(base.eval_episodes),
+                        "--seed", str(base.eval_seed), "--max-steps", str(base.max_steps),
+                        "--workers", str(base.workers), "--batch", str(base.eval_batch), "--out", str(out),
+                        "--videos", "0", "--image-size", str(base.image_size),
+                        "--latency", f"generalist={lg},specialist={d}",
+                        "--aggregation" if aggregation else "--no-aggregation"),
+                        units=base.eval_episodes * len(base.target_tasks) * base.max_steps, kind="eval",
+                        work=lambda out=out: eval_work_seconds(out / "results.json"))
+                    per_seed.append(out / "results.json")
+                cells[f"{arm} L_g={lg} d={d}"] = {"arm": arm, "generalist_latency": lg, "specialist_latency": d,
+                                                   **cell(per_seed)}
+    return {"cells": cells, "scale": n, "arms": {a: ARMS[a][0] for a in policies}}
+
+
+def cell(results: list[Path]) -> dict[str, Any]:
+    """Success pooled over seeds, and the motion figures averaged over seeds."""
+    pooled = de.pooled([read_results(p) for p in results])
+    motions = [json.loads(p.read_text()).get("motion") or {} for p in results]
+    motion = {}
+    for key in ("switch_jump", "within_jump", "jerk", "switch_over_within"):
+        values = [m[key] for m in motions if m.get(key) is not None]
+        motion[key] = sum(values) / len(values) if values else None
+    return {**pooled, "motion": motion}
+
+
+def report(study: StudyFolder, cfg: LatencyStudyConfig, result: dict[str, Any], quick: bool) -> Path:
+    """``report/summary.json`` and a ``README.md`` table: success and smoothness per arm and latency."""
+    out = study.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", {**result, "quick": quick, "config": study.config})
+
+    def num(v: Any, fmt: str = ".3f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"# Latency study{' (quick: checks the pipeline, not the result)' if quick else ''}", "",
+             f"Base study: `{cfg.base_study}`, {cfg.scale} demonstrations per task, training seeds "
+             f"{cfg.train_seeds}. Latency in control steps (`--latency generalist=L_g,specialist=d`). Discontinuity: "
+             "mean |a_t - a_(t-1)| at chunk switches vs within chunks; jerk: mean |second difference| of the "
+             "actions (position dimensions).", "",
+             "| arm | L_g | d | success | 95% CI | switch jump | within jump | ratio | jerk |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for row in result["cells"].values():
+        m = row["motion"]
+        lo, hi = row.get("ci95", [None, None])
+        lines.append(f"| {row['arm']} | {row['generalist_latency']} | {row['specialist_latency']} | "
+                     f"{row['success_rate']:.1%} | [{num(lo, '.2f')}, {num(hi, '.2f')}] | {num(m['switch_jump'])} | "
+                     f"{num(m['within_jump'])} | {num(m['switch_over_within'], '.2f')} | {num(m['jerk'])} |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,46 @@
+"""The ``robodual study latency`` command (its work in :mod:`robodual_cli.commands.study.latency`, imported lazily)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+
+def register(study: typer.Typer) -> None:
+    from robodual_cli.commands.study import STUDY_LOG_HELP, _done, _flags, _load, _trackers
+
+    @study.command("latency")
+    def latency(
+        from_dir: Path = typer.Option(..., "--from", help="A finished `robodual study data-efficiency` folder (read "
+                                      "only): its generalist, dual specialists, data and placements are reused."),
+        out_dir: Path = typer.Option(Path("study_latency"), "--out", help="The study folder (resumable)."),
+        quick: bool = typer.Option(False, "--quick", help="Two generalist latencies and d = 2: checks the pipeline."),
+        scale: int | None = typer.Option(None, "--scale", help="Demonstrations per task (a scale of the base study; "
+                                         "default its smallest)."),
+        seeds: str | None = typer.Option(None, "--seeds", help="Training seeds of the base study's dual runs."),
+        config: Path | None = typer.Option(None, "--config", help="YAML/TOML/JSON file of LatencyStudyConfig keys."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. "
+                                            "--set generalist_latencies=[0,16]."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
+        log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
+    ) -> None:
+        """Success and chunk-boundary smoothness under latency in control steps: the paper's runtime, no tau
+        augmentation, naive chunk switching, inference- and training-time real-time chunking, the generalist
+        alone; L_g in {0, 8, 16, 32} x d in {0, 1, 2, 4} by default."""
+        from robodual_cli.commands.study import latency as lt
+        from robodual_cli.commands.study.ablations import load_base
+        from robodual_cli.commands.study.common import StudyFolder
+        from robodual_core.config import to_dict
+
+        base = load_base(from_dir)
+        flags = {k: v for k, v in _flags(None, None, seeds).items() if k == "train_seeds"}
+        flags.update({"base_study": str(from_dir), "scale": scale})
+        cfg = lt.check(_load(lt.LatencyStudyConfig, lt.QUICK, quick, config, overrides, flags), base)
+        folder = StudyFolder(out_dir, lt.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
+                             inputs=(from_dir,), defaults=to_dict(lt.LatencyStudyConfig()))
+        folder.log = tuple(log)
+        t0 = time.perf_counter()
+        result = lt.run(cfg, base, folder)
+        _done(folder, lt.report(folder, cfg, result, quick), t0)

@@ -1,0 +1,67 @@
+"""`robodual study latency --quick` on a quick data-efficiency base: every arm at every latency, the derived
+inference-time RTC run, the report with success and smoothness; resuming redoes nothing; bad configs refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROBODUAL = [sys.executable, "-m", "robodual_cli.app"]
+
+
+def run(args, timeout=1500):
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run(ROBODUAL + [str(a) for a in args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_latency_quick_runs_every_arm_and_resumes(tmp_path):
+    base = tmp_path / "base"
+    proc = run(["study", "data-efficiency", "--quick", "--out", base])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "latency"
+    args = ["study", "latency", "--quick", "--from", base, "--out", out]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    cells = summary["cells"]
+    # 5 dual arms x L_g {0, 8} x d {2}, and the generalist at L_g {0, 8}
+    assert len(cells) == 5 * 2 + 2
+    assert {c["arm"] for c in cells.values()} == {"paper", "no_tau_augmentation", "naive", "rtc_inference",
+                                                  "rtc_training", "generalist"}
+    for cell in cells.values():
+        assert cell["episodes"] == 1 and set(cell["motion"]) >= {"switch_jump", "within_jump", "jerk"}
+    results = json.loads((out / "eval" / "naive" / "g8_s2" / "seed0" / "results.json").read_text())
+    assert results["latency"] == {"generalist": 8, "specialist": 2} and results["aggregation"] is False
+    assert results["episodes"][0]["motion"]["switches"] >= 1
+    derived = json.loads(next((out / "runs" / "rtc_inference" / "seed0" / "checkpoints").glob("*/model_config.json"))
+                         .read_text())
+    assert derived["specialist"]["rtc"]["inference"] is True
+    trained = json.loads((out / "runs" / "rtc_training" / "seed0" / "config.json").read_text())
+    assert trained["model"]["rtc"]["training"] is True and trained["model"]["rtc"]["max_delay"] == 4
+    assert "| rtc_inference | 8 | 2 |" in (out / "report" / "README.md").read_text()
+    again = run(args)
+    assert again.returncode == 0 and "0 stages run now" in again.stdout, again.stderr[-2000:]
+
+
+def test_latency_study_refuses_a_foreign_base_and_bad_configs(tmp_path):
+    from robodual_cli.commands.study import data_efficiency as de
+    from robodual_cli.commands.study import latency as lt
+    from robodual_core.errors import RobodualError
+
+    proc = run(["study", "latency", "--quick", "--from", tmp_path / "nothing", "--out", tmp_path / "o"])
+    assert proc.returncode != 0 and "--from" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+    base = de.DataEfficiencyConfig(demo_scales=[5, 10], train_seeds=[0, 1])
+    assert lt.check(lt.LatencyStudyConfig(), base).scale == 5
+    for cfg, needle in ((lt.LatencyStudyConfig(arms=["paper", "teleport"]), "'arms'"),
+                        (lt.LatencyStudyConfig(train_seeds=[2]), "--seeds"),
+                        (lt.LatencyStudyConfig(scale=7), "--scale 7"),
+                        (lt.LatencyStudyConfig(specialist_latencies=[2, 2]), "specialist_latencies")):
+        with pytest.raises(RobodualError, match=needle):
+            lt.check(cfg, base)
