@@ -109,6 +109,19 @@ def test_a_collapsed_q99_dimension_is_not_trained_on(store):
     assert x.min() == -1 and x.max() == 1
 
 
+@pytest.mark.parametrize("edit,needle", [
+    # min = max while the quantiles differ: no data has these; min_max would map every value to 0
+    (lambda e: e.update(min=[0.0] * 3, max=[0.0] * 3), "expected min <= q01 <= q99 <= max"),
+    # every field says constant but std says the values vary
+    (lambda e: e.update(min=[0.0] * 3, max=[0.0] * 3, q01=[0.0] * 3, q99=[0.0] * 3, mean=[0.0] * 3),
+     "both vary"),
+], ids=["min-equals-max", "std-disagrees"])
+@pytest.mark.parametrize("mode", ["min_max", "mean_std", "q99"])
+def test_statistics_no_data_can_have_are_not_trained_on(store, edit, needle, mode):
+    edit_attrs(store, lambda a: edit(a["stats"]["action"]))
+    refused(lambda: window(store, normalization={"action": mode}), "'action'", needle)
+
+
 def test_a_constant_dimension_is_not_collapsed(tmp_path):
     """A dimension that never varies (min = max) has nothing to lose: trained as before."""
     path = tmp_path / "c.zarr"

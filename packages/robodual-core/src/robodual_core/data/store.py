@@ -317,14 +317,31 @@ def refuse_untrainable(ds: ZarrDataset, modes: dict[str, str]) -> None:
                                     f"'{ALL_CHUNKS_ATTR}') and {lost[0]}: lost data cannot be told from an all-zero "
                                     "chunk; if it is meant to be zeros, copy the store with `robodual dataset merge "
                                     "OLD --out NEW` (the copy stores every chunk) and train on the copy")
+    from robodual_core.data.validate import _stats_order
+
     for key, mode in sorted(modes.items()):
         entry = ds.stats.get(key)
-        if mode != "q99" or not isinstance(entry, dict):
+        if mode == "none" or not isinstance(entry, dict):
             continue
         try:
-            lo, hi, q01, q99 = (np.asarray(entry[f], dtype=np.float64).reshape(-1) for f in ("min", "max", "q01", "q99"))
-        except (KeyError, TypeError, ValueError):
+            lo, hi, q01, q99, std = (np.asarray(entry[f], dtype=np.float64).reshape(-1)
+                                     for f in ("min", "max", "q01", "q99", "std"))
+            order = _stats_order(key, entry)
+        except (KeyError, TypeError, ValueError, IndexError):
             continue  # the normalizer names missing fields
+        if order:  # statistics no data can have (min = max while q01 < q99 maps every value to 0 in min_max)
+            raise RobodualError(f"dataset '{ds.path}': {order[0]}")
+        # no data has a std above half its range (min = max with std > 0: min_max would map every value to 0), nor a
+        # zero std over a range
+        tol = 1e-6 * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+        torn = np.flatnonzero((std > (hi - lo) / 2 + tol) | ((std == 0) & (hi > lo)))
+        if torn.size:
+            d = int(torn[0])
+            raise RobodualError(f"dataset '{ds.path}': statistics of '{key}' dim {d} say its values both vary and do "
+                                f"not (min {lo[d]:.6g}, max {hi[d]:.6g}, std {std[d]:.6g}); expected statistics of "
+                                "the data (`robodual dataset stats PATH --recompute`)")
+        if mode != "q99":
+            continue
         collapsed = np.flatnonzero((q99 - q01 <= 1e-8) & (hi - lo > 1e-8))
         if collapsed.size:
             d = int(collapsed[0])
