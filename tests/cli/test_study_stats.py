@@ -49,6 +49,10 @@ def test_a_single_run_arm_pairs_with_every_seed():
     rows = [dict(r, seed=-1) if r["policy"] == "generalist" else r for r in rows]
     table = paired_table(rows, "dual", "generalist")
     assert sorted(table) == [0, 1, 2]
+    # one training seed against the single run: the pair is named by the training seed, either way round
+    one = rows_for("dual", {4: .5}) + [dict(r, seed=-1) for r in rows_for("generalist", {0: .5})]
+    assert sorted(paired_table(one, "dual", "generalist")) == [4]
+    assert sorted(paired_table(one, "generalist", "dual")) == [4]
     assert np.mean([table[s].mean() for s in table]) == pytest.approx(0.2)
 
 

@@ -35,8 +35,9 @@ def paired_table(rows: list[dict[str, Any]], a: str, b: str, **where: Any) -> di
         raise RobodualError(f"comparison '{a} - {b}': no episodes of '{missing}' (where {where or 'any'}); the arms "
                             f"with results are {sorted({r['policy'] for r in rows})}")
     seeds = sorted(set(oa) & set(ob))
-    if not seeds:  # a single-run arm pairs with every seed of the other
-        if len(oa) == 1:
+    if not seeds:  # a single-run arm (seed < 0, or one seed against several) pairs with every seed of the other
+        single_a = len(oa) == 1 and (min(oa) < 0 or len(ob) > 1)
+        if single_a:
             only = next(iter(oa.values()))
             oa = {s: only for s in ob}
         elif len(ob) == 1:
