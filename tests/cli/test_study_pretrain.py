@@ -88,7 +88,8 @@ def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_pat
     res = run(["study", "data-efficiency", "--quick", "--out", str(out), "--set", f"generalist={pt}",
                "--set", "arms=[dual,specialist_same,union_specialist,diffusion_policy_2f]",
                "--set", "dual_set=[model.conditioning.latent_dropout=0.5,model.guidance.target=generalist]",
-               "--set", "generalization=true", "--set", "finetune_generalist=false", "--set", "demo_scales=[1]",
+               "--set", "generalization=true", "--set", "latency_split=generalist=4,specialist=1",
+               "--set", "finetune_generalist=false", "--set", "demo_scales=[1]",
                "--set", "comparisons=[dual - specialist_same,dual - generalist]", "--set", "bootstrap_draws=200"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert not (out / "runs" / "generalist").exists()  # the pretrained one is used, not trained again
@@ -103,15 +104,17 @@ def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_pat
     target = json.loads((out / "data" / "target_1.zarr" / "zarr.json").read_text())
     assert union["attributes"]["stats"] != target["attributes"]["stats"]  # the broad corpus is in it
     rows = [json.loads(line) for line in (out / "report" / "episodes.jsonl").read_text().splitlines()]
-    assert {r["split"] for r in rows} == {"seen", "generalization"}
+    assert {r["split"] for r in rows} == {"seen", "generalization", "latency"}
+    late = json.loads((out / "eval" / "n1" / "dual" / "seed0" / "latency" / "results.json").read_text())
+    assert late["latency"] == {"generalist": 4, "specialist": 1}
     assert {r["policy"] for r in rows} == {"dual", "specialist_same", "union_specialist", "diffusion_policy_2f",
                                            "generalist"}
     gen = json.loads((out / "eval" / "n1" / "dual" / "seed0" / "generalization" / "results.json").read_text())
     assert gen["settings"]["visual"] == "shift" and gen["settings"]["placement_scale"] == 1.3
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert [(c["a"], c["b"], c["where"]["split"]) for c in summary["comparisons"]] == [
-        ("dual", "specialist_same", "seen"), ("dual", "specialist_same", "generalization"),
-        ("dual", "generalist", "seen"), ("dual", "generalist", "generalization")]
+        (a, b, split) for a, b in (("dual", "specialist_same"), ("dual", "generalist"))
+        for split in ("seen", "generalization", "latency")]
     readme = (out / "report" / "README.md").read_text()
     assert "Pre-registered comparisons (seed-paired)" in readme and "episodes.jsonl" in readme
 
@@ -126,6 +129,8 @@ def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_pat
     (["dual_set=[nonsense]"], "dual_set"),
     (["generalization_visual=dark"], "generalization_visual"),
     (["generalist=/no/such/folder"], "generalist"),
+    (["latency_split=generalist=0"], "latency_split"),
+    (["latency_split=soon"], "latency_split"),
 ])
 def test_bad_study_arms_are_refused_before_anything_runs(tmp_path, sets, needle):
     args = ["study", "data-efficiency", "--quick", "--out", str(tmp_path / "de")]

@@ -51,7 +51,7 @@ VARIANTS = {  # label, eval --kind, conditioning
     "diffusion_policy_2f": ("Diffusion-Policy-style, 2 frames, 16-step chunks", "specialist"),
 }
 DEFAULT_ARMS = ["dual", "specialist_only", "diffusion_policy"]
-SPLITS = ("seen", "generalization")
+SPLITS = ("seen", "generalization", "latency")
 GENERALIST_LABEL = "generalist only (broad corpus, no target data)"
 FINETUNED_LABEL = "generalist only, fine-tuned on the target demonstrations (same budget)"
 
@@ -105,6 +105,9 @@ class DataEfficiencyConfig:
     # pre-registered comparisons "a - b" (arm names, plus generalist and generalist_finetuned), tested at every
     # scale and split with seed-paired differences and a cluster bootstrap over seeds and placements
     comparisons: list[str] = field(default_factory=list)
+    # also evaluate every policy at this deterministic latency (eval --latency, e.g. "generalist=16,specialist=1":
+    # what a 7B generalist on one GPU costs at the control rate; the generalist alone pays it too): split "latency"
+    latency_split: str = ""
     bootstrap_draws: int = ranged(10000, ge=100)
 
 
@@ -137,6 +140,12 @@ def check(cfg: DataEfficiencyConfig) -> DataEfficiencyConfig:
             if arm not in names:
                 raise RobodualError(f"config key 'comparisons': '{arm}' in '{text}' is not an arm of this study; "
                                     f"expected one of {', '.join(sorted(names))}")
+    if cfg.latency_split:
+        from robodual_core.runtime.latency import parse_latency
+
+        if parse_latency(cfg.latency_split, "config key 'latency_split'").zero or not cfg.latency.zero:
+            raise RobodualError(f"config key 'latency_split': expected a non-zero latency beside a zero 'latency' "
+                                f"(the seen split), found '{cfg.latency_split}' and latency {cfg.latency.text()}")
     if cfg.generalist:
         from robodual_cli.commands.study.pretrain import pretrained_checkpoint
 
@@ -260,16 +269,18 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                        runs / f"n{n}" / "generalist_finetuned", cfg.specialist_steps, cfg)
 
     # 4. closed-loop evaluation: the same placements for every policy; rows: one per episode
-    splits = SPLITS if cfg.generalization else SPLITS[:1]
-    shifted = ["--visual", cfg.generalization_visual, "--placement-scale", str(cfg.generalization_placement_scale)]
+    splits = tuple(s for s in SPLITS if s == "seen" or (s == "generalization" and cfg.generalization)
+                   or (s == "latency" and cfg.latency_split))
+    split_flags = {"seen": None, "latency": ["--latency", cfg.latency_split],
+                   "generalization": ["--visual", cfg.generalization_visual, "--placement-scale",
+                                      str(cfg.generalization_placement_scale)]}
     episodes: list[dict[str, Any]] = []
 
     def evaluate(name: str, policy: Path, kind: str, out: Path, arm: str, seed: int, scales: list[int]) -> None:
         for split in splits:
-            where = out if split == "seen" else out / "generalization"
-            label = name if split == "seen" else f"{name} generalization"
-            eval_stage(study, label, policy, kind, where, cfg.target_tasks, cfg,
-                       extra=shifted if split == "generalization" else None)
+            where = out if split == "seen" else out / split
+            label = name if split == "seen" else f"{name} {split}"
+            eval_stage(study, label, policy, kind, where, cfg.target_tasks, cfg, extra=split_flags[split])
             for n in scales:
                 episodes.extend(episode_rows(where / "results.json", policy=arm, seed=seed, scale=n, split=split))
 
