@@ -154,3 +154,13 @@ def test_export_flags_out_of_range_are_refused_before_writing(sources, tmp_path,
     assert code == 1 and needle in cap.err and "Traceback" not in cap.err, cap.err
     assert len([line for line in cap.err.splitlines() if line.startswith("error:")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_store_is_never_written_into_its_source(sources, tmp_path, run):
+    src = copy_source(sources["v2.1"], tmp_path / "src")
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    refused(lambda: convert(src, src / "converted.zarr"), "lies inside the input")
+    refused(lambda: convert(src, src, overwrite=True), "is the input")
+    code, cap = run("dataset", "convert", "lerobot", src, src / "meta" / "x.zarr")
+    assert code == 1 and "lies inside the input" in cap.err
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
