@@ -47,3 +47,18 @@ def test_a_normalizer_without_the_action_entry_is_refused(tmp_path, run):
     code, cap = run("eval", "offline", "--policy", tmp_path / "run", "--dataset", store, "--split", "all")
     assert code == 1 and "no 'action' entry" in cap.err and "Traceback" not in cap.err
     assert not (tmp_path / "run" / "eval" / "offline" / "results.json").exists()
+
+
+def test_a_generalist_normalizer_without_the_action_entry_is_refused(tmp_path):
+    """The generalist's runner (any family) checks the same when it loads, not at the first step."""
+    from robodual_core.runtime.runners import GeneralistModelRunner
+
+    class Model:
+        image_key = "rgb_static"
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "normalizer.json").write_text(json.dumps({"proprio": {"mode": "none"}}))
+    with pytest.raises(RobodualError, match="no 'action' entry") as info:
+        GeneralistModelRunner.load(ckpt, lambda path, device: Model())
+    assert "\n" not in str(info.value) and "proprio" in str(info.value)

@@ -90,6 +90,10 @@ class GeneralistModelRunner:
             raise RobodualError("GeneralistModelRunner.load needs the generalist family's loader (from_checkpoint)")
         model = from_checkpoint(path, device=device)
         normalizer = Normalizer.from_dict(read_json(ckpt, "normalizer"))
+        if "action" not in normalizer.entries:  # its actions would leave the policy in normalized units
+            raise RobodualError(f"'{ckpt}' normalizer.json has no 'action' entry (it has: "
+                                f"{', '.join(normalizer.keys) or 'none'}); expected the one training writes, which "
+                                "turns the policy's actions into dataset units")
         return cls(model, normalizer, run_dataset_spec(ckpt, [model.image_key]), pooling=pooling,
                    latent_dtype=latent_dtype)
 
