@@ -83,6 +83,15 @@ def test_alias_bomb_as_config_of_a_command(run, store, tmp_path):
     assert not (tmp_path / "r").exists() and not (tmp_path / "g").exists()
 
 
+def test_aliases_inside_a_set_value_are_bounded_too():
+    inner = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
+        f"&{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcdef", "bcdefg", strict=True)) + "]"
+    with pytest.raises(ConfigError, match="--set value: its YAML aliases expand"):
+        load_config(TrainerConfig, None, [f"betas={inner}"])
+    with pytest.raises(ConfigError, match="--set value: a YAML alias refers to a node that holds it"):
+        load_config(TrainerConfig, None, ["betas=&x [0.9, *x]"])
+
+
 # -- the shape of values -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("value,needle", [
     ("0.9,0.99,0.5", "found 3"), ("[0.9]", "found 1"), ("[]", "found 0"), ("0.9", "expects a list"),

@@ -284,10 +284,8 @@ def _type_name(tp: Any) -> str:
 def _parse_scalar(text: str) -> Any:
     try:
         return safe_yaml(text, "--set value")
-    except ConfigError as exc:
-        if "aliases" in str(exc):
-            raise
-        return text
+    except ConfigError:  # an alias bomb or a recursive alias
+        raise
     except Exception:
         return text
 
