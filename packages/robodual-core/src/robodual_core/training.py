@@ -32,7 +32,7 @@ from robodual_core.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from robodual_core.config import check_config, ranged
+from robodual_core.config import Check, check_config, ranged
 from robodual_core.errors import RobodualError
 from robodual_core.flat_params import FlatParameters
 from robodual_core.io import atomic_write_text
@@ -47,7 +47,9 @@ class TrainerConfig:
 
     steps: int = ranged(1000, ge=1)
     batch_size: int = ranged(64, ge=1)
-    num_workers: int = ranged(2, ge=0)
+    # loader worker processes, or "auto": timed side by side at start-up (robodual_core.data.loader), the choice
+    # logged in metrics.jsonl (num_workers) and loader.json
+    num_workers: int | str = "auto"
     lr: float = ranged(1e-4, gt=0)
     weight_decay: float = ranged(1e-3, ge=0)
     betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)
@@ -70,6 +72,20 @@ class TrainerConfig:
     # trained parameters and gradients as views into one buffer per optimizer group (robodual_core.flat_params):
     # AdamW, EMA and clipping run over 2 tensors instead of one per parameter; off under DDP and mixed dtypes
     flat_params: bool = True
+
+    __config_checks__ = (
+        Check("num_workers", "'auto' or an integer in [0, 256]",
+              lambda c: c.num_workers == "auto" or (type(c.num_workers) is int and 0 <= c.num_workers <= 256)),
+    )
+
+    def __post_init__(self) -> None:
+        # --set trainer.num_workers=2 arrives as text (the key also takes "auto"); other values are left for
+        # the check above to refuse, naming the key
+        value = self.num_workers
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            self.num_workers = int(value)
+        elif isinstance(value, str) and value.strip().lower() == "auto":
+            self.num_workers = "auto"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -244,6 +260,7 @@ class Trainer:
             wrapped = nn.parallel.DistributedDataParallel(wrapped)
         self.forward = wrapped
         self._data_loader: torch.utils.data.DataLoader | None = None
+        self.loader_record: dict[str, Any] | None = None  # the worker count chosen, and why (see _loader)
         self.sampler = ResumableBatchSampler(len(self.dataset), self.cfg.batch_size, cfg.seed, self.rank,
                                              self.world_size)
         if self.sampler.batches_per_epoch() == 0:
@@ -254,18 +271,27 @@ class Trainer:
         each rebuilt the dataset's in-memory frame cache (1.4-2.0 s of first batch per epoch, issue 20), which
         made 2 workers slower than none on small stores. The batch sampler runs in this process and reads the
         epoch and offset when each epoch's iterator starts; batches carry their own seed (SeededBatch), so worker
-        seeds never reach the data."""
+        seeds never reach the data.
+
+        The worker count is ``trainer.num_workers`` or, for ``auto``, timed side by side on this dataset
+        (robodual_core.data.loader.choose_num_workers; the global RNG states are restored after it); the frames are
+        read into shared memory before workers start, each worker runs one thread, and this process keeps at
+        most ``cores - workers`` torch threads. The choice is kept in ``self.loader_record``."""
         if self._data_loader is not None:
             return self._data_loader
-        kwargs: dict[str, Any] = {}
-        if self.cfg.num_workers > 0:
-            kwargs = {"num_workers": self.cfg.num_workers, "persistent_workers": True, "prefetch_factor": 4}
+        from robodual_core.data.loader import build_loader, limit_threads, resolve_num_workers
+
+        pin = self.device.type == "cuda"
+        with _rng_kept():
+            self.loader_record = resolve_num_workers(self.cfg.num_workers, self.dataset, self.sampler.batch_size,
+                                                     self.collate_fn, pin_memory=pin, seed=self.cfg.seed)
+        if self.loader_record["main_threads"] != torch.get_num_threads():
+            limit_threads(self.loader_record["main_threads"])
         # its own generator: creating an iterator must not draw from the global RNG, which resume restores
         # (otherwise a resumed run's noise/tau draws shift by one and it departs from the uninterrupted run)
         gen = torch.Generator().manual_seed(hash((self.cfg.seed, self.rank)) % 2**63)
-        self._data_loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
-            pin_memory=self.device.type == "cuda", generator=gen, **kwargs)
+        self._data_loader = build_loader(self.dataset, self.loader_record["num_workers"], batch_sampler=self.sampler,
+                                         collate_fn=self.collate_fn, pin_memory=pin, generator=gen)
         return self._data_loader
 
     def batches(self) -> Iterator[dict[str, Any]]:
@@ -565,6 +591,9 @@ class Trainer:
         for sink in sinks:
             sink.start(self.step)
         batches = self.batches()
+        self._loader()  # the worker count (auto: timed) and the frames read before the first interval's clock starts
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "loader.json", json.dumps(self.loader_record, indent=2) + "\n")
         last: dict[str, float] = {}
         progress = _progress(self.show_progress and self.rank == 0)
         task = progress.add_task("training", total=cfg.steps, completed=self.step)
@@ -580,7 +609,8 @@ class Trainer:
                     now = time.perf_counter()
                     last = {"step": self.step, **metrics_acc, "grad_norm": float(grad_norm),
                             "lr": self.scheduler.get_last_lr()[0],
-                            "samples_per_s": samples * self.world_size / max(now - t_last, 1e-9)}
+                            "samples_per_s": samples * self.world_size / max(now - t_last, 1e-9),
+                            "num_workers": self.loader_record["num_workers"]}
                     log.write(json.dumps(last) + "\n")
                     log.flush()
                     for sink in sinks:
@@ -649,6 +679,19 @@ class Trainer:
                 return total
             torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.grad_clip, total, foreach=self._foreach_clip)
         return total
+
+class _rng_kept:
+    """The global torch, numpy and Python RNG states as they were before the block (a start-up measurement
+    that reads samples must not shift the draws a resumed run repeats)."""
+
+    def __enter__(self) -> None:
+        self.states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self.states[0])
+        np.random.set_state(self.states[1])
+        random.setstate(self.states[2])
+
 
 def _lerp_ema(*args: Any, **kwargs: Any) -> Any:
     """diffusers' ``EMAModel`` (decay warm-up, state) whose update of the trained parameters is one

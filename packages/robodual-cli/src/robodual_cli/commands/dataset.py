@@ -402,35 +402,74 @@ def merge(
 
 # -- bench ------------------------------------------------------------------------------------------------
 def bench_loader(
-    data: Path = typer.Option(None, "--data", help="Store to read (default: a synthetic paper-setting store)."),
+    data: list[Path] = typer.Option([], "--data", help="Store to read, repeatable (default: a synthetic store shaped "
+                                    "like the demo's, 2 RGB at 128, and a synthetic paper-setting store)."),
     out_file: Path = typer.Option(Path("bench_loader.json"), "--out", help="JSON report to write."),
-    workers: str = typer.Option("0,2", "--workers", help="Comma-separated num_workers settings."),
+    workers: str = typer.Option("0,1,2,auto", "--workers", help="Comma-separated num_workers settings (a count or "
+                                "auto), timed in turn."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    seconds: float = typer.Option(10.0, "--seconds", help="Timed seconds per setting."),
-    episodes: int = typer.Option(8, "--episodes", help="Episodes of the synthetic store."),
+    seconds: float = typer.Option(1.0, "--seconds", help="Timed seconds per setting and round."),
+    rounds: int = typer.Option(5, "--rounds", help="Rounds of the settings in turn (the median is reported)."),
+    busy: bool = typer.Option(True, "--busy/--no-busy", help="Also time every setting beside a busy core (a "
+                              "busy-loop process)."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time the loader before issue "
+                                   "33: a plain 0-worker DataLoader at torch's default threads, and the first batch "
+                                   "when each worker reads the store."),
+    image_size: int = typer.Option(None, "--image-size", help="Resize frames in the loader (default: as stored)."),
+    episodes: int = typer.Option(8, "--episodes", help="Episodes of the synthetic paper-setting store."),
     consumption: float = typer.Option(None, "--consumption-samples-per-s",
                                       help="Specialist training rate to compute the loader/training ratio."),
+    notes: str = typer.Option(None, "--notes", help="Text kept in the report (the machine's load, say)."),
 ) -> None:
-    """Samples/s of the window loader: 2 RGB 224x224, 2 depth, proprio, 8-step chunk."""
+    """Samples/s of the window loader per num_workers setting (0, 1, 2, auto) side by side, quiet and beside a
+    busy core: 2 RGB 224x224, 2 depth, proprio, 8-step chunk by default, or the stores given."""
     import tempfile
 
     from robodual_core.bench import write_report
-    from robodual_core.data.bench_loader import loader_report, synthetic_store
+    from robodual_core.data.bench_loader import demo_like_store, loader_comparison, synthetic_store
 
-    counts = tuple(int(w) for w in workers.split(",") if w.strip())
+    settings = tuple(w.strip().lower() for w in workers.split(",") if w.strip())
+    if not settings:
+        raise RobodualError(f"--workers is '{workers}'; expected comma-separated counts or auto (0,1,2,auto)")
+    for s in settings:
+        if s != "auto" and (not s.isdigit() or int(s) > 256):
+            raise RobodualError(f"--workers item '{s}': expected auto or an integer in [0, 256]")
+    if seconds <= 0 or rounds < 1 or batch_size < 1:
+        raise RobodualError(f"--seconds ({seconds}), --rounds ({rounds}) and --batch-size ({batch_size}): expected "
+                            "> 0, >= 1 and >= 1")
+    conditions = ("quiet", "busy") if busy else ("quiet",)
+    stores: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="robodual-bench-") as tmp:
-        store = data
-        if store is None:
-            with err.status("writing a synthetic store"):
-                store = synthetic_store(Path(tmp) / "bench.zarr", episodes=episodes)
-        with err.status("measuring loader throughput"):
-            results = loader_report(store, counts, batch_size=batch_size, seconds=seconds,
-                                    consumption_samples_per_s=consumption)
-    if data is None:
-        results["store"] = f"synthetic ({episodes} episodes, removed after the run)"
+        paths = {(p.name if [q.name for q in data].count(p.name) == 1 else f"{i}_{p.name}"): p
+                 for i, p in enumerate(data)}
+        if not data:
+            with err.status("writing synthetic stores"):
+                paths = {"demo_like": demo_like_store(Path(tmp) / "demo_like.zarr"),
+                         "paper_setting": synthetic_store(Path(tmp) / "paper.zarr", episodes=episodes)}
+        with err.status("measuring loader throughput") as status:
+            for name, path in paths.items():
+                stores[name] = loader_comparison(path, settings, conditions, batch_size=batch_size,
+                                                 image_size=image_size, rounds=rounds, round_seconds=seconds,
+                                                 baselines=baselines, progress=status.update)
+                if not data:
+                    stores[name]["store"] = f"synthetic {name} ({stores[name]['episodes']} episodes, removed after " \
+                                            "the run)"
+    first = next(iter(stores.values()))
+    quiet = first["conditions"]["quiet"]["samples_per_s"]
+    runs = [{"num_workers": s, "samples_per_s": quiet[s]} for s in settings]
+    ratio = quiet["2"] / consumption if consumption and "2" in quiet else None
+    results = {  # the first store, quiet, at the top (as before), every store and condition under "stores"
+        "store": first["store"], "episodes": first["episodes"], "steps": first["steps"], "window": first["window"],
+        "runs": runs, "samples_per_s": {s: quiet[s] for s in settings},
+        "consumption_samples_per_s": consumption, "ratio_workers2_over_consumption": ratio,
+        "stores": stores, "notes": notes,
+    }
     write_report(out_file, "loader", results)
-    for run in results["runs"]:
-        out.print(f"num_workers={run['num_workers']}: {run['samples_per_s']:.1f} samples/s")
-    if results["ratio_workers2_over_consumption"] is not None:
-        out.print(f"loader (2 workers) / training consumption = {results['ratio_workers2_over_consumption']:.2f}")
+    for name, r in stores.items():
+        for condition, c in r["conditions"].items():
+            rates = ", ".join(f"{k} {v:.0f}" for k, v in c["samples_per_s"].items())
+            chose = f" (auto: {c['auto']['num_workers']} workers)" if c.get("auto") else ""
+            out.print(f"{name}, {condition}: samples/s by num_workers: {rates}{chose}")
+    if ratio is not None:
+        out.print(f"loader (2 workers) / training consumption = {ratio:.2f}")
     out.print(f"wrote {out_file}")

@@ -1,15 +1,24 @@
-"""Loader throughput: samples/s of :class:`WindowDataset` through a ``DataLoader``.
+"""Loader throughput: samples/s of :class:`WindowDataset` through the trainer's loader
+(:func:`robodual_core.data.loader.build_loader`).
 
 The paper-setting window is 2 RGB views at 224x224, 2 depth views, proprio and an 8-step action chunk.
 :func:`synthetic_store` writes such a store (smooth images, so compression is realistic rather than
-worst-case noise); :func:`loader_throughput` measures one ``num_workers`` setting. The report leaves
-``consumption_samples_per_s`` for the specialist-training side of the ratio (the issue's target: the
-loader with 2 workers delivers at least 2x what training consumes); pass it in, or let a caller that
+worst-case noise); :func:`demo_like_store` one shaped like the demo's Meta-World store (2 RGB views at
+128x128, 30 episodes of about 80 steps). :func:`loader_throughput` measures one ``num_workers`` setting. The
+report leaves ``consumption_samples_per_s`` for the specialist-training side of the ratio (the issue's target:
+the loader with 2 workers delivers at least 2x what training consumes); pass it in, or let a caller that
 can measure training fill it, and ``ratio_workers2_over_consumption`` is computed.
+
+:func:`loader_comparison` is issue 33's side-by-side: worker settings (``0``, ``1``, ``2``, ``auto``) timed in
+turn on one store, quiet and beside a busy core (a busy-loop process), with two baselines of the loader before
+it: a 0-worker ``DataLoader`` with torch's default threads, and the time to the first batch when each worker
+reads the store itself.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,16 +57,16 @@ def loader_throughput(path: str | Path, num_workers: int, batch_size: int = 32, 
                       image_size: int | None = 224, horizon: int = 8, warmup_batches: int = 2) -> dict[str, Any]:
     """Samples/s of a shuffled ``DataLoader`` over a :class:`WindowDataset` (after ``warmup_batches``)."""
     import torch
-    from torch.utils.data import DataLoader
 
+    from robodual_core.data.loader import build_loader
     from robodual_core.data.sampler import WindowDataset
     from robodual_core.data.store import open_dataset
 
     obs_keys = [k for k in BENCH_KEYS if k in open_dataset(path).keys]
     ds = WindowDataset(path, obs_keys=obs_keys, horizon=horizon, image_size=image_size, split="all")
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True,
-                        persistent_workers=num_workers > 0,  # as the trainer: workers live across epochs
-                        generator=torch.Generator().manual_seed(0))
+    # as the trainer: frames shared before workers start, workers live across epochs, one thread per worker
+    loader = build_loader(ds, num_workers, batch_size=batch_size, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(0))
     samples = batches = 0
     start = None
     while start is None or time.perf_counter() - start < seconds:
@@ -96,3 +105,181 @@ def loader_report(path: str | Path, workers: tuple[int, ...] = (0, 2), batch_siz
         "consumption_samples_per_s": consumption_samples_per_s,
         "ratio_workers2_over_consumption": ratio,
     }
+
+
+def demo_like_store(path: str | Path, episodes: int = 30, steps: int = 80, size: int = 128, seed: int = 0) -> Path:
+    """A store shaped like the demo's Meta-World store (``dataset generate metaworld``): 2 RGB views at
+    ``size`` (``rgb_static``, ``rgb_gripper``), proprio [4], action [4]; smooth moving images with a little noise.
+    Pass the real store with ``--data`` where MuJoCo is installed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    modalities = {"rgb_static": "rgb", "rgb_gripper": "rgb", "proprio": "proprio", "action": "action"}
+    with DatasetWriter(path, fps=80, modalities=modalities, overwrite=True,
+                       action_space={"type": "continuous", "dim": 4}) as writer:
+        for _ in range(episodes):
+            phase = np.linspace(0, 3, steps, dtype=np.float32)[:, None, None] + rng.uniform(0, 6.28)
+            wave = np.sin(5 * xx[None] + phase) * np.cos(4 * yy[None] - phase)
+            rgb = ((wave[..., None] * [0.4, 0.3, 0.2] + 0.5) * 255).astype(np.uint8)
+            noise = rng.integers(0, 4, size=rgb.shape, dtype=np.uint8)
+            writer.add_episode({
+                "rgb_static": rgb + noise, "rgb_gripper": rgb[:, ::-1] + noise,
+                "proprio": rng.normal(size=(steps, 4)).astype(np.float32),
+                "action": rng.uniform(-1, 1, size=(steps, 4)).astype(np.float32),
+            }, instruction="bench", task="bench")
+    return Path(path)
+
+
+def busy_core() -> subprocess.Popen:
+    """A process that keeps one core busy (a Python busy loop) until it is killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _first_batch_seconds(path: Path, obs_keys: list[str], image_size: int | None, batch_size: int, workers: int,
+                         shared: bool) -> float:
+    """Seconds from a new dataset to its first batch: ``shared`` the trainer's loader (frames read once, in
+    this process, before workers start), else a plain ``DataLoader`` whose workers read the store each."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from robodual_core.data.loader import build_loader
+    from robodual_core.data.sampler import WindowDataset
+
+    t0 = time.perf_counter()
+    ds = WindowDataset(path, obs_keys=obs_keys, horizon=8, image_size=image_size, split="all")
+    gen = torch.Generator().manual_seed(0)
+    if shared:
+        loader = build_loader(ds, workers, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen,
+                              persistent_workers=False)
+    else:
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                            generator=gen)
+    it = iter(loader)
+    next(it)
+    seconds = time.perf_counter() - t0
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+    return seconds
+
+
+def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "2", "auto"),
+                      conditions: tuple[str, ...] = ("quiet", "busy"), batch_size: int = 32,
+                      image_size: int | None = None, rounds: int = 5, round_seconds: float = 1.0,
+                      baselines: bool = True, progress: Any = None) -> dict[str, Any]:
+    """Samples/s of each worker setting on one store, timed in turn (``rounds`` rounds of one epoch each, as
+    many batches as about ``round_seconds`` take in-process; :func:`robodual_core.data.loader.time_in_turn`; the
+    median is reported), under each condition (``quiet``; ``busy``: beside a busy-loop
+    process). ``auto`` is chosen anew under each condition (its start-up measurement is recorded) and then
+    timed like the fixed settings. With ``baselines``: the loader before issue 33 side by side (a plain
+    0-worker ``DataLoader`` at torch's default threads) and seconds to the first batch (quiet) for each
+    setting and for 2 workers that each read the store."""
+    import torch
+
+    from robodual_core.data.loader import (
+        RandomBatches,
+        available_cores,
+        build_loader,
+        check_num_workers,
+        choose_num_workers,
+        median,
+        shutdown_workers,
+        time_in_turn,
+    )
+    from robodual_core.data.sampler import WindowDataset
+    from robodual_core.data.store import open_dataset
+
+    path = Path(path)
+    store = open_dataset(path)
+    obs_keys = [k for k in BENCH_KEYS if k in store.keys]
+    say = progress or (lambda text: None)
+    cores = available_cores()
+    default_threads = torch.get_num_threads()
+    fixed = [int(s) for s in settings if s != "auto"]
+    for s in settings:
+        check_num_workers(s, "--workers")
+    out: dict[str, Any] = {
+        "store": str(path), "episodes": store.num_episodes, "steps": store.num_steps,
+        "window": {"obs_keys": obs_keys, "frame_shapes": {k: list(store.array(k).shape[1:]) for k in obs_keys},
+                   "image_size": image_size, "proprio": True, "action_chunk": 8, "batch_size": batch_size},
+        "cores": cores, "torch_default_threads": default_threads, "rounds": rounds, "round_seconds": round_seconds,
+        "conditions": {},
+    }
+    if baselines:
+        say(f"{path.name}: seconds to the first batch")
+        first = {str(w): _first_batch_seconds(path, obs_keys, image_size, batch_size, w, shared=True)
+                 for w in sorted({0, *fixed})}
+        if 2 in fixed:
+            first["2_each_worker_reads_the_store"] = _first_batch_seconds(path, obs_keys, image_size, batch_size, 2,
+                                                                          shared=False)
+        out["first_batch_s"] = first
+    for condition in conditions:
+        if condition not in ("quiet", "busy"):
+            raise ValueError(f"condition '{condition}'; expected quiet or busy")
+        proc = busy_core() if condition == "busy" else None
+        try:
+            if proc is not None:
+                time.sleep(0.5)
+            say(f"{path.name}, {condition}: auto's start-up measurement")
+            ds = WindowDataset(path, obs_keys=obs_keys, horizon=8, image_size=image_size, split="all").share_memory()
+            auto = choose_num_workers(ds, batch_size) if "auto" in settings else None
+            # one epoch per setting and round: as many batches as about round_seconds take in this process
+            probe = iter(build_loader(ds, 0, batch_size=batch_size, shuffle=True, drop_last=True,
+                                      generator=torch.Generator().manual_seed(0)))
+            next(probe)
+            t0 = time.perf_counter()
+            next(probe)
+            next(probe)
+            per_round = max(4 * max([*fixed, 1]), int(round_seconds / max((time.perf_counter() - t0) / 2, 1e-6)))
+            loaders: dict[str, Any] = {}
+            for s in settings:
+                w = auto["num_workers"] if s == "auto" else int(s)
+                loaders[s] = build_loader(ds, w, batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
+                                          generator=torch.Generator().manual_seed(0))
+            if baselines:
+                from torch.utils.data import DataLoader
+
+                loaders["0_plain_default_threads"] = DataLoader(
+                    ds, batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
+                    generator=torch.Generator().manual_seed(0))
+            say(f"{path.name}, {condition}: timing {', '.join(loaders)} in turn")
+            try:
+                time_in_turn(loaders, 1, lambda batch: batch["action"].shape[0])  # warm-up: workers started
+                rates = time_in_turn(loaders, rounds, lambda batch: batch["action"].shape[0])
+            finally:
+                for loader in loaders.values():
+                    shutdown_workers(loader)
+        finally:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        out["conditions"][condition] = {
+            "samples_per_s": {k: round(median(v), 1) for k, v in rates.items()},
+            "batches_per_round": per_round,
+            "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+            "auto": auto,
+        }
+    out["goals"] = _goals(out, fixed)
+    return out
+
+
+def _goals(out: dict[str, Any], fixed: list[int]) -> dict[str, Any]:
+    """Issue 33's targets, computed from one store's side-by-side rates."""
+    goals: dict[str, Any] = {}
+    conds = out["conditions"]
+    for condition, c in conds.items():
+        rates = c["samples_per_s"]
+        if "auto" not in rates or not fixed:
+            continue
+        best = max(rates[str(w)] for w in fixed)
+        g = {"auto_over_best_fixed": rates["auto"] / best if best else None,
+             "auto_workers": c["auto"]["num_workers"]}
+        if "0" in rates and c["auto"]["num_workers"] > 0:
+            g["auto_over_0_workers"] = rates["auto"] / rates["0"] if rates["0"] else None
+        if "0_plain_default_threads" in rates and "0" in rates:
+            g["0_workers_over_plain_default_threads"] = rates["0"] / max(rates["0_plain_default_threads"], 1e-9)
+        goals[condition] = g
+    if "quiet" in conds and "busy" in conds:
+        q, b = conds["quiet"]["samples_per_s"], conds["busy"]["samples_per_s"]
+        goals["busy_over_quiet"] = {k: round(b[k] / q[k], 3) for k in q if k in b and q[k]}
+    return goals
