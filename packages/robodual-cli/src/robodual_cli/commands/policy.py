@@ -19,9 +19,9 @@ def register(app: typer.Typer) -> None:
 
     @policy.command("export")
     def export(
-        run: Path = typer.Argument(..., help="A specialist run or checkpoint folder (with the generalist it was "
+        run: Path = typer.Argument(..., metavar="RUN", help="A specialist run or checkpoint folder (with the generalist it was "
                                    "trained with: a dual-system policy), or a generalist run or checkpoint folder."),
-        out_dir: Path = typer.Argument(..., help="The policy folder to write (README.md model card, policy.json, "
+        out_dir: Path = typer.Argument(..., metavar="OUT", help="The policy folder to write (README.md model card, policy.json, "
                                        "checkpoints, configs, evaluation results)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is a policy folder."),
         json_out: bool = typer.Option(False, "--json", help="Print the manifest (policy.json) on stdout."),
