@@ -191,3 +191,16 @@ def test_a_marker_is_what_overwrite_recognises(world):
     (folder / MARKER).write_text('{"written_by": "someone else"}')  # a marker is robodual's only if it says so
     with pytest.raises(RobodualError, match="refuses to delete"):
         check_output(folder, overwrite=True)
+
+
+def test_eval_calvin_never_writes_over_its_policy(world):
+    """eval calvin's --overwrite deletes results and videos in OUT: OUT may lie inside the run (RUN/eval/calvin, the
+    default) but never be the run or hold it."""
+    from robodual_envs.calvin.evaluate import EvalOptions, EvalSpec, evaluate
+
+    run_dir = world["mine"]
+    for out, needle in ((run_dir, "is the input"), (world["tmp"], "holds the input")):
+        spec = EvalSpec(policy_kwargs={"path": str(run_dir)}, env_kwargs={"simulator": "standin"})
+        with pytest.raises(RobodualError, match=needle):
+            evaluate(spec, out, EvalOptions(chains=1, overwrite=True, progress=False))
+    assert (run_dir / "thesis.tex").read_text() == "keep me"
