@@ -222,5 +222,6 @@ def test_bench_specialist_times_inference_rtc_beside_none():
         rtc.PrefixGuidance.after = after
     assert row["n"] == 2 and row["control_step_ms"] > 0 and row["with_inference_rtc_ms"] > 0
     assert row["rtc_extra_ms"] == pytest.approx(row["with_inference_rtc_ms"] - row["control_step_ms"])
-    assert len(calls) == 5 * 3  # one blend per DDIM step, in the timed (2) and warm-up (1) rounds
+    assert len(calls) == 5 * 3 + 5 * (20 + 3)  # one blend per DDIM step: 3 control steps, then the work alone
+    assert 0 < row["rtc_work_ms"] < row["with_inference_rtc_ms"]
     assert model.cfg.rtc.inference is False  # restored
