@@ -1,9 +1,12 @@
-"""CLI contract: every command of README.md's command tree runs through the real CLI (``robodual_cli.app.main``,
-what the ``robodual`` script calls; ``serve`` as a subprocess) with the options the README shows, on one tiny
-Meta-World store and tiny runs built once per session, exits 0 and writes what it claims.
+"""CLI contract: every command of the docs' command tree (docs/cli.md) runs through the real CLI
+(``robodual_cli.app.main``, what the ``robodual`` script calls; ``serve`` as a subprocess) with the options the docs
+show, on one tiny Meta-World store and tiny runs built once per session, exits 0 and writes what it claims.
 
-``test_every_documented_command_has_a_contract_test`` parses README.md, so a command documented later without a
-test here fails the suite. Commands covered elsewhere are listed in ``ELSEWHERE`` with the test that runs them.
+``test_every_documented_command_has_a_contract_test`` parses README.md and every page of docs/, so a command
+documented later without a test here fails the suite. Commands covered elsewhere are listed in ``ELSEWHERE`` with
+the test that runs them. ``test_every_docs_command_block_is_tested_or_marked`` checks every ```bash block of the
+docs: each command is run by a test (``COVERED``, ``ELSEWHERE``, ``OTHER_COMMANDS``) or marked with what it needs
+that CI lacks (``# needs: gpu``), and every flag it shows exists.
 Tests on the session's store and runs are marked slow (``make test`` runs them; ``make test-fast`` skips them).
 """
 
@@ -27,6 +30,8 @@ pytest.importorskip("metaworld")
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+# the docs: the README and every page of the docs site (docs/, study reports included)
+DOCS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 CALVIN_SAMPLE = ROOT / "tests" / "data" / "calvin_sample"
 
 # commands this module does not run, each with the test that does
@@ -41,6 +46,8 @@ ELSEWHERE = {
                                  "(--quick, slow)",
     "study ablations": "tests/cli/test_study.py::test_data_efficiency_quick_runs_and_resumes (--quick on the quick "
                        "data-efficiency study, slow)",
+    "study latency": "tests/cli/test_study_latency.py::test_latency_quick_runs_every_arm_and_resumes (--quick, slow)",
+    "study pretrain": "tests/cli/test_study_pretrain.py::test_quick_pretrain_end_to_end_and_resume (--quick)",
 }
 COVERED: dict[str, str] = {}  # command -> the test of this module that runs it
 
@@ -416,9 +423,20 @@ def test_version_info_plugins():
     assert "rgb_static" in shown.stdout
 
 
-# -- the README's command tree --------------------------------------------------------------------------
+# -- the docs' command tree and command blocks -------------------------------------------------------------
+def docs_text() -> str:
+    return "\n".join(path.read_text() for path in DOCS)
+
+
+def code_of(text: str) -> str:
+    """The code in markdown ``text``: fenced blocks and inline code spans (prose says "robodual trains ...")."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    return "\n".join(blocks + spans)
+
+
 def documented_commands(text: str) -> set[str]:
-    """Commands of the README: its command tree, and every `robodual ...` in its code blocks and prose."""
+    """Commands of the docs: the command tree (docs/cli.md), and every `robodual ...` in their code."""
     commands: set[str] = set()
     tree = text.split("## The command line", 1)[1].split("```", 2)[1]
     for line in tree.splitlines():
@@ -434,7 +452,7 @@ def documented_commands(text: str) -> set[str]:
             if not parts:
                 continue
             commands.add(f"{group} {parts[0]}" if group else parts[0])
-    for match in re.finditer(r"robodual((?: [a-z][a-z-]*)+)", text):
+    for match in re.finditer(r"robodual((?: [a-z][a-z-]*)+)", code_of(text)):
         words = match.group(1).split()
         commands.add(" ".join(words[:3]) if words[:2] in (["dataset", "convert"], ["dataset", "export"],
                                                           ["dataset", "generate"]) else " ".join(words[:2]))
@@ -456,15 +474,124 @@ def _cli_knows(command: str) -> bool:
 
 
 def test_every_documented_command_has_a_contract_test():
-    documented = documented_commands(README.read_text())
+    documented = documented_commands(docs_text())
     assert {"dataset generate metaworld", "eval offline", "bench serve", "plugins show", "serve"} <= documented
     for command in sorted(documented):
         first = command.split()[0]
         if first in ("train", "eval", "bench", "dataset", "generalist", "plugins") and len(command.split()) == 1:
             continue  # a group named in prose ("robodual bench ..."): its commands are checked one by one
-        assert _cli_knows(command), f"README.md documents `robodual {command}`, which the CLI does not have"
+        assert _cli_knows(command), f"the docs document `robodual {command}`, which the CLI does not have"
         covered = [c for c in (*COVERED, *ELSEWHERE) if c == command or c.startswith(command + " ")
                    or command.startswith(c + " ")]
-        assert covered, f"README.md documents `robodual {command}` but tests/cli/test_contract.py has no test for it"
+        assert covered, f"the docs document `robodual {command}` but tests/cli/test_contract.py has no test for it"
     for test in set(COVERED.values()):
         assert callable(globals()[test])
+
+
+# every ```bash block of the docs: run by a test, or marked with what it needs that CI lacks ----------------------
+NEEDS = {"gpu", "calvin-data", "robot", "network"}  # `# needs: gpu, calvin-data` (a line of its own: the rest of the block)
+OTHER_COMMANDS = {  # commands that are not `robodual ...`, each with the test that runs it
+    "make demo": "tests/cli/test_demo.py (the `robodual demo` that make demo runs after scripts/venv.sh)",
+    "make test": ".ci/run (CI runs make test)",
+    "python -m build": "tests/packaging/test_distributions.py::test_wheels_install_into_a_clean_venv_and_the_cli_runs_"
+                       "the_demo (python -m build for every package)",
+    "pip install packages/robodual-client": "tests/core/test_client_venv.py (a clean venv with only the client)",
+    "pip install \"robodual[": "tests/packaging/test_distributions.py (the built wheels, robodual[metaworld,language])",
+}
+
+
+@dataclass
+class DocCommand:
+    where: str  # file:line
+    words: list[str]
+    needs: set[str]
+
+
+def docs_commands(path: Path) -> list[DocCommand]:
+    """The commands of ``path``'s ```bash blocks (continuation lines joined), each with its `# needs:` marks."""
+    import shlex
+
+    out = []
+    text = path.read_text()
+    for block in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S):
+        first_line = text[:block.start(1)].count("\n") + 1
+        block_needs: set[str] = set()
+        lines = block.group(1).splitlines()
+        i = 0
+        while i < len(lines):
+            start, line = i, lines[i]
+            while line.rstrip().endswith("\\") and i + 1 < len(lines):
+                i += 1
+                line = line.rstrip()[:-1] + " " + lines[i].strip()
+            i += 1
+            code, _, comment = line.strip().partition("#")
+            needs = set()
+            mark = re.match(r"\s*needs:\s*(.*)$", comment)
+            if mark:
+                needs = {n.strip() for n in mark.group(1).split(",") if n.strip()}
+            if not code.strip():
+                block_needs |= needs  # a `# needs:` line marks the rest of its block
+                continue
+            words = shlex.split(code)
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                words = words[1:]  # ROBODUAL_DISABLE_PLUGINS=x robodual ...
+            name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+            out.append(DocCommand(f"{name}:{first_line + start}", words, block_needs | needs))
+    return out
+
+
+def _resolve(words: list[str]):
+    """The CLI command ``robodual WORDS`` names (subcommands followed as far as they go) and its path."""
+    import typer
+
+    from robodual_cli.app import build_app
+
+    node = typer.main.get_command(build_app())
+    ctx = typer.Context(node)
+    path: list[str] = []
+    for word in words:
+        sub = node.get_command(ctx, word) if hasattr(node, "get_command") else None
+        if sub is None:
+            break
+        node, path = sub, path + [word]
+    return node, " ".join(path)
+
+
+def test_every_docs_command_block_is_tested_or_marked():
+    commands = [c for path in DOCS for c in docs_commands(path)]
+    assert len(commands) > 30 and any(c.needs for c in commands)
+    problems = []
+    for c in commands:
+        unknown = c.needs - NEEDS
+        if unknown:
+            problems.append(f"{c.where}: `# needs: {', '.join(sorted(unknown))}` is not one of {sorted(NEEDS)}")
+        if c.words[:1] == ["robodual"]:
+            node, path = _resolve([w for w in c.words[1:] if w != "--debug"])
+            if hasattr(node, "get_command") or not path:
+                problems.append(f"{c.where}: `{' '.join(c.words[:4])}` is not a command of the CLI")
+                continue
+            options = {o.split("=")[0] for w in c.words for o in [w] if o.startswith("--")} - {"--debug"}
+            known = {opt for p in node.params for opt in (*p.opts, *p.secondary_opts)}
+            if options - known:
+                problems.append(f"{c.where}: robodual {path} has no option {sorted(options - known)}")
+            covered = [t for t in (*COVERED, *ELSEWHERE) if t == path or path.startswith(t + " ")]
+            if not covered and not c.needs:
+                problems.append(f"{c.where}: `robodual {path}` is run by no test: add one or mark `# needs: ...`")
+        elif not c.needs and not any(" ".join(c.words).startswith(k.replace('"', ""))
+                                     for k in OTHER_COMMANDS):
+            problems.append(f"{c.where}: `{' '.join(c.words)}` is run by no test (OTHER_COMMANDS) and not marked")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_docs_command_check_catches_what_it_should(tmp_path):
+    """The check above can fail: an unknown flag, an untested command, a bad mark, an unmarked shell command."""
+    page = tmp_path / "page.md"
+    page.write_text("```bash\n# needs: gpu\nrobodual train generalist --dataset d --out o --base big \\\n"
+                    "    --no-such-flag\n```\n\n```bash\nrobodual eval offline --policy p   # needs: moon\n"
+                    "rm -rf /tmp/x\n```\n")
+    found = docs_commands(page)
+    assert [c.needs for c in found] == [{"gpu"}, {"moon"}, set()]
+    assert found[0].words[-1] == "--no-such-flag" and found[0].where.endswith("page.md:3")
+    node, path = _resolve(found[0].words[1:])
+    assert path == "train generalist" and "--no-such-flag" not in {o for p in node.params for o in p.opts}
+    assert _resolve(["eval", "nonsense"])[1] == "eval"
