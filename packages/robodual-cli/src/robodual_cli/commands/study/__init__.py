@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     _register_pretrain(study)
     from robodual_cli.commands.study.latency_command import register as register_latency
 
-    register_latency(study)
+    register_latency(study, _load, _flags, _done, _trackers, STUDY_LOG_HELP)
 
     @study.command("data-efficiency")
     def data_efficiency(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 
-def register(study: typer.Typer) -> None:
-    from robodual_cli.commands.study import STUDY_LOG_HELP, _done, _flags, _load, _trackers
+def register(study: typer.Typer, load: Callable[..., Any], flags_of: Callable[..., dict], done: Callable[..., None],
+             trackers: Callable[[list[str]], list[str]], log_help: str) -> None:
+    """The command on ``study``, with the study group's shared helpers (passed in: this module is imported by the
+    group's package, so it does not import it back)."""
 
     @study.command("latency")
     def latency(
@@ -24,23 +28,23 @@ def register(study: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. "
                                             "--set generalist_latencies=[0,16]."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
-        log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
+        log: list[str] = typer.Option([], "--log", help=log_help, callback=trackers),
     ) -> None:
         """Success and chunk-boundary smoothness under latency in control steps: the paper's runtime, no tau
         augmentation, naive chunk switching, inference- and training-time real-time chunking, the generalist
         alone; L_g in {0, 8, 16, 32} x d in {0, 1, 2, 4} by default."""
-        from robodual_cli.commands.study import latency as lt
+        import robodual_cli.commands.study.latency as lt
         from robodual_cli.commands.study.ablations import load_base
         from robodual_cli.commands.study.common import StudyFolder
         from robodual_core.config import to_dict
 
         base = load_base(from_dir)
-        flags = {k: v for k, v in _flags(None, None, seeds).items() if k == "train_seeds"}
+        flags = {k: v for k, v in flags_of(None, None, seeds).items() if k == "train_seeds"}
         flags.update({"base_study": str(from_dir), "scale": scale})
-        cfg = lt.check(_load(lt.LatencyStudyConfig, lt.QUICK, quick, config, overrides, flags), base)
+        cfg = lt.check(load(lt.LatencyStudyConfig, lt.QUICK, quick, config, overrides, flags), base)
         folder = StudyFolder(out_dir, lt.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
                              inputs=(from_dir,), defaults=to_dict(lt.LatencyStudyConfig()))
         folder.log = tuple(log)
         t0 = time.perf_counter()
         result = lt.run(cfg, base, folder)
-        _done(folder, lt.report(folder, cfg, result, quick), t0)
+        done(folder, lt.report(folder, cfg, result, quick), t0)
