@@ -20,7 +20,9 @@ as the asynchronous mode awaits the first chunk: the robot starts when it has so
 no released chunk covers (a generalist alone whose chunk is stale on arrival) repeats the newest chunk's last
 action (a controller holding its last command).
 
-With ``L_g = d = 0`` the policies take their original code path, unchanged (bit-identical results).
+With ``L_g = d = 0`` the policies take their original code path, unchanged (bit-identical results), unless the
+specialist does real-time chunking (it then needs the committed prefix, which only this path computes; at zero
+latency it schedules and aggregates exactly as the original path, tested).
 
 What a 7B generalist costs at Meta-World's control rate, from the repository's recorded figures
 (``../shared/gpu/README.md``: an OpenVLA-7B-sized generalist decodes at 41 ms/token on an H200, batch 1, KV
