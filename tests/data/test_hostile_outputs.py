@@ -204,3 +204,20 @@ def test_eval_calvin_never_writes_over_its_policy(world):
         with pytest.raises(RobodualError, match=needle):
             evaluate(spec, out, EvalOptions(chains=1, overwrite=True, progress=False))
     assert (run_dir / "thesis.tex").read_text() == "keep me"
+
+
+def test_a_folder_that_appears_during_a_write_is_not_replaced(tmp_path):
+    """--overwrite was checked when the write began; a foreign folder put at the path meanwhile is still refused
+    at finalize, and the new store stays in <path>.partial."""
+    from dataset_helpers import MODALITIES, episode
+
+    from robodual_core.data import DatasetWriter
+
+    path = tmp_path / "s.zarr"
+    w = DatasetWriter(path, fps=10, modalities=MODALITIES, overwrite=True)
+    w.add_episode(episode(0, 3), instruction="x", task="t")
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(RobodualError, match="refuses to delete"):
+        w.finalize()
+    assert (path / "notes.txt").read_text() == "mine" and (tmp_path / "s.zarr.partial").is_dir()

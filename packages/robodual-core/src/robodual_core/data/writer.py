@@ -357,4 +357,6 @@ def store_skipped_chunks(arr: Any, lo: int, hi: int) -> None:
 def _move_into_place(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.exists() and not overwrite:
         raise RobodualError(f"'{dst}' appeared while writing; the new store is kept at '{src}'")
+    if dst.exists():  # checked again here: what is there now may not be what was there when the write began
+        check_output(dst, flag="output store", expect="store", overwrite=True)
     replace_dir(src, dst)
