@@ -169,9 +169,9 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
                       baselines: bool = True, progress: Any = None) -> dict[str, Any]:
     """Samples/s of each worker setting on one store, timed in turn (``rounds`` rounds of one epoch each, as
     many batches as about ``round_seconds`` take in-process; :func:`robodual_core.data.loader.time_in_turn`; the
-    median is reported), under each condition (``quiet``; ``busy``: beside a busy-loop
-    process). ``auto`` is chosen anew under each condition (its start-up measurement is recorded) and then
-    timed like the fixed settings. With ``baselines``: the loader before issue 33 side by side (a plain
+    median is reported), under each condition (``quiet``; ``busy``: beside a busy-loop process), the conditions
+    alternating round by round. ``auto`` is chosen under each condition by its start-up measurement (recorded)
+    and then timed as a loader of its own beside the fixed settings. With ``baselines``: the loader before issue 33 side by side (a plain
     0-worker ``DataLoader`` at torch's default threads) and seconds to the first batch (quiet) for each
     setting and for 2 workers that each read the store."""
     import torch
@@ -216,51 +216,89 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
     for condition in conditions:
         if condition not in ("quiet", "busy"):
             raise ValueError(f"condition '{condition}'; expected quiet or busy")
-        proc = busy_core() if condition == "busy" else None
-        try:
-            if proc is not None:
-                time.sleep(0.5)
-            say(f"{path.name}, {condition}: auto's start-up measurement")
-            ds = WindowDataset(path, obs_keys=obs_keys, horizon=8, image_size=image_size, split="all").share_memory()
-            auto = choose_num_workers(ds, batch_size) if "auto" in settings else None
-            # one epoch per setting and round: as many batches as about round_seconds take in this process
-            probe = iter(build_loader(ds, 0, batch_size=batch_size, shuffle=True, drop_last=True,
-                                      generator=torch.Generator().manual_seed(0)))
-            next(probe)
-            t0 = time.perf_counter()
-            next(probe)
-            next(probe)
-            per_round = max(4 * max([*fixed, 1]), int(round_seconds / max((time.perf_counter() - t0) / 2, 1e-6)))
-            loaders: dict[str, Any] = {}
-            for s in settings:
-                w = auto["num_workers"] if s == "auto" else int(s)
-                loaders[s] = build_loader(ds, w, batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
-                                          generator=torch.Generator().manual_seed(0))
-            if baselines:
-                from torch.utils.data import DataLoader
+    ds = WindowDataset(path, obs_keys=obs_keys, horizon=8, image_size=image_size, split="all").share_memory()
+    # one epoch per setting and round: as many batches as about round_seconds take in this process
+    probe = iter(build_loader(ds, 0, batch_size=batch_size, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(0)))
+    next(probe)
+    t0 = time.perf_counter()
+    next(probe)
+    next(probe)
+    per_round = max(4 * max([*fixed, 1]), int(round_seconds / max((time.perf_counter() - t0) / 2, 1e-6)))
+    autos: dict[str, Any] = {}
+    loaders: dict[str, dict[str, Any]] = {}
+    shared: dict[str, Any] = {}  # the fixed settings' loaders serve every condition
+    for s in settings:
+        if s != "auto":
+            shared[s] = build_loader(ds, int(s), batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
+                                     generator=torch.Generator().manual_seed(0))
+    if baselines:
+        from torch.utils.data import DataLoader
 
-                loaders["0_plain_default_threads"] = DataLoader(
-                    ds, batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
-                    generator=torch.Generator().manual_seed(0))
-            say(f"{path.name}, {condition}: timing {', '.join(loaders)} in turn")
-            try:
-                time_in_turn(loaders, 1, lambda batch: batch["action"].shape[0])  # warm-up: workers started
-                rates = time_in_turn(loaders, rounds, lambda batch: batch["action"].shape[0])
-            finally:
-                for loader in loaders.values():
-                    shutdown_workers(loader)
-        finally:
-            if proc is not None:
-                proc.kill()
-                proc.wait()
+        shared["0_plain_default_threads"] = DataLoader(ds, batch_sampler=RandomBatches(len(ds), batch_size, 1,
+                                                                                       per_round),
+                                                       generator=torch.Generator().manual_seed(0))
+    count = lambda batch: batch["action"].shape[0]  # noqa: E731
+    try:
+        for condition in conditions:
+            with _condition(condition):
+                say(f"{path.name}, {condition}: auto's start-up measurement")
+                loaders[condition] = {}
+                for s in settings:
+                    if s == "auto":
+                        autos[condition] = choose_num_workers(ds, batch_size)
+                        loaders[condition][s] = build_loader(
+                            ds, autos[condition]["num_workers"],
+                            batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
+                            generator=torch.Generator().manual_seed(0))
+                    else:
+                        loaders[condition][s] = shared[s]
+                if baselines:
+                    loaders[condition]["0_plain_default_threads"] = shared["0_plain_default_threads"]
+                time_in_turn(loaders[condition], 1, count)  # warm-up: workers started
+        # the conditions alternate round by round (the busy loop started and stopped each time), so the load
+        # of the machine's other users drifts over both alike
+        rates: dict[str, dict[str, list[float]]] = {c: {k: [] for k in loaders[c]} for c in conditions}
+        for r in range(rounds):
+            say(f"{path.name}: round {r + 1}/{rounds} of {', '.join(loaders[conditions[0]])} in turn, "
+                f"{' and '.join(conditions)}")
+            for condition in conditions[r % len(conditions):] + conditions[:r % len(conditions)]:
+                names = list(loaders[condition])
+                names = names[r % len(names):] + names[:r % len(names)]
+                with _condition(condition):
+                    got = time_in_turn({k: loaders[condition][k] for k in names}, 1, count)
+                for k, v in got.items():
+                    rates[condition][k].extend(v)
+    finally:
+        for group in (shared, *loaders.values()):
+            for loader in group.values():
+                shutdown_workers(loader)
+    for condition in conditions:
         out["conditions"][condition] = {
-            "samples_per_s": {k: round(median(v), 1) for k, v in rates.items()},
+            "samples_per_s": {k: round(median(v), 1) for k, v in rates[condition].items()},
             "batches_per_round": per_round,
-            "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-            "auto": auto,
+            "per_round": {k: [round(x, 1) for x in v] for k, v in rates[condition].items()},
+            "auto": autos.get(condition),
         }
     out["goals"] = _goals(out, fixed)
     return out
+
+
+class _condition:
+    """``quiet``: nothing; ``busy``: a busy-loop process for the block (started half a second before it)."""
+
+    def __init__(self, condition: str):
+        self.condition, self.proc = condition, None
+
+    def __enter__(self) -> None:
+        if self.condition == "busy":
+            self.proc = busy_core()
+            time.sleep(0.5)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _goals(out: dict[str, Any], fixed: list[int]) -> dict[str, Any]:
