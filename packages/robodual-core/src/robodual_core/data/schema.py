@@ -117,3 +117,19 @@ def array_layout(modality: str, frame_shape: tuple[int, ...], dtype: Any) -> dic
         "shards": None,
         "compressors": BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
     }
+
+
+def stats_order(key: str, entry: dict) -> list[str]:
+    """Statistics that cannot be true of any data: min <= q01 <= q99 <= max, min <= mean <= max, std >= 0."""
+    import numpy as np
+
+    v = {f: np.asarray(entry[f], dtype=np.float64) for f in STAT_FIELDS}
+    for d in range(v["min"].size):
+        chain = [v[f][d] for f in ("min", "q01", "q99", "max")]
+        tol = 1e-6 * max(1.0, abs(chain[0]), abs(chain[3]))  # a mean of equal floats may round past them
+        if (not all(a <= b for a, b in zip(chain, chain[1:], strict=False))
+                or not v["min"][d] - tol <= v["mean"][d] <= v["max"][d] + tol or v["std"][d] < 0):
+            return [f"attrs stats['{key}'] dim {d}: min {chain[0]:.6g}, q01 {chain[1]:.6g}, q99 {chain[2]:.6g}, max "
+                    f"{chain[3]:.6g}, mean {v['mean'][d]:.6g}, std {v['std'][d]:.6g}; expected min <= q01 <= q99 <= max, "
+                    "min <= mean <= max and std >= 0 (run `robodual dataset stats PATH --recompute`)"]
+    return []

@@ -317,7 +317,7 @@ def refuse_untrainable(ds: ZarrDataset, modes: dict[str, str]) -> None:
                                     f"'{ALL_CHUNKS_ATTR}') and {lost[0]}: lost data cannot be told from an all-zero "
                                     "chunk; if it is meant to be zeros, copy the store with `robodual dataset merge "
                                     "OLD --out NEW` (the copy stores every chunk) and train on the copy")
-    from robodual_core.data.validate import _stats_order
+    from robodual_core.data.schema import stats_order as _stats_order
 
     for key, mode in sorted(modes.items()):
         entry = ds.stats.get(key)

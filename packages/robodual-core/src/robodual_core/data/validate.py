@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from robodual_core.data.schema import STAT_FIELDS, STAT_MODALITIES, storage_dtype
+from robodual_core.data.schema import stats_order as _stats_order
 from robodual_core.errors import RobodualError
 
 
@@ -26,20 +27,6 @@ def _scan_finite(arr, key: str, problems: list[str]) -> None:
             rows = np.unique(np.argwhere(bad)[:, 0]) + start
             problems.append(f"data/{key}: NaN or Inf at step(s) {rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}")
             return
-
-
-def _stats_order(key: str, entry: dict) -> list[str]:
-    """Statistics that cannot be true of any data: min <= q01 <= q99 <= max, min <= mean <= max, std >= 0."""
-    v = {f: np.asarray(entry[f], dtype=np.float64) for f in STAT_FIELDS}
-    for d in range(v["min"].size):
-        chain = [v[f][d] for f in ("min", "q01", "q99", "max")]
-        tol = 1e-6 * max(1.0, abs(chain[0]), abs(chain[3]))  # a mean of equal floats may round past them
-        if (not all(a <= b for a, b in zip(chain, chain[1:], strict=False))
-                or not v["min"][d] - tol <= v["mean"][d] <= v["max"][d] + tol or v["std"][d] < 0):
-            return [f"attrs stats['{key}'] dim {d}: min {chain[0]:.6g}, q01 {chain[1]:.6g}, q99 {chain[2]:.6g}, max "
-                    f"{chain[3]:.6g}, mean {v['mean'][d]:.6g}, std {v['std'][d]:.6g}; expected min <= q01 <= q99 <= max, "
-                    "min <= mean <= max and std >= 0 (run `robodual dataset stats PATH --recompute`)"]
-    return []
 
 
 def _stats_match(arr, key: str, entry: dict) -> list[str]:
