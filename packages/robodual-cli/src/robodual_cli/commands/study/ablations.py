@@ -24,6 +24,7 @@ from typing import Any
 from robodual_cli.commands.study import data_efficiency as de
 from robodual_cli.commands.study.common import (
     StudyFolder,
+    episode_rows,
     eval_stage,
     finetune_stage,
     read_results,
@@ -187,22 +188,30 @@ def run(cfg: AblationConfig, base: de.DataEfficiencyConfig, study: StudyFolder) 
             run_dir = train(DUAL_FINETUNED, "dual", seed, [], ft)
             policies.setdefault(DUAL_FINETUNED, []).append((run_dir, evals / DUAL_FINETUNED / f"seed{seed}"))
 
+    # one row per evaluated episode, the base study's rows included (episodes.jsonl beside the report)
+    episodes: list[dict[str, Any]] = []
     for name, items in policies.items():
         kind = {FINETUNED: "generalist", DUAL_FINETUNED: "dual"}.get(name) or de.VARIANTS[name.split("/", 1)[0]][1]
-        for run_dir, out in items:
+        for seed, (run_dir, out) in zip(cfg.train_seeds if name != FINETUNED else [-1], items, strict=True):
             eval_stage(study, f"eval {name} {out.name}", run_dir, kind, out, base.target_tasks, base)
+            episodes.extend(episode_rows(out / "results.json", policy=name, seed=seed, scale=cfg.scale,
+                                         study="ablations"))
 
-    # the base study's policies at this scale, from its own evaluations (same placements)
+    # the base study's policies at this scale (its arms), from its own evaluations (same placements)
     rows: dict[str, dict[str, Any]] = {}
     bsrc = src / "eval"
-    for variant, (label, _) in de.VARIANTS.items():
-        rows[f"{label} [base study]"] = {
-            **de.pooled([read_results(bsrc / f"n{cfg.scale}" / variant / f"seed{s}" / "results.json")
-                         for s in base.train_seeds]),
+    for variant in base.arms:
+        paths = [bsrc / f"n{cfg.scale}" / variant / f"seed{s}" / "results.json" for s in base.train_seeds]
+        rows[f"{de.VARIANTS[variant][0]} [base study]"] = {
+            **de.pooled([read_results(p) for p in paths]),
             "train_seconds": [training_seconds(src / "runs" / f"n{cfg.scale}" / variant / f"seed{s}",
                                                base.batch_size) for s in base.train_seeds]}
+        for s, path in zip(base.train_seeds, paths, strict=True):
+            episodes.extend(episode_rows(path, policy=variant, seed=s, scale=cfg.scale, study="base"))
     rows[f"{de.GENERALIST_LABEL} [base study]"] = {**de.pooled([read_results(bsrc / "generalist" / "results.json")]),
                                                    "train_seconds": [training_seconds(broad_gen, base.batch_size)]}
+    episodes.extend(episode_rows(bsrc / "generalist" / "results.json", policy="generalist", seed=-1, scale=cfg.scale,
+                                 study="base"))
     for name, items in policies.items():
         rows[name] = {**de.pooled([read_results(out / "results.json") for _, out in items]),
                       "train_seconds": [training_seconds(r, base.batch_size) for r, _ in items],
@@ -215,4 +224,4 @@ def run(cfg: AblationConfig, base: de.DataEfficiencyConfig, study: StudyFolder) 
     if evaluated != base_seeds:
         raise RobodualError(f"evaluation placements differ from the base study's ({len(evaluated)} here, "
                             f"{len(base_seeds)} there): the ablations are not comparable")
-    return {"rows": rows, "scale": cfg.scale, "placements": len(evaluated)}
+    return {"rows": rows, "scale": cfg.scale, "placements": len(evaluated), "episodes": episodes}

@@ -36,23 +36,37 @@ def stage_times(study: StudyFolder) -> dict[str, dict[str, float]]:
     return kinds
 
 
-def estimate(times: dict[str, dict[str, float]], plan: list[tuple[str, float]]) -> dict[str, Any]:
-    """Seconds a plan of ``(kind, units)`` stages would take on this machine (an estimate).
+# a planned stage more than this many times larger than this run's mean stage of its kind is not extrapolated:
+# a --quick run's stages (10 training steps, one evaluation episode) measure start-up, not the steady rates
+EXTRAPOLATE_MAX = 10.0
 
-    Where a kind's stages measured their own work (training loop, simulated episodes), its rate is that
-    work per unit and each stage adds this run's mean start-up/I-O seconds of that kind; otherwise the kind
-    pays the mean start-up of the measured kinds plus the rest of its time per unit (or its mean per stage).
+
+def estimate(times: dict[str, dict[str, float]], plan: list[tuple[str, float]],
+             max_scale: float = EXTRAPOLATE_MAX) -> dict[str, Any]:
+    """Seconds a plan of ``(kind, units)`` stages would take on this machine (an estimate), or ``seconds: None``
+    with the kinds in ``too_small`` where the plan's stages are over ``max_scale`` times this run's.
+
+    Where a kind's stages measured their own work as the time of one process (training loop, data generation),
+    its rate is that work per unit and each stage adds this run's mean start-up/I-O seconds of that kind. An
+    evaluation's work is summed over episodes that run at once (workers x batch), so it is no stage time:
+    evaluations, like the kinds without a measured work, pay the mean start-up of the measured kinds plus the
+    rest of their wall time per unit (at this run's workers and batch), or their mean per stage.
     """
-    measured = [t for t in times.values() if t["work_stages"]]
-    overhead_all = (sum(t["seconds"] - t["work_seconds"] for t in measured)
-                    / max(sum(t["work_stages"] for t in measured), 1)) if measured else 0.0
-    total, by_kind = 0.0, {}
+    measured = {k: t for k, t in times.items() if t["work_stages"] and t["work_stages"] == t["stages"]
+                and k != "eval"}
+    overhead_all = (sum(t["seconds"] - t["work_seconds"] for t in measured.values())
+                    / max(sum(t["stages"] for t in measured.values()), 1)) if measured else 0.0
+    overhead_all = max(overhead_all, 0.0)
+    total, by_kind, too_small = 0.0, {}, {}
     for kind, units in plan:
         t = times.get(kind)
         if t is None:
             continue
-        if t["work_stages"] == t["stages"] and t["units"] > 0:
-            overhead = (t["seconds"] - t["work_seconds"]) / t["stages"]
+        per_stage = t["units"] / t["stages"]
+        if units > 0 and per_stage > 0 and units > max_scale * per_stage:
+            too_small[kind] = max(too_small.get(kind, 0.0), units / per_stage)
+        if kind in measured and t["units"] > 0:
+            overhead = max(t["seconds"] - t["work_seconds"], 0.0) / t["stages"]
             seconds = overhead + t["work_seconds"] / t["units"] * units
         elif t["units"] > 0 and units > 0:
             rate = max(t["seconds"] - overhead_all * t["stages"], 0.0) / t["units"]
@@ -61,7 +75,8 @@ def estimate(times: dict[str, dict[str, float]], plan: list[tuple[str, float]]) 
             seconds = t["seconds"] / t["stages"]
         by_kind[kind] = by_kind.get(kind, 0.0) + seconds
         total += seconds
-    return {"seconds": total, "by_kind": by_kind, "stages": len(plan), "overhead_per_stage_s": overhead_all}
+    return {"seconds": None if too_small else total, "by_kind": by_kind, "stages": len(plan),
+            "overhead_per_stage_s": overhead_all, "too_small": {k: round(f, 1) for k, f in sorted(too_small.items())}}
 
 
 def copy_configs(study: StudyFolder, report: Path, runs: list[Path]) -> None:
@@ -113,13 +128,32 @@ def _footer(times: dict[str, dict[str, float]], est: dict[str, Any] | None, est_
              "| stage kind | stages | seconds |", "|---|---|---|"]
     lines += [f"| {k} | {int(t['stages'])} | {t['seconds']:.0f} |" for k, t in sorted(times.items())]
     lines += [f"| **total** | {sum(int(t['stages']) for t in times.values())} | **{total:.0f}** |", ""]
-    if est is not None:
+    if est is not None and est.get("seconds") is None:
+        small = ", ".join(f"{k} {f:.0f}x" for k, f in est.get("too_small", {}).items())
+        lines += [f"No estimate for {est_name} from this run: that study's stages are far larger than this run's "
+                  f"({small} this run's mean stage of the kind), so this run measured start-up (of the process, of "
+                  "the first training steps, of the simulator), not the rates those stages would run at (a --quick "
+                  "run's times once put the full data-efficiency study at 80 h; it was measured at 1.76 h). Time a "
+                  "run with the full budgets and fewer seeds, scales or episodes instead (`docs/results/README.md` "
+                  "gives measured runs).", ""]
+    elif est is not None:
         lines += [f"Estimate for {est_name}: about {est['seconds'] / 3600:.1f} h on this machine ({est['stages']} "
-                  "stages; training time per sample, simulated time per episode or control step and start-up per "
-                  f"stage (mean {est['overhead_per_stage_s']:.0f} s) as measured in this run, scaled to that study's "
-                  "work; evaluation counted at its full step budget). An extrapolation, not a measurement: rates "
-                  "change with batch size and the machine's load.", ""]
+                  "stages; training time per sample, generation time per episode, evaluation wall time per control "
+                  f"step at this run's workers and batch, and start-up per stage (mean "
+                  f"{est['overhead_per_stage_s']:.0f} s) as measured in this run, scaled to that study's work; "
+                  "evaluation counted at its full step budget). An extrapolation, not a measurement: rates change "
+                  "with batch size and the machine's load.", ""]
     return lines
+
+
+def _episodes(report: Path, rows: list[dict[str, Any]], md: list[str], before: str, fields: str) -> None:
+    """``episodes.jsonl`` beside the report (one row per evaluated episode), named in the README before the line
+    starting with ``before``."""
+    from robodual_cli.commands.study.common import write_episode_rows
+
+    write_episode_rows(report / "episodes.jsonl", rows)
+    at = next(i for i, line in enumerate(md) if line.startswith(before))
+    md[at:at] = [f"Per-episode results ({fields}): `episodes.jsonl`, {len(rows)} rows.", ""]
 
 
 # -- data efficiency ------------------------------------------------------------------------------------
@@ -237,17 +271,31 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
 
 
 def plan_data_efficiency(cfg: Any) -> list[tuple[str, float]]:
-    """The stages of a data-efficiency study and their units of work (for the time estimate)."""
-    plan: list[tuple[str, float]] = [("generate", len(cfg.broad_tasks) * cfg.broad_episodes_per_task),
-                                     ("train_generalist", cfg.generalist_steps * cfg.batch_size)]
+    """The stages of a data-efficiency study and their units of work (for the time estimate): the stages
+    ``data_efficiency.run`` records, kind by kind (``check`` aside)."""
+    from robodual_cli.commands.study.data_efficiency import VARIANTS, needs_generalist
+
+    arms = list(cfg.arms)
+    generalist = bool(cfg.generalist) or needs_generalist(cfg)  # a pretrained one, or the broad one trained here
+    plan: list[tuple[str, float]] = []
+    if generalist and not cfg.generalist:
+        plan += [("generate", len(cfg.broad_tasks) * cfg.broad_episodes_per_task),
+                 ("train_generalist", cfg.generalist_steps * cfg.batch_size)]
     for n in cfg.demo_scales:
-        plan += [("generate", len(cfg.target_tasks) * n), ("cache", len(cfg.target_tasks) * n), ("embed", 0)]
-    plan += [("train_specialist", cfg.specialist_steps * cfg.batch_size)] * (3 * len(cfg.demo_scales)
+        plan.append(("generate", len(cfg.target_tasks) * n))
+        if any(VARIANTS[a][1] == "dual" for a in arms):
+            plan.append(("cache", len(cfg.target_tasks) * n))
+        if "union_specialist" in arms:
+            plan.append(("merge", 0))
+    if "specialist_only" in arms:
+        plan.append(("embed", 0))  # once: the largest store holds every instruction
+    plan += [("train_specialist", cfg.specialist_steps * cfg.batch_size)] * (len(arms) * len(cfg.demo_scales)
                                                                              * len(cfg.train_seeds))
-    evals = 1 + 3 * len(cfg.demo_scales) * len(cfg.train_seeds)
-    if cfg.finetune_generalist:
+    evals = (1 if generalist else 0) + len(arms) * len(cfg.demo_scales) * len(cfg.train_seeds)
+    if cfg.finetune_generalist and generalist:
         plan += [("train_generalist", cfg.specialist_steps * cfg.batch_size)] * len(cfg.demo_scales)
         evals += len(cfg.demo_scales)
+    evals *= 2 if cfg.generalization else 1  # every policy on the generalization split too
     plan += [("eval", cfg.eval_episodes * len(cfg.target_tasks) * cfg.max_steps)] * evals
     return plan
 
@@ -309,6 +357,9 @@ def training_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, A
         "", "## Success against compute", "", *table, "", "![success vs compute](success_vs_compute.png)", "",
         *_footer(times, est, "the full default study (`robodual study training-efficiency`)"),
     ]
+    if result.get("episodes"):
+        _episodes(report, result["episodes"], md, "## CPU time", "policy, seed, generalist_step, task, placement, "
+                  "success, steps")
     summary = {"study": "training-efficiency", "quick": quick, "git_commit": study.meta["git_commit"],
                "config": study.config, **{k: result[k] for k in ("generalist", "dual", "specialist_only")},
                "placements": pl, "stage_seconds": times, "estimate_full": est}
@@ -342,7 +393,7 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
     ref = next((r for name, r in rows.items() if name.startswith("dual system")), None)
     plt = _plt()
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(names) + 1.2))
+    fig, ax = plt.subplots(figsize=(9.5, 0.35 * len(names) + 1.2))
     ys = list(range(len(names)))[::-1]
     rates = [rows[n]["success_rate"] for n in names]
     ax.errorbar(rates, ys, xerr=[[r - rows[n]["ci95"][0] for r, n in zip(rates, names, strict=True)],
@@ -350,7 +401,8 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
                 fmt="o", capsize=3)
     if ref is not None:
         ax.axvline(ref["success_rate"], color="grey", linestyle=":", label="dual system, base study")
-        ax.legend(fontsize=7, loc="lower right")
+        # outside the axes (right of them): inside, it hid the points near its corner (issue 30)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_yticks(ys, names, fontsize=7)
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(f"success rate at {result['scale']} demonstrations per task\n(95% Wilson interval)")
@@ -385,6 +437,9 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
         "", "## Success rate", "", *table, "", "![ablations](ablations.png)", "",
         *_footer(times, None, ""),
     ]
+    if result.get("episodes"):
+        _episodes(report, result["episodes"], md, "## CPU time", "policy, seed, task, placement, success, steps, "
+                  "scale, study: this one or the base study")
     summary = {"study": "ablations", "quick": quick, "git_commit": study.meta["git_commit"], "config": study.config,
                "scale": result["scale"], "rows": rows, "placements": result["placements"], "stage_seconds": times}
     atomic_write_json(report / "summary.json", summary)

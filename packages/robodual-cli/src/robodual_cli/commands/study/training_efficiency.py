@@ -17,6 +17,7 @@ from typing import Any
 
 from robodual_cli.commands.study.common import (
     StudyFolder,
+    episode_rows,
     eval_stage,
     generate_work_seconds,
     read_results,
@@ -117,13 +118,18 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         kind="train_generalist", run_dir=gen_dir,
         work=lambda: training_seconds(gen_dir, cfg.batch_size))
 
-    def evaluate(name: str, policy: Path, kind: str, out: Path) -> dict[str, Any]:
-        return eval_stage(study, name, policy, kind, out, cfg.tasks, cfg)
+    episodes: list[dict[str, Any]] = []  # one row per evaluated episode (episodes.jsonl beside the report)
+
+    def evaluate(name: str, policy: Path, kind: str, out: Path, arm: str, seed: int, step: int | None) \
+            -> dict[str, Any]:
+        res = eval_stage(study, name, policy, kind, out, cfg.tasks, cfg)
+        episodes.extend(episode_rows(out / "results.json", policy=arm, seed=seed, generalist_step=step))
+        return res
 
     generalist_points = []
     for step in checkpoints(cfg):
         res = evaluate(f"eval generalist step={step}", gen_dir / "checkpoints" / str(step), "generalist",
-                       evals / "generalist" / f"step{step}")
+                       evals / "generalist" / f"step{step}", "generalist", cfg.generalist_seed, step)
         generalist_points.append(point(res, step=step, seconds=training_seconds(gen_dir, cfg.batch_size, step)))
 
     dual_points = []
@@ -143,7 +149,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                 units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist", run_dir=run_dir,
                 work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
             res = evaluate(f"eval dual at={step} seed={seed}", run_dir, "dual",
-                           evals / f"dual_at{step}" / f"seed{seed}")
+                           evals / f"dual_at{step}" / f"seed{seed}", "dual", seed, step)
             seconds = (training_seconds(gen_dir, cfg.batch_size, step) + cache["seconds"]
                        + training_seconds(run_dir, cfg.batch_size))
             dual_points.append(point(res, step=step, seed=seed, seconds=seconds,
@@ -163,7 +169,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                 units=cfg.specialist_steps * cfg.batch_size, kind="train_specialist", run_dir=run_dir,
                 work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
             res = evaluate(f"eval specialist_only seed={seed}", run_dir, "specialist",
-                           evals / "specialist_only" / f"seed{seed}")
+                           evals / "specialist_only" / f"seed{seed}", "specialist_only", seed, None)
             specialist_points.append(point(res, seed=seed, seconds=training_seconds(run_dir, cfg.batch_size)))
 
     def placements() -> dict[str, Any]:
@@ -178,7 +184,7 @@ def run(cfg: TrainingEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         raise RobodualError(f"evaluation placements {check_out['shared'][:5]} are also demonstration placements; "
                             "choose another eval_seed in a new study folder")
     return {"generalist": generalist_points, "dual": dual_points, "specialist_only": specialist_points,
-            "placements": check_out}
+            "placements": check_out, "episodes": episodes}
 
 
 def point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
