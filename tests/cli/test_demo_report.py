@@ -1,7 +1,5 @@
 """The demo's report shows intervals: Wilson intervals in the table and as error bars, the legend off the bars."""
 
-import pytest
-
 from robodual_cli.commands import report
 
 
@@ -19,7 +17,7 @@ def test_table_gives_wilson_intervals():
     assert "50% [24%, 76%]" in md and "100% [72%, 100%]" in md  # 5/10 and 10/10 per task
 
 
-def test_success_plot_has_error_bars_and_a_legend_outside(tmp_path):
+def test_success_plot_has_error_bars_and_a_legend_outside(tmp_path, monkeypatch):
     rows = {"dual system": res([5, 10], [10, 10]), "specialist only": res([10, 9], [10, 10])}
     import matplotlib
 
@@ -33,7 +31,7 @@ def test_success_plot_has_error_bars_and_a_legend_outside(tmp_path):
         captured.setdefault("figs", []).append(fig)
         return real_savefig(fig, *a, **k)
 
-    pytest.MonkeyPatch().setattr(plt.Figure, "savefig", spy)
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
     report._plots(tmp_path, tmp_path, rows)
     fig = captured["figs"][0]
     ax = fig.axes[0]
