@@ -170,7 +170,7 @@ def needs_generalist(cfg: DataEfficiencyConfig) -> bool:
     from robodual_cli.commands.study.stats import parse_comparison
 
     named = {arm for text in cfg.comparisons for arm in parse_comparison(text)}
-    return (bool(cfg.generalist) or cfg.finetune_generalist or "generalist" in named
+    return (cfg.finetune_generalist or "generalist" in named
             or any(VARIANTS[a][1] == "dual" or a == "union_specialist" for a in cfg.arms))
 
 

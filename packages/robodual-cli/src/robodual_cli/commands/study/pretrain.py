@@ -12,6 +12,7 @@ against the long one, both evaluated alone on the seen tasks at placements no de
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def run(cfg: PretrainConfig, study: StudyFolder) -> dict[str, Any]:
         str(cfg.episodes_per_task), "--seed", str(cfg.data_seed), "--image-size", str(cfg.image_size),
         "--cameras", "corner2,gripperPOV", "--visual", cfg.visual, "--workers", str(cfg.workers), "--resume"),
         units=n, kind="generate", work=lambda: generate_work_seconds(broad))
-    every = min(cfg.eval_at) if len(cfg.eval_at) == 1 else _gcd(cfg.eval_at)
+    every = math.gcd(*cfg.eval_at)  # every evaluated step is a checkpoint
     study.run("train generalist", robodual(
         "train", "generalist", "--dataset", str(broad), "--out", str(gen_dir), "--base", "tiny",
         "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
@@ -125,15 +126,6 @@ def run(cfg: PretrainConfig, study: StudyFolder) -> dict[str, Any]:
         raise RobodualError(f"evaluation placements {check_out['shared'][:5]} are also demonstration placements; "
                             "choose another eval_seed in a new study folder")
     return {"points": points, "placements": check_out, "generalist": str(gen_dir)}
-
-
-def _gcd(values: list[int]) -> int:
-    import math
-
-    g = 0
-    for v in values:
-        g = math.gcd(g, v)
-    return max(1, g)
 
 
 def pretrained_checkpoint(folder: Path, step: int | None = None) -> Path:

@@ -61,15 +61,19 @@ def cluster_bootstrap(table: dict[int, np.ndarray], draws: int = 10000, seed: in
     seeds = sorted(table)
     per_seed = [float(table[s].mean()) for s in seeds]
     estimate = float(np.mean(np.concatenate([table[s] for s in seeds])))
+    # vectorised over draws: each of the len(seeds) pick slots draws a seed, then resamples that seed's placements
+    # independently (a seed picked twice in one draw gets two resamples)
     rng = np.random.default_rng(seed)
-    stats = np.empty(draws)
-    for i in range(draws):
-        picked = rng.integers(0, len(seeds), size=len(seeds))
-        parts = []
-        for j in picked:
-            d = table[seeds[j]]
-            parts.append(d[rng.integers(0, len(d), size=len(d))])
-        stats[i] = np.concatenate(parts).mean()
+    picked = rng.integers(0, len(seeds), size=(draws, len(seeds)))
+    total, count = np.zeros(draws), np.zeros(draws)
+    for k in range(len(seeds)):
+        for j, s in enumerate(seeds):
+            rows = np.flatnonzero(picked[:, k] == j)
+            d = table[s]
+            if rows.size:
+                total[rows] += d[rng.integers(0, len(d), size=(rows.size, len(d)))].sum(axis=1)
+                count[rows] += len(d)
+    stats = total / count
     lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"difference": estimate, "ci95": [float(lo), float(hi)], "per_seed": dict(zip(seeds, per_seed, strict=True)),
             "seeds": len(seeds), "pairs": int(sum(len(table[s]) for s in seeds)),
