@@ -1,8 +1,6 @@
 """Shared test settings: headless rendering, no hub access, small thread counts."""
 
 import os
-import shutil
-from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,13 +19,6 @@ os.environ.setdefault("ROBODUAL_PLUGIN_CACHE", os.path.join(__import__("tempfile
 import pytest
 import torch
 import torch._dynamo
-
-# setuptools' editable installs leave packages/*/src/*.egg-info, which put a second copy of each first-party
-# distribution's metadata on sys.path beside the installed one; the plugin manager's first-party check (distribution,
-# location, version) then saw two robodual-sensors and the impostor test lost its impostor. Known issue, not fixed in
-# the manager yet: the tests run without the stray copies (the installed .dist-info is what entry points come from).
-for _egg in (Path(__file__).resolve().parents[1] / "packages").glob("*/src/*.egg-info"):
-    shutil.rmtree(_egg, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -751,3 +752,39 @@ def test_a_first_party_name_at_home_loads_only_at_the_kernels_version(site, monk
     assert home.builtin is loaded and (home.status == "ok") is loaded
     if not loaded:
         assert "robodual-core there is 0.1.0 (robodual's packages share one version)" in home.error
+
+
+def test_build_metadata_left_in_an_editable_source_tree_is_neither_loaded_nor_refused(site):
+    """setuptools leaves ``src/<name>.egg-info`` in an editable install's source tree, which is on sys.path: a
+    second copy of the real distribution's metadata. It must not be taken for an impostor (nor hide one)."""
+    from importlib import metadata as md
+
+    real = md.distribution("robodual-sensors")
+    direct = json.loads(real.read_text("direct_url.json") or "{}")
+    if not direct.get("dir_info", {}).get("editable"):
+        pytest.skip("robodual-sensors is not an editable install here")
+    import robodual_sensors
+
+    src = Path(robodual_sensors.__file__).resolve().parents[1]
+    egg = src / "robodual_sensors.egg-info"
+    made = not egg.exists()  # an editable install made with setuptools may have left it already
+    if made:
+        egg.mkdir()
+        (egg / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: robodual-sensors\nVersion: {real.version}\n")
+        (egg / "entry_points.txt").write_text(real.read_text("entry_points.txt"))
+    try:
+        site.dist("robodual-sensors", "sensors", HOOKIMPL + """
+            @hookimpl
+            def robodual_register_sensors(registry):
+                registry.register("impostor_extra", object)
+        """, module="hostile_impostor_plugin")
+        all_infos = infos()
+        assert all_infos["sensors"].status == "ok" and all_infos["sensors"].builtin
+        assert not [i for i in all_infos.values() if i.location and Path(i.location).resolve() == src], [
+            (i.name, i.location, i.status) for i in all_infos.values()]
+        impostor = [i for i in all_infos.values() if i.location == str(site.root.resolve())]
+        assert len(impostor) == 1 and impostor[0].status == "error"
+        assert "impostor_extra" not in get_plugin_manager().sensors()
+    finally:
+        if made:
+            shutil.rmtree(egg, ignore_errors=True)

@@ -519,6 +519,39 @@ def _kernel_distribution() -> Any:
     return owners[0] if owners else None
 
 
+def _editable_trees() -> dict[str, Path]:
+    """Source trees of the installed editable first-party distributions, by normalised name."""
+    from urllib.parse import unquote, urlparse
+
+    trees: dict[str, Path] = {}
+    for norm in FIRST_PARTY:
+        for dist in metadata.distributions(name=norm):
+            try:
+                if not (dist.read_text("INSTALLER") or "").strip():
+                    continue
+                info = json.loads(dist.read_text("direct_url.json") or "{}")
+                url = info.get("url", "")
+                if info.get("dir_info", {}).get("editable") and isinstance(url, str) and url.startswith("file://"):
+                    trees.setdefault(norm, Path(unquote(urlparse(url).path)).resolve())
+            except Exception:
+                continue
+    return trees
+
+
+def _build_leftover(dist: Any, location: str, tree: Path | None) -> bool:
+    """Whether ``dist`` is metadata a build left in the source tree of the editable install of the same name
+    (setuptools writes ``src/<name>.egg-info`` there, and ``src`` is on sys.path): a second copy of the real
+    distribution, not a distribution of its own, so it is neither loaded nor refused."""
+    if tree is None or location == "?":
+        return False
+    try:
+        if (dist.read_text("INSTALLER") or "").strip():
+            return False  # installed by a tool: a distribution of its own
+        return Path(location).is_relative_to(tree)
+    except Exception:
+        return False
+
+
 def first_party_home() -> str | None:
     """The site directory of the running robodual-core's distribution (None: not installed, e.g. a bare
     source tree; then first party falls back to the name and the first distribution on sys.path)."""
@@ -539,6 +572,7 @@ def discover() -> list[Found]:
     first: dict[str, list[tuple[Any, str]]] = {}
     others: list[tuple[Any, str]] = []
     seen: set[tuple[str, str, str]] = set()
+    trees = _editable_trees()
     for dist in metadata.distributions():
         try:
             text = dist.read_text("entry_points.txt")  # cheap: most distributions have none of robodual's
@@ -549,6 +583,8 @@ def discover() -> list[Found]:
             continue
         name, location = _dist_name(dist), _location(dist)
         norm = normalize_name(name)
+        if norm in FIRST_PARTY and _build_leftover(dist, location, trees.get(norm)):
+            continue
         key = (norm, location, str(dist.version))
         if key in seen:
             continue
