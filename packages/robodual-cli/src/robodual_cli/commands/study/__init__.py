@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set demo_scales=[5,10]."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study folder's results and start again."),
         log: list[str] = typer.Option([], "--log", help=STUDY_LOG_HELP, callback=_trackers),
+        interim: bool = typer.Option(False, "--interim", help="Run nothing: report the finished evaluations of a "
+                                     "study still running or stopped (report-interim/, with every pre-registered "
+                                     "comparison whose arms are done)."),
     ) -> None:
         """Table 4: success vs demonstrations per task for dual, specialist only, generalist only and a
         Diffusion-Policy-style baseline, the generalist pre-trained on a broad corpus."""
@@ -84,6 +87,9 @@ def register(app: typer.Typer) -> None:
         from robodual_cli.commands.study.common import StudyFolder
         from robodual_core.config import to_dict
 
+        if interim and not (out_dir / "study.json").is_file():
+            raise RobodualError(f"--interim: '{out_dir}' holds no study (no study.json); give the --out of a "
+                                "data-efficiency study that has started")
         flags = _flags(tasks, episodes, seeds)
         flags["target_tasks"] = flags.pop("tasks", None)
         cfg = de.check(_load(de.DataEfficiencyConfig, de.QUICK, quick, config, overrides, flags))
@@ -91,6 +97,10 @@ def register(app: typer.Typer) -> None:
                              defaults=to_dict(de.DataEfficiencyConfig()))
         folder.log = tuple(log)
         t0 = time.perf_counter()
+        if interim:
+            path = report.interim_report(folder, cfg, de.interim(cfg, folder))
+            print(path / "README.md")
+            return
         result = de.run(cfg, folder)
         # a quick run extrapolates its measured rates to the full default study
         plan = report.plan_data_efficiency(de.check(de.DataEfficiencyConfig())) if quick else None

@@ -190,6 +190,98 @@ def arm_sets(cfg: DataEfficiencyConfig, arm: str) -> list[str]:
     return [*specialist_sets(cfg), *own.get(arm, [])]
 
 
+def study_splits(cfg: DataEfficiencyConfig) -> tuple[str, ...]:
+    return tuple(s for s in SPLITS if s == "seen" or (s == "generalization" and cfg.generalization)
+                 or (s == "latency" and bool(cfg.latency_split)))
+
+
+@dataclass
+class EvalStage:
+    """One closed-loop evaluation of a study: stage name, policy, where its results go and how its rows count."""
+
+    name: str
+    policy: Path
+    kind: str  # eval --kind
+    out: Path
+    arm: str
+    seed: int  # training seed; -1: one run for every seed (the broad generalist, the fine-tuned one)
+    scales: list[int]  # the scales its rows count at
+    split: str
+    flags: list[str] | None
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r for n in self.scales for r in episode_rows(self.out / "results.json", policy=self.arm,
+                                                               seed=self.seed, scale=n, split=self.split)]
+
+
+def generalist_dir(cfg: DataEfficiencyConfig, root: Path) -> Path | None:
+    """The broad generalist's checkpoint: the pretrained one (``generalist``), the study's own, or None."""
+    if cfg.generalist:
+        from robodual_cli.commands.study import pretrain
+
+        return pretrain.pretrained_checkpoint(Path(cfg.generalist))
+    return root / "runs" / "generalist" if needs_generalist(cfg) else None
+
+
+def eval_plan(cfg: DataEfficiencyConfig, root: Path, gen_dir: Path | None, n: int) -> list[EvalStage]:
+    """The evaluations of scale ``n``, in the order they run: split by split (seen first), the broad generalist
+    with the first scale (its rows count at every scale), every arm and training seed, the fine-tuned generalist."""
+    runs, evals = root / "runs", root / "eval"
+    flags = {"seen": None, "latency": ["--latency", cfg.latency_split],
+             "generalization": ["--visual", cfg.generalization_visual, "--placement-scale",
+                                str(cfg.generalization_placement_scale)]}
+    out: list[EvalStage] = []
+
+    def add(name: str, policy: Path, kind: str, where: Path, arm: str, seed: int, scales: list[int],
+            split: str) -> None:
+        out.append(EvalStage(name if split == "seen" else f"{name} {split}", policy, kind,
+                             where if split == "seen" else where / split, arm, seed, scales, split, flags[split]))
+
+    for split in study_splits(cfg):
+        if gen_dir is not None and n == cfg.demo_scales[0]:
+            add("eval generalist", gen_dir, "generalist", evals / "generalist", "generalist", -1,
+                list(cfg.demo_scales), split)
+        for seed in cfg.train_seeds:
+            for variant in cfg.arms:
+                add(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}",
+                    VARIANTS[variant][1], evals / f"n{n}" / variant / f"seed{seed}", variant, seed, [n], split)
+        if cfg.finetune_generalist and gen_dir is not None:
+            add(f"eval generalist fine-tuned n={n}", runs / f"n{n}" / "generalist_finetuned", "generalist",
+                evals / f"n{n}" / "generalist_finetuned", "generalist_finetuned", -1, [n], split)
+    return out
+
+
+def interim(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
+    """What the finished evaluations say so far, running nothing: their per-episode rows and every pre-registered
+    comparison whose two arms are evaluated at that scale and split for every training seed (an interim look at a
+    study that is still running or stopped; not its pre-registered analysis)."""
+    from robodual_cli.commands.study.stats import compare, parse_comparison
+
+    gen_dir = generalist_dir(cfg, study.root)
+    plan = [e for n in cfg.demo_scales for e in eval_plan(cfg, study.root, gen_dir, n)]
+    done = [e for e in plan if study.done(e.name) and (e.out / "results.json").is_file()]
+    episodes = [r for e in done for r in e.rows()]
+    complete: set[tuple[str, int, str]] = set()  # (arm, scale, split) evaluated for every seed it runs with
+    for n in cfg.demo_scales:
+        for split in study_splits(cfg):
+            for arm in {e.arm for e in plan}:
+                need = [e for e in plan if e.arm == arm and n in e.scales and e.split == split]
+                if need and all(e in done for e in need):
+                    complete.add((arm, n, split))
+    comps, pending = [], []
+    for text in cfg.comparisons:
+        a, b = parse_comparison(text)
+        for split in study_splits(cfg):
+            for n in cfg.demo_scales:
+                if (a, n, split) in complete and (b, n, split) in complete:
+                    comps.append(compare(episodes, a, b, draws=cfg.bootstrap_draws, seed=cfg.eval_seed, scale=n,
+                                         split=split))
+                else:
+                    pending.append({"a": a, "b": b, "where": {"scale": n, "split": split}})
+    return {"episodes": episodes, "comparisons": comps, "pending": pending, "evaluations_done": len(done),
+            "evaluations": len(plan), "complete": sorted(complete, key=lambda c: (c[2] != "seen", c[1], c[0]))}
+
+
 def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
     root = study.root
     data, runs, evals, configs = root / "data", root / "runs", root / "eval", root / "configs"
@@ -205,7 +297,7 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
     if cfg.generalist:
         from robodual_cli.commands.study import pretrain
 
-        gen_dir = pretrain.pretrained_checkpoint(Path(cfg.generalist))
+        gen_dir = generalist_dir(cfg, root)
         corpus = pretrain.corpus(Path(cfg.generalist))
         broad = corpus if corpus.is_dir() else None
     elif needs_generalist(cfg):
@@ -253,21 +345,8 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
     #      closed-loop evaluation on the same placements for every policy, the seen split before the others.
     #      Order only decides which results exist first when a session ends: every stage is seeded by its config
     #      and resumes by name, so the results are the same in any order. Rows: one per episode.
-    splits = tuple(s for s in SPLITS if s == "seen" or (s == "generalization" and cfg.generalization)
-                   or (s == "latency" and cfg.latency_split))
-    split_flags = {"seen": None, "latency": ["--latency", cfg.latency_split],
-                   "generalization": ["--visual", cfg.generalization_visual, "--placement-scale",
-                                      str(cfg.generalization_placement_scale)]}
+    splits = study_splits(cfg)
     episodes: list[dict[str, Any]] = []
-
-    def evaluate(name: str, policy: Path, kind: str, out: Path, arm: str, seed: int, scales: list[int],
-                 split: str) -> None:
-        where = out if split == "seen" else out / split
-        label = name if split == "seen" else f"{name} {split}"
-        eval_stage(study, label, policy, kind, where, cfg.target_tasks, cfg, extra=split_flags[split])
-        for n in scales:
-            episodes.extend(episode_rows(where / "results.json", policy=arm, seed=seed, scale=n, split=split))
-
     finetune = cfg.finetune_generalist and gen_dir is not None
     for n in cfg.demo_scales:
         for seed in cfg.train_seeds:
@@ -285,18 +364,9 @@ def run(cfg: DataEfficiencyConfig, study: StudyFolder) -> dict[str, Any]:
         if finetune:
             finetune_stage(study, f"fine-tune generalist n={n}", gen_dir, data / f"target_{n}.zarr",
                            runs / f"n{n}" / "generalist_finetuned", cfg.specialist_steps, cfg)
-        for split in splits:
-            if gen_dir is not None and n == cfg.demo_scales[0]:  # the broad generalist: once, counted at every scale
-                evaluate("eval generalist", gen_dir, "generalist", evals / "generalist", "generalist", -1,
-                         cfg.demo_scales, split)
-            for seed in cfg.train_seeds:
-                for variant in cfg.arms:
-                    evaluate(f"eval {variant} n={n} seed={seed}", runs / f"n{n}" / variant / f"seed{seed}",
-                             VARIANTS[variant][1], evals / f"n{n}" / variant / f"seed{seed}", variant, seed, [n],
-                             split)
-            if finetune:
-                evaluate(f"eval generalist fine-tuned n={n}", runs / f"n{n}" / "generalist_finetuned", "generalist",
-                         evals / f"n{n}" / "generalist_finetuned", "generalist_finetuned", -1, [n], split)
+        for e in eval_plan(cfg, root, gen_dir, n):
+            eval_stage(study, e.name, e.policy, e.kind, e.out, cfg.target_tasks, cfg, extra=e.flags)
+            episodes.extend(e.rows())
 
     # 5. collect: results per scale and arm (pooled over seeds, for the table), placements checked against the demos
     rows: dict[str, dict[str, Any]] = {}

@@ -237,19 +237,11 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     ]
     comps = result.get("comparisons") or []
     if comps:
-        ctab = ["| comparison (a - b) | split | demos per task | difference, points | 95% interval (cluster bootstrap) "
-                "| excludes 0 | per training seed |", "|---|---|---|---|---|---|---|"]
-        for c in comps:
-            lo, hi = c["ci95"]
-            seeds = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in c["per_seed"].items())
-            ctab.append(f"| {c['a']} - {c['b']} | {c['where'].get('split', '')} | {c['where'].get('scale', '')} | "
-                        f"{100 * c['difference']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
-                        f"{'yes' if c['excludes_zero'] else 'no'} | {seeds} |")
         at = md.index("## Per task")
         md[at:at] = ["## Pre-registered comparisons (seed-paired)", "",
                      "Each difference pairs the same training seed and the same evaluation placement; its interval "
                      "resamples training seeds, then placements within each seed "
-                     f"({comps[0]['draws']} draws). Only these support claims.", "", *ctab, ""]
+                     f"({comps[0]['draws']} draws). Only these support claims.", "", *comparison_table(comps), ""]
     if result.get("episodes"):
         from robodual_cli.commands.study.common import write_episode_rows
 
@@ -268,6 +260,58 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     copy_configs(study, report, runs)
     atomic_write_text(report / "README.md", "\n".join(md) + "\n")
     return report
+
+
+def comparison_table(comps: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of seed-paired comparisons (:func:`stats.compare` results)."""
+    ctab = ["| comparison (a - b) | split | demos per task | difference, points | 95% interval (cluster bootstrap) "
+            "| excludes 0 | per training seed |", "|---|---|---|---|---|---|---|"]
+    for c in comps:
+        lo, hi = c["ci95"]
+        seeds = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in c["per_seed"].items())
+        ctab.append(f"| {c['a']} - {c['b']} | {c['where'].get('split', '')} | {c['where'].get('scale', '')} | "
+                    f"{100 * c['difference']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                    f"{'yes' if c['excludes_zero'] else 'no'} | {seeds} |")
+    return ctab
+
+
+def interim_report(study: StudyFolder, cfg: Any, result: dict[str, Any]) -> Path:
+    """``report-interim/``: the finished evaluations of a study still running or stopped (``--interim``), apart
+    from its report so the final analysis is never mistaken for it."""
+    from robodual_cli.commands.study.common import wilson_interval, write_episode_rows
+
+    out = study.root / "report-interim"
+    out.mkdir(parents=True, exist_ok=True)
+    eps = result["episodes"]
+    succ = ["| arm | split | demos per task | success, % [95% Wilson] (pooled) | per training seed |",
+            "|---|---|---|---|---|"]
+    for arm, n, split in result["complete"]:
+        rows = [r for r in eps if r["policy"] == arm and r["scale"] == n and r["split"] == split]
+        k = sum(r["success"] for r in rows)
+        lo, hi = wilson_interval(k, len(rows))
+        seeds = sorted({r["seed"] for r in rows})
+        per = ", ".join(f"{s}: {_pct(sum(r['success'] for r in rows if r['seed'] == s) / sum(1 for r in rows if r['seed'] == s))}"
+                        for s in seeds)
+        succ.append(f"| {arm} | {split} | {n} | {_pct(k / max(len(rows), 1))} [{_pct(lo)}, {_pct(hi)}] "
+                    f"({k}/{len(rows)}) | {per} |")
+    comps = result["comparisons"]
+    md = _header(study, "Data efficiency: interim look", False) + [
+        f"**Interim: {result['evaluations_done']} of {result['evaluations']} evaluations are finished.** This looks "
+        "at them without running anything. It is not the study's pre-registered analysis: the final report "
+        "(`report/`) is, and the decision rule is applied only there.", "",
+        "## Arms evaluated for every training seed", "", *(succ if len(succ) > 2 else ["None yet."]), "",
+        "## Pre-registered comparisons with both arms finished (seed-paired)", "",
+        *(comparison_table(comps) if comps else ["None yet."]), "",
+        f"{len(result['pending'])} comparisons wait for evaluations still to run.", "",
+        "Per-episode rows of the finished evaluations: `episodes.jsonl`.", ""]
+    write_episode_rows(out / "episodes.jsonl", eps)
+    atomic_write_json(out / "summary.json", {
+        "study": "data-efficiency", "interim": True, "git_commit": study.meta["git_commit"],
+        "config": study.config, "evaluations_done": result["evaluations_done"],
+        "evaluations": result["evaluations"], "complete": result["complete"], "comparisons": comps,
+        "pending": result["pending"], "stage_seconds": stage_times(study)})
+    atomic_write_text(out / "README.md", "\n".join(md) + "\n")
+    return out
 
 
 def plan_data_efficiency(cfg: Any) -> list[tuple[str, float]]:
