@@ -51,3 +51,17 @@ def test_study_configs_carry_latency_and_old_studies_resume(tmp_path):
     assert latency_flags(late) == ["--latency", "generalist=16,specialist=2"]
     with pytest.raises(Exception, match="latency.specialist"):
         from_dict(de.DataEfficiencyConfig, {"latency": {"specialist": -1}})
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("args", [
+    ["eval", "metaworld", "--policy", "expert", "--execute", "2"],  # a scripted policy plans no chunks
+    ["eval", "metaworld", "--policy", "expert", "--execute", "0"],
+    ["eval", "metaworld", "--remote", "ws://127.0.0.1:9", "--execute", "2"],
+])
+def test_bad_execute_is_one_line_naming_the_flag(args, run, tmp_path):
+    code, captured = run(*args, "--out", tmp_path / "out")
+    assert code != 0
+    assert "--execute" in captured.err and "Traceback" not in captured.err
+    assert len([line for line in captured.err.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "out").exists()

@@ -172,3 +172,22 @@ def test_full_check_refuses_a_damaged_shard_before_training(config, tmp_path):
               show_progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first step
+
+
+def test_execute_plans_a_new_chunk_every_n_steps_and_is_bounded_by_the_chunk(store, config, tmp_path):
+    from robodual_core.runtime import AggregationConfig
+
+    run = tmp_path / "run"
+    train(store, run, config=config, overrides=["trainer.steps=2", "trainer.ckpt_every=2"], show_progress=False)
+    obs = {"rgb_static": np.zeros((16, 16, 3), np.uint8), "proprio": np.zeros(3, np.float32)}
+    off = AggregationConfig(enabled=False)
+    for execute, calls in ((None, 6), (1, 6), (2, 3), (4, 2)):  # six control steps, chunks of k_s = 4
+        policy = load_policy(run, aggregation=off, **({"execute": execute} if execute else {}))
+        policy.reset()
+        actions = [policy.step(obs, "task 0") for _ in range(6)]
+        assert policy.stats["specialist_calls"] == calls, execute
+        assert all(np.isfinite(a).all() for a in actions)
+    for bad, needle in ((5, "chunks hold 4 actions"), (0, ">= 1"), (True, ">= 1")):
+        with pytest.raises(RobodualError, match="--execute") as exc:
+            load_policy(run, execute=bad)
+        assert needle in str(exc.value)

@@ -85,7 +85,8 @@ def checkpoint_kind(path: str | Path) -> str:
 
 def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
                 aggregation: AggregationConfig | None = None,
-                latency: LatencyConfig | str | dict | None = None, unnorm_key: str | None = None) -> Any:
+                latency: LatencyConfig | str | dict | None = None, unnorm_key: str | None = None,
+                execute: int | None = None) -> Any:
     """One path defines a policy (DESIGN.md section 10).
 
     A specialist checkpoint that records a generalist (``generalist.json``) gives a dual-system policy,
@@ -94,8 +95,12 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     steps (:mod:`robodual_core.runtime.latency`; ``"generalist=16,specialist=2"`` or a :class:`LatencyConfig`).
     A model folder that a generalist family recognizes (an OpenVLA checkpoint, a merged generalist) gives a
     generalist-only policy (by default each action as predicted: no aggregation, no gripper threshold);
-    ``unnorm_key`` picks the dataset of its ``norm_stats`` that unnormalizes actions.
+    ``unnorm_key`` picks the dataset of its ``norm_stats`` that unnormalizes actions. ``execute``: control steps
+    between new chunks, of the specialist (default 1: a chunk every step) or of a generalist alone (default its
+    chunk); with aggregation off, Diffusion Policy's "plan 16, execute 8".
     """
+    if execute is not None and (isinstance(execute, bool) or not isinstance(execute, int) or execute < 1):
+        raise RobodualError(f"--execute: expected a whole number of control steps >= 1, found {execute!r}")
     latency = parse_latency(latency)
     from robodual_core.checkpoint import read_json, resolve_checkpoint
     from robodual_core.hub import is_hub_ref, resolve_model_path
@@ -113,7 +118,7 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
         # actions as the model gives them: OpenVLA's predict_action leaves the gripper unthresholded (in [0, 1]
         # for most of its datasets, where the default threshold at 0 would open it always)
         raw = AggregationConfig(enabled=False, binarize_gripper=False)
-        return GeneralistOnlyPolicy(load_runner("generalist", folder, **options),
+        return GeneralistOnlyPolicy(_checked(load_runner("generalist", folder, **options), execute, "k_g"), execute,
                                     aggregation=aggregation if aggregation is not None else raw, latency=latency)
     if unnorm_key is not None:
         raise RobodualError(f"--unnorm-key '{unnorm_key}' picks a dataset of an OpenVLA-format model folder's "
@@ -124,16 +129,19 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
     if found == "generalist":
         if kind not in ("auto", "generalist"):
             raise RobodualError(f"'{path}' is a generalist checkpoint; it cannot make a '{kind}' policy")
-        return GeneralistOnlyPolicy(load_runner("generalist", ckpt), aggregation=aggregation, latency=latency)
+        return GeneralistOnlyPolicy(_checked(load_runner("generalist", ckpt), execute, "k_g"), execute,
+                                    aggregation=aggregation, latency=latency)
     has_generalist = (ckpt / "generalist.json").is_file()
     if kind == "generalist":
         if not has_generalist:
             raise RobodualError(f"specialist checkpoint '{ckpt}' records no generalist")
-        return GeneralistOnlyPolicy(load_runner("generalist", recorded_generalist(ckpt, read_json(ckpt, "generalist"))),
-                                    aggregation=aggregation, latency=latency)
-    specialist = load_runner("specialist", ckpt)
+        runner = load_runner("generalist", recorded_generalist(ckpt, read_json(ckpt, "generalist")))
+        return GeneralistOnlyPolicy(_checked(runner, execute, "k_g"), execute, aggregation=aggregation,
+                                    latency=latency)
+    specialist = _checked(load_runner("specialist", ckpt), execute, "k_s")
+    every = execute or 1
     if kind == "specialist" or (kind == "auto" and not has_generalist):
-        return SpecialistOnlyPolicy(specialist, aggregation=aggregation, latency=latency)
+        return SpecialistOnlyPolicy(specialist, aggregation=aggregation, specialist_every=every, latency=latency)
     if not has_generalist:
         raise RobodualError(f"specialist checkpoint '{ckpt}' was trained without a generalist; it cannot make a "
                             "dual-system policy (train it with --generalist-cache)")
@@ -142,4 +150,13 @@ def load_policy(path: str | Path, kind: str = "auto", mode: str = "sync",
         raise RobodualError(f"--latency {latency.text()} is counted in control steps and needs --mode sync; async "
                             "mode runs on the wall clock")
     return DualSystemPolicy(generalist_for_specialist(ckpt, process=mode == "async"), specialist, mode=mode,
-                            aggregation=aggregation, latency=latency)
+                            aggregation=aggregation, specialist_every=every, latency=latency)
+
+
+def _checked(runner: Any, execute: int | None, horizon: str) -> Any:
+    """``runner`` if its chunk (``k_s`` or ``k_g``) holds ``execute`` actions; the refusal names both."""
+    length = getattr(runner, horizon, None)
+    if execute is not None and isinstance(length, int) and execute > length:
+        raise RobodualError(f"--execute {execute}: the policy's chunks hold {length} actions ({horizon}); expected "
+                            f"1 to {length} control steps between new chunks")
+    return runner

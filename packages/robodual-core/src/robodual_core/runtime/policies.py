@@ -252,6 +252,7 @@ class SpecialistOnlyPolicy(_PolicyInfo):
             return action
         if self.t % self.specialist_every == 0 or not self.aggregator.chunks:
             self.aggregator.add(self.t, self.specialist.predict(observation, instruction, None, 0))
+            self.stats["specialist_calls"] += 1
         else:
             _observe(self.specialist, observation)
         action = self.aggregator.action(self.t)

@@ -94,6 +94,10 @@ def eval_command(
                                           "replaces the last (naive chunk switching, as real-time chunking assumes)."),
     binarize_gripper: bool = typer.Option(False, "--binarize-gripper/--no-binarize-gripper",
                                           help="Snap the gripper to +-1 (Meta-World's experts use graded efforts)."),
+    execute: int | None = typer.Option(None, "--execute", help="Control steps between new chunks (the "
+                                       "specialist's, or a generalist's alone) [default: 1 for a specialist, the "
+                                       "chunk for a generalist]; with --no-aggregation, Diffusion Policy's 'plan 16, "
+                                       "execute 8' is --execute 8."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     log: list[str] = typer.Option([], "--log", help=LOG_HELP),
 ) -> None:
@@ -115,6 +119,9 @@ def eval_command(
             raise RobodualError(f"{flag}: expected one of {', '.join(choices)}, found '{value}'")
     if videos < 0:
         raise RobodualError(f"--videos: expected a number of episodes to record >= 0, found {videos}")
+    if execute is not None and (execute < 1 or remote is not None or not Path(policy).is_dir()):
+        raise RobodualError(f"--execute {execute}: expected control steps >= 1 between a local policy run's new "
+                            f"chunks, found {'--remote' if remote is not None else execute if execute < 1 else '--policy ' + policy}")
     if batch > 1 and (remote is not None or mode != "sync"):
         raise RobodualError(f"--batch {batch}: batched episodes need a local policy in sync mode (found "
                             f"{'--remote' if remote is not None else '--mode ' + mode}); use --batch 1")
@@ -137,7 +144,7 @@ def eval_command(
         factory = PolicyFactory("robodual_core.runtime:load_policy", (str(run_dir),), {
             "kind": kind, "mode": mode,
             "aggregation": AggregationConfig(enabled=aggregation, binarize_gripper=binarize_gripper),
-            **({"latency": lat} if not lat.zero else {})})
+            **({"latency": lat} if not lat.zero else {}), **({"execute": execute} if execute is not None else {})})
         defaults = dataset_settings_of_run(run_dir)
         out = out or run_dir / "eval" / "metaworld"
     elif policy in BUILTIN_POLICIES:
@@ -163,6 +170,8 @@ def eval_command(
     results["kind"] = kind
     results["latency"] = {"generalist": lat.generalist, "specialist": lat.specialist}
     results["aggregation"] = aggregation
+    if execute is not None:
+        results["execute"] = execute
     atomic_write_json(out / "results.json", results)
     # trackers: the policy's run (same W&B run / TensorBoard folder as its training) at its checkpoint's step
     tell(log_eval(trackers, policy if remote is None and run_dir.is_dir() and not snapshot else None, out, results, "metaworld",
