@@ -9,7 +9,7 @@ demo: venv
 
 test: venv
 	.venv/bin/ruff check .
-	MUJOCO_GL=egl .venv/bin/python -m pytest -q -x --timeout=900 tests
+	MUJOCO_GL=egl .venv/bin/python -m pytest -q -x --timeout=900 --durations=15 tests
 
 # the suite without tests marked slow (end-to-end runs, kill -9 and resume, benchmarks): a quick check while working
 test-fast: venv

@@ -19,13 +19,20 @@ def run(args, timeout=900):
     return subprocess.run(ROBODUAL + list(args), capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_quick_pretrain_end_to_end_and_resume(tmp_path):
-    from robodual_cli.commands.study.pretrain import pretrained_checkpoint
-
-    out = tmp_path / "pt"
+@pytest.fixture(scope="module")
+def quick_pretrain(tmp_path_factory):
+    """One quick pretrain study for this module: its own test checks it, the data-efficiency test reads it."""
+    out = tmp_path_factory.mktemp("pretrain") / "pt"
     first = run(["study", "pretrain", "--quick", "--out", str(out)])
     assert first.returncode == 0, first.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_quick_pretrain_end_to_end_and_resume(quick_pretrain):
+    from robodual_cli.commands.study.pretrain import pretrained_checkpoint
+
+    out = quick_pretrain
     report = out / "report"
     summary = json.loads((report / "summary.json").read_text())
     assert [p["step"] for p in summary["points"]] == [10, 20]
@@ -81,9 +88,8 @@ def test_pretrained_checkpoint_refuses_other_folders(tmp_path):
 
 # -- the data-efficiency study with issue 30's arms, on a pretrained generalist ------------------------------------
 @pytest.mark.slow
-def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_path):
-    pt = tmp_path / "pt"
-    assert run(["study", "pretrain", "--quick", "--out", str(pt)]).returncode == 0
+def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_path, quick_pretrain):
+    pt = quick_pretrain  # read only here
     out = tmp_path / "de"
     res = run(["study", "data-efficiency", "--quick", "--out", str(out), "--set", f"generalist={pt}",
                "--set", "arms=[dual,specialist_same,union_specialist,diffusion_policy_2f]",

@@ -82,6 +82,14 @@ def test_bench_loader_writes_json(tmp_path, run):
     data = json.loads(out.read_text())
     assert code == 0 and data["bench"] == "loader" and data["results"]["samples_per_s"]["0"] > 0
     assert "consumption_samples_per_s" in data["results"]
+    steps = data["results"]["model_step"]  # the model's own threads, quiet and beside a busy core
+    for condition in ("quiet", "busy"):
+        c = steps["conditions"][condition]
+        assert c["steps_per_s"]["all_cores"] > 0 and c["steps_per_s"]["load_aware"] > 0
+        assert all(1 <= n <= steps["cores"] for n in c["load_aware_threads"])
+    if steps["cores"] == 2:  # beside a busy core on two, the load-aware count gives one up
+        assert max(steps["conditions"]["busy"]["load_aware_threads"]) == 1
+    assert "model step, busy" in cap.out
 
 
 def test_converter_without_add_command_gets_a_generic_command(tmp_path, run):

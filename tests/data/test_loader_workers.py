@@ -142,6 +142,34 @@ def test_main_threads_never_oversubscribe_nor_raise():
     assert main_threads(8, cores=2, current=2) == 1
     rec = resolve_num_workers(3, ThreadProbe(), 2, cores=4)
     assert rec["num_workers"] == 3 and rec["main_threads"] == max(1, min(torch.get_num_threads(), 1))
+    # cores other processes hold are given up too: beside one busy core on two, one thread
+    assert main_threads(0, cores=2, current=2, busy=1) == 1
+    assert main_threads(0, cores=8, current=8, busy=3) == 5
+    assert main_threads(1, cores=2, current=2, busy=5) == 1
+
+
+def test_main_threads_give_up_a_core_another_process_keeps_busy(monkeypatch):
+    import subprocess
+    import sys
+
+    from robodual_core.data.loader import busy_cores
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("busy_cores reads /proc (Linux)")
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 1  # the spinner, whatever else runs
+        before = torch.get_num_threads()
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        try:
+            rec = resolve_num_workers(0, ThreadProbe(), 2, cores=2)
+        finally:
+            torch.set_num_threads(before)
+        assert rec["busy_cores"] >= 1 and rec["main_threads"] == 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 class Costly(torch.utils.data.Dataset):

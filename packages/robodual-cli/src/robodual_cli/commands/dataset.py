@@ -420,13 +420,20 @@ def bench_loader(
     consumption: float = typer.Option(None, "--consumption-samples-per-s",
                                       help="Specialist training rate to compute the loader/training ratio."),
     notes: str = typer.Option(None, "--notes", help="Text kept in the report (the machine's load, say)."),
+    model_step: bool = typer.Option(True, "--model-step/--no-model-step", help="Also time a small model's "
+                                    "training step at one thread per core and at the load-aware thread count."),
 ) -> None:
     """Samples/s of the window loader per num_workers setting (0, 1, 2, auto) side by side, quiet and beside a
     busy core: 2 RGB 224x224, 2 depth, proprio, 8-step chunk by default, or the stores given."""
     import tempfile
 
     from robodual_core.bench import write_report
-    from robodual_core.data.bench_loader import demo_like_store, loader_comparison, synthetic_store
+    from robodual_core.data.bench_loader import (
+        demo_like_store,
+        loader_comparison,
+        model_step_comparison,
+        synthetic_store,
+    )
 
     settings = tuple(w.strip().lower() for w in workers.split(",") if w.strip())
     if not settings:
@@ -454,6 +461,11 @@ def bench_loader(
                 if not data:
                     stores[name]["store"] = f"synthetic {name} ({stores[name]['episodes']} episodes, removed after " \
                                             "the run)"
+        steps = None
+        if model_step:
+            with err.status("measuring the model step's threads") as status:
+                steps = model_step_comparison(conditions, rounds=min(rounds, 3), round_seconds=seconds,
+                                              progress=status.update)
     first = next(iter(stores.values()))
     quiet = first["conditions"]["quiet"]["samples_per_s"]
     runs = [{"num_workers": s, "samples_per_s": quiet[s]} for s in settings]
@@ -462,7 +474,7 @@ def bench_loader(
         "store": first["store"], "episodes": first["episodes"], "steps": first["steps"], "window": first["window"],
         "runs": runs, "samples_per_s": {s: quiet[s] for s in settings},
         "consumption_samples_per_s": consumption, "ratio_workers2_over_consumption": ratio,
-        "stores": stores, "notes": notes,
+        "stores": stores, "model_step": steps, "notes": notes,
     }
     write_report(out_file, "loader", results)
     for name, r in stores.items():
@@ -470,6 +482,9 @@ def bench_loader(
             rates = ", ".join(f"{k} {v:.0f}" for k, v in c["samples_per_s"].items())
             chose = f" (auto: {c['auto']['num_workers']} workers)" if c.get("auto") else ""
             out.print(f"{name}, {condition}: samples/s by num_workers: {rates}{chose}")
+    for condition, c in (steps or {}).get("conditions", {}).items():
+        rates = ", ".join(f"{k} {v:.1f}" for k, v in c["steps_per_s"].items())
+        out.print(f"model step, {condition}: steps/s {rates} (load-aware threads {c['load_aware_threads']})")
     if ratio is not None:
         out.print(f"loader (2 workers) / training consumption = {ratio:.2f}")
     out.print(f"wrote {out_file}")

@@ -321,3 +321,61 @@ def _goals(out: dict[str, Any], fixed: list[int]) -> dict[str, Any]:
         q, b = conds["quiet"]["samples_per_s"], conds["busy"]["samples_per_s"]
         goals["busy_over_quiet"] = {k: round(b[k] / q[k], 3) for k in q if k in b and q[k]}
     return goals
+
+
+def model_step_comparison(conditions: tuple[str, ...] = ("quiet", "busy"), rounds: int = 3,
+                          round_seconds: float = 1.0, progress: Any = None) -> dict[str, Any]:
+    """Training steps/s of a small transformer (4 layers, width 256, batch 32 x 32 tokens) in this process at
+    torch's default of one thread per core (``all_cores``) and at the loader's choice (``load_aware``:
+    :func:`robodual_core.data.loader.main_threads` with the cores other processes keep busy, measured at the start
+    of each block), side by side, quiet and beside a busy core: issue 33's "threads never oversubscribed" for the
+    model's own work, which the loader's one-thread batches do not cover."""
+    import torch
+
+    from robodual_core.data.loader import available_cores, busy_cores, main_threads
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(256, 4, 512, batch_first=True, dropout=0.0)
+    model = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(32, 32, 256)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    cores = available_cores()
+    before = torch.get_num_threads()
+    rates: dict[str, dict[str, list[float]]] = {c: {"all_cores": [], "load_aware": []} for c in conditions}
+    chosen: dict[str, list[int]] = {c: [] for c in conditions}
+    try:
+        for r in range(rounds):
+            for condition in conditions:
+                with _condition(condition):
+                    busy = busy_cores()
+                    threads = {"all_cores": cores, "load_aware": main_threads(0, cores, cores, busy)}
+                    chosen[condition].append(threads["load_aware"])
+                    for name, n in threads.items():
+                        if progress is not None:
+                            progress(f"model step: {condition}, {name} ({n} threads), round {r + 1}/{rounds}")
+                        torch.set_num_threads(n)
+                        step()  # warm-up at this thread count
+                        done, t0 = 0, time.perf_counter()
+                        while time.perf_counter() - t0 < round_seconds:
+                            step()
+                            done += 1
+                        rates[condition][name].append(done / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(before)
+    out: dict[str, Any] = {"cores": cores, "model": "TransformerEncoder 4 x 256, batch 32 x 32 tokens, AdamW",
+                           "rounds": rounds, "round_seconds": round_seconds, "conditions": {}}
+    for condition in conditions:
+        med = {k: float(np.median(v)) for k, v in rates[condition].items()}
+        out["conditions"][condition] = {"steps_per_s": {k: round(v, 2) for k, v in med.items()},
+                                        "per_round": {k: [round(x, 2) for x in v] for k, v in rates[condition].items()},
+                                        "load_aware_threads": chosen[condition]}
+    if "quiet" in conditions and "busy" in conditions:
+        q, b = out["conditions"]["quiet"]["steps_per_s"], out["conditions"]["busy"]["steps_per_s"]
+        out["busy_over_quiet"] = {k: round(b[k] / q[k], 3) for k in q if q[k]}
+    return out

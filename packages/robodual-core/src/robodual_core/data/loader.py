@@ -13,7 +13,8 @@ What it answers, measured on a shared 2-core machine (``robodual bench loader``;
   runs in the main process; measured side by side on both stores, quiet and busy). The loader's own work runs with one thread wherever it runs: in each worker
   (:func:`worker_init`: torch, BLAS/OpenMP pools through threadpoolctl when installed, and the ``*_NUM_THREADS``
   variables), and in the main process around each batch of a 0-worker loader. The main process keeps at most
-  ``cores - workers`` threads for the model (:func:`main_threads`), never more than it had.
+  ``cores - workers - busy`` threads for the model (:func:`main_threads`), never more than it had, where
+  ``busy`` is the cores other processes kept busy over a quarter second at start-up (:func:`busy_cores`).
 - **Worker count.** ``auto`` (:func:`choose_num_workers`) times the candidate counts side by side on the
   dataset itself at start-up (5-30 s on the shared 2-core machine) and takes the fastest, preferring fewer
   workers within 5%. It times the loader alone, not the training step beside it. On that machine, with the
@@ -72,12 +73,44 @@ def check_num_workers(value: Any, where: str = "trainer.num_workers") -> int | s
     return value
 
 
-def main_threads(num_workers: int, cores: int | None = None, current: int | None = None) -> int:
-    """torch threads the main process keeps beside ``num_workers`` loader workers: ``cores - num_workers``
-    (at least 1), and never more than it has now (an explicit ``OMP_NUM_THREADS`` or ``--threads`` stands)."""
+def busy_cores(seconds: float = 0.25) -> int:
+    """Cores other processes keep busy now: the machine's busy CPU time over ``seconds`` (``/proc/stat``) less
+    this process's own (``/proc/self/stat``), rounded. 0 where ``/proc`` is not readable (not Linux).
+
+    OpenMP threads spin-wait, so a thread pool sized to every core runs many times slower beside one busy
+    process (issue 33: 9-26x for the loader, 10-30x for a training step on the shared 2-core machine)."""
+    def machine() -> tuple[float, float]:  # (busy, total) jiffies over all cores
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def own() -> float:
+        with open("/proc/self/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return float(rest[11]) + float(rest[12])  # utime + stime (jiffies, every thread)
+
+    try:
+        (b0, t0), o0 = machine(), own()
+        time.sleep(seconds)
+        (b1, t1), o1 = machine(), own()
+    except (OSError, ValueError, IndexError):
+        return 0
+    if t1 <= t0:
+        return 0
+    cores_total = os.cpu_count() or 1
+    busy = (b1 - b0 - (o1 - o0)) / (t1 - t0) * cores_total  # jiffies of every core: a fraction of all of them
+    return max(0, int(busy + 0.5))
+
+
+def main_threads(num_workers: int, cores: int | None = None, current: int | None = None,
+                 busy: int = 0) -> int:
+    """torch threads the main process keeps beside ``num_workers`` loader workers and ``busy`` cores other
+    processes hold: ``cores - num_workers - busy`` (at least 1), and never more than it has now (an explicit
+    ``OMP_NUM_THREADS`` or ``--threads`` stands)."""
     cores = available_cores() if cores is None else cores
     current = torch.get_num_threads() if current is None else current
-    return max(1, min(current, cores - num_workers))
+    return max(1, min(current, cores - num_workers - busy))
 
 
 def limit_threads(threads: int) -> None:
@@ -305,5 +338,8 @@ def resolve_num_workers(setting: Any, dataset: Any, batch_size: int, collate_fn:
         record = choose_num_workers(dataset, batch_size, collate_fn, **kwargs)
     else:
         record = {"setting": setting, "num_workers": setting, "cores": kwargs.get("cores") or available_cores()}
-    record["main_threads"] = main_threads(record["num_workers"], record["cores"])
+    current = torch.get_num_threads()
+    # measured only where it can change the answer: more than one thread to give up
+    record["busy_cores"] = busy_cores() if min(current, record["cores"] - record["num_workers"]) > 1 else 0
+    record["main_threads"] = main_threads(record["num_workers"], record["cores"], current, record["busy_cores"])
     return record
