@@ -67,3 +67,56 @@ def test_comparisons_without_shared_episodes_are_refused():
         with pytest.raises(RobodualError, match="comparisons"):
             parse_comparison(bad)
     assert parse_comparison("dual - specialist_same") == ("dual", "specialist_same")
+
+
+# -- issue 30's pre-registered decision rule, applied in the final report ------------------------------------------
+def _rule_rows(rates: dict[tuple[str, int], list[float]], placements: int = 40) -> list[dict]:
+    """Episodes where arm a at scale n succeeds at the first rate[seed] fraction of the placements of each seed."""
+    rows = []
+    for (arm, n), per_seed in rates.items():
+        for seed, rate in enumerate(per_seed):
+            for p in range(placements):
+                rows.append({"policy": arm, "seed": seed, "task": "push-v3", "placement": p,
+                             "success": p < rate * placements, "steps": 10, "scale": n, "split": "seen"})
+    return rows
+
+
+def _rule(rates):
+    from types import SimpleNamespace
+
+    from robodual_cli.commands.study.report import decision
+    from robodual_cli.commands.study.stats import compare
+
+    cfg = SimpleNamespace(arms=["dual", "dual_actions", "specialist_same", "diffusion_policy_2f", "union_specialist"],
+                          demo_scales=[5, 25])
+    rows = _rule_rows(rates)
+    comps = [compare(rows, a, b, draws=500, seed=1, scale=n, split="seen")
+             for a in ("dual", "dual_actions") for b in ("specialist_same", "diffusion_policy_2f", "union_specialist")
+             for n in cfg.demo_scales]
+    return decision(cfg, rows, comps)
+
+
+def test_decision_rule_picks_the_better_qualifying_candidate_and_checks_the_goal():
+    same = {("specialist_same", 5): [0.1, 0.1, 0.1], ("specialist_same", 25): [0.5, 0.5, 0.5],
+            ("diffusion_policy_2f", 5): [0.1, 0.1, 0.1], ("diffusion_policy_2f", 25): [0.5, 0.5, 0.5],
+            ("union_specialist", 5): [0.2, 0.2, 0.2], ("union_specialist", 25): [0.5, 0.5, 0.5]}
+    d = _rule({**same, ("dual", 5): [0.5, 0.5, 0.5], ("dual", 25): [0.6, 0.6, 0.6],
+               ("dual_actions", 5): [0.3, 0.3, 0.3], ("dual_actions", 25): [0.55, 0.55, 0.55]})
+    assert d["candidates"]["dual"]["qualifies"] and d["candidates"]["dual_actions"]["qualifies"]
+    assert d["default"] == "dual" and d["goal_met"]
+    # dual far below the specialist at 25 demonstrations: it does not qualify, however good at 5
+    d = _rule({**same, ("dual", 5): [0.9, 0.9, 0.9], ("dual", 25): [0.1, 0.1, 0.1],
+               ("dual_actions", 5): [0.3, 0.3, 0.3], ("dual_actions", 25): [0.55, 0.55, 0.55]})
+    assert not d["candidates"]["dual"]["qualifies"] and d["default"] == "dual_actions"
+    # both significantly below at a scale: the default stays
+    d = _rule({**same, ("dual", 5): [0.0, 0.0, 0.0], ("dual", 25): [0.1, 0.1, 0.1],
+               ("dual_actions", 5): [0.0, 0.0, 0.0], ("dual_actions", 25): [0.1, 0.1, 0.1]})
+    assert d["default"] is None and not d["goal_met"]
+    # the registered wording is "an upper bound above 0": a tie everywhere ([0, 0]) does not qualify
+    d = _rule({**same, ("dual", 5): [0.1, 0.1, 0.1], ("dual", 25): [0.5, 0.5, 0.5],
+               ("dual_actions", 5): [0.1, 0.1, 0.1], ("dual_actions", 25): [0.5, 0.5, 0.5]})
+    assert d["candidates"]["dual"]["upper_bounds_vs_baseline"] == {5: 0.0, 25: 0.0} and d["default"] is None
+    from robodual_cli.commands.study.report import decision_lines
+
+    text = "\n".join(decision_lines(d, 5))
+    assert "Neither candidate qualifies" in text and "not met" in text

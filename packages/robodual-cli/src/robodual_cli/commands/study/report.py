@@ -242,6 +242,10 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
                      "Each difference pairs the same training seed and the same evaluation placement; its interval "
                      "resamples training seeds, then placements within each seed "
                      f"({comps[0]['draws']} draws). Only these support claims.", "", *comparison_table(comps), ""]
+    rule = decision(cfg, result.get("episodes") or [], comps) if comps else None
+    if rule is not None:
+        at = md.index("## Per task")
+        md[at:at] = decision_lines(rule, cfg.demo_scales[0])
     if result.get("episodes"):
         from robodual_cli.commands.study.common import write_episode_rows
 
@@ -250,7 +254,7 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
         md[at:at] = ["Per-episode results (policy, seed, task, placement, success, steps, scale, split): "
                      "`episodes.jsonl`.", ""]
     summary = {"study": "data-efficiency", "quick": quick, "git_commit": study.meta["git_commit"],
-               "config": study.config, "rows": rows, "placements": pl, "comparisons": comps,
+               "config": study.config, "rows": rows, "placements": pl, "comparisons": comps, "decision": rule,
                "targets_in_broad": result["targets_in_broad"], "stage_seconds": times, "estimate_full": est}
     atomic_write_json(report / "summary.json", summary)
     atomic_write_text(report / "table.md", "\n".join(table) + "\n")
@@ -260,6 +264,82 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     copy_configs(study, report, runs)
     atomic_write_text(report / "README.md", "\n".join(md) + "\n")
     return report
+
+
+DECISION_CANDIDATES, DECISION_BASELINE = ("dual", "dual_actions"), "specialist_same"
+GOAL_CONTROLS, GOAL_POINTS = ("specialist_same", "diffusion_policy_2f", "union_specialist"), 0.10
+
+
+def decision(cfg: Any, episodes: list[dict[str, Any]], comps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 30's pre-registered rule for the default conditioning (docs/results/dual-earns/PREREGISTRATION.md),
+    applied to a finished study whose arms include a candidate and the baseline (None otherwise):
+
+    a candidate qualifies when its seed-paired difference to ``specialist_same`` on the seen split has an upper
+    bound above 0 at every scale (never significantly below the specialist alone); of those, the one with the
+    higher pooled success at the smallest scale on the seen split becomes the default; none: the default stays.
+    Also the issue's goal: at the smallest scale on the seen split, ``dual`` at least 10 points above each
+    control with the interval excluding 0."""
+    arms = list(getattr(cfg, "arms", []))
+    candidates = [a for a in DECISION_CANDIDATES if a in arms]
+    if not candidates or DECISION_BASELINE not in arms:
+        return None
+    n0 = cfg.demo_scales[0]
+
+    def comp(a: str, b: str, n: int) -> dict[str, Any] | None:
+        return next((c for c in comps if (c["a"], c["b"]) == (a, b)
+                     and c["where"] == {"scale": n, "split": "seen"}), None)
+
+    def pooled(arm: str) -> float | None:
+        rows = [r for r in episodes if r["policy"] == arm and r["scale"] == n0 and r["split"] == "seen"]
+        return sum(r["success"] for r in rows) / len(rows) if rows else None
+
+    out: dict[str, Any] = {"candidates": {}, "default": None}
+    for arm in candidates:
+        bounds = {n: (c["ci95"][1] if (c := comp(arm, DECISION_BASELINE, n)) else None) for n in cfg.demo_scales}
+        out["candidates"][arm] = {
+            "success_smallest_scale": pooled(arm), "upper_bounds_vs_baseline": bounds,
+            "qualifies": all(b is not None and b > 0 for b in bounds.values())}
+    qualified = [a for a, c in out["candidates"].items() if c["qualifies"] and c["success_smallest_scale"] is not None]
+    if qualified:
+        out["default"] = max(qualified, key=lambda a: out["candidates"][a]["success_smallest_scale"])
+    if "dual" in arms:
+        goal = {}
+        for control in (c for c in GOAL_CONTROLS if c in arms):
+            c = comp("dual", control, n0)
+            goal[control] = None if c is None else {
+                "difference": c["difference"], "ci95": c["ci95"],
+                "met": c["difference"] >= GOAL_POINTS and c["ci95"][0] > 0}
+        out["goal"] = goal
+        out["goal_met"] = bool(goal) and all(g is not None and g["met"] for g in goal.values())
+    return out
+
+
+def decision_lines(d: dict[str, Any], n0: int) -> list[str]:
+    lines = ["## The pre-registered decision rule, applied", "",
+             f"A candidate qualifies when its seed-paired difference to `{DECISION_BASELINE}` (seen split) has an "
+             "upper bound above 0 at every scale; the qualifying one with the higher pooled success at "
+             f"{n0} demonstrations becomes the default.", "",
+             "| candidate | success at the smallest scale (seen) | upper bounds vs baseline, points, by scale | "
+             "qualifies |", "|---|---|---|---|"]
+    for arm, c in d["candidates"].items():
+        bounds = ", ".join(f"{n}: {'-' if b is None else f'{100 * b:+.1f}'}"
+                           for n, b in c["upper_bounds_vs_baseline"].items())
+        rate = "-" if c["success_smallest_scale"] is None else _pct(c["success_smallest_scale"])
+        lines.append(f"| {arm} | {rate} | {bounds} | {'yes' if c['qualifies'] else 'no'} |")
+    lines += ["", f"**Default: `{d['default']}`.**" if d["default"] else
+              "**Neither candidate qualifies: the default stays the paper's conditioning.**", ""]
+    if "goal" in d:
+        def shown(g: dict[str, Any] | None) -> str:
+            if g is None:
+                return "not evaluated"
+            lo, hi = g["ci95"]
+            return f"{100 * g['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+        parts = [f"{k}: {shown(g)}" for k, g in d["goal"].items()]
+        lines += [f"Issue 30's goal (dual at least +{100 * GOAL_POINTS:.0f} points above each control at {n0} "
+                  f"demonstrations, seen split, interval excluding 0): {'met' if d['goal_met'] else 'not met'} "
+                  f"({'; '.join(parts)}).", ""]
+    return lines
 
 
 def comparison_table(comps: list[dict[str, Any]]) -> list[str]:
