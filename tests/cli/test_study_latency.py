@@ -62,6 +62,8 @@ def test_latency_study_refuses_a_foreign_base_and_bad_configs(tmp_path):
     for cfg, needle in ((lt.LatencyStudyConfig(arms=["paper", "teleport"]), "'arms'"),
                         (lt.LatencyStudyConfig(train_seeds=[2]), "--seeds"),
                         (lt.LatencyStudyConfig(scale=7), "--scale 7"),
-                        (lt.LatencyStudyConfig(specialist_latencies=[2, 2]), "specialist_latencies")):
+                        (lt.LatencyStudyConfig(specialist_latencies=[2, 2]), "specialist_latencies"),
+                        (lt.LatencyStudyConfig(base_arm="dual_paper"), "base_arm"),  # not an arm of this base
+                        (lt.LatencyStudyConfig(base_arm="specialist_only"), "base_arm")):
         with pytest.raises(RobodualError, match=needle):
             lt.check(cfg, base)

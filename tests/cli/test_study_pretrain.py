@@ -123,6 +123,17 @@ def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_pat
         for split in ("seen", "generalization", "latency")]
     readme = (out / "report" / "README.md").read_text()
     assert "Pre-registered comparisons (seed-paired)" in readme and "episodes.jsonl" in readme
+    assert "The pre-registered decision rule, applied" in readme and summary["decision"]["candidates"]["dual"]
+    # the latency study on this base: the pretrained generalist, the chosen dual arm's conditioning, a new seed
+    lat = tmp_path / "lat"
+    res = run(["study", "latency", "--quick", "--from", str(out), "--out", str(lat), "--set",
+               "arms=[paper,no_tau_augmentation,generalist]", "--set", "base_arm=dual", "--set", "eval_seed=77"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    trained = json.loads((lat / "runs" / "no_tau_augmentation" / "seed0" / "config.json").read_text())
+    assert trained["model"]["conditioning"]["latent_dropout"] == 0.5  # the dual arm's dual_set
+    assert trained["data"]["augment_tau"] is False
+    gen = json.loads((lat / "eval" / "generalist" / "g8_s0" / "all" / "results.json").read_text())
+    assert gen["settings"]["seed"] == 77
 
 
 @pytest.mark.hostile

@@ -34,8 +34,6 @@ from robodual_cli.commands.study.common import (
     read_results,
     resume_flag,
     robodual,
-    specialist_config,
-    specialist_sets,
     training_seconds,
 )
 from robodual_core.config import ranged
@@ -63,6 +61,12 @@ class LatencyStudyConfig:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     rtc_max_delay: int = ranged(4, ge=1)  # training-time RTC's d_max
     rtc_strength: float = ranged(1.0, ge=0, le=1)  # inference-time RTC's weight scale
+    # the base study's dual arm whose runs are the paper arm (and whose conditioning the arms trained here share):
+    # "dual" in a study of the default arms; "dual_paper" (the paper's conditioning) or "dual" (issue 30's) in one
+    # with issue 30's arms
+    base_arm: str = "dual"
+    # placements: 0 = the base study's evaluation seed; any other value is a new seed (a study of its own)
+    eval_seed: int = ranged(0, ge=0)
 
 
 QUICK = {"generalist_latencies": [0, 8], "specialist_latencies": [2]}
@@ -77,6 +81,10 @@ def check(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig) -> LatencyStud
     if missing or len(set(cfg.train_seeds)) != len(cfg.train_seeds) or not cfg.train_seeds:
         raise RobodualError(f"--seeds: expected distinct training seeds of the base study ({base.train_seeds}), "
                             f"found {cfg.train_seeds}")
+    if cfg.base_arm not in base.arms or de.VARIANTS[cfg.base_arm][1] != "dual":
+        duals = [a for a in base.arms if de.VARIANTS[a][1] == "dual"]
+        raise RobodualError(f"config key 'base_arm': '{cfg.base_arm}' is not a dual-system arm of the base study; "
+                            f"expected one of {', '.join(duals) or '(none: the base study has no dual arm)'}")
     unknown = [a for a in cfg.arms if a not in ARMS]
     if unknown or not cfg.arms or len(set(cfg.arms)) != len(cfg.arms):
         raise RobodualError(f"config key 'arms': expected distinct names among {', '.join(ARMS)}, found {cfg.arms}")
@@ -112,23 +120,27 @@ def run(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig, study: StudyFold
     runs, evals, configs = root / "runs", root / "eval", root / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     store = src / "data" / f"target_{cfg.scale}.zarr"  # read only
-    broad_gen = src / "runs" / "generalist"
+    # the base study's broad generalist: its own, or the pretrained one it names (`generalist`)
+    broad_gen = de.generalist_dir(base, src)
+    if broad_gen is None:
+        raise RobodualError(f"--from '{src}': the base study has no generalist; expected one with a dual arm")
     n = cfg.scale
+    eval_seed = cfg.eval_seed or base.eval_seed
 
     def train(name: str, seed: int, sets: list[str]) -> Path:
         run_dir = runs / name / f"seed{seed}"
         conf = configs / f"{name}_seed{seed}.json"
-        atomic_write_json(conf, specialist_config(base, None, base.specialist_steps, seed))
+        atomic_write_json(conf, de.arm_config(base, cfg.base_arm, store, seed))
         study.run(f"train {name} seed={seed}", robodual(
             "train", "specialist", "--dataset", str(store), "--out", str(run_dir), "--config", str(conf),
-            "--generalist-cache", str(broad_gen), *specialist_sets(base), *sets, *resume_flag(run_dir)),
+            "--generalist-cache", str(broad_gen), *de.arm_sets(base, cfg.base_arm), *sets, *resume_flag(run_dir)),
             threads=base.threads, units=base.specialist_steps * base.batch_size, run_dir=run_dir,
             kind="train_specialist", work=lambda: training_seconds(run_dir, base.batch_size))
         return run_dir
 
     policies: dict[str, list[tuple[int, Path]]] = {}
     for seed in cfg.train_seeds:
-        paper = src / "runs" / f"n{n}" / "dual" / f"seed{seed}"
+        paper = src / "runs" / f"n{n}" / cfg.base_arm / f"seed{seed}"
         for arm in cfg.arms:
             if arm in ("paper", "naive"):
                 policy = paper
@@ -158,7 +170,7 @@ def run(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig, study: StudyFold
                     study.run(f"eval {arm} L_g={lg} d={d} {out.name}", robodual(
                         "eval", "metaworld", "--policy", str(policy), "--kind", kind,
                         "--tasks", ",".join(base.target_tasks), "--episodes", str(base.eval_episodes),
-                        "--seed", str(base.eval_seed), "--max-steps", str(base.max_steps),
+                        "--seed", str(eval_seed), "--max-steps", str(base.max_steps),
                         "--workers", str(base.workers), "--batch", str(base.eval_batch), "--out", str(out),
                         "--videos", "0", "--image-size", str(base.image_size),
                         "--latency", f"generalist={lg},specialist={d}",
@@ -192,8 +204,9 @@ def report(study: StudyFolder, cfg: LatencyStudyConfig, result: dict[str, Any], 
         return "-" if v is None else format(v, fmt)
 
     lines = [f"# Latency study{' (quick: checks the pipeline, not the result)' if quick else ''}", "",
-             f"Base study: `{cfg.base_study}`, {cfg.scale} demonstrations per task, training seeds "
-             f"{cfg.train_seeds}. Latency in control steps (`--latency generalist=L_g,specialist=d`). Discontinuity: "
+             f"Base study: `{cfg.base_study}` (its `{cfg.base_arm}` runs are the paper arm), {cfg.scale} "
+             f"demonstrations per task, training seeds {cfg.train_seeds}, evaluation seed "
+             f"{cfg.eval_seed or 'of the base study'}. Latency in control steps (`--latency generalist=L_g,specialist=d`). Discontinuity: "
              "mean |a_t - a_(t-1)| at chunk switches vs within chunks; jerk: mean |second difference| of the "
              "actions (position dimensions).", "",
              "| arm | L_g | d | success | 95% CI | switch jump | within jump | ratio | jerk |",
