@@ -67,3 +67,27 @@ def test_latency_study_refuses_a_foreign_base_and_bad_configs(tmp_path):
                         (lt.LatencyStudyConfig(base_arm="specialist_only"), "base_arm")):
         with pytest.raises(RobodualError, match=needle):
             lt.check(cfg, base)
+
+
+def test_latency_needs_only_the_base_stages_it_reads(tmp_path):
+    """A base still running is enough once its data at the scale and the chosen dual arm's runs are done."""
+    from robodual_cli.commands.study import data_efficiency as de
+    from robodual_cli.commands.study import latency as lt
+    from robodual_cli.commands.study.ablations import load_base
+    from robodual_core.config import to_dict
+    from robodual_core.errors import RobodualError
+
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    cfg = de.DataEfficiencyConfig(demo_scales=[5, 10], train_seeds=[0, 1], arms=["dual", "dual_paper"])
+    (base_dir / "study.json").write_text(json.dumps({"study": "data-efficiency", "config": to_dict(cfg)}))
+    stages = {name: {"seconds": 1} for name in ("generate target n=5", "cache generalist n=5",
+                                                "train dual_paper n=5 seed=0")}
+    (base_dir / "progress.json").write_text(json.dumps({"study": "data-efficiency", "stages": stages}))
+    needs = lambda b: lt.base_stages(lt.check(lt.LatencyStudyConfig(base_arm="dual_paper"), b), b)  # noqa: E731
+    assert load_base(base_dir, needs=needs).arms == ["dual", "dual_paper"]  # unfinished, but enough
+    with pytest.raises(RobodualError, match="not finished"):
+        load_base(base_dir)  # the ablations still need a finished base
+    proc = run(["study", "latency", "--from", base_dir, "--out", tmp_path / "o", "--set", "base_arm=dual"])
+    assert proc.returncode != 0 and "'train dual n=5 seed=0'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,10 @@ class AblationConfig:
 QUICK = {"variants": {"dual/film": ["model.conditioner=film"], "dual/budget_x3": ["trainer.steps=x3"]}}
 
 
-def load_base(folder: Path) -> de.DataEfficiencyConfig:
-    """The base study's config and folder; refused unless it is a finished data-efficiency study."""
+def load_base(folder: Path, needs: Callable[[de.DataEfficiencyConfig], list[str]] | None = None
+              ) -> de.DataEfficiencyConfig:
+    """The base study's config and folder; refused unless it is a finished data-efficiency study, or, with
+    ``needs`` (the base's config -> the stage names a study reads), unless those stages are done."""
     from robodual_core.config import from_dict
 
     meta_path = folder / "study.json"
@@ -93,11 +96,17 @@ def load_base(folder: Path) -> de.DataEfficiencyConfig:
         stages = json.loads((folder / "progress.json").read_text()).get("stages", {})
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         stages = {}
-    if "check placements" not in stages:
+    # a base started before evaluations were batched evaluated one episode at a time: its variants do too
+    base = from_dict(de.DataEfficiencyConfig, {"eval_batch": 1, **config})
+    if needs is not None:
+        missing = [name for name in needs(base) if name not in stages]
+        if missing:
+            raise RobodualError(f"--from '{folder}': stage '{missing[0]}' of the data-efficiency study is not done "
+                                f"({len(missing)} needed stages missing); run the study further first")
+    elif "check placements" not in stages:
         raise RobodualError(f"--from '{folder}': the data-efficiency study is not finished (no 'check placements' "
                             "stage in its progress.json); finish it with the command that started it first")
-    # a base started before evaluations were batched evaluated one episode at a time: its variants do too
-    return from_dict(de.DataEfficiencyConfig, {"eval_batch": 1, **config})
+    return base
 
 
 def variant_sets(items: list[str], steps: int, name: str) -> list[str]:

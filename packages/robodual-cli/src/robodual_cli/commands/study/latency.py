@@ -95,6 +95,13 @@ def check(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig) -> LatencyStud
     return cfg
 
 
+def base_stages(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig) -> list[str]:
+    """The base study's stages the sweep reads: its data at the scale and the chosen dual arm's trainings."""
+    n = cfg.scale
+    return [f"generate target n={n}", f"cache generalist n={n}",
+            *(f"train {cfg.base_arm} n={n} seed={s}" for s in cfg.train_seeds)]
+
+
 def with_inference_rtc(src: Path, dst: Path, strength: float) -> dict[str, Any]:
     """A copy of training run ``src`` whose checkpoints turn on inference-time RTC (the weights are untouched)."""
     tmp = dst.with_name(dst.name + ".partial")

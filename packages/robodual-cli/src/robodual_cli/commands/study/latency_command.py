@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,10 +39,12 @@ def register(study: typer.Typer, load: Callable[..., Any], flags_of: Callable[..
         from robodual_cli.commands.study.common import StudyFolder
         from robodual_core.config import to_dict
 
-        base = load_base(from_dir)
         flags = {k: v for k, v in flags_of(None, None, seeds).items() if k == "train_seeds"}
         flags.update({"base_study": str(from_dir), "scale": scale})
-        cfg = lt.check(load(lt.LatencyStudyConfig, lt.QUICK, quick, config, overrides, flags), base)
+        cfg_in = load(lt.LatencyStudyConfig, lt.QUICK, quick, config, overrides, flags)
+        # the base need not be finished: the sweep reads only its data, generalist and one dual arm's runs
+        base = load_base(from_dir, needs=lambda b: lt.base_stages(lt.check(copy.deepcopy(cfg_in), b), b))
+        cfg = lt.check(cfg_in, base)
         folder = StudyFolder(out_dir, lt.STUDY, {**to_dict(cfg), "quick": quick}, overwrite=overwrite,
                              inputs=(from_dir,), defaults=to_dict(lt.LatencyStudyConfig()))
         folder.log = tuple(log)
