@@ -91,3 +91,47 @@ def test_latency_needs_only_the_base_stages_it_reads(tmp_path):
     proc = run(["study", "latency", "--from", base_dir, "--out", tmp_path / "o", "--set", "base_arm=dual"])
     assert proc.returncode != 0 and "'train dual n=5 seed=0'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_goal_seeds_run_the_goal_cells_and_the_goal_is_tested_seed_paired():
+    from robodual_cli.commands.study import data_efficiency as de
+    from robodual_cli.commands.study import latency as lt
+    from robodual_core.errors import RobodualError
+
+    cfg = lt.LatencyStudyConfig(train_seeds=[0], goal_seeds=[1, 2], generalist_latencies=[0, 8, 16],
+                                specialist_latencies=[0, 4])
+    assert lt.arm_cells(cfg, "paper", 0) == [(0, 0), (0, 4), (8, 0), (8, 4), (16, 0), (16, 4)]
+    assert lt.arm_cells(cfg, "paper", 1) == [(0, 0), (16, 4)]
+    assert lt.arm_cells(cfg, "generalist") == [(0, 0), (8, 0), (16, 0)]
+    base = de.DataEfficiencyConfig(demo_scales=[5], train_seeds=[0, 1, 2])
+    for bad, needle in ((lt.LatencyStudyConfig(goal_seeds=[0]), "goal_seeds"),
+                        (lt.LatencyStudyConfig(goal_seeds=[7]), "goal_seeds"),
+                        (lt.LatencyStudyConfig(goal_cell=[16]), "goal_cell")):
+        with pytest.raises(RobodualError, match=needle):
+            lt.check(bad, base)
+
+    # paper keeps its success at (16, 4); naive loses 30 points there; generalist alone at 16
+    def rows(arm, lg, d, rate):
+        return [{"policy": f"{arm}@{lg},{d}", "seed": s, "task": "push-v3", "placement": p,
+                 "success": p < rate * 20, "steps": 5} for s in (0, 1, 2) for p in range(20)]
+
+    eps = [*rows("paper", 0, 0, 0.6), *rows("paper", 16, 4, 0.6), *rows("naive", 0, 0, 0.6),
+           *rows("naive", 16, 4, 0.3), *rows("no_tau_augmentation", 0, 0, 0.6),
+           *rows("no_tau_augmentation", 16, 4, 0.4)]
+
+    def cell(arm, lg, d, rate, jump):
+        return {f"{arm} L_g={lg} d={d}": {"success_rate": rate, "ci95": [rate - 0.1, rate + 0.1],
+                                          "motion": {"switch_jump": jump}}}
+
+    cells = {**cell("paper", 0, 0, 0.6, 0.01), **cell("paper", 16, 4, 0.6, 0.01),
+             **cell("naive", 0, 0, 0.6, 0.05), **cell("naive", 16, 4, 0.3, 0.05),
+             **cell("no_tau_augmentation", 0, 0, 0.6, 0.01), **cell("no_tau_augmentation", 16, 4, 0.4, 0.01),
+             **cell("generalist", 16, 0, 0.2, None)}
+    g = lt.goals(lt.LatencyStudyConfig(bootstrap_draws=500), cells, eps)
+    assert g["best"] == "paper" and g["G1_best_within_5_points"]
+    assert g["loss_vs_zero"]["naive"]["difference"] == pytest.approx(-0.3) and g["G2_naive_loses_15_points"]
+    assert g["G3_discontinuity_2x_lower"] and g["G4_generalist_alone"]["success_rate"] == 0.2
+    assert g["tau_augmentation"]["difference"] == pytest.approx(0.2)
+    text = "\n".join(lt.goal_lines(g))
+    assert "G1, the best runtime (paper) within 5 points of itself at no latency: met" in text
+    assert lt.goals(lt.LatencyStudyConfig(goal_cell=[32, 4]), cells, eps) == {}  # not in the grid: no goal

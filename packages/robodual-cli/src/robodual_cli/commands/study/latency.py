@@ -30,6 +30,7 @@ from typing import Any
 from robodual_cli.commands.study import data_efficiency as de
 from robodual_cli.commands.study.common import (
     StudyFolder,
+    episode_rows,
     eval_work_seconds,
     read_results,
     resume_flag,
@@ -67,6 +68,11 @@ class LatencyStudyConfig:
     base_arm: str = "dual"
     # placements: 0 = the base study's evaluation seed; any other value is a new seed (a study of its own)
     eval_seed: int = ranged(0, ge=0)
+    # issue 29's goal cell (L_g, d), tested against (0, 0) when both are in the grid; goal_seeds: more training
+    # seeds of the base evaluated at those two cells only (seed-paired intervals where the grid has one seed)
+    goal_cell: list[int] = ranged(default_factory=lambda: [16, 4], ge=0)
+    goal_seeds: list[int] = ranged(default_factory=list, ge=0)
+    bootstrap_draws: int = ranged(10000, ge=100)
 
 
 QUICK = {"generalist_latencies": [0, 8], "specialist_latencies": [2]}
@@ -81,6 +87,12 @@ def check(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig) -> LatencyStud
     if missing or len(set(cfg.train_seeds)) != len(cfg.train_seeds) or not cfg.train_seeds:
         raise RobodualError(f"--seeds: expected distinct training seeds of the base study ({base.train_seeds}), "
                             f"found {cfg.train_seeds}")
+    extra = [s for s in cfg.goal_seeds if s not in base.train_seeds or s in cfg.train_seeds]
+    if extra or len(set(cfg.goal_seeds)) != len(cfg.goal_seeds):
+        raise RobodualError(f"config key 'goal_seeds': expected distinct training seeds of the base study "
+                            f"({base.train_seeds}) other than train_seeds {cfg.train_seeds}, found {cfg.goal_seeds}")
+    if len(cfg.goal_cell) != 2:
+        raise RobodualError(f"config key 'goal_cell': expected [L_g, d], found {cfg.goal_cell}")
     if cfg.base_arm not in base.arms or de.VARIANTS[cfg.base_arm][1] != "dual":
         duals = [a for a in base.arms if de.VARIANTS[a][1] == "dual"]
         raise RobodualError(f"config key 'base_arm': '{cfg.base_arm}' is not a dual-system arm of the base study; "
@@ -99,7 +111,7 @@ def base_stages(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig) -> list[
     """The base study's stages the sweep reads: its data at the scale and the chosen dual arm's trainings."""
     n = cfg.scale
     return [f"generate target n={n}", f"cache generalist n={n}",
-            *(f"train {cfg.base_arm} n={n} seed={s}" for s in cfg.train_seeds)]
+            *(f"train {cfg.base_arm} n={n} seed={s}" for s in [*cfg.train_seeds, *cfg.goal_seeds])]
 
 
 def with_inference_rtc(src: Path, dst: Path, strength: float) -> dict[str, Any]:
@@ -146,7 +158,7 @@ def run(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig, study: StudyFold
         return run_dir
 
     policies: dict[str, list[tuple[int, Path]]] = {}
-    for seed in cfg.train_seeds:
+    for seed in [*cfg.train_seeds, *cfg.goal_seeds]:
         paper = src / "runs" / f"n{n}" / cfg.base_arm / f"seed{seed}"
         for arm in cfg.arms:
             if arm in ("paper", "naive"):
@@ -167,27 +179,76 @@ def run(cfg: LatencyStudyConfig, base: de.DataEfficiencyConfig, study: StudyFold
         policies["generalist"] = [(-1, broad_gen)]
 
     cells: dict[str, dict[str, Any]] = {}
+    episodes: list[dict[str, Any]] = []
     for arm, items in policies.items():
         _, kind, aggregation = ARMS[arm]
-        for lg in cfg.generalist_latencies:
-            for d in cfg.specialist_latencies if arm != "generalist" else [0]:
-                per_seed = []
-                for seed, policy in items:
-                    out = evals / arm / f"g{lg}_s{d}" / (f"seed{seed}" if seed >= 0 else "all")
-                    study.run(f"eval {arm} L_g={lg} d={d} {out.name}", robodual(
-                        "eval", "metaworld", "--policy", str(policy), "--kind", kind,
-                        "--tasks", ",".join(base.target_tasks), "--episodes", str(base.eval_episodes),
-                        "--seed", str(eval_seed), "--max-steps", str(base.max_steps),
-                        "--workers", str(base.workers), "--batch", str(base.eval_batch), "--out", str(out),
-                        "--videos", "0", "--image-size", str(base.image_size),
-                        "--latency", f"generalist={lg},specialist={d}",
-                        "--aggregation" if aggregation else "--no-aggregation"),
-                        units=base.eval_episodes * len(base.target_tasks) * base.max_steps, kind="eval",
-                        work=lambda out=out: eval_work_seconds(out / "results.json"))
-                    per_seed.append(out / "results.json")
-                cells[f"{arm} L_g={lg} d={d}"] = {"arm": arm, "generalist_latency": lg, "specialist_latency": d,
-                                                   **cell(per_seed)}
-    return {"cells": cells, "scale": n, "arms": {a: ARMS[a][0] for a in policies}}
+        for lg, d in arm_cells(cfg, arm):
+            per_seed = []
+            for seed, policy in items:
+                if (lg, d) not in arm_cells(cfg, arm, seed):
+                    continue  # the goal seeds run the goal's cells only
+                out = evals / arm / f"g{lg}_s{d}" / (f"seed{seed}" if seed >= 0 else "all")
+                study.run(f"eval {arm} L_g={lg} d={d} {out.name}", robodual(
+                    "eval", "metaworld", "--policy", str(policy), "--kind", kind,
+                    "--tasks", ",".join(base.target_tasks), "--episodes", str(base.eval_episodes),
+                    "--seed", str(eval_seed), "--max-steps", str(base.max_steps),
+                    "--workers", str(base.workers), "--batch", str(base.eval_batch), "--out", str(out),
+                    "--videos", "0", "--image-size", str(base.image_size),
+                    "--latency", f"generalist={lg},specialist={d}",
+                    "--aggregation" if aggregation else "--no-aggregation"),
+                    units=base.eval_episodes * len(base.target_tasks) * base.max_steps, kind="eval",
+                    work=lambda out=out: eval_work_seconds(out / "results.json"))
+                per_seed.append(out / "results.json")
+                episodes.extend(episode_rows(out / "results.json", policy=f"{arm}@{lg},{d}", seed=seed, arm=arm,
+                                             generalist_latency=lg, specialist_latency=d))
+            cells[f"{arm} L_g={lg} d={d}"] = {"arm": arm, "generalist_latency": lg, "specialist_latency": d,
+                                               "seeds": len(per_seed), **cell(per_seed)}
+    return {"cells": cells, "scale": n, "arms": {a: ARMS[a][0] for a in policies}, "episodes": episodes,
+            "goals": goals(cfg, cells, episodes)}
+
+
+def arm_cells(cfg: LatencyStudyConfig, arm: str, seed: int | None = None) -> list[tuple[int, int]]:
+    """The (L_g, d) cells ``arm`` is evaluated at (for training ``seed``: a goal seed runs the goal cell and
+    (0, 0) only); the generalist alone has no specialist, so d = 0 (its goal cell is (L_g, 0))."""
+    ds = cfg.specialist_latencies if arm != "generalist" else [0]
+    grid = [(lg, d) for lg in cfg.generalist_latencies for d in ds]
+    goal = [(0, 0), (cfg.goal_cell[0], cfg.goal_cell[1] if arm != "generalist" else 0)]
+    if cfg.goal_seeds:
+        grid += [c for c in goal if c not in grid]
+    if seed is not None and seed in cfg.goal_seeds:
+        return [c for c in grid if c in goal]
+    return grid
+
+
+def goals(cfg: LatencyStudyConfig, cells: dict[str, dict[str, Any]], episodes: list[dict[str, Any]]) -> dict:
+    """Issue 29's goal at ``goal_cell`` (L_g, d) against (0, 0), seed-paired (stats.compare): each dual arm's
+    loss there (G1: the best within 5 points), naive switching's (G2: at least 15 points), the best arm's
+    chunk-boundary jump against naive's (G3: at least 2x lower), the generalist alone at L_g (G4), and the paper's
+    tau-augmentation claim (paper - no_tau_augmentation at the goal cell). Empty when a cell is not in the grid."""
+    from robodual_cli.commands.study.stats import compare
+
+    lg, d = cfg.goal_cell
+    at = lambda arm, g, s: cells.get(f"{arm} L_g={g} d={s}")  # noqa: E731
+    duals = [a for a in ARMS if a != "generalist" and at(a, lg, d) and at(a, 0, 0)]
+    if not duals:
+        return {}
+    draws, seed = cfg.bootstrap_draws, cfg.eval_seed or 0
+    loss = {a: compare(episodes, f"{a}@{lg},{d}", f"{a}@0,0", draws=draws, seed=seed) for a in duals}
+    best = max(duals, key=lambda a: at(a, lg, d)["success_rate"])
+    out: dict[str, Any] = {"cell": [lg, d], "loss_vs_zero": loss, "best": best,
+                           "G1_best_within_5_points": bool(loss[best]["ci95"][0] >= -0.05)}
+    if "naive" in loss:
+        out["G2_naive_loses_15_points"] = bool(loss["naive"]["ci95"][1] <= -0.15)
+        jb, jn = at(best, lg, d)["motion"]["switch_jump"], at("naive", lg, d)["motion"]["switch_jump"]
+        out["switch_jump"] = {"best": jb, "naive": jn}
+        out["G3_discontinuity_2x_lower"] = bool(jb is not None and jn is not None and jb * 2 <= jn)
+    if at("generalist", lg, 0):
+        g = at("generalist", lg, 0)
+        out["G4_generalist_alone"] = {"success_rate": g["success_rate"], "ci95": g["ci95"]}
+    if "paper" in duals and "no_tau_augmentation" in duals:
+        out["tau_augmentation"] = compare(episodes, f"paper@{lg},{d}", f"no_tau_augmentation@{lg},{d}",
+                                          draws=draws, seed=seed)
+    return out
 
 
 def cell(results: list[Path]) -> dict[str, Any]:
@@ -203,9 +264,13 @@ def cell(results: list[Path]) -> dict[str, Any]:
 
 def report(study: StudyFolder, cfg: LatencyStudyConfig, result: dict[str, Any], quick: bool) -> Path:
     """``report/summary.json`` and a ``README.md`` table: success and smoothness per arm and latency."""
+    from robodual_cli.commands.study.common import write_episode_rows
+
     out = study.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "summary.json", {**result, "quick": quick, "config": study.config})
+    atomic_write_json(out / "summary.json", {**{k: v for k, v in result.items() if k != "episodes"},
+                                             "quick": quick, "config": study.config})
+    write_episode_rows(out / "episodes.jsonl", result.get("episodes", []))
 
     def num(v: Any, fmt: str = ".3f") -> str:
         return "-" if v is None else format(v, fmt)
@@ -224,5 +289,40 @@ def report(study: StudyFolder, cfg: LatencyStudyConfig, result: dict[str, Any], 
         lines.append(f"| {row['arm']} | {row['generalist_latency']} | {row['specialist_latency']} | "
                      f"{row['success_rate']:.1%} | [{num(lo, '.2f')}, {num(hi, '.2f')}] | {num(m['switch_jump'])} | "
                      f"{num(m['within_jump'])} | {num(m['switch_over_within'], '.2f')} | {num(m['jerk'])} |")
+    lines += ["", "Per-episode results (policy = arm@L_g,d, training seed, task, placement, success, steps): "
+              "`episodes.jsonl`.", *goal_lines(result.get("goals") or {})]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return out
+
+
+def goal_lines(g: dict[str, Any]) -> list[str]:
+    """The goal section of the report (:func:`goals`), seed-paired differences in points."""
+    if not g:
+        return []
+    lg, d = g["cell"]
+
+    def diff(c: dict[str, Any]) -> str:
+        lo, hi = c["ci95"]
+        seeds = ", ".join(f"{s}: {100 * v:+.1f}" for s, v in c["per_seed"].items())
+        return f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (per seed {seeds})"
+
+    yes = lambda v: "met" if v else "not met"  # noqa: E731
+    lines = ["", f"## Issue 29's goal at L_g = {lg}, d = {d} against no latency (seed-paired)", "",
+             "| arm | success at the goal cell minus at (0, 0), points [95% cluster bootstrap] |", "|---|---|"]
+    lines += [f"| {arm} | {diff(c)} |" for arm, c in g["loss_vs_zero"].items()]
+    lines += ["", f"- G1, the best runtime ({g['best']}) within 5 points of itself at no latency: "
+              f"{yes(g['G1_best_within_5_points'])}."]
+    if "G2_naive_loses_15_points" in g:
+        jb, jn = (("-" if v is None else format(v, ".4f")) for v in (g["switch_jump"]["best"],
+                                                                       g["switch_jump"]["naive"]))
+        lines += [f"- G2, naive switching loses at least 15 points: {yes(g['G2_naive_loses_15_points'])}.",
+                  f"- G3, the best runtime's chunk-boundary jump at least 2x lower than naive's ({jb} vs {jn}): "
+                  f"{yes(g['G3_discontinuity_2x_lower'])}."]
+    if "G4_generalist_alone" in g:
+        a = g["G4_generalist_alone"]
+        lines.append(f"- G4, the generalist alone at L_g = {lg}: {100 * a['success_rate']:.1f}% "
+                     f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}].")
+    if "tau_augmentation" in g:
+        lines.append(f"- The paper's latency-aware training (paper minus no tau augmentation at the goal cell): "
+                     f"{diff(g['tau_augmentation'])}.")
+    return lines
