@@ -74,16 +74,29 @@ def check_num_workers(value: Any, where: str = "trainer.num_workers") -> int | s
 
 
 def busy_cores(seconds: float = 0.25) -> int:
-    """Cores other processes keep busy now: the machine's busy CPU time over ``seconds`` (``/proc/stat``) less
-    this process's own (``/proc/self/stat``), rounded. 0 where ``/proc`` is not readable (not Linux).
+    """Cores other processes keep busy now, among those this process may run on: the busy CPU time of those cores
+    over ``seconds`` (their ``cpuN`` lines of ``/proc/stat``) less this process's own (``/proc/self/stat``), in
+    cores, rounded. 0 where ``/proc`` is not readable (not Linux).
 
     OpenMP threads spin-wait, so a thread pool sized to every core runs many times slower beside one busy
-    process (issue 33: 9-26x for the loader, 10-30x for a training step on the shared 2-core machine)."""
-    def machine() -> tuple[float, float]:  # (busy, total) jiffies over all cores
+    process (issue 33: 9-26x for the loader, 10-30x for a training step on the shared 2-core machine). Only the
+    cores of this process's affinity count: a busy host outside them takes no thread away."""
+    try:
+        mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        mine = None
+
+    def machine() -> tuple[float, float]:  # (busy, total) jiffies over this process's cores
+        busy = total = 0.0
         with open("/proc/stat") as f:
-            fields = [float(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-        return sum(fields) - idle, sum(fields)
+            for line in f:
+                name, *rest = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (mine is not None and name not in mine):
+                    continue
+                fields = [float(x) for x in rest]
+                idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+                busy, total = busy + sum(fields) - idle, total + sum(fields)
+        return busy, total
 
     def own() -> float:
         with open("/proc/self/stat") as f:
@@ -98,8 +111,8 @@ def busy_cores(seconds: float = 0.25) -> int:
         return 0
     if t1 <= t0:
         return 0
-    cores_total = os.cpu_count() or 1
-    busy = (b1 - b0 - (o1 - o0)) / (t1 - t0) * cores_total  # jiffies of every core: a fraction of all of them
+    cores = len(mine) if mine else (os.cpu_count() or 1)
+    busy = (b1 - b0 - (o1 - o0)) / (t1 - t0) * cores  # a fraction of those cores' time, in cores
     return max(0, int(busy + 0.5))
 
 
