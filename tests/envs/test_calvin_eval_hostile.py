@@ -91,6 +91,7 @@ def not_a_policy(tmp_path):
     (["--start", "1000"], ["--start", "1000"]),
     (["--start", "-1"], ["--start", "-1"]),
     (["--max-steps", "0"], ["--max-steps", "0"]),
+    (["--execute", "0"], ["--execute", "0"]),
     (["--timeout", "0"], ["--timeout", "0"]),
     (["--timeout", "nan"], ["--timeout", "nan"]),
     (["--videos", "-2"], ["--videos", "-2"]),

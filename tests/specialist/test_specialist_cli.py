@@ -187,6 +187,9 @@ def test_execute_plans_a_new_chunk_every_n_steps_and_is_bounded_by_the_chunk(sto
         actions = [policy.step(obs, "task 0") for _ in range(6)]
         assert policy.stats["specialist_calls"] == calls, execute
         assert all(np.isfinite(a).all() for a in actions)
+    from robodual_envs.calvin.spec import load_run_policy  # eval calvin --execute reaches the same loader
+
+    assert load_run_policy(str(run), execute=3).specialist_every == 3
     for bad, needle in ((5, "chunks hold 4 actions"), (0, ">= 1"), (True, ">= 1")):
         with pytest.raises(RobodualError, match="--execute") as exc:
             load_policy(run, execute=bad)

@@ -61,6 +61,9 @@ def eval_command(
     mode: str = typer.Option("sync", "--mode", help="Dual-system runtime: sync (paper) | async."),
     latency: str = typer.Option("", "--latency", help="Deterministic latency in control steps, e.g. "
                                 "'generalist=16,specialist=2' (sync mode; default none)."),
+    execute: int | None = typer.Option(None, "--execute", help="Control steps between new chunks (the specialist's, "
+                                       "or a generalist's alone) [default: 1 for a specialist, the chunk for a "
+                                       "generalist]."),
     max_steps: int = typer.Option(360, "--max-steps", help="Steps per subtask (official: 360)."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds without a step before a worker counts as hung."),
     simulator: str = typer.Option("calvin", "--simulator",
@@ -89,6 +92,8 @@ def eval_command(
         raise RobodualError(f"--latency {latency}: latency in control steps needs --mode sync, found --mode {mode}")
     if max_steps < 1:
         raise RobodualError(f"--max-steps is {max_steps}; expected at least 1 (official: 360)")
+    if execute is not None and execute < 1:
+        raise RobodualError(f"--execute is {execute}; expected control steps >= 1 between new chunks")
     if image_size < 0:
         raise RobodualError(f"--image-size is {image_size}; expected 0 (keep the cameras' sizes) or a size in pixels")
     if scene is not None and not re.fullmatch(r"(calvin_scene_)?[A-Za-z0-9_]+", scene):
@@ -120,6 +125,8 @@ def eval_command(
     policy_kwargs: dict[str, Any] = {"path": str(policy.resolve()), "kind": kind, "mode": mode}
     if not lat.zero:  # absent at zero: earlier runs resume with the same identity
         policy_kwargs["latency"] = lat.text()
+    if execute is not None:  # absent by default, for the same reason
+        policy_kwargs["execute"] = execute
     spec = EvalSpec(policy_kwargs=policy_kwargs, env_kwargs=env_kwargs,
                     instructions=str(instructions.resolve()) if instructions else None, seed=seed, max_steps=max_steps)
     out = out or policy / "eval" / "calvin"

@@ -60,10 +60,11 @@ class EvalOptions:
                 raise RobodualError(f"{flag} is {value!r}; expected a number of seconds > 0")
 
 
-def load_run_policy(path: str, kind: str = "auto", mode: str = "sync", latency: str | None = None) -> Any:
+def load_run_policy(path: str, kind: str = "auto", mode: str = "sync", latency: str | None = None,
+                    execute: int | None = None) -> Any:
     from robodual_core.runtime import load_policy
 
-    return load_policy(path, kind=kind, mode=mode, latency=latency)
+    return load_policy(path, kind=kind, mode=mode, latency=latency, execute=execute)
 
 
 def target(spec: str) -> Any:
