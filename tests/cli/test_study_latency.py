@@ -20,10 +20,9 @@ def run(args, timeout=1500):
 
 
 @pytest.mark.slow
-def test_latency_quick_runs_every_arm_and_resumes(tmp_path):
-    base = tmp_path / "base"
-    proc = run(["study", "data-efficiency", "--quick", "--out", base])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_latency_quick_runs_every_arm_and_resumes(tmp_path, quick_data_efficiency):
+    base = quick_data_efficiency  # read only
+    base_files = {p: p.read_bytes() for p in (base / "study.json", base / "progress.json")}
     out = tmp_path / "latency"
     args = ["study", "latency", "--quick", "--from", base, "--out", out]
     proc = run(args)
@@ -47,6 +46,7 @@ def test_latency_quick_runs_every_arm_and_resumes(tmp_path):
     assert "| rtc_inference | 8 | 2 |" in (out / "report" / "README.md").read_text()
     again = run(args)
     assert again.returncode == 0 and "0 stages run now" in again.stdout, again.stderr[-2000:]
+    assert {p: p.read_bytes() for p in base_files} == base_files
 
 
 def test_latency_study_refuses_a_foreign_base_and_bad_configs(tmp_path):

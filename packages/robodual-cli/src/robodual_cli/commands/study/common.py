@@ -167,17 +167,19 @@ class StudyFolder:
         return self.progress[name]
 
     def _note_commit(self) -> None:
-        """Before a stage runs: the report names every commit that ran stages of this study (a rerun that only
-        rewrites the report names none); asked of git once per invocation."""
-        if self._commit_noted:
-            return
-        self._commit_noted = True
+        """Before each stage runs: the report names every commit that ran stages of this study (a rerun that only
+        rewrites the report names none). Asked of git before every stage, not once per invocation: a stage is a
+        subprocess that imports the code on disk, so a commit (or an edit) made while a long study runs changes
+        the stages after it, and the study records that too (``"during": true``)."""
         commit = git_commit()
         seen = [self.meta["git_commit"], *(r["git_commit"] for r in self.meta.get("resumed", []))]
         if commit != seen[-1]:
-            self.meta["resumed"] = [*self.meta.get("resumed", []), {"git_commit": commit,
-                                                                     "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}]
+            entry = {"git_commit": commit, "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            if self._commit_noted:
+                entry["during"] = True  # the code changed under this invocation, between two of its stages
+            self.meta["resumed"] = [*self.meta.get("resumed", []), entry]
             atomic_write_json(self.meta_path, self.meta)
+        self._commit_noted = True
 
     def mark(self, name: str, **info: Any) -> None:
         self.progress[name] = info

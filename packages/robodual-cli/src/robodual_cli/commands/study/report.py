@@ -115,7 +115,8 @@ def _header(study: StudyFolder, title: str, quick: bool) -> list[str]:
     lines = [f"# {title}", "", f"Study folder `{study.root}`; started at git commit `{study.meta['git_commit']}` "
              f"({study.meta['started']}); machine: {os.cpu_count()} CPU cores.", ""]
     for r in study.meta.get("resumed", []):
-        lines[-1:-1] = [f"Resumed at git commit `{r['git_commit']}` ({r['at']}): later stages ran that code.", ""]
+        how = "The code on disk changed to" if r.get("during") else "Resumed at"
+        lines[-1:-1] = [f"{how} git commit `{r['git_commit']}` ({r['at']}): later stages ran that code.", ""]
     if quick:
         lines += ["**--quick run: it checks the pipeline, not the result.** Its numbers (a handful of episodes, tens "
                   "of training steps) say nothing about the methods.", ""]
