@@ -15,12 +15,17 @@ import pytest
     ["eval", "calvin", "--policy", "nowhere", "--simulator", "standin", "--mode", "async", "--latency",
      "generalist=4"],
     ["bench", "runtime", "--synthetic", "tiny", "--latency", "16,2"],
+    ["eval", "metaworld", "--policy", "expert", "--execute", "2"],  # a scripted policy plans no chunks
+    ["eval", "metaworld", "--policy", "expert", "--execute", "0"],
+    ["eval", "metaworld", "--remote", "ws://127.0.0.1:9", "--execute", "2"],
 ])
-def test_bad_latency_is_one_line_naming_the_flag(args, run, tmp_path):
+def test_bad_latency_or_execute_is_one_line_naming_the_flag(args, run, tmp_path):
+    flag = "--execute" if "--execute" in args else "--latency"
     code, captured = run(*args, "--out", tmp_path / "out")
     assert code != 0
-    assert "--latency" in captured.err and "Traceback" not in captured.err
+    assert flag in captured.err and "Traceback" not in captured.err
     assert len([line for line in captured.err.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -52,16 +57,3 @@ def test_study_configs_carry_latency_and_old_studies_resume(tmp_path):
     with pytest.raises(Exception, match="latency.specialist"):
         from_dict(de.DataEfficiencyConfig, {"latency": {"specialist": -1}})
 
-
-@pytest.mark.hostile
-@pytest.mark.parametrize("args", [
-    ["eval", "metaworld", "--policy", "expert", "--execute", "2"],  # a scripted policy plans no chunks
-    ["eval", "metaworld", "--policy", "expert", "--execute", "0"],
-    ["eval", "metaworld", "--remote", "ws://127.0.0.1:9", "--execute", "2"],
-])
-def test_bad_execute_is_one_line_naming_the_flag(args, run, tmp_path):
-    code, captured = run(*args, "--out", tmp_path / "out")
-    assert code != 0
-    assert "--execute" in captured.err and "Traceback" not in captured.err
-    assert len([line for line in captured.err.splitlines() if line.strip()]) == 1
-    assert not (tmp_path / "out").exists()
