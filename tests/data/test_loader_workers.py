@@ -292,3 +292,26 @@ def test_bad_num_workers_from_the_cli_is_one_line(run, tmp_path):
     code, cap = run("bench", "loader", "--workers", "0,two", "--out", tmp_path / "b.json")
     assert code == 1 and cap.err.strip().count("\n") == 0 and "--workers item 'two'" in cap.err, cap.err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_loader_goals_judge_auto_by_the_fixed_setting_it_chose():
+    """auto's choice is judged by that setting's side-by-side rate; auto's own loader (the same setting timed
+    again) gives the run's noise, reported apart."""
+    from robodual_core.data.bench_loader import _goals
+
+    def cond(rates, chosen):
+        return {"samples_per_s": rates, "auto": {"num_workers": chosen}}
+
+    out = {"conditions": {"quiet": cond({"0": 2500.0, "1": 2000.0, "2": 1600.0, "auto": 2000.0}, 0),
+                          "busy": cond({"0": 900.0, "1": 1200.0, "2": 1000.0, "auto": 1320.0}, 1)}}
+    g = _goals(out, [0, 1, 2])
+    assert g["quiet"]["auto_choice_over_best_fixed"] == 1.0
+    assert g["quiet"]["auto_over_best_fixed"] == pytest.approx(0.8)
+    assert g["quiet"]["auto_timed_over_same_fixed"] == pytest.approx(0.8)
+    assert "auto_choice_over_0_workers" not in g["quiet"]
+    assert g["busy"]["auto_choice_over_best_fixed"] == 1.0
+    assert g["busy"]["auto_choice_over_0_workers"] == pytest.approx(1200 / 900)
+    assert g["busy"]["auto_timed_over_same_fixed"] == pytest.approx(1.1)
+    assert g["busy_over_quiet"]["0"] == pytest.approx(0.36)
+    wrong = _goals({"conditions": {"quiet": cond({"0": 1000.0, "2": 500.0, "auto": 520.0}, 2)}}, [0, 2])
+    assert wrong["quiet"]["auto_choice_over_best_fixed"] == pytest.approx(0.5)

@@ -482,6 +482,11 @@ def bench_loader(
             rates = ", ".join(f"{k} {v:.0f}" for k, v in c["samples_per_s"].items())
             chose = f" (auto: {c['auto']['num_workers']} workers)" if c.get("auto") else ""
             out.print(f"{name}, {condition}: samples/s by num_workers: {rates}{chose}")
+            g = r.get("goals", {}).get(condition, {})
+            if g.get("auto_choice_over_best_fixed") is not None:
+                noise = g.get("auto_timed_over_same_fixed")
+                out.print(f"  auto's choice at {g['auto_choice_over_best_fixed']:.2f}x the best fixed setting"
+                          + (f" (auto's own loader, the same setting timed again: {noise:.2f}x it)" if noise else ""))
     for condition, c in (steps or {}).get("conditions", {}).items():
         rates = ", ".join(f"{k} {v:.1f}" for k, v in c["steps_per_s"].items())
         out.print(f"model step, {condition}: steps/s {rates} (load-aware threads {c['load_aware_threads']})")
