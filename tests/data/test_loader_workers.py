@@ -191,10 +191,29 @@ def test_auto_takes_workers_only_where_they_pay(main_s, worker_s, want_workers):
     rec = choose_num_workers(Costly(main_s, worker_s), 4, cores=2, rounds=2, round_seconds=0.05, max_batches=8)
     assert rec["candidates"] == [0, 1, 2] and set(rec["samples_per_s"]) == {"0", "1", "2"}
     assert (rec["num_workers"] > 0) == want_workers, rec
-    rates = {int(k): v for k, v in rec["samples_per_s"].items()}
-    assert rates[rec["num_workers"]] >= (1 - AUTO_TOLERANCE) * max(rates.values())
+    rates = {int(k): v for k, v in rec["over_0_workers"].items()}
+    assert rates[0] == 1.0 and rates[rec["num_workers"]] >= (1 - AUTO_TOLERANCE) * max(rates.values())
     # fewer workers win near-ties: no count below the choice is within the tolerance
     assert all(rates[w] < (1 - AUTO_TOLERANCE) * max(rates.values()) for w in rates if w < rec["num_workers"])
+
+
+def test_auto_judges_each_count_against_0_workers_in_the_same_round(monkeypatch):
+    """The machine's load drifts between rounds: 1 worker beats 0 in two rounds of three by 10%, but 0 workers
+    happened to run in the quiet round, so the medians of the raw rates (2500 vs 2000) would pick 0."""
+    import robodual_core.data.loader as loader
+
+    drifting = {0: [3000.0, 1000.0, 2500.0], 1: [3300.0, 1100.0, 2000.0], 2: [2400.0, 800.0, 1500.0]}
+    calls = []
+
+    def fake_time_in_turn(loaders, rounds, samples):
+        calls.append(rounds)
+        return {w: list(drifting[w][:rounds]) for w in loaders}
+
+    monkeypatch.setattr(loader, "time_in_turn", fake_time_in_turn)
+    rec = choose_num_workers(Costly(0.0, 0.0), 4, cores=2, rounds=3, round_seconds=0.01, max_batches=4)
+    assert calls == [1, 3]  # a warm-up round, then the timed ones
+    assert rec["samples_per_s"] == {"0": 2500.0, "1": 2000.0, "2": 1500.0}
+    assert rec["over_0_workers"] == {"0": 1.0, "1": 1.1, "2": 0.8} and rec["num_workers"] == 1, rec
 
 
 def test_auto_on_one_core_is_zero_without_measuring():

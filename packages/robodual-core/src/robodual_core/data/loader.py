@@ -44,7 +44,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VE
                "NUMEXPR_NUM_THREADS")
 AUTO_TOLERANCE = 0.05  # auto takes the fewest workers within this fraction of the fastest measured count
 # auto's measurement: rounds, and an epoch per candidate and round of about this many seconds in-process, capped
-AUTO_ROUNDS, AUTO_ROUND_SECONDS, AUTO_MAX_BATCHES = 3, 0.4, 50
+AUTO_ROUNDS, AUTO_ROUND_SECONDS, AUTO_MAX_BATCHES = 5, 0.4, 50
 
 
 def available_cores() -> int:
@@ -294,10 +294,12 @@ def choose_num_workers(dataset: Any, batch_size: int, collate_fn: Callable | Non
     """``num_workers: auto``: every candidate count (:func:`auto_candidates`) serves the same number of random
     batches of the dataset itself, one epoch each in turn (:func:`time_in_turn`: a warm-up epoch, then ``rounds``
     rounds; an epoch is as many batches as about ``round_seconds`` take in this process, at least 2 per worker of
-    the largest candidate). The fastest by median samples/s wins, and the fewest workers within
-    ``AUTO_TOLERANCE`` of it are taken (no workers unless they pay). One core: 0 without measuring.
+    the largest candidate). Each count is scored by the median over rounds of its rate over 0 workers' rate in
+    the same round (paired, so the drift of the machine's load between rounds cancels); the fewest workers within
+    ``AUTO_TOLERANCE`` of the best score are taken (no workers unless they pay). One core: 0 without measuring.
 
-    Returns the record the trainer logs: ``num_workers``, ``samples_per_s`` per candidate, ``batches_per_round``,
+    Returns the record the trainer logs: ``num_workers``, ``samples_per_s`` (median) and ``over_0_workers``
+    (the score) per candidate, ``batches_per_round``,
     ``cores``, ``seconds`` spent."""
     t_start = time.perf_counter()
     rounds = AUTO_ROUNDS if rounds is None else rounds
@@ -333,10 +335,16 @@ def choose_num_workers(dataset: Any, batch_size: int, collate_fn: Callable | Non
         for loader in loaders.values():
             shutdown_workers(loader)
     med = {w: median(v) for w, v in rates.items()}
-    best = max(med.values())
-    chosen = min(w for w in candidates if med[w] >= (1 - AUTO_TOLERANCE) * best)
-    record.update(num_workers=chosen, reason=f"fewest workers within {AUTO_TOLERANCE:.0%} of the fastest",
+    # each count judged against 0 workers timed in the same round (the median of those ratios): the load of the
+    # machine's other users drifts between rounds far more than within one, and a round's drift cancels here
+    ref = rates[candidates[0]]  # 0 workers, or the fewest candidates offered
+    rel = {w: median([x / max(z, 1e-9) for x, z in zip(v, ref)]) for w, v in rates.items()}
+    best = max(rel.values())
+    chosen = min(w for w in candidates if rel[w] >= (1 - AUTO_TOLERANCE) * best)
+    record.update(num_workers=chosen, reason=f"fewest workers within {AUTO_TOLERANCE:.0%} of the fastest, "
+                  "each timed against 0 workers in the same round",
                   samples_per_s={str(w): round(v, 1) for w, v in med.items()},
+                  over_0_workers={str(w): round(v, 3) for w, v in rel.items()},
                   per_round={str(w): [round(x, 1) for x in v] for w, v in rates.items()},
                   batches_per_round=per_round, seconds=round(time.perf_counter() - t_start, 3))
     return record
