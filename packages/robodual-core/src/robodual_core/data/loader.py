@@ -338,7 +338,7 @@ def choose_num_workers(dataset: Any, batch_size: int, collate_fn: Callable | Non
     # each count judged against 0 workers timed in the same round (the median of those ratios): the load of the
     # machine's other users drifts between rounds far more than within one, and a round's drift cancels here
     ref = rates[candidates[0]]  # 0 workers, or the fewest candidates offered
-    rel = {w: median([x / max(z, 1e-9) for x, z in zip(v, ref)]) for w, v in rates.items()}
+    rel = {w: median([x / max(z, 1e-9) for x, z in zip(v, ref, strict=True)]) for w, v in rates.items()}
     best = max(rel.values())
     chosen = min(w for w in candidates if rel[w] >= (1 - AUTO_TOLERANCE) * best)
     record.update(num_workers=chosen, reason=f"fewest workers within {AUTO_TOLERANCE:.0%} of the fastest, "
