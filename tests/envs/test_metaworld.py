@@ -216,6 +216,32 @@ def test_evaluate_random_policy_sharded_like_serial():
         evaluate(RandomPolicy(), workers=2, **kwargs)
 
 
+def test_batched_slots_keep_to_their_tasks():
+    """A lockstep slot takes the first queued episode of a task its simulator already has, else the first; the
+    evaluation counts the simulators it built."""
+    from collections import deque
+
+    from robodual_envs.metaworld.evaluate import _next_job, summarize
+
+    class Built:
+        def __init__(self, *tasks):
+            self.tasks = set(tasks)
+
+        def has_simulator(self, task):
+            return task in self.tasks
+
+    jobs = [(i, task, i // 3, 100 + i, False) for i, task in enumerate(["a", "b", "c"] * 3)]
+    queue = deque(jobs)
+    assert _next_job(queue, None) == jobs[0]  # a new slot: the first
+    assert _next_job(queue, Built("c")) == jobs[2]
+    assert _next_job(queue, Built("a")) == jobs[3]
+    assert _next_job(queue, Built("z")) == jobs[1]  # nothing of its tasks queued: the first
+    assert list(queue) == [jobs[4], jobs[5], jobs[6], jobs[7], jobs[8]]
+    episodes = [{"task": "a", "success": True, "length": 3, "policy_s": 1.0, "env_s": 1.0, "new_simulator": new}
+                for new in (True, False, True)]
+    assert summarize(episodes, {"tasks": ["a"]}, 1.0)["simulators_built"] == 2
+
+
 def test_eval_cli_writes_results(tmp_path):
     import json
 
@@ -230,6 +256,7 @@ def test_eval_cli_writes_results(tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
     assert saved["policy"] == "random" and saved["steps"] == 5 and saved["episodes"][0]["length"] == 5
+    assert saved["simulators_built"] == 1 and saved["episodes"][0]["new_simulator"] is True
     assert "reach-v3" in result.output
     bad = CliRunner().invoke(build_app(), ["eval", "metaworld", "--policy", str(tmp_path / "nope")])
     assert bad.exit_code != 0 and "is not a folder" in str(bad.exception)

@@ -141,6 +141,10 @@ class MetaWorldEnv(Environment):
         return keys
 
     # -- simulator -------------------------------------------------------------------------------
+    def has_simulator(self, task: str) -> bool:
+        """Whether this environment already built ``task``'s simulator (a reset to it builds none, ~1 s saved)."""
+        return task in self._envs
+
     def _make(self, task: str) -> Any:
         if task not in self._envs:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS
