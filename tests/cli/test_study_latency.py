@@ -135,3 +135,16 @@ def test_goal_seeds_run_the_goal_cells_and_the_goal_is_tested_seed_paired():
     text = "\n".join(lt.goal_lines(g))
     assert "G1, the best runtime (paper) within 5 points of itself at no latency: met" in text
     assert lt.goals(lt.LatencyStudyConfig(goal_cell=[32, 4]), cells, eps) == {}  # not in the grid: no goal
+    # near the floor G1 decides nothing: paper at 6% keeps "within 5 points" trivially
+    low = {**cells, **cell("paper", 0, 0, 0.06, 0.01), **cell("paper", 16, 4, 0.06, 0.01),
+           **cell("naive", 0, 0, 0.05, 0.05), **cell("naive", 16, 4, 0.04, 0.05),
+           **cell("no_tau_augmentation", 0, 0, 0.05, 0.01), **cell("no_tau_augmentation", 16, 4, 0.05, 0.01)}
+    floor = [*rows("paper", 0, 0, 0.06), *rows("paper", 16, 4, 0.06), *rows("naive", 0, 0, 0.05),
+             *rows("naive", 16, 4, 0.04), *rows("no_tau_augmentation", 0, 0, 0.05),
+             *rows("no_tau_augmentation", 16, 4, 0.05)]
+    g = lt.goals(lt.LatencyStudyConfig(bootstrap_draws=500), low, floor)
+    assert g["best"] == "paper" and g["G1_best_within_5_points"] is None and not g["G1_informative"]["informative"]
+    assert not g["G2_naive_loses_15_points"]
+    text = "\n".join(lt.goal_lines(g))
+    assert "G1, the best runtime (paper) within 5 points of itself at no latency: uninformative, not decided " \
+           "(it succeeds 6.0% at no latency, below the registered floor of 30%" in text
