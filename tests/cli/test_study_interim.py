@@ -64,10 +64,17 @@ def test_interim_reports_only_comparisons_whose_arms_are_finished_for_every_seed
     assert len(rows) == 12 and {r["policy"] for r in rows} == {"dual", "specialist_same"}
     text = (root / "report-interim" / "README.md").read_text()
     assert "Interim: 4 of 9 evaluations are finished" in text and "| dual - specialist_same | seen | 1 |" in text
+    assert "| generalist |" not in text
+    _finish(root, "eval generalist", "generalist", [True, False, False])
+    text = (root / "report-interim" / "README.md").read_text() if _interim(run, conf, root) else ""
+    # the broad generalist is one model for every scale: one row, no training seed
+    assert text.count("| generalist | seen |") == 1
+    assert "| generalist | seen | any (none seen) | 33.3 [6.1, 79.2] (1/3) | one run |" in text
+    assert "| dual - generalist | seen | 1 |" in text and "| dual - generalist | seen | 2 |" not in text
     assert not (root / "report").exists()  # the final report is never written by an interim look
     assert json.loads((root / "progress.json").read_text())["stages"].keys() == {
         "eval dual n=1 seed=0", "eval dual n=1 seed=1", "eval specialist_same n=1 seed=0",
-        "eval specialist_same n=1 seed=1"}  # nothing ran
+        "eval specialist_same n=1 seed=1", "eval generalist"}  # nothing ran
 
 
 @pytest.mark.hostile

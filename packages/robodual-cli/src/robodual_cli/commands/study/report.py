@@ -116,7 +116,7 @@ def _header(study: StudyFolder, title: str, quick: bool) -> list[str]:
              f"({study.meta['started']}); machine: {os.cpu_count()} CPU cores.", ""]
     for r in study.meta.get("resumed", []):
         how = "The code on disk changed to" if r.get("during") else "Resumed at"
-        lines[-1:-1] = [f"{how} git commit `{r['git_commit']}` ({r['at']}): later stages ran that code.", ""]
+        lines += [f"{how} git commit `{r['git_commit']}` ({r['at']}): later stages ran that code.", ""]
     if quick:
         lines += ["**--quick run: it checks the pipeline, not the result.** Its numbers (a handful of episodes, tens "
                   "of training steps) say nothing about the methods.", ""]
@@ -366,15 +366,20 @@ def interim_report(study: StudyFolder, cfg: Any, result: dict[str, Any]) -> Path
     eps = result["episodes"]
     succ = ["| arm | split | demos per task | success, % [95% Wilson] (pooled) | per training seed |",
             "|---|---|---|---|---|"]
+    shown = set()
     for arm, n, split in result["complete"]:
+        broad = arm == "generalist"  # one model for every scale: it never sees the target demonstrations
+        if broad and (arm, split) in shown:
+            continue
+        shown.add((arm, split))
         rows = [r for r in eps if r["policy"] == arm and r["scale"] == n and r["split"] == split]
         k = sum(r["success"] for r in rows)
         lo, hi = wilson_interval(k, len(rows))
         seeds = sorted({r["seed"] for r in rows})
         per = ", ".join(f"{s}: {_pct(sum(r['success'] for r in rows if r['seed'] == s) / sum(1 for r in rows if r['seed'] == s))}"
-                        for s in seeds)
-        succ.append(f"| {arm} | {split} | {n} | {_pct(k / max(len(rows), 1))} [{_pct(lo)}, {_pct(hi)}] "
-                    f"({k}/{len(rows)}) | {per} |")
+                        for s in seeds) if seeds != [-1] else "one run"
+        succ.append(f"| {arm} | {split} | {'any (none seen)' if broad else n} | {_pct(k / max(len(rows), 1))} "
+                    f"[{_pct(lo)}, {_pct(hi)}] ({k}/{len(rows)}) | {per} |")
     comps = result["comparisons"]
     md = _header(study, "Data efficiency: interim look", False) + [
         f"**Interim: {result['evaluations_done']} of {result['evaluations']} evaluations are finished.** This looks "
