@@ -142,7 +142,7 @@ class MetaWorldEnv(Environment):
 
     # -- simulator -------------------------------------------------------------------------------
     def has_simulator(self, task: str) -> bool:
-        """Whether this environment already built ``task``'s simulator (a reset to it builds none, ~1 s saved)."""
+        """Whether this environment already built ``task``'s simulator (a reset to it then builds none)."""
         return task in self._envs
 
     def _make(self, task: str) -> Any:
