@@ -312,15 +312,15 @@ def _goals(out: dict[str, Any], fixed: list[int]) -> dict[str, Any]:
         best = max(rates[str(w)] for w in fixed)
         chosen = c["auto"]["num_workers"]
         g = {"auto_over_best_fixed": rates["auto"] / best if best else None, "auto_workers": chosen}
-        if str(chosen) in rates:
-            # the choice judged by the fixed setting it picked, timed side by side with the others; auto's own
-            # loader is the same setting timed again, so their ratio is the run's noise, not the choice's cost
-            g["auto_choice_over_best_fixed"] = rates[str(chosen)] / best if best else None
-            g["auto_timed_over_same_fixed"] = rates["auto"] / rates[str(chosen)] if rates[str(chosen)] else None
+        picked = rates.get(str(chosen))  # the fixed setting auto chose, timed side by side with the others
+        if picked is not None:
+            # auto's own loader is that setting timed again: their ratio is the run's noise, not the choice's cost
+            g["auto_choice_over_best_fixed"] = picked / best if best else None
+            g["auto_timed_over_same_fixed"] = rates["auto"] / picked if picked else None
         if "0" in rates and chosen > 0:
             g["auto_over_0_workers"] = rates["auto"] / rates["0"] if rates["0"] else None
-            if str(chosen) in rates:
-                g["auto_choice_over_0_workers"] = rates[str(chosen)] / rates["0"] if rates["0"] else None
+            if picked is not None:
+                g["auto_choice_over_0_workers"] = picked / rates["0"] if rates["0"] else None
         if "0_plain_default_threads" in rates and "0" in rates:
             g["0_workers_over_plain_default_threads"] = rates["0"] / max(rates["0_plain_default_threads"], 1e-9)
         goals[condition] = g
