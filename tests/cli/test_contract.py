@@ -48,6 +48,8 @@ ELSEWHERE = {
                        "data-efficiency study, slow)",
     "study latency": "tests/cli/test_study_latency.py::test_latency_quick_runs_every_arm_and_resumes (--quick, slow)",
     "study pretrain": "tests/cli/test_study_pretrain.py::test_quick_pretrain_end_to_end_and_resume (--quick)",
+    "bench lerobot-loader": "tests/envs/test_lerobot_loader_bench.py (robodual's side for real, LeRobot's a stand-in "
+                            "interpreter; the real LeRobot where it is installed)",
 }
 COVERED: dict[str, str] = {}  # command -> the test of this module that runs it
 
@@ -489,7 +491,7 @@ def test_every_documented_command_has_a_contract_test():
 
 
 # every ```bash block of the docs: run by a test, or marked with what it needs that CI lacks ----------------------
-NEEDS = {"gpu", "calvin-data", "robot", "network"}  # `# needs: gpu, calvin-data` (a line of its own: the rest of the block)
+NEEDS = {"gpu", "calvin-data", "robot", "network", "lerobot"}  # `# needs: gpu, calvin-data` (a line of its own: the rest of the block)
 OTHER_COMMANDS = {  # commands that are not `robodual ...`, each with the test that runs it
     "make demo": "tests/cli/test_demo.py (the `robodual demo` that make demo runs after scripts/venv.sh)",
     "make test": ".ci/run (CI runs make test)",

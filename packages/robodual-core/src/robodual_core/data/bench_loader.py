@@ -135,7 +135,7 @@ def busy_core() -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _first_batch_seconds(path: Path, obs_keys: list[str], image_size: int | None, batch_size: int, workers: int,
+def first_batch_seconds(path: Path, obs_keys: list[str], image_size: int | None, batch_size: int, workers: int,
                          shared: bool) -> float:
     """Seconds from a new dataset to its first batch: ``shared`` the trainer's loader (frames read once, in
     this process, before workers start), else a plain ``DataLoader`` whose workers read the store each."""
@@ -207,10 +207,10 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
     }
     if baselines:
         say(f"{path.name}: seconds to the first batch")
-        first = {str(w): _first_batch_seconds(path, obs_keys, image_size, batch_size, w, shared=True)
+        first = {str(w): first_batch_seconds(path, obs_keys, image_size, batch_size, w, shared=True)
                  for w in sorted({0, *fixed})}
         if 2 in fixed:
-            first["2_each_worker_reads_the_store"] = _first_batch_seconds(path, obs_keys, image_size, batch_size, 2,
+            first["2_each_worker_reads_the_store"] = first_batch_seconds(path, obs_keys, image_size, batch_size, 2,
                                                                           shared=False)
         out["first_batch_s"] = first
     for condition in conditions:

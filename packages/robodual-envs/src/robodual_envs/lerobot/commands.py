@@ -1,4 +1,5 @@
-"""``robodual dataset export lerobot`` and ``robodual bench lerobot`` (heavy imports inside the functions).
+"""``robodual dataset export lerobot``, ``robodual bench lerobot`` and ``robodual bench lerobot-loader`` (heavy
+imports inside the functions).
 
 ``robodual dataset convert lerobot`` is the converter's own command
 (:meth:`robodual_envs.lerobot.convert.LeRobotConverter.add_command`).
@@ -7,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -70,4 +72,58 @@ def bench_command(
         out.print(f"workers={run['workers']}: convert {run['frames_per_s']:.0f} frames/s, "
                   f"decode alone {run['decode_only_frames_per_s']:.0f} frames/s; CPU ms/frame: decode "
                   f"{cpu['decode']:.2f}, compress {cpu['compress']:.2f}, Python/zarr/rest {cpu['other']:.2f}")
+    out.print(f"wrote {out_file}")
+
+
+def loader_bench_command(
+    lerobot_python: str = typer.Option(None, "--lerobot-python", help="Interpreter of an environment where lerobot "
+                                       "imports (default: this one, when it has lerobot)."),
+    data: Path = typer.Option(None, "--data", help="Store to compare on (default: a synthetic store shaped like the "
+                              "demo's, 30 episodes, 2 RGB at 128 px)."),
+    workers: str = typer.Option("0,1,2", "--workers", help="Comma-separated worker counts (auto: robodual's only)."),
+    rounds: int = typer.Option(3, "--rounds", help="Rounds of every process in turn (the median is reported)."),
+    seconds: float = typer.Option(3.0, "--seconds", help="Timed seconds per process, after two warm-up batches."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    busy: bool = typer.Option(False, "--busy/--no-busy", help="Also time every process beside a busy core (a "
+                              "busy-loop process)."),
+    out_file: Path = typer.Option(Path("bench_lerobot_loader.json"), "--out", help="JSON report to write."),
+    notes: str = typer.Option(None, "--notes", help="Text kept in the report (the machine's load, say)."),
+) -> None:
+    """Samples/s of robodual's loader against LeRobotDataset (video and images) on the same episodes, per worker
+    count, each timing a fresh process, the processes alternating."""
+    from rich.console import Console
+
+    from robodual_core.bench import write_report
+    from robodual_core.data.loader import check_num_workers
+    from robodual_core.errors import RobodualError
+    from robodual_envs.lerobot.loader_bench import INSTALL_HINT, default_lerobot_python, lerobot_loader_report
+
+    settings = tuple(w.strip().lower() for w in workers.split(",") if w.strip())
+    if not settings:
+        raise RobodualError(f"--workers is '{workers}'; expected comma-separated counts (0,1,2) or auto")
+    for s in settings:
+        check_num_workers(s, "--workers")
+    if rounds < 1 or not seconds > 0 or batch_size < 1:
+        raise RobodualError(f"--rounds ({rounds}), --seconds ({seconds}) and --batch-size ({batch_size}): expected "
+                            ">= 1, > 0 and >= 1")
+    if data is not None and not data.exists():
+        raise RobodualError(f"--data {data}: no such store")
+    python = lerobot_python or default_lerobot_python()
+    if python is None:
+        raise RobodualError(f"--lerobot-python: lerobot does not import in {sys.executable}. {INSTALL_HINT}")
+    console = Console(stderr=True)
+    with console.status("timing robodual and LeRobot in turn") as status:
+        results = lerobot_loader_report(data, python, settings, rounds=rounds, seconds=seconds, batch=batch_size,
+                                        conditions=("quiet", "busy") if busy else ("quiet",),
+                                        progress=status.update)
+    results["notes"] = notes
+    write_report(out_file, "lerobot_loader", results)
+    out = Console()
+    for condition, c in results["conditions"].items():
+        for lib, rates in c["samples_per_s"].items():
+            out.print(f"{condition}, {lib}: samples/s by workers: "
+                      + ", ".join(f"{w} {v:.0f}" for w, v in rates.items()))
+        for lib, lead in c["robodual_over_lerobot"].items():
+            out.print(f"{condition}, robodual over {lib}: "
+                      + ", ".join(f"{w} workers {v:.1f}x" for w, v in lead.items() if v is not None))
     out.print(f"wrote {out_file}")

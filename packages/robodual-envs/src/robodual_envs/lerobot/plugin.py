@@ -18,4 +18,6 @@ def robodual_register_commands(app):
     if not export.info.help:
         export.info.help = "Write a Zarr store in another dataset format."
     export.command("lerobot")(commands.export_command)
-    group(app, "bench").command("lerobot")(commands.bench_command)
+    bench = group(app, "bench")
+    bench.command("lerobot")(commands.bench_command)
+    bench.command("lerobot-loader")(commands.loader_bench_command)
