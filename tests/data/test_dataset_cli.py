@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from dataset_helpers import LENGTHS, episode, make_store
 
 from robodual_core.data import open_dataset, split_episodes
@@ -82,6 +83,14 @@ def test_bench_loader_writes_json(tmp_path, run):
     data = json.loads(out.read_text())
     assert code == 0 and data["bench"] == "loader" and data["results"]["samples_per_s"]["0"] > 0
     assert "consumption_samples_per_s" in data["results"]
+    # the baselines beside the setting: a plain 0-worker DataLoader and frames read from chunks on demand
+    store_report = next(iter(data["results"]["stores"].values()))
+    for condition in ("quiet", "busy"):
+        rates = store_report["conditions"][condition]["samples_per_s"]
+        assert rates["0_plain_default_threads"] > 0 and rates["0_on_demand_chunk_reads"] > 0
+        assert "2_on_demand_chunk_reads" not in rates  # only beside a 2-worker setting
+        ratio = store_report["goals"][condition]["0_workers_shared_frames_over_on_demand_chunk_reads"]
+        assert ratio == pytest.approx(rates["0"] / rates["0_on_demand_chunk_reads"], rel=0.01)
     steps = data["results"]["model_step"]  # the model's own threads, quiet and beside a busy core
     for condition in ("quiet", "busy"):
         c = steps["conditions"][condition]

@@ -172,8 +172,9 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
     median is reported), under each condition (``quiet``; ``busy``: beside a busy-loop process), the conditions
     alternating round by round. ``auto`` is chosen under each condition by its start-up measurement (recorded)
     and then timed as a loader of its own beside the fixed settings. With ``baselines``: the loader before issue 33 side by side (a plain
-    0-worker ``DataLoader`` at torch's default threads) and seconds to the first batch (quiet) for each
-    setting and for 2 workers that each read the store."""
+    0-worker ``DataLoader`` at torch's default threads), frames read from the store's chunks on demand instead of
+    from shared memory (0 and 2 workers), and seconds to the first batch (quiet) for each setting and for 2 workers
+    that each read the store."""
     import torch
 
     from robodual_core.data.loader import (
@@ -238,6 +239,14 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
         shared["0_plain_default_threads"] = DataLoader(ds, batch_sampler=RandomBatches(len(ds), batch_size, 1,
                                                                                        per_round),
                                                        generator=torch.Generator().manual_seed(0))
+        # the alternative to frames in shared memory: every sample's frames read from the store's chunks on
+        # demand (what a store larger than ROBODUAL_IMAGE_CACHE_MB gets), in-process and with 2 workers
+        on_demand = WindowDataset(path, obs_keys=obs_keys, horizon=8, image_size=image_size, split="all",
+                                  image_cache_bytes=0)
+        for w in sorted({0, *[w for w in fixed if w == 2]}):
+            shared[f"{w}_on_demand_chunk_reads"] = build_loader(
+                on_demand, w, batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
+                generator=torch.Generator().manual_seed(0))
     count = lambda batch: batch["action"].shape[0]  # noqa: E731
     try:
         for condition in conditions:
@@ -254,7 +263,9 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
                     else:
                         loaders[condition][s] = shared[s]
                 if baselines:
-                    loaders[condition]["0_plain_default_threads"] = shared["0_plain_default_threads"]
+                    for k in shared:
+                        if k == "0_plain_default_threads" or k.endswith("_on_demand_chunk_reads"):
+                            loaders[condition][k] = shared[k]
                 time_in_turn(loaders[condition], 1, count)  # warm-up: workers started
         # the conditions alternate round by round (the busy loop started and stopped each time), so the load
         # of the machine's other users drifts over both alike
@@ -307,23 +318,28 @@ def _goals(out: dict[str, Any], fixed: list[int]) -> dict[str, Any]:
     conds = out["conditions"]
     for condition, c in conds.items():
         rates = c["samples_per_s"]
-        if "auto" not in rates or not fixed:
-            continue
-        best = max(rates[str(w)] for w in fixed)
-        chosen = c["auto"]["num_workers"]
-        g = {"auto_over_best_fixed": rates["auto"] / best if best else None, "auto_workers": chosen}
-        picked = rates.get(str(chosen))  # the fixed setting auto chose, timed side by side with the others
-        if picked is not None:
-            # auto's own loader is that setting timed again: their ratio is the run's noise, not the choice's cost
-            g["auto_choice_over_best_fixed"] = picked / best if best else None
-            g["auto_timed_over_same_fixed"] = rates["auto"] / picked if picked else None
-        if "0" in rates and chosen > 0:
-            g["auto_over_0_workers"] = rates["auto"] / rates["0"] if rates["0"] else None
+        g: dict[str, Any] = {}
+        if "auto" in rates and fixed:
+            best = max(rates[str(w)] for w in fixed)
+            chosen = c["auto"]["num_workers"]
+            g.update(auto_over_best_fixed=rates["auto"] / best if best else None, auto_workers=chosen)
+            picked = rates.get(str(chosen))  # the fixed setting auto chose, timed side by side with the others
             if picked is not None:
-                g["auto_choice_over_0_workers"] = picked / rates["0"] if rates["0"] else None
+                # auto's own loader is that setting timed again: their ratio is the run's noise, not the choice's cost
+                g["auto_choice_over_best_fixed"] = picked / best if best else None
+                g["auto_timed_over_same_fixed"] = rates["auto"] / picked if picked else None
+            if "0" in rates and chosen > 0:
+                g["auto_over_0_workers"] = rates["auto"] / rates["0"] if rates["0"] else None
+                if picked is not None:
+                    g["auto_choice_over_0_workers"] = picked / rates["0"] if rates["0"] else None
+        for w in ("0", "2"):
+            if f"{w}_on_demand_chunk_reads" in rates and w in rates:
+                g[f"{w}_workers_shared_frames_over_on_demand_chunk_reads"] = \
+                    rates[w] / max(rates[f"{w}_on_demand_chunk_reads"], 1e-9)
         if "0_plain_default_threads" in rates and "0" in rates:
             g["0_workers_over_plain_default_threads"] = rates["0"] / max(rates["0_plain_default_threads"], 1e-9)
-        goals[condition] = g
+        if g:
+            goals[condition] = g
     if "quiet" in conds and "busy" in conds:
         q, b = conds["quiet"]["samples_per_s"], conds["busy"]["samples_per_s"]
         goals["busy_over_quiet"] = {k: round(b[k] / q[k], 3) for k in q if k in b and q[k]}
