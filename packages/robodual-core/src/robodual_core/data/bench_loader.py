@@ -247,6 +247,7 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
             shared[f"{w}_on_demand_chunk_reads"] = build_loader(
                 on_demand, w, batch_sampler=RandomBatches(len(ds), batch_size, 1, per_round),
                 generator=torch.Generator().manual_seed(0))
+    baseline_names = [k for k in shared if k not in settings]  # timed under every condition beside the settings
     count = lambda batch: batch["action"].shape[0]  # noqa: E731
     try:
         for condition in conditions:
@@ -262,10 +263,8 @@ def loader_comparison(path: str | Path, settings: tuple[str, ...] = ("0", "1", "
                             generator=torch.Generator().manual_seed(0))
                     else:
                         loaders[condition][s] = shared[s]
-                if baselines:
-                    for k in shared:
-                        if k == "0_plain_default_threads" or k.endswith("_on_demand_chunk_reads"):
-                            loaders[condition][k] = shared[k]
+                for k in baseline_names:
+                    loaders[condition][k] = shared[k]
                 time_in_turn(loaders[condition], 1, count)  # warm-up: workers started
         # the conditions alternate round by round (the busy loop started and stopped each time), so the load
         # of the machine's other users drifts over both alike

@@ -29,6 +29,7 @@ def _open(root: str, horizon: int | None):
 
 
 def images(src: str, dst: str) -> dict:
+    import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     ds = _open(src, None)
@@ -49,7 +50,7 @@ def images(src: str, dst: str) -> dict:
         for key, ft in features.items():
             value = item[key]
             if ft["dtype"] == "image":  # the video reader gives float CHW in [0, 1]; the writer takes uint8 HWC
-                value = (value.clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8).permute(1, 2, 0)
+                value = (value.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
             frame[key] = value
         out.add_frame(frame)
     out.save_episode()
