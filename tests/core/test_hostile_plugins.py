@@ -401,6 +401,9 @@ def test_a_keyboard_interrupt_raised_by_a_plugin_is_its_failure_not_the_clis(sit
 def test_a_real_ctrl_c_still_stops_robodual(site):
     import signal
 
+    # Python's own Ctrl-C handler, as in a terminal: a suite started in the background by a non-interactive shell
+    # (`cmd &`) inherits SIGINT ignored, and then no signal would arrive at all
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     site.dist("slowhook-plugin", "slowhook", HOOKIMPL + """
         import signal
 
@@ -408,9 +411,12 @@ def test_a_real_ctrl_c_still_stops_robodual(site):
         def robodual_register_sensors(registry):
             signal.raise_signal(signal.SIGINT)  # as a Ctrl-C arriving while the hook runs
     """)
-    with pytest.raises(KeyboardInterrupt):
-        get_plugin_manager().sensors()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            get_plugin_manager().sensors()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 OS_EXIT_IN_PROCESS = {
