@@ -69,6 +69,7 @@ def _worker(rank, world, init_file, root):
         np.random.seed(200 + rank)
         random.seed(300 + rank)
         Trainer(NoisyRegression(), Data(), _cfg(), os.path.join(root, "half"), show_progress=False).fit(resume=True)
+        torch.distributed.barrier()  # no rank tears the group down while the other is still in a collective
     finally:
         torch.distributed.destroy_process_group()
 
