@@ -131,7 +131,11 @@ def demo_like_store(path: str | Path, episodes: int = 30, steps: int = 80, size:
 
 def busy_core() -> subprocess.Popen:
     """A process that keeps one core busy (a Python busy loop) until it is killed."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+    # at the normal policy whatever this process runs at: a busy loop inheriting a real-time policy (SCHED_FIFO, set
+    # by a control loop) would starve every other process on its core instead of sharing it
+    loop = ("import os\ntry:\n    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))\nexcept (AttributeError, "
+            "OSError):\n    pass\nwhile True:\n    pass\n")
+    return subprocess.Popen([sys.executable, "-c", loop], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
