@@ -5,6 +5,8 @@ ends bit-identical to the uninterrupted run, weights and EMA."""
 import json
 import os
 import random
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +72,7 @@ def _worker(rank, world, init_file, root):
         random.seed(300 + rank)
         Trainer(NoisyRegression(), Data(), _cfg(), os.path.join(root, "half"), show_progress=False).fit(resume=True)
         torch.distributed.barrier()  # no rank tears the group down while the other is still in a collective
+        (Path(root) / f"rank{rank}.done").write_text("ok")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -78,7 +81,15 @@ def _worker(rank, world, init_file, root):
 def test_two_gloo_ranks_stopped_and_resumed_end_bit_identical(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    try:
+        mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    except mp.ProcessExitedException as exc:
+        # Once in a whole-suite run, one rank aborted in gloo's teardown ('terminate called without an active
+        # exception') after both had finished; alone it never has. An abort after every rank wrote its marker is
+        # torch's teardown, not the resume under test, whose results are checked below; any other is a failure.
+        if exc.signal_name != "SIGABRT" or not all((tmp_path / f"rank{r}.done").exists() for r in range(2)):
+            raise
+        warnings.warn(f"a gloo rank aborted in teardown after finishing its work: {exc}", stacklevel=1)
     state = json.loads((tmp_path / "half" / "checkpoints" / str(STOP) / "training_state.json").read_text())
     assert state["world_size"] == 2 and set(state["ranks_rng"]) == {"1"}
     assert state["ranks_rng"]["1"]["numpy_rng"] != state["numpy_rng"]  # each rank's own, not rank 0's twice
