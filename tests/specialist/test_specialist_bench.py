@@ -58,3 +58,19 @@ def test_gpu_limits_and_floors():
     assert memory_floor_ms(13.5e9, h200) == pytest.approx(2.8125)  # a 7B bf16 model read once per token
     assert compute_floor_ms(26.5e9, h200) == pytest.approx(26.5 / 989)
     assert memory_floor_ms(1.0, None) is None and compute_floor_ms(1.0, {}) is None
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value, needle", [("8", "expected 1 among the sizes"), ("1,x", "comma-separated integers"),
+                                           ("1,0", "expected integers >= 1, found 0"), (",", "at least one")])
+def test_bad_batch_sizes_are_one_line_before_any_model_is_built(tmp_path, value, needle):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "robodual_cli.app", "bench", "specialist", "--quick",
+                          "--batch-sizes", value, "--out", str(tmp_path / "spec.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "--batch-sizes" in line and needle in line, res.stderr
+    assert not (tmp_path / "spec.json").exists()

@@ -386,6 +386,21 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def parse_int_list(text: str, flag: str, minimum: int | None = None) -> list[int]:
+    """A flag's comma-separated integers (``"0,1,2"``), each ``>= minimum`` when given; one line naming ``flag``
+    otherwise (:class:`ConfigError`, a :class:`RobodualError`)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated integers like '0,1,2', found '{text}'") from None
+    if not values:
+        raise ConfigError(f"{flag}: expected at least one integer, found '{text}'")
+    low = [v for v in values if minimum is not None and v < minimum]
+    if low:
+        raise ConfigError(f"{flag}: expected integers >= {minimum}, found {low[0]} in '{text}'")
+    return values
+
+
 def parse_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():

@@ -345,7 +345,7 @@ def loader_vs_training(training: dict[str, Any], workdir: Path, seconds: float =
 
 def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: int = 3,
               generalist_tokens: int = 100, generalist_dim: int = 4096, threads: int | None = None,
-              quick: bool = False, device: str = "cpu") -> dict[str, Any]:
+              quick: bool = False, device: str = "cpu", batch_sizes: tuple[int, ...] = (1, 8)) -> dict[str, Any]:
     from rich.console import Console
 
     from robodual_core.training import resolve_device
@@ -361,6 +361,7 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
         "settings": {"dit": "6 blocks, hidden 256, 8 heads, MLP 4, k_s 8", "ddim_steps": 5, "guidance_scale": 3.0,
                      "sensors": "rgb_static (+1 history frame), depth_static, rgb_gripper, depth_gripper; 224x224",
                      "generalist_tokens": generalist_tokens, "generalist_dim": generalist_dim,
+                     "batch_sizes": list(batch_sizes),
                      "trainable_params": count_trainable(model),
                      "total_params": sum(p.numel() for p in model.parameters()),
                      "rgb_encoder_weights": "random init (frozen DINO ViT-S/16 architecture; speed benchmark only), "
@@ -372,7 +373,7 @@ def run_bench(out: Path, repeats: int = 10, train_batch: int = 64, train_steps: 
     variants = ({k: VARIANTS[k] for k in ("optimized", "optimized_fp32", "all_off")} if quick
                 else VARIANTS)
     reps = 3 if quick else repeats
-    for B in (1, 8):
+    for B in batch_sizes:
         gen = fake_generalist(B, generalist_tokens, generalist_dim, k_g, D, dev)
         loop = ControlLoop(model, B, gen)
         obs_fn = loop.resampler_fn()

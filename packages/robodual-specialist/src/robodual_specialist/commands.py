@@ -61,14 +61,23 @@ def bench_specialist(
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer repeats and no training measurement (smoke run)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (the anchor is a CPU figure)."),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes",
+                                    help="Control-loop batch sizes to time, comma-separated; 1 must be among them "
+                                         "(the anchor and the targets are batch-1 figures)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report on stdout."),
 ) -> None:
     """Latency, FLOPs and training throughput of the specialist at paper settings."""
+    from robodual_core.config import parse_int_list
+    from robodual_core.errors import ConfigError
     from robodual_specialist.bench import run_bench
 
+    sizes = list(dict.fromkeys(parse_int_list(batch_sizes, "--batch-sizes", minimum=1)))
+    if 1 not in sizes:
+        raise ConfigError(f"--batch-sizes: expected 1 among the sizes (the anchor and the targets are batch-1 "
+                          f"figures), found '{batch_sizes}'")
     report = run_bench(out, repeats=repeats, train_batch=train_batch, train_steps=train_steps,
                        generalist_tokens=generalist_tokens, generalist_dim=generalist_dim, threads=threads,
-                       quick=quick, device=device)
+                       quick=quick, device=device, batch_sizes=tuple(sizes))
     if json_out:
         import json
 

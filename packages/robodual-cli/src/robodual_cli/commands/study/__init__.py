@@ -28,7 +28,7 @@ def _load(cls: type, quick_base: dict, quick: bool, config: Path | None, overrid
 
 
 def _flags(tasks: str | None, episodes: int | None, seeds: str | None) -> dict[str, object]:
-    from robodual_cli.commands.study.common import parse_int_list
+    from robodual_core.config import parse_int_list
 
     if episodes is not None and episodes < 1:
         raise RobodualError(f"--episodes: expected a positive number of evaluation episodes per task, found {episodes}")

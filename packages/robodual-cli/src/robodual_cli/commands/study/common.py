@@ -70,16 +70,6 @@ def resolve_tasks(spec: list[str], flag: str) -> list[str]:
     return registry("envs").get("metaworld").resolve_tasks(list(spec), flag)
 
 
-def parse_int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise RobodualError(f"{flag}: expected comma-separated integers like '0,1,2', found '{text}'") from None
-    if not values:
-        raise RobodualError(f"{flag}: expected at least one integer, found '{text}'")
-    return values
-
-
 class StudyFolder:
     """One study's folder: frozen config, progress of its stages, subprocess stages that are skipped when done."""
 
