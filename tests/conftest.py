@@ -35,6 +35,34 @@ def run(capsys):
     return _run
 
 
+# the scheduling this process started with (fixtures of any scope run after it, so compare to it, not to a test's)
+_SCHEDULING = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) \
+    if hasattr(os, "sched_getscheduler") else None
+
+
+@pytest.fixture(autouse=True)
+def _scheduling_unchanged(request):
+    """No test or fixture leaves a thread of this process real-time (SCHED_FIFO/RR) when the suite did not start so.
+    SVT-AV1 as root once made the suite's process real-time (SCHED_FIFO 99) from a fixture's encode: every later
+    child inherited it, and a busy loop at that priority starved the timing process beside it, hanging the run.
+    (Threads a library lowers, like Mesa's at SCHED_BATCH, are its own business.)"""
+    yield
+    if _SCHEDULING is None or not os.path.isdir("/proc/self/task"):
+        return
+    policy, priority = _SCHEDULING
+    changed = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            found = os.sched_getscheduler(int(tid))
+            if found in (os.SCHED_FIFO, os.SCHED_RR) and found != policy:
+                changed.append(found)
+                os.sched_setscheduler(int(tid), policy, os.sched_param(priority))  # later tests run as before
+        except OSError:
+            continue
+    assert not changed, (f"{request.node.nodeid} (or a fixture it uses) left {len(changed)} thread(s) of the test "
+                         f"process at scheduling policy {sorted(set(changed))}; the suite started at {policy}")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -60,8 +60,10 @@ def png(img: np.ndarray) -> bytes:
 def encode_mp4(path: Path, frames: list[np.ndarray], codec: str) -> None:
     from fractions import Fraction
 
+    from robodual_envs.common.video import keep_scheduling
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
+    with keep_scheduling(), av.open(str(path), "w") as out:  # SVT-AV1 as root would leave this process real-time
         stream = out.add_stream(codec, rate=Fraction(FPS))
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.options = {"crf": "10", "g": "2"} if codec == "libx264" else {"crf": "10", "g": "2", "preset": "10"}

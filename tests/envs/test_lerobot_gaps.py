@@ -388,3 +388,38 @@ def test_damaged_step_instructions_are_refused_on_export(sources, tmp_path):
     with pytest.raises(RobodualError, match=rf"meta/{STEP_INSTRUCTIONS} has {sum(LENGTHS) - 1} entries; "
                                             rf"expected one per step \({sum(LENGTHS)}"):
         export_lerobot(store, tmp_path / "lr", codec="h264", progress=False)
+
+
+@pytest.mark.hostile
+@pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="this PyAV has no SVT-AV1 encoder")
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="SVT-AV1 makes its threads real-time only when run as root")
+def test_an_av1_encode_as_root_leaves_no_thread_real_time_and_prints_no_banner(tmp_path, capfd):
+    """SVT-AV1, run as root, puts the thread that opens it and the threads it starts at SCHED_FIFO 99 and prints
+    a banner: an AV1 export would leave the command's process real-time (its encoding threads able to starve the
+    machine) and the user's terminal full of 'Svt[info]' lines."""
+    import os
+
+    from robodual_envs.common.video import VideoFile
+
+    def policies():
+        found = []
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                found.append(os.sched_getscheduler(int(tid)))
+            except OSError:
+                continue
+        return found
+
+    before = os.sched_getscheduler(0)
+    realtime = {os.SCHED_FIFO, os.SCHED_RR}
+    assert before not in realtime
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    out = VideoFile(tmp_path / "a.mp4", fps=10, height=32, width=32, encoder="libsvtav1")
+    out.write(frames[:3])
+    assert not realtime & set(policies())  # the encoder is open, its threads running: none real-time
+    out.write(frames[3:])
+    out.close()
+    assert not realtime & set(policies()) and os.sched_getscheduler(0) == before
+    assert (tmp_path / "a.mp4").stat().st_size > 0
+    assert "Svt[" not in capfd.readouterr().err

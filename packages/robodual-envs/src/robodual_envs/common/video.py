@@ -3,11 +3,21 @@
 - :class:`VideoFile`: an MP4 that frames are appended to (the LeRobot export's video files);
 - :func:`write_video`: one episode's frames as an mp4 (H.264 when available), or a gif when PyAV or an
   mp4 encoder is missing (evaluation videos of Meta-World and CALVIN).
+
+SVT-AV1 (``libsvtav1``, PyAV's AV1 encoder), run as root, switches the thread that opens it and the ~40 threads
+it starts to real-time scheduling (SCHED_FIFO, priority 99) and prints a banner on stderr. An export as root
+would then leave the command's own process real-time, and its encoding threads could starve every other process
+on the machine (a test suite hung on exactly that). So a :class:`VideoFile` puts every thread of the process back
+to the scheduling the caller had once the encoder is open, and asks SVT for errors only (``SVT_LOG=1`` unless the
+environment sets it).
 """
 
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -68,6 +78,8 @@ class VideoFile:
         if odd and encoder != "libx264":
             raise RobodualError(f"frames of {height}x{width} have an odd side, which {encoder} cannot encode in "
                                 "yuv420p; use --codec libx264 (it writes yuv444p for odd sizes)")
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only, no banner on the user's terminal
+        self._scheduling = _scheduling()  # the caller's, restored once the encoder has started its threads
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.container = av.open(str(path), mode="w")
@@ -96,6 +108,9 @@ class VideoFile:
             frame.pts = self.frames
             self.frames += 1
             self._mux(self.stream.encode(frame))
+            if self.frames == 1:  # the first frame opened the encoder (and started its threads)
+                _restore_scheduling(self._scheduling)
+        _restore_scheduling(self._scheduling)  # and any thread it started since
 
     def _mux(self, packets: Any) -> None:
         for packet in packets:
@@ -105,6 +120,42 @@ class VideoFile:
     def close(self) -> None:
         self._mux(self.stream.encode())
         self.container.close()
+        _restore_scheduling(self._scheduling)
+
+
+@contextmanager
+def keep_scheduling() -> Iterator[None]:
+    """Encode with PyAV directly inside this and the process leaves with the scheduling it came in with."""
+    os.environ.setdefault("SVT_LOG", "1")
+    saved = _scheduling()
+    try:
+        yield
+    finally:
+        _restore_scheduling(saved)
+
+
+def _scheduling() -> tuple[int, int] | None:
+    """This thread's scheduling policy and priority (None where the OS has no such call)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+def _restore_scheduling(scheduling: tuple[int, int] | None) -> None:
+    """Put every thread of this process that is real-time (SCHED_FIFO or SCHED_RR) while the caller was not, or at
+    another real-time policy, back to the caller's scheduling (an encoder that made itself real-time, see the module
+    docstring). Threads a library lowered (Mesa's at SCHED_BATCH), that end meanwhile or may not be changed are left."""
+    if scheduling is None or not os.path.isdir("/proc/self/task"):
+        return
+    policy, priority = scheduling
+    realtime = {os.SCHED_FIFO, os.SCHED_RR}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            found = os.sched_getscheduler(int(tid))
+            if found in realtime and found != policy:
+                os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
+        except (OSError, ValueError):
+            continue
 
 
 def write_video(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: float = 30.0) -> Path:
