@@ -20,6 +20,8 @@ import pytest
 import torch
 import torch._dynamo
 
+from robodual_core.scheduling import current_scheduling, restore_realtime_threads
+
 
 @pytest.fixture
 def run(capsys):
@@ -36,8 +38,7 @@ def run(capsys):
 
 
 # the scheduling this process started with (fixtures of any scope run after it, so compare to it, not to a test's)
-_SCHEDULING = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) \
-    if hasattr(os, "sched_getscheduler") else None
+_SCHEDULING = current_scheduling()
 
 
 @pytest.fixture(autouse=True)
@@ -47,20 +48,10 @@ def _scheduling_unchanged(request):
     child inherited it, and a busy loop at that priority starved the timing process beside it, hanging the run.
     (Threads a library lowers, like Mesa's at SCHED_BATCH, are its own business.)"""
     yield
-    if _SCHEDULING is None or not os.path.isdir("/proc/self/task"):
-        return
-    policy, priority = _SCHEDULING
-    changed = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            found = os.sched_getscheduler(int(tid))
-            if found in (os.SCHED_FIFO, os.SCHED_RR) and found != policy:
-                changed.append(found)
-                os.sched_setscheduler(int(tid), policy, os.sched_param(priority))  # later tests run as before
-        except OSError:
-            continue
+    changed = restore_realtime_threads(_SCHEDULING)  # later tests run as the suite started either way
     assert not changed, (f"{request.node.nodeid} (or a fixture it uses) left {len(changed)} thread(s) of the test "
-                         f"process at scheduling policy {sorted(set(changed))}; the suite started at {policy}")
+                         f"process at scheduling policy {sorted(set(changed))}; the suite started at "
+                         f"{_SCHEDULING}")
 
 
 def pytest_collection_modifyitems(config, items):

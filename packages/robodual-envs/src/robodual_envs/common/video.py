@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from robodual_core.errors import RobodualError
+from robodual_core.scheduling import Scheduling, current_scheduling, restore_realtime_threads
 
 # encoder -> (codec name LeRobot records in info.json, encoder options)
 ENCODERS: dict[str, tuple[str, dict[str, str]]] = {
@@ -78,8 +79,7 @@ class VideoFile:
         if odd and encoder != "libx264":
             raise RobodualError(f"frames of {height}x{width} have an odd side, which {encoder} cannot encode in "
                                 "yuv420p; use --codec libx264 (it writes yuv444p for odd sizes)")
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only, no banner on the user's terminal
-        self._scheduling = _scheduling()  # the caller's, restored once the encoder has started its threads
+        self._scheduling = _before_encoding()
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.container = av.open(str(path), mode="w")
@@ -109,8 +109,8 @@ class VideoFile:
             self.frames += 1
             self._mux(self.stream.encode(frame))
             if self.frames == 1:  # the first frame opened the encoder (and started its threads)
-                _restore_scheduling(self._scheduling)
-        _restore_scheduling(self._scheduling)  # and any thread it started since
+                restore_realtime_threads(self._scheduling)
+        restore_realtime_threads(self._scheduling)  # and any thread it started since
 
     def _mux(self, packets: Any) -> None:
         for packet in packets:
@@ -120,42 +120,24 @@ class VideoFile:
     def close(self) -> None:
         self._mux(self.stream.encode())
         self.container.close()
-        _restore_scheduling(self._scheduling)
+        restore_realtime_threads(self._scheduling)
+
+
+def _before_encoding() -> Scheduling | None:
+    """The caller's scheduling, to restore once an encoder has started its threads; SVT-AV1 told to print errors
+    only (no banner on the user's terminal) unless the environment says otherwise."""
+    os.environ.setdefault("SVT_LOG", "1")
+    return current_scheduling()
 
 
 @contextmanager
 def keep_scheduling() -> Iterator[None]:
     """Encode with PyAV directly inside this and the process leaves with the scheduling it came in with."""
-    os.environ.setdefault("SVT_LOG", "1")
-    saved = _scheduling()
+    saved = _before_encoding()
     try:
         yield
     finally:
-        _restore_scheduling(saved)
-
-
-def _scheduling() -> tuple[int, int] | None:
-    """This thread's scheduling policy and priority (None where the OS has no such call)."""
-    if not hasattr(os, "sched_getscheduler"):
-        return None
-    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-
-
-def _restore_scheduling(scheduling: tuple[int, int] | None) -> None:
-    """Put every thread of this process that is real-time (SCHED_FIFO or SCHED_RR) while the caller was not, or at
-    another real-time policy, back to the caller's scheduling (an encoder that made itself real-time, see the module
-    docstring). Threads a library lowered (Mesa's at SCHED_BATCH), that end meanwhile or may not be changed are left."""
-    if scheduling is None or not os.path.isdir("/proc/self/task"):
-        return
-    policy, priority = scheduling
-    realtime = {os.SCHED_FIFO, os.SCHED_RR}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            found = os.sched_getscheduler(int(tid))
-            if found in realtime and found != policy:
-                os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
-        except (OSError, ValueError):
-            continue
+        restore_realtime_threads(saved)
 
 
 def write_video(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: float = 30.0) -> Path:
