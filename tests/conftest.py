@@ -16,6 +16,11 @@ os.environ.setdefault("ROBODUAL_PLUGIN_CACHE", os.path.join(__import__("tempfile
 # torch._dynamo imports triton, which segfaults when it is first imported after MuJoCo has initialised EGL in the
 # same process (seen with the Meta-World tests followed by the Trainer's diffusers imports). Importing it up front
 # makes the suite independent of test order.
+import shutil
+import subprocess
+import venv
+from pathlib import Path
+
 import pytest
 import torch
 import torch._dynamo
@@ -35,6 +40,25 @@ def run(capsys):
         return exc.value.code, capsys.readouterr()
 
     return _run
+
+
+@pytest.fixture
+def clean_venv():
+    """``make(env_dir) -> python``: a venv with its own site-packages and pip only. When ensurepip fails, the failure
+    shows pip's own output and the free disk space (a full disk is the usual cause) instead of a bare exit status."""
+
+    def make(env_dir: Path) -> Path:
+        venv.EnvBuilder(with_pip=False, system_site_packages=False, clear=True).create(env_dir)
+        py = env_dir / "bin" / "python"
+        got = subprocess.run([str(py), "-m", "ensurepip", "--upgrade", "--default-pip"], capture_output=True,
+                             text=True, timeout=600)
+        if got.returncode != 0:
+            free = shutil.disk_usage(env_dir).free / 2**30
+            pytest.fail(f"ensurepip in {env_dir} exited {got.returncode} with {free:.1f} GiB free there:\n"
+                        f"{(got.stdout + got.stderr)[-3000:]}")
+        return py
+
+    return make
 
 
 # the scheduling this process started with (fixtures of any scope run after it, so compare to it, not to a test's)

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
@@ -106,9 +105,9 @@ def test_the_client_package_imports_no_other_robodual_package():
 
 
 @pytest.mark.slow
-def test_a_clean_venv_with_only_the_client_drives_robodual_serve(tmp_path):
+def test_a_clean_venv_with_only_the_client_drives_robodual_serve(tmp_path, clean_venv):
     env_dir = tmp_path / "robot-venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
+    clean_venv(env_dir)
     py = env_dir / "bin" / "python"
     # a normal install: numpy, msgpack and websockets come from the machine's (offline) pip index
     install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(CLIENT)], capture_output=True, text=True,

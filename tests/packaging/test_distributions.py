@@ -16,7 +16,6 @@ import sys
 import tarfile
 import time
 import tomllib
-import venv
 import zipfile
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def _run(cmd: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_wheels_install_into_a_clean_venv_and_the_cli_runs_the_demo(tmp_path):
+def test_wheels_install_into_a_clean_venv_and_the_cli_runs_the_demo(tmp_path, clean_venv):
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # 1. an sdist and a wheel for every package; the wheel is built from the sdist (so the sdist is complete).
@@ -141,7 +140,7 @@ def test_wheels_install_into_a_clean_venv_and_the_cli_runs_the_demo(tmp_path):
 
     # 2. a clean venv: its own site-packages only; the wheels as files, everything else from the index
     env_dir = tmp_path / "clean-venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
+    clean_venv(env_dir)
     py, robodual = env_dir / "bin" / "python", env_dir / "bin" / "robodual"
     constraint = tmp_path / "constraints.txt"
     constraint.write_text("\n".join(TORCH_PINS) + "\n")
