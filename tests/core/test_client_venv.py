@@ -107,8 +107,7 @@ def test_the_client_package_imports_no_other_robodual_package():
 @pytest.mark.slow
 def test_a_clean_venv_with_only_the_client_drives_robodual_serve(tmp_path, clean_venv):
     env_dir = tmp_path / "robot-venv"
-    clean_venv(env_dir)
-    py = env_dir / "bin" / "python"
+    py = clean_venv(env_dir)
     # a normal install: numpy, msgpack and websockets come from the machine's (offline) pip index
     install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(CLIENT)], capture_output=True, text=True,
                              timeout=600)

@@ -140,8 +140,8 @@ def test_wheels_install_into_a_clean_venv_and_the_cli_runs_the_demo(tmp_path, cl
 
     # 2. a clean venv: its own site-packages only; the wheels as files, everything else from the index
     env_dir = tmp_path / "clean-venv"
-    clean_venv(env_dir)
-    py, robodual = env_dir / "bin" / "python", env_dir / "bin" / "robodual"
+    py = clean_venv(env_dir)
+    robodual = py.parent / "robodual"
     constraint = tmp_path / "constraints.txt"
     constraint.write_text("\n".join(TORCH_PINS) + "\n")
     t1 = time.perf_counter()
