@@ -31,6 +31,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     # the dual-system specialist records the generalist it was trained with
     gen = json.loads(next((out / "specialist" / "checkpoints").glob("*/generalist.json")).read_text())
     assert gen["hash"]
+    # the default conditioning (issue 30's rule): the generalist's actions, its latents masked; the report says so
+    assert json.loads((out / "specialist" / "config.json").read_text())["model"]["generalist_inputs"] == "actions"
+    assert "latents masked" in (out / "report" / "README.md").read_text()
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done already") >= 6
@@ -63,11 +66,24 @@ def test_demo_fine_tunes_a_pretrained_generalist_and_sets_the_dual_conditioning(
     dual, alone = stages["train specialist"], stages["train specialist-only"]
     assert dual[dual.index("--set") + 1] == "model.guidance.target=generalist"
     assert "model.guidance.target=generalist" not in alone
-    calls.clear()  # the default demo: from scratch, the paper's conditioning
+    calls.clear()  # the default demo: from scratch, the library's default conditioning
     demo.run_demo(demo.DemoConfig(), tmp_path / "default", quick=False)
     default = dict(calls)
     assert "--base" in default["train generalist"] and "--init" not in default["train generalist"]
     assert "--set" not in default["train specialist"][default["train specialist"].index("--config"):]
+
+
+def test_the_report_names_the_dual_specialists_conditioning_from_its_resolved_config(tmp_path):
+    from robodual_cli.commands.report import _conditioning_note
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": {"generalist_inputs": "both"}}))
+    note = _conditioning_note(config, ["model.guidance.target=generalist"])
+    assert "the paper's" in note and "model.guidance.target=generalist" in note
+    config.write_text(json.dumps({"model": {"generalist_inputs": "actions"}}))
+    assert "latents masked" in _conditioning_note(config, [])
+    config.write_text("{not json")  # a damaged config does not take the report down
+    assert "unknown" in _conditioning_note(config, [])
 
 
 def test_the_shipped_pretrained_generalist_loads_and_acts():

@@ -102,6 +102,9 @@ def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_pat
     dual_cfg = json.loads((out / "runs" / "n1" / "dual" / "seed0" / "config.json").read_text())
     assert dual_cfg["model"]["conditioning"]["latent_dropout"] == 0.5
     assert dual_cfg["model"]["guidance"]["target"] == "generalist"
+    # the studies pin the paper's conditioning sources: their arms mean what the pre-registration says whatever
+    # the library default is (issue 30 changed it to "actions")
+    assert dual_cfg["model"]["generalist_inputs"] == "both"
     dp = json.loads((out / "runs" / "n1" / "diffusion_policy_2f" / "seed0" / "config.json").read_text())
     assert dp["model"]["k_s"] == 16 and dp["model"]["generalist_dim"] == 0
     same = json.loads((out / "runs" / "n1" / "specialist_same" / "seed0" / "config.json").read_text())
@@ -131,7 +134,7 @@ def test_quick_study_with_pretrained_generalist_controls_and_comparisons(tmp_pat
     assert res.returncode == 0, res.stderr[-3000:]
     trained = json.loads((lat / "runs" / "no_tau_augmentation" / "seed0" / "config.json").read_text())
     assert trained["model"]["conditioning"]["latent_dropout"] == 0.5  # the dual arm's dual_set
-    assert trained["data"]["augment_tau"] is False
+    assert trained["data"]["augment_tau"] is False and trained["model"]["generalist_inputs"] == "both"
     gen = json.loads((lat / "eval" / "generalist" / "g8_s0" / "all" / "results.json").read_text())
     assert gen["settings"]["seed"] == 77
 

@@ -68,10 +68,12 @@ def randomized(model, seed=0):
 
 
 def tiny_config(**kw) -> SpecialistConfig:
+    # generalist_inputs: the paper's sources, so the latent path is exercised (the default, "actions", has its
+    # own tests); inference_autocast off: exact comparisons (autocast has its own test)
     base = dict(action_dim=4, proprio_dim=3, k_s=4, k_g=4, generalist_dim=12, hidden=32, depth=2, heads=4,
                 sensors=[SensorConfig("fake_rgb", {"out_dim": 32, "tokens": 2})],
                 diffusion=DiffusionConfig(), guidance=GuidanceConfig(null_tokens=2),
-                inference_autocast="off")  # exact comparisons; autocast has its own test
+                inference_autocast="off", generalist_inputs="both")
     base.update(kw)
     return SpecialistConfig(**base)
 

@@ -108,11 +108,13 @@ class SpecialistConfig:
     mlp_ratio: float = ranged(4.0, gt=0)
     causal: bool = True  # False = bidirectional self-attention over the action tokens
     conditioner: str = "cross_attention"  # a registry("conditioners") name: cross_attention, film, in_context
-    # which generalist outputs condition the specialist (ablations of the paper's conditioning sources):
-    # "both" (latents through the conditioner and discretized actions beside the noised actions, paper 3.2),
-    # "latents" (the actions are replaced by the learned null action) or "actions" (the latent tokens are
-    # masked as if always dropped; the learned null tokens take their place)
-    generalist_inputs: Literal["both", "latents", "actions"] = "both"
+    # which generalist outputs condition the specialist: "both" (the paper, 3.2: latents through the
+    # conditioner and discretized actions beside the noised actions), "latents" (the actions are replaced by
+    # the learned null action) or "actions" (the latent tokens are masked as if always dropped; the learned null
+    # tokens take their place). The default is "actions": issue 30's pre-registered rule chose it
+    # (docs/results/dual-earns/report), after the data-efficiency study found the paper's form below the
+    # specialist alone; "both" is the paper's
+    generalist_inputs: Literal["both", "latents", "actions"] = "actions"
     sensors: list[SensorConfig] = field(default_factory=_paper_sensors)
     # bf16 autocast for the sensor encoders at inference (not in training): "auto" (on for CPUs that compute
     # bf16 natively, AVX512-BF16 or AMX: ~1.5x faster encoders there; off on CUDA, where it was slower at

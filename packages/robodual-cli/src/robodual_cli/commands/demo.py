@@ -56,7 +56,8 @@ class DemoConfig:
     # docs/results/pretrain/report/generalist-step15000 (issue 30); empty: from scratch
     generalist: str = ""
     # --set overrides of the dual system's specialist only (its conditioning), e.g.
-    # ["model.conditioning.latent_dropout=0.5", "model.guidance.target=generalist"]; empty: the paper's
+    # ["model.generalist_inputs=both"] for the paper's; empty: the library default (the generalist's actions, its
+    # latents masked: issue 30's pre-registered rule chose it, docs/results/dual-earns/report)
     dual_set: list[str] = field(default_factory=list)
 
 

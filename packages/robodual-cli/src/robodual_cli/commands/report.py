@@ -111,6 +111,23 @@ def _plots(out_dir: Path, report: Path, rows: dict[str, dict[str, Any]]) -> list
     return made
 
 
+SOURCES = {"actions": "the generalist's discretized actions only, its latents masked (the default, chosen by "
+                      "issue 30's pre-registered rule)",
+           "both": "the generalist's latents and discretized actions (the paper's)",
+           "latents": "the generalist's latents only"}
+
+
+def _conditioning_note(config: Path, dual_set: list[str]) -> str:
+    """What conditions the dual system's specialist, read from its resolved config (the --set items too)."""
+    try:
+        inputs = json.loads(config.read_text())["model"]["generalist_inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        inputs = None
+    said = SOURCES.get(inputs, "unknown (no readable config.json)" if inputs is None else f"'{inputs}'")
+    extra = f"; overrides: {', '.join(dual_set)}" if dual_set else ""
+    return f"The dual system's specialist is conditioned on {said}{extra}."
+
+
 def write_report(out_dir: Path, cfg: Any, result: dict[str, Any], wall_s: float) -> Path:
     rows = result["rows"]
     report = out_dir / "report"
@@ -144,8 +161,7 @@ def write_report(out_dir: Path, cfg: Any, result: dict[str, Any], wall_s: float)
              f"The generalist is the tiny VLA pretrained on the CPU in `{cfg.generalist}`, fine-tuned here for "
              f"{cfg.generalist_steps} steps; the specialist's RGB encoder is a small trainable ViT instead of the "
              "paper's frozen DINO ViT-S/16."),
-            *([f"The dual system's specialist: {', '.join(cfg.dual_set)} (the paper's conditioning otherwise)."]
-              if getattr(cfg, "dual_set", None) else []),
+            _conditioning_note(out_dir / "specialist" / "config.json", getattr(cfg, "dual_set", None) or []),
             "The specialist-only baseline is conditioned on instruction embeddings (language sensor) so it can tell "
             "tasks apart.",
         ],

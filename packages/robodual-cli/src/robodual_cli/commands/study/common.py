@@ -247,7 +247,10 @@ def specialist_config(cfg: Any, store: Path | None, steps: int, seed: int) -> di
     if store is not None:
         sensors.append({"name": "language", "options": {"store": str(store)}})
     return {
-        "model": {"hidden": cfg.specialist_hidden, "depth": cfg.specialist_depth, "heads": 4, "sensors": sensors},
+        # the paper's conditioning sources, pinned: the studies' arms ("dual", "dual_paper", the ablations' base)
+        # are defined against it, whatever the library default is (issue 30 changed it to "actions")
+        "model": {"hidden": cfg.specialist_hidden, "depth": cfg.specialist_depth, "heads": 4, "sensors": sensors,
+                  "generalist_inputs": "both"},
         "data": {"image_size": None, "val_ratio": cfg.val_ratio},
         "trainer": {"steps": steps, "batch_size": cfg.batch_size, "num_workers": 0, "lr": 3e-4,
                     "warmup_steps": min(100, max(1, steps // 10)), "ckpt_every": min(500, steps), "seed": seed,
