@@ -157,3 +157,16 @@ def test_bad_conditioning_values_are_refused_naming_the_key(override):
     with pytest.raises(RobodualError) as err:
         load_config(SpecialistConfig, base=to_dict(tiny_config()), overrides=[override])
     assert override.split("=")[0].rsplit(".", 1)[-1] in str(err.value)
+
+
+def test_a_specialist_saved_before_generalist_inputs_existed_keeps_the_papers_sources():
+    """The default became "actions" (issue 30); a saved config without the key was trained on both outputs and
+    must rebuild that way, while a saved choice and the default for new models stay as they are."""
+    model = model_with()
+    saved = model.robodual_config()
+    del saved["specialist"]["generalist_inputs"]
+    assert DiTSpecialist.from_config_dict(saved).cfg.generalist_inputs == "both"
+    for inputs in ("actions", "latents", "both"):
+        saved["specialist"]["generalist_inputs"] = inputs
+        assert DiTSpecialist.from_config_dict(saved).cfg.generalist_inputs == inputs
+    assert SpecialistConfig().generalist_inputs == "actions"

@@ -87,6 +87,25 @@ def test_cli_with_generalist_cache(store, config, tmp_path):
     assert record["hash"] == "abc123" and record["checkpoint"] == "/ckpts/generalist"
     model = DiTSpecialist.from_checkpoint(run)
     assert model.cfg.generalist_dim == 12 and model.cfg.k_g == 4
+    assert model.cfg.generalist_inputs == "actions"  # the default since issue 30
+
+
+def test_a_run_saved_before_generalist_inputs_existed_resumes_and_reloads_with_both_sources(store, config, tmp_path):
+    """Such a run trained on the generalist's latents and actions (the default is "actions" now): resuming it and
+    loading its checkpoints keep "both" instead of silently switching its conditioning."""
+    run = tmp_path / "old"
+    train(store, run, config=config, overrides=["trainer.steps=2", "trainer.ckpt_every=2"],
+          generalist_cache="auto", show_progress=False)
+    for path in (run / "config.json", run / "checkpoints" / "2" / "model_config.json"):
+        saved = json.loads(path.read_text())
+        section = saved["model"] if "model" in saved else saved["specialist"]
+        del section["generalist_inputs"]  # as saved before the key existed
+        path.write_text(json.dumps(saved))
+    assert DiTSpecialist.from_checkpoint(run).cfg.generalist_inputs == "both"
+    train(store, run, overrides=["trainer.steps=4", "trainer.ckpt_every=2"], generalist_cache="auto", resume=True,
+          show_progress=False)
+    assert json.loads((run / "config.json").read_text())["model"]["generalist_inputs"] == "both"
+    assert DiTSpecialist.from_checkpoint(run).cfg.generalist_inputs == "both"
 
 
 def test_cli_errors_name_the_problem(store, config, tmp_path):

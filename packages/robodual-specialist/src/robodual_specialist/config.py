@@ -94,6 +94,13 @@ class RTCConfig:
     max_delay: int = ranged(4, ge=0)
 
 
+def saved_specialist(model: dict[str, Any]) -> dict[str, Any]:
+    """A specialist config saved by an earlier version (a checkpoint's ``specialist`` or a run's ``model``), with
+    the defaults it was trained under where they have since changed: before ``generalist_inputs`` existed the
+    specialist read both of the generalist's outputs (the default is "actions" since issue 30)."""
+    return {"generalist_inputs": "both", **model}
+
+
 @dataclass
 class SpecialistConfig:
     family: str = "dit"

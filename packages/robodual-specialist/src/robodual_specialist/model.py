@@ -37,7 +37,7 @@ from robodual_core.config import load_config, to_dict
 from robodual_core.errors import RobodualError
 from robodual_core.interfaces import GeneralistOutput, Specialist
 from robodual_specialist import rtc
-from robodual_specialist.config import SensorConfig, SpecialistConfig
+from robodual_specialist.config import SensorConfig, SpecialistConfig, saved_specialist
 from robodual_specialist.ddim import DDIMChain
 from robodual_specialist.dit import DiT
 
@@ -194,7 +194,7 @@ class DiTSpecialist(nn.Module, Specialist):
     def from_config_dict(cls, d: dict[str, Any], load_weights: bool = True) -> DiTSpecialist:
         if d.get("family") != "dit" or "specialist" not in d:
             raise RobodualError(f"model config {sorted(d)} (family {d.get('family')!r}) is not a 'dit' specialist")
-        cfg = load_config(SpecialistConfig, base=d["specialist"])
+        cfg = load_config(SpecialistConfig, base=saved_specialist(d["specialist"]))
         return cls(cfg, load_weights=load_weights)
 
     @classmethod

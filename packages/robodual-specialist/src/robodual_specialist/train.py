@@ -12,7 +12,7 @@ from robodual_core.config import dump_config, load_config, read_config_file, to_
 from robodual_core.data.generalist_cache import POOLINGS
 from robodual_core.errors import ConfigError, RobodualError
 from robodual_core.interfaces import GeneralistOutput
-from robodual_specialist.config import SpecialistTrainConfig
+from robodual_specialist.config import SpecialistTrainConfig, saved_specialist
 
 
 def resolve_generalist_cache(store: Path, spec: str) -> tuple[str, Any]:
@@ -232,6 +232,8 @@ def build_trainer(dataset: Path, out: Path, config: Path | None = None, override
     base = None
     if resume and config is None and (out / "config.json").is_file():
         base = {k: v for k, v in read_config_file(out / "config.json").items() if k in ("model", "data", "trainer")}
+        if isinstance(base.get("model"), dict):
+            base["model"] = saved_specialist(base["model"])  # what an older run trained with
     cfg = load_config(SpecialistTrainConfig, config, overrides, base=base)
 
     store = open_dataset(dataset)
