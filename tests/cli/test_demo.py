@@ -82,8 +82,9 @@ def test_the_report_names_the_dual_specialists_conditioning_from_its_resolved_co
     assert "the paper's" in note and "model.guidance.target=generalist" in note
     config.write_text(json.dumps({"model": {"generalist_inputs": "actions"}}))
     assert "latents masked" in _conditioning_note(config, [])
-    config.write_text("{not json")  # a damaged config does not take the report down
-    assert "unknown" in _conditioning_note(config, [])
+    for damaged in ("{not json", '{"model": {"generalist_inputs": ["both"]}}'):  # never takes the report down
+        config.write_text(damaged)
+        assert "unknown" in _conditioning_note(config, [])
 
 
 def test_the_shipped_pretrained_generalist_loads_and_acts():

@@ -123,6 +123,7 @@ def _conditioning_note(config: Path, dual_set: list[str]) -> str:
         inputs = json.loads(config.read_text())["model"]["generalist_inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         inputs = None
+    inputs = inputs if isinstance(inputs, str) else None  # a hand-edited value of another type: unknown
     said = SOURCES.get(inputs, "unknown (no readable config.json)" if inputs is None else f"'{inputs}'")
     extra = f"; overrides: {', '.join(dual_set)}" if dual_set else ""
     return f"The dual system's specialist is conditioned on {said}{extra}."
