@@ -148,3 +148,35 @@ def test_goal_seeds_run_the_goal_cells_and_the_goal_is_tested_seed_paired():
     text = "\n".join(lt.goal_lines(g))
     assert "G1, the best runtime (paper) within 5 points of itself at no latency: uninformative, not decided " \
            "(it succeeds 6.0% at no latency, below the registered floor of 30%" in text
+
+
+def test_tau_claim_at_the_longest_latency_and_the_success_plot(tmp_path):
+    """The paper's latency-aware training claim is registered at the goal cell and at (32, 4); the report's plot
+    shows the first training seed's grid (the goal seeds run two cells only) and the generalist alone."""
+    from robodual_cli.commands.study import latency as lt
+
+    def rows(arm, lg, d, rate, seeds=(0, 1, 2)):
+        return [{"policy": f"{arm}@{lg},{d}", "seed": s, "task": "push-v3", "placement": p, "success": p < rate * 20,
+                 "steps": 5, "arm": arm, "generalist_latency": lg, "specialist_latency": d}
+                for s in seeds for p in range(20)]
+
+    eps = [*rows("paper", 0, 0, 0.6), *rows("paper", 16, 4, 0.5), *rows("no_tau_augmentation", 0, 0, 0.6),
+           *rows("no_tau_augmentation", 16, 4, 0.5), *rows("paper", 32, 4, 0.5, (0,)),
+           *rows("no_tau_augmentation", 32, 4, 0.2, (0,)), *rows("generalist", 16, 0, 0.3, (-1,)),
+           *rows("generalist", 0, 0, 0.9, (-1,))]
+    cells = {f"{a} L_g={lg} d={d}": {"success_rate": 0.5, "ci95": [0.4, 0.6], "motion": {"switch_jump": 0.01}}
+             for a, lg, d in (("paper", 0, 0), ("paper", 16, 4), ("no_tau_augmentation", 0, 0),
+                              ("no_tau_augmentation", 16, 4), ("paper", 32, 4), ("no_tau_augmentation", 32, 4))}
+    g = lt.goals(lt.LatencyStudyConfig(bootstrap_draws=300), cells, eps)
+    assert g["tau_augmentation"]["difference"] == pytest.approx(0.0)
+    late = g["tau_augmentation_longest"]
+    assert late["cell"] == [32, 4] and late["difference"] == pytest.approx(0.3)
+    assert "The same at L_g = 32, d = 4 (one training seed" in "\n".join(lt.goal_lines(g))
+    no_late = {k: v for k, v in cells.items() if "32" not in k}
+    assert "tau_augmentation_longest" not in lt.goals(lt.LatencyStudyConfig(bootstrap_draws=300), no_late, eps)
+
+    png = tmp_path / "success.png"
+    assert lt.plot(lt.LatencyStudyConfig(), eps, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not lt.plot(lt.LatencyStudyConfig(train_seeds=[5]), [r for r in eps if r["seed"] != -1], tmp_path / "n.png")
+    assert not (tmp_path / "n.png").exists()
