@@ -24,6 +24,7 @@ import os
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 # stages whose outputs the pack drops (the study reruns them): name prefixes, as robodual's studies name them
@@ -74,11 +75,13 @@ def pack(folders: list[Path], out: Path) -> dict:
 
 
 def read_manifest(archive: Path) -> dict:
-    with tarfile.open(archive, "r:gz") as tar:
-        member = tar.extractfile(MANIFEST)
-        if member is None:
-            raise SystemExit(f"error: '{archive}' holds no {MANIFEST}; expected a study_carry.py pack")
-        return json.loads(member.read())
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile(MANIFEST)
+            return json.loads(member.read())
+    except (OSError, EOFError, zlib.error, tarfile.TarError, KeyError, AttributeError, ValueError) as exc:
+        raise SystemExit(f"error: '{archive}': expected a study_carry.py pack (a .tar.gz with {MANIFEST}), "
+                         f"could not read it: {exc}") from None
 
 
 def restore(archive: Path, into: Path) -> dict[str, list[str]]:
@@ -87,9 +90,13 @@ def restore(archive: Path, into: Path) -> dict[str, list[str]]:
         if (into / name / "study.json").exists():
             raise SystemExit(f"error: '{into / name}' already holds a study; restore into an empty place")
     into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name != MANIFEST]
-        tar.extractall(into, members=members, filter="data")  # the data filter refuses links and paths outside
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.name != MANIFEST]
+            # the data filter refuses links, devices and paths outside `into`
+            tar.extractall(into, members=members, filter="data")
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+        raise SystemExit(f"error: '{archive}': cannot restore it into '{into}': {exc}") from None
     redo: dict[str, list[str]] = {}
     for name in manifest["studies"]:
         progress = into / name / "progress.json"

@@ -90,3 +90,31 @@ def test_cli_refuses_bad_input(tmp_path):
     bad = subprocess.run([*run, "verify", str(tmp_path / "a.tar.gz"), "--into", str(tmp_path / "nowhere")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "missing" in bad.stdout
+
+
+@pytest.mark.hostile
+def test_damaged_or_hostile_packs_are_refused(tmp_path):
+    import io
+
+    carry = load()
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball at all")
+    with pytest.raises(SystemExit, match="junk.tar.gz.*expected a study_carry.py pack"):
+        carry.restore(junk, tmp_path / "into")
+    study = fake_study(tmp_path / "s" / "latency-sweep")
+    good = tmp_path / "good.tar.gz"
+    carry.pack([study], good)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # truncated mid-file
+    with pytest.raises(SystemExit, match="cut.tar.gz"):
+        carry.restore(cut, tmp_path / "into")
+    # a member that climbs out of the target folder is refused, and nothing lands outside it
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        for name, data in ((carry.MANIFEST, json.dumps({"studies": {}}).encode()), ("../escaped.txt", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(SystemExit, match="evil.tar.gz"):
+        carry.restore(evil, tmp_path / "into")
+    assert not (tmp_path / "escaped.txt").exists()
