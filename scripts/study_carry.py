@@ -27,17 +27,16 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from robodual_core.io import atomic_write_json
+
 # stages whose outputs the pack drops (the study reruns them): name prefixes, as robodual's studies name them
 REDONE = ("generate ", "cache ", "train ", "derive ")
 MANIFEST = "carry-manifest.json"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def kept(rel: Path) -> bool:
@@ -52,8 +51,9 @@ def pack(folders: list[Path], out: Path) -> dict:
         if not (folder / "study.json").is_file() or not (folder / "progress.json").is_file():
             raise SystemExit(f"error: '{folder}' is not a study folder: expected study.json and progress.json in it")
     manifest: dict = {"studies": {}}
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=out.name, suffix=".tmp", delete=False) as tmp:
-        with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
+    tmp = tempfile.NamedTemporaryFile(dir=out.parent, prefix=out.name, suffix=".tmp", delete=False)
+    try:
+        with tmp, tarfile.open(fileobj=tmp, mode="w:gz") as tar:
             for folder in folders:
                 sums, files = {}, 0
                 for path in sorted(folder.rglob("*")):
@@ -70,7 +70,9 @@ def pack(folders: list[Path], out: Path) -> dict:
             info = tarfile.TarInfo(MANIFEST)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp.name, out)
+        os.replace(tmp.name, out)
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)  # a failed pack leaves nothing behind
     return manifest
 
 
@@ -103,9 +105,7 @@ def restore(archive: Path, into: Path) -> dict[str, list[str]]:
         data = json.loads(progress.read_text())
         redo[name] = [s for s in data["stages"] if s.startswith(REDONE)]
         data["stages"] = {s: v for s, v in data["stages"].items() if s not in redo[name]}
-        tmp = progress.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, progress)
+        atomic_write_json(progress, data)
     return redo
 
 
