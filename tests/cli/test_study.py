@@ -95,6 +95,30 @@ def test_a_commit_is_named_only_when_it_runs_a_stage(tmp_path, monkeypatch):
     assert [(r["git_commit"], r.get("during", False)) for r in meta["resumed"]] == [("bbb", False), ("ccc", True)]
 
 
+def test_the_cpu_is_recorded_and_a_stage_run_on_another_is_named(tmp_path, monkeypatch):
+    # floating-point results differ between CPU models (issue 29's rerun): a study says which ran its stages
+    from robodual_cli.commands.study import common
+
+    monkeypatch.setattr(common, "git_commit", lambda: "aaa")
+    monkeypatch.setattr(common, "cpu_model", lambda: "CPU one")
+    StudyFolder(tmp_path / "s", "x", {"a": 1}).compute("one", lambda: 1)
+    again = StudyFolder(tmp_path / "s", "x", {"a": 1})
+    again.compute("two", lambda: 2)  # same commit, same CPU: nothing to name
+    meta = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert meta["cpu"] == "CPU one" and "resumed" not in meta
+    monkeypatch.setattr(common, "cpu_model", lambda: "CPU two")
+    StudyFolder(tmp_path / "s", "x", {"a": 1}).compute("three", lambda: 3)
+    meta = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert [(r["git_commit"], r["cpu"]) for r in meta["resumed"]] == [("aaa", "CPU two")]
+
+
+def test_cpu_model_names_the_processor():
+    from robodual_core.bench import cpu_model
+
+    name = cpu_model()
+    assert isinstance(name, str) and name.strip() == name and name
+
+
 def test_training_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path):
     folder = StudyFolder(tmp_path / "s", "data-efficiency", {"a": 1})
     run_dir = tmp_path / "s" / "runs" / "x"

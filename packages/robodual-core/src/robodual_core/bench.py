@@ -62,12 +62,27 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     return samples
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo's first ``model name``), else what ``platform`` knows.
+    Two CPU models can round the same float operations differently, so results that must repeat name it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor().strip() or platform.machine() or "unknown"
+
+
 def environment() -> dict[str, Any]:
     """What a reader needs to compare two reports."""
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu_model": cpu_model(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:

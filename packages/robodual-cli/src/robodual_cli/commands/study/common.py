@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from robodual_cli.console import err
+from robodual_core.bench import cpu_model
 from robodual_core.errors import RobodualError
 from robodual_core.io import atomic_write_json
 from robodual_core.outputs import check_output, remove_output
@@ -134,7 +135,7 @@ class StudyFolder:
                                     "folder")
             self.root.mkdir(parents=True, exist_ok=True)
             self.meta = {"study": self.study, "format": FORMAT, "config": self.config, "git_commit": git_commit(),
-                         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                         "cpu": cpu_model(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
             atomic_write_json(self.meta_path, self.meta)
             self.progress = self._load_progress()
 
@@ -157,14 +158,15 @@ class StudyFolder:
         return self.progress[name]
 
     def _note_commit(self) -> None:
-        """Before each stage runs: the report names every commit that ran stages of this study (a rerun that only
-        rewrites the report names none). Asked of git before every stage, not once per invocation: a stage is a
+        """Before each stage runs: the report names every commit and CPU model that ran stages of this study (a
+        rerun that only rewrites the report names none). Asked of git before every stage, not once per invocation: a stage is a
         subprocess that imports the code on disk, so a commit (or an edit) made while a long study runs changes
         the stages after it, and the study records that too (``"during": true``)."""
-        commit = git_commit()
-        seen = [self.meta["git_commit"], *(r["git_commit"] for r in self.meta.get("resumed", []))]
-        if commit != seen[-1]:
-            entry = {"git_commit": commit, "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        commit, cpu = git_commit(), cpu_model()
+        seen = [self.meta, *self.meta.get("resumed", [])]
+        last_cpu = next((r["cpu"] for r in reversed(seen) if "cpu" in r), None)  # older folders name none
+        if commit != seen[-1]["git_commit"] or (last_cpu is not None and cpu != last_cpu):
+            entry = {"git_commit": commit, "cpu": cpu, "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
             if self._commit_noted:
                 entry["during"] = True  # the code changed under this invocation, between two of its stages
             self.meta["resumed"] = [*self.meta.get("resumed", []), entry]

@@ -270,7 +270,7 @@ def plot(cfg: LatencyStudyConfig, episodes: list[dict[str, Any]], path: Path) ->
     the first training seed (the one that runs the whole grid; the goal seeds run two cells only), the generalist
     alone dashed in every panel; 95% Wilson intervals as bands. False when there is nothing to plot."""
     from robodual_cli.commands.study.common import wilson_interval
-    from robodual_cli.commands.study.report import _plt, _save
+    from robodual_cli.commands.study.report import pyplot, save_figure
 
     seed = cfg.train_seeds[0]
     tally: dict[tuple[str, int, int], list[int]] = {}
@@ -283,7 +283,7 @@ def plot(cfg: LatencyStudyConfig, episodes: list[dict[str, Any]], path: Path) ->
         t[1] += 1
     if not tally:
         return False
-    plt = _plt()
+    plt = pyplot()
     ds = sorted({d for a, _, d in tally if a != "generalist"} or {0})
     fig, axes = plt.subplots(1, len(ds), figsize=(3.4 * len(ds) + 1.2, 3.4), sharey=True, squeeze=False)
     for ax, d in zip(axes[0], ds, strict=True):
@@ -307,7 +307,7 @@ def plot(cfg: LatencyStudyConfig, episodes: list[dict[str, Any]], path: Path) ->
     axes[0][0].set_ylabel(f"success (%), training seed {seed}")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 

@@ -92,7 +92,8 @@ def copy_configs(study: StudyFolder, report: Path, runs: list[Path]) -> None:
             atomic_write_bytes(configs / f"run_{name}.json", (run / "config.json").read_bytes())
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,22 +102,24 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     """A figure as PNG, written atomically."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    _plt().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def _header(study: StudyFolder, title: str, quick: bool) -> list[str]:
     lines = [f"# {title}", "", f"Study folder `{study.root}`; started at git commit `{study.meta['git_commit']}` "
-             f"({study.meta['started']}); machine: {os.cpu_count()} CPU cores.", ""]
+             f"({study.meta['started']})" + (f" on {study.meta['cpu']}" if study.meta.get("cpu") else "")
+             + f"; this report was written on a machine with {os.cpu_count()} CPU cores.", ""]
     for r in study.meta.get("resumed", []):
         how = "The code on disk changed to" if r.get("during") else "Resumed at"
-        lines += [f"{how} git commit `{r['git_commit']}` ({r['at']}): later stages ran that code.", ""]
+        on = f" on {r['cpu']}" if r.get("cpu") else ""
+        lines += [f"{how} git commit `{r['git_commit']}` ({r['at']}){on}: later stages ran that code.", ""]
     if quick:
         lines += ["**--quick run: it checks the pipeline, not the result.** Its numbers (a handful of episodes, tens "
                   "of training steps) say nothing about the methods.", ""]
@@ -164,7 +167,7 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     report.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
     labels = list(next(iter(rows.values())))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = list(cfg.demo_scales)
     for i, label in enumerate(labels):
@@ -181,7 +184,7 @@ def data_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, Any],
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, report / "success_vs_demos.png")
+    save_figure(fig, report / "success_vs_demos.png")
 
     head = "| demos per task | " + " | ".join(labels) + " |"
     table = [head, "|" + "---|" * (len(labels) + 1)]
@@ -435,7 +438,7 @@ def training_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, A
                                plan_full: list[tuple[str, float]] | None) -> Path:
     report = study.root / "report"
     report.mkdir(parents=True, exist_ok=True)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
 
     def bars(points: list[dict[str, Any]]) -> list[list[float]]:
@@ -460,7 +463,7 @@ def training_efficiency_report(study: StudyFolder, cfg: Any, result: dict[str, A
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, report / "success_vs_compute.png")
+    save_figure(fig, report / "success_vs_compute.png")
 
     table = ["| policy | generalist steps | seed | compute (s) | success, % [95% Wilson] |", "|---|---|---|---|---|"]
     table += [f"| generalist only | {p['step']} | {cfg.generalist_seed} | {p['seconds']:.1f} | {cell(p)} |"
@@ -521,7 +524,7 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
     report.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
     ref = next((r for name, r in rows.items() if name.startswith("dual system")), None)
-    plt = _plt()
+    plt = pyplot()
     names = list(rows)
     fig, ax = plt.subplots(figsize=(9.5, 0.35 * len(names) + 1.2))
     ys = list(range(len(names)))[::-1]
@@ -537,7 +540,7 @@ def ablations_report(study: StudyFolder, cfg: Any, base: Any, result: dict[str, 
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(f"success rate at {result['scale']} demonstrations per task\n(95% Wilson interval)")
     fig.tight_layout()
-    _save(fig, report / "ablations.png")
+    save_figure(fig, report / "ablations.png")
 
     def delta(res: dict[str, Any]) -> str:
         return "" if ref is None else f"{100 * (res['success_rate'] - ref['success_rate']):+.1f}"
@@ -617,7 +620,7 @@ def pretrain_report(study: StudyFolder, cfg: Any, result: dict[str, Any], quick:
                                              for p in points) + " |")
     lines += ["", "Per-episode results: `episodes.jsonl` (policy, seed, task, placement, success, steps).", ""]
     lines += _footer(stage_times(study), None, "")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     xs = [p["step"] for p in points]
     ys = [100 * p["success_rate"] for p in points]
@@ -627,7 +630,7 @@ def pretrain_report(study: StudyFolder, cfg: Any, result: dict[str, Any], quick:
     ax.set_xlabel("generalist training steps")
     ax.set_ylabel("success alone, seen tasks (%)")
     ax.set_ylim(0, 100)
-    _save(fig, out / "success.png")
+    save_figure(fig, out / "success.png")
     atomic_write_text(out / "README.md", "\n".join(lines))
     atomic_write_json(out / "summary.json", {"config": study.config, "points": [
         {k: v for k, v in p.items() if k != "rows"} for p in points], "placements": result["placements"],
