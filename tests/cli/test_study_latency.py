@@ -134,6 +134,19 @@ def test_goal_seeds_run_the_goal_cells_and_the_goal_is_tested_seed_paired():
     assert g["tau_augmentation"]["difference"] == pytest.approx(0.2)
     text = "\n".join(lt.goal_lines(g))
     assert "G1, the best runtime (paper) within 5 points of itself at no latency: met" in text
+    assert g["within_5_points"] == {"paper": True, "naive": False, "no_tau_augmentation": False}
+    assert g["default"] == "paper" and "Decision (registered rule): `paper` becomes the default" in text
+    # the registered decision takes the arm that meets G1 with the highest success at the goal cell: when the
+    # best arm there loses more than 5 points, a lower arm that keeps its success is the one chosen
+    worse = {**cells, **cell("paper", 0, 0, 0.9, 0.01), **cell("paper", 16, 4, 0.6, 0.01),
+             **cell("no_tau_augmentation", 0, 0, 0.4, 0.01), **cell("no_tau_augmentation", 16, 4, 0.4, 0.01)}
+    eps2 = [*rows("paper", 0, 0, 0.9), *rows("paper", 16, 4, 0.6), *rows("naive", 0, 0, 0.6),
+            *rows("naive", 16, 4, 0.3), *rows("no_tau_augmentation", 0, 0, 0.4),
+            *rows("no_tau_augmentation", 16, 4, 0.4)]
+    g2 = lt.goals(lt.LatencyStudyConfig(bootstrap_draws=500), worse, eps2)
+    assert g2["best"] == "paper" and not g2["G1_best_within_5_points"]
+    assert g2["default"] == "no_tau_augmentation"
+    assert "`no_tau_augmentation` becomes the default" in "\n".join(lt.goal_lines(g2))
     assert lt.goals(lt.LatencyStudyConfig(goal_cell=[32, 4]), cells, eps) == {}  # not in the grid: no goal
     # near the floor G1 decides nothing: paper at 6% keeps "within 5 points" trivially
     low = {**cells, **cell("paper", 0, 0, 0.06, 0.01), **cell("paper", 16, 4, 0.06, 0.01),
@@ -144,10 +157,11 @@ def test_goal_seeds_run_the_goal_cells_and_the_goal_is_tested_seed_paired():
              *rows("no_tau_augmentation", 16, 4, 0.05)]
     g = lt.goals(lt.LatencyStudyConfig(bootstrap_draws=500), low, floor)
     assert g["best"] == "paper" and g["G1_best_within_5_points"] is None and not g["G1_informative"]["informative"]
-    assert not g["G2_naive_loses_15_points"]
+    assert not g["G2_naive_loses_15_points"] and g["default"] is None
     text = "\n".join(lt.goal_lines(g))
     assert "G1, the best runtime (paper) within 5 points of itself at no latency: uninformative, not decided " \
            "(it succeeds 6.0% at no latency, below the registered floor of 30%" in text
+    assert "no arm meets G1: the defaults stay" in text
 
 
 def test_tau_claim_at_the_longest_latency_and_the_success_plot(tmp_path):

@@ -227,7 +227,9 @@ def goals(cfg: LatencyStudyConfig, cells: dict[str, dict[str, Any]], episodes: l
     """Issue 29's goal at ``goal_cell`` (L_g, d) against (0, 0), seed-paired (stats.compare): each dual arm's
     loss there (G1: the best within 5 points), naive switching's (G2: at least 15 points), the best arm's
     chunk-boundary jump against naive's (G3: at least 2x lower), the generalist alone at L_g (G4), and the paper's
-    tau-augmentation claim (paper - no_tau_augmentation at the goal cell). Empty when a cell is not in the grid."""
+    tau-augmentation claim (paper - no_tau_augmentation at the goal cell), and the registered decision
+    (``default``: the arm that meets G1 with the highest success at the goal cell, or None). Empty when a cell is
+    not in the grid."""
     from robodual_cli.commands.study.stats import compare
 
     lg, d = cfg.goal_cell
@@ -244,6 +246,12 @@ def goals(cfg: LatencyStudyConfig, cells: dict[str, dict[str, Any]], episodes: l
                            "G1_best_within_5_points": bool(loss[best]["ci95"][0] >= -0.05) if informative else None,
                            "G1_informative": {"best_at_zero": at_zero, "floor": cfg.informative_floor,
                                               "informative": informative}}
+    # the registered decision: the arm that meets G1 (within 5 points of itself at (0, 0), above the floor there)
+    # with the highest success at the goal cell becomes the default; None: no arm does, the defaults stay
+    within = {a: bool(loss[a]["ci95"][0] >= -0.05) for a in duals}
+    eligible = [a for a in duals if within[a] and at(a, 0, 0)["success_rate"] >= cfg.informative_floor]
+    out["within_5_points"] = within
+    out["default"] = max(eligible, key=lambda a: at(a, lg, d)["success_rate"]) if eligible else None
     if "naive" in loss:
         out["G2_naive_loses_15_points"] = bool(loss["naive"]["ci95"][1] <= -0.15)
         jb, jn = at(best, lg, d)["motion"]["switch_jump"], at("naive", lg, d)["motion"]["switch_jump"]
@@ -374,10 +382,16 @@ def goal_lines(g: dict[str, Any]) -> list[str]:
           f"uninformative, not decided (it succeeds {100 * floor['best_at_zero']:.1f}% at no latency, below the "
           f"registered floor of {100 * floor['floor']:.0f}%: near the floor every arm stays within 5 points)")
     lines = ["", f"## Issue 29's goal at L_g = {lg}, d = {d} against no latency (seed-paired)", "",
-             "| arm | success at the goal cell minus at (0, 0), points [95% cluster bootstrap] |", "|---|---|"]
-    lines += [f"| {arm} | {diff(c)} |" for arm, c in g["loss_vs_zero"].items()]
+             "| arm | success at the goal cell minus at (0, 0), points [95% cluster bootstrap] | within 5 points |",
+             "|---|---|---|"]
+    within = g.get("within_5_points", {})
+    lines += [f"| {arm} | {diff(c)} | {'yes' if within.get(arm) else 'no'} |" for arm, c in g["loss_vs_zero"].items()]
     lines += ["", f"- G1, the best runtime ({g['best']}) within 5 points of itself at no latency: "
               f"{g1}."]
+    if "default" in g:
+        lines.append(f"- Decision (registered rule): `{g['default']}` becomes the default (the arm that meets G1 "
+                     f"with the highest success at the goal cell)." if g["default"] else
+                     "- Decision (registered rule): no arm meets G1: the defaults stay.")
     if "G2_naive_loses_15_points" in g:
         jb, jn = (("-" if v is None else format(v, ".4f")) for v in (g["switch_jump"]["best"],
                                                                        g["switch_jump"]["naive"]))
