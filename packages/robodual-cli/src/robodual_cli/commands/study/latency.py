@@ -313,8 +313,10 @@ def plot(cfg: LatencyStudyConfig, episodes: list[dict[str, Any]], path: Path) ->
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"success (%), training seed {seed}")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    right = 1 - 1.6 / fig.get_figwidth()  # the legend's column, outside the panels
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(right, 0.5))
     save_figure(fig, path)
     return True
 
@@ -345,7 +347,9 @@ def report(study: StudyFolder, cfg: LatencyStudyConfig, result: dict[str, Any], 
 
     lines = [f"# Latency study{' (quick: checks the pipeline, not the result)' if quick else ''}", "",
              f"Base study: `{cfg.base_study}` (its `{cfg.base_arm}` runs are the paper arm), {cfg.scale} "
-             f"demonstrations per task, training seeds {cfg.train_seeds}, evaluation seed "
+             f"demonstrations per task, training seeds {cfg.train_seeds}"
+             + (f" (and {cfg.goal_seeds} at the goal cell {tuple(cfg.goal_cell)} and at (0, 0))" if cfg.goal_seeds
+                else "") + ", evaluation seed "
              f"{cfg.eval_seed or 'of the base study'}. Latency in control steps (`--latency generalist=L_g,specialist=d`). Discontinuity: "
              "mean |a_t - a_(t-1)| at chunk switches vs within chunks; jerk: mean |second difference| of the "
              "actions (position dimensions).", "",
