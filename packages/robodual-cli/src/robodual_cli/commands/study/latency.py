@@ -314,7 +314,7 @@ def plot(cfg: LatencyStudyConfig, episodes: list[dict[str, Any]], path: Path) ->
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"success (%), training seed {seed}")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    right = 1 - 1.6 / fig.get_figwidth()  # the legend's column, outside the panels
+    right = 1 - 1.9 / fig.get_figwidth()  # the legend's column, outside the panels
     fig.tight_layout(rect=(0, 0, right, 1))
     fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(right, 0.5))
     save_figure(fig, path)
